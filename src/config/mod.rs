@@ -1,0 +1,95 @@
+//! Server and agent configuration: the JSON file contract of DESIGN.md, its defaults, and its
+//! validation.
+//!
+//! Field names are user interface and must not change. Unknown fields are errors. Every error names
+//! the file and the field (`agent.json: tunnels[0].hosting_listener: "web2" names no listener`).
+//! This module reads files and checks them; it starts nothing.
+
+mod agent;
+mod error;
+mod server;
+
+pub use agent::{
+    AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, TunnelConfig,
+};
+pub use error::ConfigError;
+pub use server::{
+    ClusterConfig, CredentialPolicy, FrontendConfig, LbType, ServerConfig, ServerTlsConfig,
+    TunnelListenerConfig,
+};
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Which I/O backend the workers use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    /// Probe io_uring and fall back to epoll when it is unavailable (default).
+    #[default]
+    Auto,
+    /// io_uring; refuse to start where it is unavailable.
+    Uring,
+    /// epoll (a tokio current-thread runtime per worker).
+    Epoll,
+}
+
+/// The admin HTTP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address. Default `127.0.0.1:9901` (server) / `127.0.0.1:9902` (agent).
+    pub address: String,
+}
+
+/// Either kind of config file, as `ringtun check` sees it.
+#[derive(Debug)]
+pub enum AnyConfig {
+    Server(ServerConfig),
+    Agent(AgentConfig),
+}
+
+/// Reads and validates a file of either kind: a file with `tunnels` is an agent's, a file with
+/// `clusters` or `tunnel_listener` a server's.
+pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigError> {
+    let text = read(path)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ConfigError::json(path, "", &e))?;
+    let Some(object) = value.as_object() else {
+        return Err(ConfigError::new(path, "", "expected a JSON object"));
+    };
+    if object.contains_key("tunnels") {
+        AgentConfig::from_str(path, &text).map(AnyConfig::Agent)
+    } else if object.contains_key("clusters") || object.contains_key("tunnel_listener") {
+        ServerConfig::from_str(path, &text).map(AnyConfig::Server)
+    } else {
+        Err(ConfigError::new(
+            path,
+            "",
+            "neither a server config (no `clusters`/`tunnel_listener`) nor an agent config (no `tunnels`)",
+        ))
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "", format!("cannot read file: {e}")))
+}
+
+/// Parses `text` into `T`, naming the JSON path of the first error.
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        ConfigError::json(path, &field, e.inner())
+    })
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,9 @@
+//! ringtun: a reverse tunnel for cloud–edge networks.
+//!
+//! An agent at the edge dials out to cloud servers; clients that reach a server's frontend port are
+//! carried over those agent-initiated connections to the edge backend. See `README.md` for the map
+//! of modules and `DESIGN.md` for the wire protocol.
+
+pub mod config;
+pub mod protocol;
+pub mod secret;
