@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringtun", version, about = "Reverse tunnel for cloud-edge networks")]
+#[command(
+    name = "ringtun",
+    version,
+    about = "Reverse tunnel for cloud-edge networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

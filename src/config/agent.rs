@@ -194,10 +194,16 @@ impl AgentConfig {
             return err("host_name".into(), "must be 1 to 255 bytes".into());
         }
         if !(1..=MAX_WEIGHT).contains(&self.weight) {
-            return err("weight".into(), format!("{} is outside 1..={MAX_WEIGHT}", self.weight));
+            return err(
+                "weight".into(),
+                format!("{} is outside 1..={MAX_WEIGHT}", self.weight),
+            );
         }
         if self.workers > 1024 {
-            return err("workers".into(), format!("{} is more than 1024", self.workers));
+            return err(
+                "workers".into(),
+                format!("{} is more than 1024", self.workers),
+            );
         }
         if let Some(admin) = &self.admin {
             super::server::socket_addr(path, "admin.address", &admin.address)?;
@@ -209,7 +215,10 @@ impl AgentConfig {
                 return err(at("name"), format!("{:?} is not a valid name", l.name));
             }
             if !names.insert(l.name.as_str()) {
-                return err(at("name"), format!("{:?} is used by another listener", l.name));
+                return err(
+                    at("name"),
+                    format!("{:?} is used by another listener", l.name),
+                );
             }
             if let Err(why) = host_port(&l.backend) {
                 return err(at("backend"), format!("{:?} {why}", l.backend));
@@ -227,7 +236,10 @@ impl AgentConfig {
         for (i, t) in self.tunnels.iter().enumerate() {
             let at = |f: &str| format!("tunnels[{i}].{f}");
             if !valid_name(&t.cluster) {
-                return err(at("cluster"), format!("{:?} is not a valid cluster name", t.cluster));
+                return err(
+                    at("cluster"),
+                    format!("{:?} is not a valid cluster name", t.cluster),
+                );
             }
             if !names.contains(t.hosting_listener.as_str()) {
                 return err(
@@ -312,7 +324,10 @@ impl AgentConfig {
             if t.graceful_close_max_wait_duration_ms > 3_600_000 {
                 return err(
                     at("graceful_close_max_wait_duration_ms"),
-                    format!("{} is more than 3600000", t.graceful_close_max_wait_duration_ms),
+                    format!(
+                        "{} is more than 3600000",
+                        t.graceful_close_max_wait_duration_ms
+                    ),
                 );
             }
             if !matches!(t.credential_policy.as_str(), "" | "token" | "hmac") {

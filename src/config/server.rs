@@ -165,7 +165,10 @@ impl ServerConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
         if self.workers > 1024 {
-            return err("workers".into(), format!("{} is more than 1024", self.workers));
+            return err(
+                "workers".into(),
+                format!("{} is more than 1024", self.workers),
+            );
         }
         if !(100..=3_600_000).contains(&self.heartbeat_interval_ms) {
             return err(
@@ -209,11 +212,17 @@ impl ServerConfig {
             if !valid_name(&c.name) {
                 return err(
                     at("name"),
-                    format!("{:?} is not a valid name (1 to 128 of A-Z a-z 0-9 . _ -)", c.name),
+                    format!(
+                        "{:?} is not a valid name (1 to 128 of A-Z a-z 0-9 . _ -)",
+                        c.name
+                    ),
                 );
             }
             if !names.insert(c.name.as_str()) {
-                return err(at("name"), format!("{:?} is used by another cluster", c.name));
+                return err(
+                    at("name"),
+                    format!("{:?} is used by another cluster", c.name),
+                );
             }
             match c.credential_policy {
                 CredentialPolicy::None => {}
@@ -236,7 +245,10 @@ impl ServerConfig {
                 }
             }
             if c.pool_wait_ms > 600_000 {
-                return err(at("pool_wait_ms"), format!("{} is more than 600000", c.pool_wait_ms));
+                return err(
+                    at("pool_wait_ms"),
+                    format!("{} is more than 600000", c.pool_wait_ms),
+                );
             }
             for (j, f) in c.frontends.iter().enumerate() {
                 let field = at(&format!("frontends[{j}].address"));
@@ -266,7 +278,11 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-pub(crate) fn socket_addr(path: &Path, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn socket_addr(
+    path: &Path,
+    field: &str,
+    value: &str,
+) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         ConfigError::new(
             path,

@@ -28,7 +28,10 @@ fn agent_defaults_are_documented_values() {
 
 #[test]
 fn hosting_listener_error_names_file_and_field() {
-    let text = AGENT.replace(r#""hosting_listener": "web""#, r#""hosting_listener": "web2""#);
+    let text = AGENT.replace(
+        r#""hosting_listener": "web""#,
+        r#""hosting_listener": "web2""#,
+    );
     let e = AgentConfig::from_str(Path::new("agent.json"), &text).unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -38,7 +41,10 @@ fn hosting_listener_error_names_file_and_field() {
 
 #[test]
 fn unknown_field_is_rejected_with_its_path() {
-    let text = AGENT.replace(r#""cluster": "edge-web""#, r#""cluster": "edge-web", "colour": 1"#);
+    let text = AGENT.replace(
+        r#""cluster": "edge-web""#,
+        r#""cluster": "edge-web", "colour": 1"#,
+    );
     let e = AgentConfig::from_str(Path::new("agent.json"), &text).unwrap_err();
     assert_eq!(e.field, "tunnels[0].colour");
     assert!(e.message.contains("unknown field `colour`"), "{e}");

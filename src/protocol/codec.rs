@@ -109,7 +109,10 @@ pub fn decode(buf: &[u8], max_payload_bytes: usize) -> Result<Decoded, DecodeErr
         match buf.get(i) {
             None => return Ok(Decoded::NeedMore(HEADER_LEN - buf.len())),
             Some(b) if b != expected => {
-                return Err(DecodeError::WrongMagic([buf[0], buf.get(1).copied().unwrap_or(0)]))
+                return Err(DecodeError::WrongMagic([
+                    buf[0],
+                    buf.get(1).copied().unwrap_or(0),
+                ]))
             }
             Some(_) => {}
         }
@@ -180,9 +183,10 @@ mod tests {
 
     #[test]
     fn success_response_is_byte_exact_with_mosn() {
-        let bytes =
-            encode_to_vec(&Frame::InitResponse(ConnectionInitResponse::status(Status::SUCCESS)))
-                .unwrap();
+        let bytes = encode_to_vec(&Frame::InitResponse(ConnectionInitResponse::status(
+            Status::SUCCESS,
+        )))
+        .unwrap();
         let mut expected = vec![0x20, 0x88, 0x01, 0x02, 0x02, 0x00, 0x00, 0x0c];
         expected.extend_from_slice(br#"{"status":1}"#);
         assert_eq!(bytes, expected);
@@ -283,7 +287,10 @@ mod tests {
             decode(b"GET / HTTP/1.1", MAX),
             Err(DecodeError::WrongMagic([b'G', b'E']))
         );
-        assert!(matches!(decode(&[0x21], MAX), Err(DecodeError::WrongMagic(_))));
+        assert!(matches!(
+            decode(&[0x21], MAX),
+            Err(DecodeError::WrongMagic(_))
+        ));
         assert_eq!(
             decode(&[0x20, 0x88, 0x02], MAX),
             Err(DecodeError::UnsupportedVersion(2))
@@ -307,13 +314,19 @@ mod tests {
         bad_json.extend_from_slice(b"{x}");
         assert!(matches!(
             decode(&bad_json, MAX),
-            Err(DecodeError::BadJson { flag: "ConnectionInitInfo", .. })
+            Err(DecodeError::BadJson {
+                flag: "ConnectionInitInfo",
+                ..
+            })
         ));
     }
 
     #[test]
     fn status_meanings() {
-        assert_eq!(Status::CLUSTER_NOT_EXIST.meaning(), "cluster does not exist");
+        assert_eq!(
+            Status::CLUSTER_NOT_EXIST.meaning(),
+            "cluster does not exist"
+        );
         assert_eq!(Status(99).meaning(), "unrecognised status");
     }
 }

@@ -11,7 +11,7 @@ mod frame;
 pub use codec::{decode, encode, encode_to_vec, DecodeError, Decoded, EncodeError};
 pub use frame::{
     ConnectionInitInfo, ConnectionInitResponse, Drain, Flag, Frame, GracefulCloseOnewayRequest,
-    InitExtra, Ping, PoolRequest, Pong, RingtunInit, Role, SessionStart, Status, WeightUpdate,
+    InitExtra, Ping, Pong, PoolRequest, RingtunInit, Role, SessionStart, Status, WeightUpdate,
 };
 
 /// The two magic bytes every frame starts with.

@@ -22,22 +22,24 @@ fn init() -> impl Strategy<Value = ConnectionInitInfo> {
         text(),
         proptest::option::of((role(), text(), proptest::option::of(any::<u32>()))),
     )
-        .prop_map(|(cluster, weight, host, policy, cred, ext)| ConnectionInitInfo {
-            cluster_name: cluster,
-            weight,
-            host_name: host,
-            credential_policy: policy,
-            credential: Secret::new(cred),
-            extra: ext.map(|(role, agent_id, max)| InitExtra {
-                ringtun: Some(RingtunInit {
-                    version: 1,
-                    role,
-                    agent_id,
-                    max_connection_num: max,
+        .prop_map(
+            |(cluster, weight, host, policy, cred, ext)| ConnectionInitInfo {
+                cluster_name: cluster,
+                weight,
+                host_name: host,
+                credential_policy: policy,
+                credential: Secret::new(cred),
+                extra: ext.map(|(role, agent_id, max)| InitExtra {
+                    ringtun: Some(RingtunInit {
+                        version: 1,
+                        role,
+                        agent_id,
+                        max_connection_num: max,
+                    }),
+                    other: Default::default(),
                 }),
-                other: Default::default(),
-            }),
-        })
+            },
+        )
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
@@ -58,11 +60,13 @@ fn frame() -> impl Strategy<Value = Frame> {
             text(),
             proptest::collection::vec(any::<u64>(), 0..4)
         )
-            .prop_map(|(a, c, ids)| Frame::GracefulClose(GracefulCloseOnewayRequest {
-                addresses: a,
-                cluster_name: c,
-                connection_ids: ids,
-            })),
+            .prop_map(
+                |(a, c, ids)| Frame::GracefulClose(GracefulCloseOnewayRequest {
+                    addresses: a,
+                    cluster_name: c,
+                    connection_ids: ids,
+                })
+            ),
         (any::<u64>(), text()).prop_map(|(id, addr)| Frame::SessionStart(SessionStart {
             session_id: id,
             client_addr: addr
