@@ -4,6 +4,14 @@
 //! carried over those agent-initiated connections to the edge backend. See `README.md` for the map
 //! of modules and `DESIGN.md` for the wire protocol.
 
+pub mod agent;
+pub mod balancer;
 pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod demo;
+pub mod echo;
 pub mod protocol;
+pub mod rt;
 pub mod secret;
+pub mod server;

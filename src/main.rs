@@ -1,9 +1,12 @@
 //! The `ringtun` command line. `anyhow` is used here and nowhere else.
 
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -12,22 +15,56 @@ use clap::{Parser, Subcommand};
     about = "Reverse tunnel for cloud-edge networks"
 )]
 struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run a tunnel server (cloud side).
+    Server {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run an agent (edge side).
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a server or agent config file.
     Check {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Server, agent and echo backend in one process on loopback, with traffic and a report.
+    Demo {
+        /// Exit after the traffic report instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Ping-pong sessions to send.
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+    },
+    /// Run a TCP echo backend.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    init_logging(cli.log_format, matches!(cli.command, Command::Demo { .. }));
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringtun: {e:#}");
@@ -36,8 +73,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn init_logging(format: LogFormat, quiet_default: bool) {
+    let default = if quiet_default { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Check { config } => {
             let kind = match ringtun::config::load_any(&config)? {
                 ringtun::config::AnyConfig::Server(_) => "server",
@@ -46,5 +96,113 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid {kind} config", config.display());
             Ok(())
         }
+        Command::Server { config } => {
+            let config = ringtun::config::ServerConfig::load(&config)?;
+            let server =
+                ringtun::server::ServerHandle::start(config).context("server failed to start")?;
+            let signal = wait_for_signal()?;
+            tracing::info!(signal, "stopping server");
+            server.shutdown();
+            Ok(())
+        }
+        Command::Agent { config } => {
+            let config = ringtun::config::AgentConfig::load(&config)?;
+            let agent =
+                ringtun::agent::AgentHandle::start(config).context("agent failed to start")?;
+            let signal = wait_for_signal()?;
+            tracing::info!(signal, "stopping agent");
+            agent.shutdown();
+            Ok(())
+        }
+        Command::Echo { listen } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                println!("echo listening on {}", listener.local_addr()?);
+                tokio::select! {
+                    _ = ringtun::echo::serve(listener) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                anyhow::Ok(())
+            })
+        }
+        Command::Demo { once, sessions } => demo(once, sessions),
     }
+}
+
+fn demo(once: bool, sessions: usize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "ringtun demo: server + agent + echo backend on loopback"
+    )?;
+    let demo = ringtun::demo::start(&mut out)?;
+    writeln!(
+        out,
+        "traffic        {sessions} sessions x 10 round trips of 64 bytes, then one 8 MiB echo ..."
+    )?;
+    let report = ringtun::demo::traffic(demo.frontend, sessions, 10)?;
+    let counters = demo.server.counters();
+    writeln!(
+        out,
+        "result         {} sessions, {} round trips, {} bytes each way, all bytes verified",
+        report.sessions, report.round_trips, report.bytes_each_way
+    )?;
+    writeln!(
+        out,
+        "latency        64-byte round trip through the tunnel: p50 {} us, p99 {} us, max {} us",
+        report.rtt_p50_us, report.rtt_p99_us, report.rtt_max_us
+    )?;
+    writeln!(
+        out,
+        "bulk           8 MiB echo at {:.0} MiB/s",
+        report.bulk_mib_per_s
+    )?;
+    writeln!(
+        out,
+        "server         sessions started {}, ended {}, pool exhausted {}, bytes to agent {}, from agent {}",
+        counters.sessions_started_total,
+        counters.sessions_ended_total,
+        counters.pool_exhausted_total,
+        counters.bytes_to_agent_total,
+        counters.bytes_from_agent_total
+    )?;
+    if once {
+        demo.agent.shutdown();
+        demo.server.shutdown();
+        return Ok(());
+    }
+    let port = demo.frontend.port();
+    writeln!(out, "\nfrontend       {}", demo.frontend)?;
+    writeln!(out, "try it         nc 127.0.0.1 {port}   (type a line; the edge echo backend answers through the tunnel)")?;
+    writeln!(out, "               Ctrl-C to stop")?;
+    out.flush()?;
+    wait_for_signal()?;
+    let c = demo.server.counters();
+    writeln!(
+        out,
+        "\nstopping: {} sessions served in total",
+        c.sessions_started_total
+    )?;
+    demo.agent.shutdown();
+    demo.server.shutdown();
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM; returns its name.
+fn wait_for_signal() -> anyhow::Result<&'static str> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r?; anyhow::Ok("SIGINT") }
+            _ = term.recv() => anyhow::Ok("SIGTERM"),
+        }
+    })
 }

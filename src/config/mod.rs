@@ -5,7 +5,7 @@
 //! the file and the field (`agent.json: tunnels[0].hosting_listener: "web2" names no listener`).
 //! This module reads files and checks them; it starts nothing.
 
-mod agent;
+pub mod agent;
 mod error;
 mod server;
 

@@ -1,0 +1,380 @@
+//! The registry: clusters, their hosts, and every handshaken tunnel connection. Owned by the
+//! control path alone; workers learn about it only through snapshots and hand-offs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
+use crate::config::ClusterConfig;
+use crate::protocol::Role;
+
+/// Who a connection says it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    pub host_name: String,
+    /// ringtun agents send one; legacy MOSN agents are identified by source IP.
+    pub agent_id: String,
+    pub legacy: bool,
+}
+
+/// What `register` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    pub conn_id: ConnId,
+    pub host_id: HostId,
+    /// The snapshot must be republished (new host or weight change).
+    pub snapshot_changed: bool,
+}
+
+/// A host as the admin and tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub id: HostId,
+    pub host_name: String,
+    pub agent_id: String,
+    pub weight: u32,
+    pub legacy: bool,
+    pub data_connections: usize,
+    pub aside_connections: usize,
+    pub idle_connections: usize,
+    pub idle_per_worker: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct HostRecord {
+    identity: HostIdentity,
+    weight: u32,
+    conns: BTreeSet<ConnId>,
+    idle_per_worker: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct ClusterState {
+    config: ClusterConfig,
+    name: Arc<str>,
+    hosts: BTreeMap<HostId, HostRecord>,
+}
+
+#[derive(Debug)]
+struct ConnRecord {
+    cluster: Arc<str>,
+    host: HostId,
+    role: Role,
+    /// Worker holding it while idle.
+    idle_on: Option<usize>,
+    #[allow(dead_code)]
+    peer: SocketAddr,
+}
+
+/// Clusters → hosts → connections.
+#[derive(Debug)]
+pub struct Registry {
+    clusters: BTreeMap<Arc<str>, ClusterState>,
+    conns: HashMap<ConnId, ConnRecord>,
+    workers: usize,
+    next_conn_id: ConnId,
+    next_host_id: HostId,
+    version: u64,
+}
+
+impl Registry {
+    pub fn new(clusters: &[ClusterConfig], workers: usize) -> Self {
+        Self {
+            clusters: clusters
+                .iter()
+                .map(|c| {
+                    let name: Arc<str> = Arc::from(c.name.as_str());
+                    (
+                        name.clone(),
+                        ClusterState {
+                            config: c.clone(),
+                            name,
+                            hosts: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+            conns: HashMap::new(),
+            workers: workers.max(1),
+            next_conn_id: 1,
+            next_host_id: 1,
+            version: 0,
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.get(name).map(|c| &c.config)
+    }
+
+    /// Records a connection that completed its handshake.
+    pub fn register(
+        &mut self,
+        cluster: &str,
+        identity: HostIdentity,
+        weight: u32,
+        role: Role,
+        peer: SocketAddr,
+    ) -> Option<Registered> {
+        let state = self.clusters.get_mut(cluster)?;
+        let existing = state
+            .hosts
+            .iter()
+            .find(|(_, h)| h.identity == identity)
+            .map(|(id, _)| *id);
+        let mut snapshot_changed = false;
+        let host_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.next_host_id;
+                self.next_host_id += 1;
+                state.hosts.insert(
+                    id,
+                    HostRecord {
+                        identity,
+                        weight,
+                        conns: BTreeSet::new(),
+                        idle_per_worker: vec![0; self.workers],
+                    },
+                );
+                snapshot_changed = true;
+                id
+            }
+        };
+        let host = state.hosts.get_mut(&host_id)?;
+        if host.weight != weight {
+            host.weight = weight;
+            snapshot_changed = true;
+        }
+        let conn_id = self.next_conn_id;
+        self.next_conn_id += 1;
+        host.conns.insert(conn_id);
+        self.conns.insert(
+            conn_id,
+            ConnRecord {
+                cluster: state.name.clone(),
+                host: host_id,
+                role,
+                idle_on: None,
+                peer,
+            },
+        );
+        Some(Registered {
+            conn_id,
+            host_id,
+            snapshot_changed,
+        })
+    }
+
+    /// Chooses the worker for an idle data connection: the one with the fewest idle connections
+    /// of that host, and records it there.
+    pub fn assign_worker(&mut self, conn_id: ConnId) -> Option<usize> {
+        let conn = self.conns.get_mut(&conn_id)?;
+        let host = self
+            .clusters
+            .get_mut(&conn.cluster)?
+            .hosts
+            .get_mut(&conn.host)?;
+        let (worker, _) = host
+            .idle_per_worker
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| **n)?;
+        host.idle_per_worker[worker] += 1;
+        conn.idle_on = Some(worker);
+        Some(worker)
+    }
+
+    /// An idle data connection was taken by a session.
+    pub fn conn_leased(&mut self, conn_id: ConnId) {
+        self.leave_idle(conn_id);
+    }
+
+    fn leave_idle(&mut self, conn_id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Some(worker) = conn.idle_on.take() else {
+            return;
+        };
+        if let Some(host) = self
+            .clusters
+            .get_mut(&conn.cluster)
+            .and_then(|c| c.hosts.get_mut(&conn.host))
+        {
+            if let Some(n) = host.idle_per_worker.get_mut(worker) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A connection closed. Returns true when its host had no connection left and was removed
+    /// (the snapshot must be republished).
+    pub fn conn_closed(&mut self, conn_id: ConnId) -> bool {
+        self.leave_idle(conn_id);
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return false;
+        };
+        let Some(cluster) = self.clusters.get_mut(&conn.cluster) else {
+            return false;
+        };
+        let Some(host) = cluster.hosts.get_mut(&conn.host) else {
+            return false;
+        };
+        host.conns.remove(&conn_id);
+        if host.conns.is_empty() {
+            cluster.hosts.remove(&conn.host);
+            return true;
+        }
+        false
+    }
+
+    /// The hosts of a cluster, for status queries.
+    pub fn hosts(&self, cluster: &str) -> Vec<HostStatus> {
+        let Some(state) = self.clusters.get(cluster) else {
+            return Vec::new();
+        };
+        state
+            .hosts
+            .iter()
+            .map(|(id, h)| {
+                let count = |role| {
+                    h.conns
+                        .iter()
+                        .filter(|c| self.conns.get(c).is_some_and(|r| r.role == role))
+                        .count()
+                };
+                HostStatus {
+                    id: *id,
+                    host_name: h.identity.host_name.clone(),
+                    agent_id: h.identity.agent_id.clone(),
+                    weight: h.weight,
+                    legacy: h.identity.legacy,
+                    data_connections: count(Role::Data),
+                    aside_connections: count(Role::Aside),
+                    idle_connections: h.idle_per_worker.iter().map(|n| *n as usize).sum(),
+                    idle_per_worker: h.idle_per_worker.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Names of all clusters.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().map(|k| k.to_string()).collect()
+    }
+
+    /// A new snapshot of everything, with the next version number.
+    pub fn snapshot(&mut self) -> Snapshot {
+        self.version += 1;
+        Snapshot {
+            version: self.version,
+            clusters: self
+                .clusters
+                .values()
+                .map(|c| {
+                    let hosts = c
+                        .hosts
+                        .iter()
+                        .map(|(id, h)| SnapshotHost {
+                            id: *id,
+                            key: host_key(&h.identity),
+                            weight: h.weight,
+                            host_name: Arc::from(h.identity.host_name.as_str()),
+                        })
+                        .collect();
+                    (
+                        c.name.clone(),
+                        ClusterSnapshot {
+                            name: c.name.clone(),
+                            lb_type: c.config.lb_type,
+                            pool_wait_ms: c.config.pool_wait_ms,
+                            hosts,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// FNV-1a over host name and agent id: stable across processes and restarts.
+pub fn host_key(identity: &HostIdentity) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in identity
+        .host_name
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(identity.agent_id.bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let cluster: ClusterConfig = serde_json::from_str(r#"{"name":"c"}"#).unwrap();
+        Registry::new(&[cluster], 2)
+    }
+
+    fn id(name: &str) -> HostIdentity {
+        HostIdentity {
+            host_name: name.into(),
+            agent_id: format!("{name}-id"),
+            legacy: false,
+        }
+    }
+
+    const PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        1,
+    ));
+
+    #[test]
+    fn host_lives_while_it_has_connections() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert!(a.snapshot_changed);
+        let b = r.register("c", id("a"), 1, Role::Aside, PEER).unwrap();
+        assert!(!b.snapshot_changed);
+        assert_eq!(a.host_id, b.host_id);
+        assert!(!r.conn_closed(a.conn_id));
+        assert_eq!(r.hosts("c").len(), 1);
+        assert!(r.conn_closed(b.conn_id));
+        assert!(r.hosts("c").is_empty());
+    }
+
+    #[test]
+    fn unknown_cluster_registers_nothing() {
+        assert!(registry()
+            .register("nope", id("a"), 1, Role::Data, PEER)
+            .is_none());
+    }
+
+    #[test]
+    fn idle_connections_spread_over_workers() {
+        let mut r = registry();
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let reg = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+            workers.push(r.assign_worker(reg.conn_id).unwrap());
+        }
+        workers.sort();
+        assert_eq!(workers, vec![0, 0, 1, 1]);
+        assert_eq!(r.hosts("c")[0].idle_connections, 4);
+    }
+
+    #[test]
+    fn weight_change_republishes() {
+        let mut r = registry();
+        r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        let again = r.register("c", id("a"), 5, Role::Data, PEER).unwrap();
+        assert!(again.snapshot_changed);
+        assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 5);
+    }
+}

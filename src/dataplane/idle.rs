@@ -1,0 +1,145 @@
+//! An idle data connection parked on a worker: heartbeats and liveness checks by non-blocking
+//! syscalls on the plain socket, so no read is ever in flight on it and it costs no buffer
+//! beyond a few bytes of pending frame.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use crate::control::snapshot::{ConnId, HostId};
+use crate::protocol::{self, Decoded, Frame, Ping, HEADER_LEN};
+use crate::rt::{poll_readable_nonblocking, ReadPoll};
+
+/// Most bytes a legacy (MOSN) agent may send before its connection is leased; the backend may
+/// speak first (a greeting), but an idle connection must not become a buffer.
+pub const LEGACY_PENDING_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Why an idle connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdleError {
+    #[error("agent closed the connection")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] protocol::DecodeError),
+    #[error("unexpected {0} frame on an idle data connection")]
+    Unexpected(&'static str),
+    #[error("legacy agent sent more than {LEGACY_PENDING_LIMIT_BYTES} bytes before any session")]
+    LegacyOverflow,
+    #[error("{0} heartbeats unanswered")]
+    HeartbeatMissed(u32),
+    #[error("socket send buffer full while idle")]
+    SendBufferFull,
+}
+
+/// One parked data connection.
+#[derive(Debug)]
+pub struct IdleConn {
+    pub conn_id: ConnId,
+    pub host_id: HostId,
+    pub stream: TcpStream,
+    pub legacy: bool,
+    /// ringtun: bytes of a partial frame. Legacy: raw bytes the agent sent while idle.
+    pub pending: Vec<u8>,
+    /// Pings sent and not yet answered.
+    pub outstanding_pings: u32,
+    next_ping_seq: u64,
+}
+
+impl IdleConn {
+    pub fn new(
+        conn_id: ConnId,
+        host_id: HostId,
+        stream: TcpStream,
+        legacy: bool,
+        pending: Vec<u8>,
+    ) -> Self {
+        Self {
+            conn_id,
+            host_id,
+            stream,
+            legacy,
+            pending,
+            outstanding_pings: 0,
+            next_ping_seq: 1,
+        }
+    }
+
+    /// Reads whatever the agent sent (pongs; raw bytes for legacy agents) without waiting.
+    pub fn poll(&mut self, max_frame_payload_bytes: usize) -> Result<(), IdleError> {
+        let mut buf = [0u8; 512];
+        loop {
+            match poll_readable_nonblocking(&self.stream, &mut buf)? {
+                ReadPoll::Empty => break,
+                ReadPoll::Closed => return Err(IdleError::Closed),
+                ReadPoll::Data(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    if self.legacy {
+                        if self.pending.len() > LEGACY_PENDING_LIMIT_BYTES {
+                            return Err(IdleError::LegacyOverflow);
+                        }
+                    } else {
+                        self.consume_frames(max_frame_payload_bytes)?;
+                    }
+                }
+            }
+        }
+        if !self.legacy {
+            self.consume_frames(max_frame_payload_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn consume_frames(&mut self, max_frame_payload_bytes: usize) -> Result<(), IdleError> {
+        loop {
+            match protocol::decode(&self.pending, max_frame_payload_bytes)? {
+                Decoded::NeedMore(_) => {
+                    if self.pending.len() > HEADER_LEN + max_frame_payload_bytes {
+                        return Err(IdleError::Unexpected("oversized"));
+                    }
+                    return Ok(());
+                }
+                Decoded::Frame(Frame::Pong(_), used) => {
+                    self.pending.drain(..used);
+                    self.outstanding_pings = self.outstanding_pings.saturating_sub(1);
+                }
+                Decoded::Frame(other, _) => return Err(IdleError::Unexpected(other.flag().name())),
+            }
+        }
+    }
+
+    /// One heartbeat tick: close after `max_missed` unanswered pings, else send another.
+    /// Legacy agents get no heartbeat.
+    pub fn heartbeat(&mut self, max_missed: u32) -> Result<(), IdleError> {
+        if self.legacy {
+            return Ok(());
+        }
+        if self.outstanding_pings >= max_missed {
+            return Err(IdleError::HeartbeatMissed(self.outstanding_pings));
+        }
+        let mut frame = Vec::with_capacity(32);
+        let ping = Frame::Ping(Ping {
+            seq: self.next_ping_seq,
+        });
+        if protocol::encode(&ping, &mut frame).is_err() {
+            return Ok(());
+        }
+        // An idle connection's send buffer is empty, so a short frame is written whole or not at
+        // all; a partial write would desynchronise the stream, so it closes the connection.
+        match (&self.stream).write(&frame) {
+            Ok(n) if n == frame.len() => {
+                self.next_ping_seq += 1;
+                self.outstanding_pings += 1;
+                Ok(())
+            }
+            Ok(_) => Err(IdleError::SendBufferFull),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(IdleError::SendBufferFull),
+            Err(e) => Err(IdleError::Io(e)),
+        }
+    }
+
+    /// Closes both directions now (the agent sees EOF and re-dials).
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}

@@ -1,0 +1,49 @@
+//! The data plane: what a worker owns and does. Idle data connections and their heartbeats,
+//! frontends, sessions and pumps.
+//!
+//! Workers share nothing mutable with each other or with the control path: they receive whole
+//! snapshots and handed-off sockets over a channel, and report leases and closes back.
+
+pub mod counters;
+pub mod idle;
+pub mod pump;
+pub mod worker;
+
+use std::sync::Arc;
+
+use crate::control::snapshot::{ConnId, HostId, Snapshot};
+
+/// Control path → worker.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Replace the worker's view of clusters and hosts.
+    Snapshot(Arc<Snapshot>),
+    /// A handshaken data connection, now idle on this worker.
+    DataConn(HandedConn),
+    /// Close these idle connections (their agent asked, or the host is gone).
+    CloseConns(Vec<ConnId>),
+    /// Stop: close listeners and connections and return.
+    Shutdown,
+}
+
+/// A data connection handed from the control path to a worker.
+#[derive(Debug)]
+pub struct HandedConn {
+    pub conn_id: ConnId,
+    pub host_id: HostId,
+    pub cluster: Arc<str>,
+    pub stream: std::net::TcpStream,
+    /// A MOSN agent without the ringtun extension: no session start frame, no heartbeat.
+    pub legacy: bool,
+    /// Bytes already read after the init frame.
+    pub pending: Vec<u8>,
+}
+
+/// Worker → control path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// An idle data connection was taken by a session.
+    Leased { conn_id: ConnId },
+    /// A data connection closed (idle or after its session).
+    Closed { conn_id: ConnId },
+}

@@ -1,0 +1,136 @@
+//! Moving session bytes both ways between two sockets (epoll backend).
+//!
+//! Each direction waits for readiness *without* a buffer, takes one from the worker's pool only
+//! while bytes are flowing, and returns it when the socket runs dry: an idle session holds no
+//! buffer at all, a busy one reads and writes the same buffer with no copy in between. A read EOF
+//! becomes a write shutdown on the other socket (half-close); an error on either side ends both.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::rc::Rc;
+
+use tokio::net::TcpStream;
+
+/// Size of one pump buffer.
+pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
+/// Buffers kept for reuse per worker; more are freed when returned.
+const POOL_KEEP: usize = 256;
+
+/// A worker's recycled pump buffers.
+#[derive(Clone, Default)]
+pub struct BufferPool {
+    free: Rc<RefCell<Vec<Box<[u8]>>>>,
+}
+
+impl BufferPool {
+    fn take(&self) -> Box<[u8]> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; PUMP_BUFFER_BYTES].into_boxed_slice())
+    }
+
+    fn give(&self, buf: Box<[u8]>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < POOL_KEEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// Bytes moved by a finished pump.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+/// Pumps until both directions have seen EOF, or either fails. `prefix_to_a` / `prefix_to_b` are
+/// bytes already read that must be delivered first.
+pub async fn pump(
+    a: &TcpStream,
+    b: &TcpStream,
+    prefix_to_a: &[u8],
+    prefix_to_b: &[u8],
+    pool: &BufferPool,
+) -> io::Result<Moved> {
+    let a_to_b = one_way(a, b, prefix_to_b, pool);
+    let b_to_a = one_way(b, a, prefix_to_a, pool);
+    let (x, y) = tokio::try_join!(a_to_b, b_to_a)?;
+    Ok(Moved {
+        a_to_b: x,
+        b_to_a: y,
+    })
+}
+
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    prefix: &[u8],
+    pool: &BufferPool,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    if !prefix.is_empty() {
+        write_all(to, prefix).await?;
+        total += prefix.len() as u64;
+    }
+    loop {
+        from.readable().await?;
+        let mut buf = pool.take();
+        let outcome = drain(from, to, &mut buf, &mut total).await;
+        pool.give(buf);
+        match outcome {
+            Ok(true) => {
+                // EOF: carry the half-close across. ENOTCONN means the peer is already gone.
+                if let Err(e) = socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                    if e.kind() != io::ErrorKind::NotConnected {
+                        return Err(e);
+                    }
+                }
+                return Ok(total);
+            }
+            Ok(false) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads and forwards until the source would block (false) or reaches EOF (true).
+async fn drain(
+    from: &TcpStream,
+    to: &TcpStream,
+    buf: &mut [u8],
+    total: &mut u64,
+) -> io::Result<bool> {
+    loop {
+        match from.try_read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                write_all(to, &buf[..n]).await?;
+                *total += n as u64;
+                if n < buf.len() {
+                    // Probably drained; the next readiness wait costs no buffer.
+                    return Ok(false);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for writability as needed.
+pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match to.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! One worker: its snapshot, its idle pools, its frontend listeners and its sessions.
+//!
+//! All state is thread-local (`Rc`/`RefCell`); the only cross-thread traffic is the message
+//! channel from the control path and the event channel back to it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tracing::{debug, trace, warn};
+
+use super::counters::{add, bump, drop_one, WorkerCounters};
+use super::idle::{IdleConn, IdleError};
+use super::pump::{pump, write_all, BufferPool};
+use super::{WorkerEvent, WorkerMsg};
+use crate::balancer::{Balancer, HostSpec, HostState};
+use crate::control::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
+use crate::protocol::{self, Decoded, Frame, SessionStart};
+
+/// Everything a worker needs to start.
+pub struct WorkerSetup {
+    pub index: usize,
+    /// Its own SO_REUSEPORT listener per cluster frontend.
+    pub frontends: Vec<(Arc<str>, std::net::TcpListener)>,
+    pub snapshot: Arc<Snapshot>,
+    pub rx: mpsc::UnboundedReceiver<WorkerMsg>,
+    pub events: mpsc::UnboundedSender<WorkerEvent>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_max_missed: u32,
+    pub max_frame_payload_bytes: usize,
+    pub counters: Arc<WorkerCounters>,
+}
+
+struct LocalCluster {
+    snap: ClusterSnapshot,
+    balancer: Balancer,
+}
+
+#[derive(Default)]
+struct HostPool {
+    idle: VecDeque<IdleConn>,
+    active: u32,
+}
+
+#[derive(Default)]
+struct State {
+    clusters: HashMap<Arc<str>, LocalCluster>,
+    pools: HashMap<HostId, HostPool>,
+}
+
+/// The balancer's view of this worker's pools.
+struct PoolView<'a> {
+    hosts: &'a [SnapshotHost],
+    pools: &'a HashMap<HostId, HostPool>,
+}
+
+impl HostState for PoolView<'_> {
+    fn is_available(&self, index: usize) -> bool {
+        self.hosts
+            .get(index)
+            .and_then(|h| self.pools.get(&h.id))
+            .is_some_and(|p| !p.idle.is_empty())
+    }
+
+    fn active_sessions(&self, index: usize) -> u32 {
+        self.hosts
+            .get(index)
+            .and_then(|h| self.pools.get(&h.id))
+            .map_or(0, |p| p.active)
+    }
+}
+
+struct Worker {
+    index: usize,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    counters: Arc<WorkerCounters>,
+    heartbeat_interval: Duration,
+    heartbeat_max_missed: u32,
+    max_frame_payload_bytes: usize,
+    buffers: BufferPool,
+    state: RefCell<State>,
+    /// Frontends waiting for an idle connection, per cluster.
+    waiters: RefCell<HashMap<Arc<str>, Rc<Notify>>>,
+    next_session: Cell<u64>,
+}
+
+/// Runs a worker until it is told to shut down or the control path goes away.
+pub async fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        index,
+        frontends,
+        snapshot,
+        mut rx,
+        events,
+        heartbeat_interval,
+        heartbeat_max_missed,
+        max_frame_payload_bytes,
+        counters,
+    } = setup;
+    let worker = Rc::new(Worker {
+        index,
+        events,
+        counters,
+        heartbeat_interval,
+        heartbeat_max_missed,
+        max_frame_payload_bytes,
+        buffers: BufferPool::default(),
+        state: RefCell::new(State::default()),
+        waiters: RefCell::new(HashMap::new()),
+        next_session: Cell::new(1),
+    });
+    worker.apply_snapshot(&snapshot);
+    for (cluster, listener) in frontends {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => {
+                tokio::task::spawn_local(worker.clone().accept_loop(cluster, listener));
+            }
+            Err(e) => warn!(worker = index, %cluster, error = %e, "cannot adopt frontend listener"),
+        }
+    }
+    tokio::task::spawn_local(worker.clone().heartbeat_loop());
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            WorkerMsg::Snapshot(s) => worker.apply_snapshot(&s),
+            WorkerMsg::DataConn(conn) => worker.adopt(conn),
+            WorkerMsg::CloseConns(ids) => worker.close_idle(&ids),
+            WorkerMsg::Shutdown => break,
+        }
+    }
+    worker.close_all_idle();
+}
+
+impl Worker {
+    fn apply_snapshot(&self, snapshot: &Snapshot) {
+        let mut state = self.state.borrow_mut();
+        state.clusters = snapshot
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let specs: Vec<HostSpec> = c
+                    .hosts
+                    .iter()
+                    .map(|h| HostSpec {
+                        key: h.key,
+                        weight: h.weight,
+                    })
+                    .collect();
+                let seed = (self.index as u64) << 32 | snapshot.version;
+                (
+                    name.clone(),
+                    LocalCluster {
+                        snap: c.clone(),
+                        balancer: Balancer::new(c.lb_type, &specs, seed),
+                    },
+                )
+            })
+            .collect();
+        trace!(
+            worker = self.index,
+            version = snapshot.version,
+            "snapshot applied"
+        );
+    }
+
+    fn adopt(&self, handed: super::HandedConn) {
+        if let Err(e) = handed.stream.set_nonblocking(true) {
+            warn!(worker = self.index, conn = handed.conn_id, error = %e, "cannot adopt data connection");
+            let _ = self.events.send(WorkerEvent::Closed {
+                conn_id: handed.conn_id,
+            });
+            return;
+        }
+        let conn = IdleConn::new(
+            handed.conn_id,
+            handed.host_id,
+            handed.stream,
+            handed.legacy,
+            handed.pending,
+        );
+        self.state
+            .borrow_mut()
+            .pools
+            .entry(handed.host_id)
+            .or_default()
+            .idle
+            .push_back(conn);
+        if let Some(n) = self.waiters.borrow().get(&handed.cluster) {
+            n.notify_one();
+        }
+    }
+
+    fn retire(&self, conn: IdleConn, why: &IdleError) {
+        debug!(worker = self.index, conn = conn.conn_id, reason = %why, "idle data connection closed");
+        if matches!(why, IdleError::HeartbeatMissed(_)) {
+            bump(&self.counters.heartbeat_closes_total);
+            warn!(conn = conn.conn_id, reason = %why, "closing data connection: agent stopped answering heartbeats");
+        } else {
+            bump(&self.counters.idle_closes_total);
+        }
+        conn.shutdown();
+        let _ = self.events.send(WorkerEvent::Closed {
+            conn_id: conn.conn_id,
+        });
+    }
+
+    fn close_idle(&self, ids: &[u64]) {
+        let mut removed = Vec::new();
+        {
+            let mut state = self.state.borrow_mut();
+            for pool in state.pools.values_mut() {
+                let mut i = 0;
+                while i < pool.idle.len() {
+                    if ids.contains(&pool.idle[i].conn_id) {
+                        if let Some(c) = pool.idle.remove(i) {
+                            removed.push(c);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        for c in removed {
+            self.retire(c, &IdleError::Closed);
+        }
+    }
+
+    fn close_all_idle(&self) {
+        let mut state = self.state.borrow_mut();
+        for pool in state.pools.values_mut() {
+            for c in pool.idle.drain(..) {
+                c.shutdown();
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Rc<Self>) {
+        let mut tick = tokio::time::interval(self.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let mut dead = Vec::new();
+            {
+                let mut state = self.state.borrow_mut();
+                for pool in state.pools.values_mut() {
+                    let mut i = 0;
+                    while i < pool.idle.len() {
+                        let conn = &mut pool.idle[i];
+                        let result = conn
+                            .poll(self.max_frame_payload_bytes)
+                            .and_then(|()| conn.heartbeat(self.heartbeat_max_missed));
+                        match result {
+                            Ok(()) => i += 1,
+                            Err(e) => {
+                                if let Some(c) = pool.idle.remove(i) {
+                                    dead.push((c, e));
+                                }
+                            }
+                        }
+                    }
+                }
+                state
+                    .pools
+                    .retain(|_, p| !p.idle.is_empty() || p.active > 0);
+            }
+            for (c, e) in dead {
+                self.retire(c, &e);
+            }
+        }
+    }
+
+    async fn accept_loop(self: Rc<Self>, cluster: Arc<str>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, client)) => {
+                    let _ = stream.set_nodelay(true);
+                    bump(&self.counters.frontends_accepted_total);
+                    tokio::task::spawn_local(self.clone().serve_frontend(
+                        cluster.clone(),
+                        stream,
+                        client,
+                    ));
+                }
+                Err(e) => {
+                    // Out of descriptors and similar: back off instead of spinning.
+                    warn!(worker = self.index, %cluster, error = %e, "frontend accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Takes an idle connection of the host the balancer picks, skipping dead ones.
+    fn try_lease(&self, cluster: &str, client_ip: IpAddr) -> Option<IdleConn> {
+        let mut dead = Vec::new();
+        let leased = {
+            let mut state = self.state.borrow_mut();
+            let State { clusters, pools } = &mut *state;
+            let local = clusters.get_mut(cluster)?;
+            loop {
+                let view = PoolView {
+                    hosts: &local.snap.hosts,
+                    pools,
+                };
+                let Some(i) = local.balancer.pick(client_ip, &view) else {
+                    break None;
+                };
+                let Some(pool) = local.snap.hosts.get(i).and_then(|h| pools.get_mut(&h.id)) else {
+                    break None;
+                };
+                let Some(mut conn) = pool.idle.pop_front() else {
+                    break None;
+                };
+                match conn.poll(self.max_frame_payload_bytes) {
+                    Ok(()) => {
+                        pool.active += 1;
+                        break Some(conn);
+                    }
+                    Err(e) => dead.push((conn, e)),
+                }
+            }
+        };
+        for (c, e) in dead {
+            self.retire(c, &e);
+        }
+        leased
+    }
+
+    fn pool_wait(&self, cluster: &str) -> Duration {
+        let state = self.state.borrow();
+        Duration::from_millis(
+            state
+                .clusters
+                .get(cluster)
+                .map_or(0, |c| c.snap.pool_wait_ms),
+        )
+    }
+
+    fn waiter(&self, cluster: &Arc<str>) -> Rc<Notify> {
+        self.waiters
+            .borrow_mut()
+            .entry(cluster.clone())
+            .or_insert_with(|| Rc::new(Notify::new()))
+            .clone()
+    }
+
+    async fn lease(&self, cluster: &Arc<str>, client: SocketAddr) -> Option<IdleConn> {
+        if let Some(conn) = self.try_lease(cluster, client.ip()) {
+            return Some(conn);
+        }
+        bump(&self.counters.pool_waits_total);
+        let deadline = Instant::now() + self.pool_wait(cluster);
+        let notify = self.waiter(cluster);
+        loop {
+            let notified = notify.notified();
+            if let Some(conn) = self.try_lease(cluster, client.ip()) {
+                return Some(conn);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.try_lease(cluster, client.ip());
+            }
+        }
+    }
+
+    async fn serve_frontend(
+        self: Rc<Self>,
+        cluster: Arc<str>,
+        frontend: TcpStream,
+        client: SocketAddr,
+    ) {
+        let Some(conn) = self.lease(&cluster, client).await else {
+            bump(&self.counters.pool_exhausted_total);
+            debug!(worker = self.index, %cluster, %client, "no idle data connection within pool_wait_ms; closing frontend");
+            return;
+        };
+        let (conn_id, host_id) = (conn.conn_id, conn.host_id);
+        let _ = self.events.send(WorkerEvent::Leased { conn_id });
+        bump(&self.counters.sessions_started_total);
+        add(&self.counters.active_sessions, 1);
+        let session_id = (self.index as u64) << 48 | self.next_session.get();
+        self.next_session.set(self.next_session.get() + 1);
+        let result = self.run_session(conn, &frontend, client, session_id).await;
+        match result {
+            Ok(moved) => {
+                add(&self.counters.bytes_to_agent_total, moved.a_to_b);
+                add(&self.counters.bytes_from_agent_total, moved.b_to_a);
+                trace!(
+                    session = session_id,
+                    to_agent = moved.a_to_b,
+                    from_agent = moved.b_to_a,
+                    "session ended"
+                );
+            }
+            Err(e) => {
+                bump(&self.counters.session_errors_total);
+                debug!(session = session_id, %cluster, %client, error = %e, "session ended with error");
+            }
+        }
+        bump(&self.counters.sessions_ended_total);
+        drop_one(&self.counters.active_sessions);
+        if let Some(pool) = self.state.borrow_mut().pools.get_mut(&host_id) {
+            pool.active = pool.active.saturating_sub(1);
+        }
+        let _ = self.events.send(WorkerEvent::Closed { conn_id });
+    }
+
+    async fn run_session(
+        &self,
+        conn: IdleConn,
+        frontend: &TcpStream,
+        client: SocketAddr,
+        session_id: u64,
+    ) -> io::Result<super::pump::Moved> {
+        let IdleConn {
+            stream,
+            legacy,
+            pending,
+            outstanding_pings,
+            ..
+        } = conn;
+        let data = TcpStream::from_std(stream)?;
+        let prefix_to_frontend = if legacy {
+            pending
+        } else {
+            let start = Frame::SessionStart(SessionStart {
+                session_id,
+                client_addr: client.to_string(),
+            });
+            let bytes = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+            write_all(&data, &bytes).await?;
+            self.strip_pongs(&data, pending, outstanding_pings).await?
+        };
+        let moved = pump(frontend, &data, &prefix_to_frontend, &[], &self.buffers).await;
+        let _ = socket2::SockRef::from(&data).shutdown(std::net::Shutdown::Both);
+        moved
+    }
+
+    /// Pongs for pings sent before the lease precede the session's raw bytes; drop them.
+    async fn strip_pongs(
+        &self,
+        data: &TcpStream,
+        mut buf: Vec<u8>,
+        mut outstanding: u32,
+    ) -> io::Result<Vec<u8>> {
+        let deadline = Instant::now() + self.heartbeat_interval;
+        while outstanding > 0 {
+            match protocol::decode(&buf, self.max_frame_payload_bytes) {
+                Ok(Decoded::Frame(Frame::Pong(_), used)) => {
+                    buf.drain(..used);
+                    outstanding -= 1;
+                }
+                Ok(Decoded::NeedMore(_)) => {
+                    let mut chunk = [0u8; 256];
+                    let n = tokio::time::timeout_at(deadline, async {
+                        loop {
+                            data.readable().await?;
+                            match data.try_read(&mut chunk) {
+                                Ok(n) => return Ok(n),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    })
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "agent did not answer pending heartbeats",
+                        )
+                    })??;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Ok(Decoded::Frame(other, _)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "unexpected {} frame before session bytes",
+                            other.flag().name()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        Ok(buf)
+    }
+}

@@ -1,0 +1,108 @@
+//! The runtime seam: which I/O backend a worker runs, worker threads, and listener sockets.
+//!
+//! Everything above this module is shared by the backends. A worker is one OS thread with its own
+//! single-threaded runtime; connections reach it as `std::net::TcpStream`s and are adopted there.
+//! This module must not know about clusters, frames or sessions.
+
+mod socket;
+
+pub use socket::{bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, ReadPoll};
+
+use std::future::Future;
+use std::thread::JoinHandle;
+
+use crate::config::IoBackend;
+
+/// The backend a worker actually runs on, after `auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A tokio current-thread runtime (epoll).
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Why a backend cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RtError {
+    #[error("io_backend \"uring\" was requested but {0}")]
+    UringUnavailable(String),
+    #[error("cannot start worker thread {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot build the runtime of {name}: {source}")]
+    Runtime {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// Resolves the configured backend to the one workers run on.
+pub fn resolve(requested: IoBackend) -> Result<Backend, RtError> {
+    match requested {
+        IoBackend::Epoll => Ok(Backend::Epoll),
+        IoBackend::Auto => {
+            tracing::info!(
+                "io_backend auto: io_uring backend not built in this version; using epoll"
+            );
+            Ok(Backend::Epoll)
+        }
+        IoBackend::Uring => Err(RtError::UringUnavailable(
+            "this version of ringtun has no io_uring backend yet".into(),
+        )),
+    }
+}
+
+/// Starts a named worker thread running `make()`'s future to completion on `backend`. The
+/// future may use `tokio::task::spawn_local`.
+pub fn spawn_worker<F, Fut>(
+    name: String,
+    backend: Backend,
+    make: F,
+) -> Result<JoinHandle<()>, RtError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let thread_name = name.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || match backend {
+            Backend::Epoll => {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, make());
+            }
+        })
+        .map_err(|source| RtError::Spawn {
+            name: name.clone(),
+            source,
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(source)) => Err(RtError::Runtime { name, source }),
+        Err(_) => Err(RtError::Runtime {
+            name,
+            source: std::io::Error::other("worker thread exited during start"),
+        }),
+    }
+}

@@ -1,0 +1,76 @@
+//! Listener sockets (socket2) and the non-blocking probe used on idle connections.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listener with SO_REUSEPORT so every worker can hold its own socket on the same port; the
+/// kernel spreads new connections across them.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The tunnel listener: SO_REUSEADDR (a restarted server rebinds at once), no SO_REUSEPORT (two
+/// servers must not share agents' port by accident).
+pub fn bind_tunnel_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// What a non-blocking read of an idle connection found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadPoll {
+    /// `n` bytes were read into the buffer.
+    Data(usize),
+    /// Nothing to read now.
+    Empty,
+    /// The peer closed its side.
+    Closed,
+}
+
+/// Reads what is available without waiting (recv with MSG_DONTWAIT), whatever the socket's mode.
+/// Idle connections are watched this way so no read is ever left in flight on them.
+pub fn poll_readable_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result<ReadPoll> {
+    loop {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the duration of the
+        // call, and the fd is owned by `stream`, which outlives it.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            return Ok(ReadPoll::Data(n as usize));
+        }
+        if n == 0 {
+            return Ok(if buf.is_empty() {
+                ReadPoll::Empty
+            } else {
+                ReadPoll::Closed
+            });
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(ReadPoll::Empty),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Wiring of a ringtun server: binds the listeners, starts the workers and the control path, and
+//! gives the caller a handle to query and stop them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::config::ServerConfig;
+use crate::control::path::{self, ControlCmd, ControlSetup};
+use crate::control::registry::{HostStatus, Registry};
+use crate::dataplane::counters::{CounterTotals, WorkerCounters};
+use crate::dataplane::worker::{self, WorkerSetup};
+use crate::rt::{self, Backend, RtError};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid address {field}: {value:?}")]
+    Address { field: String, value: String },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RtError),
+    #[error("cannot start the control thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    tunnel_addr: SocketAddr,
+    frontends: HashMap<String, Vec<SocketAddr>>,
+    backend: Backend,
+    workers: usize,
+    commands: mpsc::UnboundedSender<ControlCmd>,
+    counters: Vec<Arc<WorkerCounters>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Binds every listener and starts the threads. Returns once everything is listening.
+    pub fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let backend = rt::resolve(config.io_backend)?;
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.workers
+        };
+        let tunnel_addr = parse_addr("tunnel_listener.address", &config.tunnel_listener.address)?;
+        let tunnel = rt::bind_tunnel_listener(tunnel_addr).map_err(|source| ServerError::Bind {
+            what: "tunnel listener".into(),
+            addr: tunnel_addr,
+            source,
+        })?;
+        let tunnel_addr = tunnel.local_addr().map_err(|source| ServerError::Bind {
+            what: "tunnel listener".into(),
+            addr: tunnel_addr,
+            source,
+        })?;
+
+        // One SO_REUSEPORT socket per worker per frontend; port 0 is resolved by the first.
+        let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut frontends: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for (ci, cluster) in config.clusters.iter().enumerate() {
+            let name: Arc<str> = Arc::from(cluster.name.as_str());
+            for (fi, f) in cluster.frontends.iter().enumerate() {
+                let field = format!("clusters[{ci}].frontends[{fi}].address");
+                let mut addr = parse_addr(&field, &f.address)?;
+                for sockets in per_worker.iter_mut() {
+                    let bind_err = |source| ServerError::Bind {
+                        what: format!("frontend of cluster {}", cluster.name),
+                        addr,
+                        source,
+                    };
+                    let listener = rt::bind_reuseport(addr).map_err(bind_err)?;
+                    addr = listener.local_addr().map_err(bind_err)?;
+                    sockets.push((name.clone(), listener));
+                }
+                frontends
+                    .entry(cluster.name.clone())
+                    .or_default()
+                    .push(addr);
+            }
+        }
+
+        let mut registry = Registry::new(&config.clusters, workers);
+        let snapshot = Arc::new(registry.snapshot());
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let mut worker_txs: Vec<mpsc::UnboundedSender<crate::dataplane::WorkerMsg>> =
+            Vec::with_capacity(workers);
+        let mut counters = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers + 1);
+        for (index, sockets) in per_worker.into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let c = Arc::new(WorkerCounters::default());
+            let setup = WorkerSetup {
+                index,
+                frontends: sockets,
+                snapshot: snapshot.clone(),
+                rx,
+                events: events_tx.clone(),
+                heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
+                heartbeat_max_missed: config.heartbeat_max_missed,
+                max_frame_payload_bytes: config.tunnel_listener.max_frame_payload_bytes,
+                counters: c.clone(),
+            };
+            let handle = match rt::spawn_worker(format!("ringtun-w{index}"), backend, move || {
+                worker::run(setup)
+            }) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Stop the workers already running before reporting.
+                    for tx in &worker_txs {
+                        let _ = tx.send(crate::dataplane::WorkerMsg::Shutdown);
+                    }
+                    return Err(e.into());
+                }
+            };
+            worker_txs.push(tx);
+            counters.push(c);
+            threads.push(handle);
+        }
+        drop(events_tx);
+        let control = ControlSetup {
+            listener: tunnel,
+            config,
+            registry,
+            workers: worker_txs.clone(),
+            events: events_rx,
+            commands: commands_rx,
+        };
+        let control_thread = std::thread::Builder::new()
+            .name("ringtun-control".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build the control runtime");
+                        for tx in &control.workers {
+                            let _ = tx.send(crate::dataplane::WorkerMsg::Shutdown);
+                        }
+                        return;
+                    }
+                };
+                tokio::task::LocalSet::new().block_on(&runtime, path::run(control));
+            })
+            .map_err(ServerError::Thread)?;
+        threads.push(control_thread);
+        info!(%tunnel_addr, workers, backend = backend.name(), "server started");
+        for (cluster, addrs) in &frontends {
+            for a in addrs {
+                info!(%cluster, frontend = %a, "frontend listening");
+            }
+        }
+        Ok(Self {
+            tunnel_addr,
+            frontends,
+            backend,
+            workers,
+            commands: commands_tx,
+            counters,
+            threads,
+        })
+    }
+
+    /// Where agents connect.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// The first frontend address of a cluster.
+    pub fn frontend_addr(&self, cluster: &str) -> Option<SocketAddr> {
+        self.frontends.get(cluster).and_then(|a| a.first().copied())
+    }
+
+    /// The backend the workers run on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The hosts of a cluster as the registry sees them now (empty if the server stopped).
+    pub fn hosts(&self, cluster: &str) -> Vec<HostStatus> {
+        let (reply, rx) = std::sync::mpsc::channel();
+        let cmd = ControlCmd::Hosts {
+            cluster: cluster.to_string(),
+            reply,
+        };
+        if self.commands.send(cmd).is_err() {
+            return Vec::new();
+        }
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    /// Counters summed over workers.
+    pub fn counters(&self) -> CounterTotals {
+        CounterTotals::sum(self.counters.iter().map(|c| &**c))
+    }
+
+    /// Stops everything and waits for the threads to exit.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.commands.send(ControlCmd::Shutdown);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ServerError> {
+    value.parse().map_err(|_| ServerError::Address {
+        field: field.to_string(),
+        value: value.to_string(),
+    })
+}
