@@ -1,0 +1,341 @@
+//! Test helpers: builders that start servers, agents and backends on loopback with port 0 and
+//! return once they are listening, plus a `both_backends!` macro and condition waits.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringtun::agent::AgentHandle;
+use ringtun::config::{AgentConfig, IoBackend, ServerConfig};
+use ringtun::server::ServerHandle;
+
+/// Runs a test body once per I/O backend: `name::epoll` and `name::uring`. The io_uring run
+/// prints why it skips where io_uring cannot be used.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn epoll() {
+                let f: fn(ringtun::config::IoBackend) = $body;
+                f(ringtun::config::IoBackend::Epoll);
+            }
+            #[test]
+            fn uring() {
+                if let Err(reason) = ringtun::rt::resolve(ringtun::config::IoBackend::Uring) {
+                    println!("skipping the io_uring run of {}: {reason}", stringify!($name));
+                    return;
+                }
+                let f: fn(ringtun::config::IoBackend) = $body;
+                f(ringtun::config::IoBackend::Uring);
+            }
+        }
+    };
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A cluster of a test server.
+#[derive(Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub lb_type: &'static str,
+    pub tokens: Vec<String>,
+    pub pool_wait_ms: u64,
+}
+
+/// Builder for a test server.
+pub struct ServerBuilder {
+    backend: IoBackend,
+    workers: usize,
+    heartbeat_interval_ms: u64,
+    handshake_timeout_ms: u64,
+    max_frame_payload_bytes: usize,
+    tunnel_address: String,
+    clusters: Vec<ClusterSpec>,
+}
+
+pub fn server(backend: IoBackend) -> ServerBuilder {
+    ServerBuilder {
+        backend,
+        workers: 2,
+        heartbeat_interval_ms: 10_000,
+        handshake_timeout_ms: 5_000,
+        max_frame_payload_bytes: 16384,
+        tunnel_address: "127.0.0.1:0".into(),
+        clusters: vec![],
+    }
+}
+
+impl ServerBuilder {
+    pub fn cluster(mut self, name: &str) -> Self {
+        self.clusters.push(ClusterSpec {
+            name: name.into(),
+            lb_type: "weighted_round_robin",
+            tokens: vec![],
+            pool_wait_ms: 2000,
+        });
+        self
+    }
+    pub fn lb(mut self, lb: &'static str) -> Self {
+        self.clusters.last_mut().unwrap().lb_type = lb;
+        self
+    }
+    pub fn token(mut self, token: &str) -> Self {
+        self.clusters.last_mut().unwrap().tokens.push(token.into());
+        self
+    }
+    pub fn pool_wait_ms(mut self, ms: u64) -> Self {
+        self.clusters.last_mut().unwrap().pool_wait_ms = ms;
+        self
+    }
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    pub fn heartbeat_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_interval_ms = ms;
+        self
+    }
+    pub fn handshake_timeout_ms(mut self, ms: u64) -> Self {
+        self.handshake_timeout_ms = ms;
+        self
+    }
+    pub fn max_frame_payload_bytes(mut self, n: usize) -> Self {
+        self.max_frame_payload_bytes = n;
+        self
+    }
+    pub fn tunnel_address(mut self, addr: SocketAddr) -> Self {
+        self.tunnel_address = addr.to_string();
+        self
+    }
+
+    pub fn config(&self) -> ServerConfig {
+        let clusters: Vec<serde_json::Value> = self
+            .clusters
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "lb_type": c.lb_type,
+                    "credential_policy": if c.tokens.is_empty() { "" } else { "token" },
+                    "credentials": c.tokens,
+                    "frontends": [{"address": "127.0.0.1:0"}],
+                    "pool_wait_ms": c.pool_wait_ms,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "workers": self.workers,
+            "io_backend": self.backend,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "tunnel_listener": {
+                "address": self.tunnel_address,
+                "handshake_timeout_ms": self.handshake_timeout_ms,
+                "max_frame_payload_bytes": self.max_frame_payload_bytes,
+            },
+            "clusters": clusters,
+        });
+        ServerConfig::from_str(Path::new("test-server.json"), &json.to_string()).unwrap()
+    }
+
+    /// Starts the server; it is listening when this returns.
+    pub fn run(self) -> ServerHandle {
+        ServerHandle::start(self.config()).unwrap()
+    }
+}
+
+/// Builder for a test agent.
+pub struct AgentBuilder {
+    backend: IoBackend,
+    host_name: String,
+    weight: i64,
+    cluster: String,
+    servers: Vec<String>,
+    backend_addr: SocketAddr,
+    connection_num: u32,
+    token: Option<String>,
+    reconnect_base_ms: u64,
+    reconnect_max_ms: u64,
+}
+
+pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> AgentBuilder {
+    AgentBuilder {
+        backend,
+        host_name: "edge-test".into(),
+        weight: 10,
+        cluster: "c".into(),
+        servers: vec![tunnel.to_string()],
+        backend_addr: target,
+        connection_num: 4,
+        token: None,
+        reconnect_base_ms: 50,
+        reconnect_max_ms: 1000,
+    }
+}
+
+impl AgentBuilder {
+    pub fn host_name(mut self, n: &str) -> Self {
+        self.host_name = n.into();
+        self
+    }
+    pub fn weight(mut self, w: i64) -> Self {
+        self.weight = w;
+        self
+    }
+    pub fn cluster(mut self, c: &str) -> Self {
+        self.cluster = c.into();
+        self
+    }
+    pub fn connection_num(mut self, n: u32) -> Self {
+        self.connection_num = n;
+        self
+    }
+    pub fn token(mut self, t: &str) -> Self {
+        self.token = Some(t.into());
+        self
+    }
+    pub fn reconnect_ms(mut self, base: u64, max: u64) -> Self {
+        self.reconnect_base_ms = base;
+        self.reconnect_max_ms = max;
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let mut tunnel = serde_json::json!({
+            "connection_num": self.connection_num,
+            "cluster": self.cluster,
+            "hosting_listener": "backend",
+            "server_list": self.servers,
+            "reconnect_base_duration_ms": self.reconnect_base_ms,
+            "reconnect_max_duration_ms": self.reconnect_max_ms,
+            "connect_timeout_duration_ms": 2000,
+        });
+        if let Some(t) = &self.token {
+            tunnel["credential_policy"] = "token".into();
+            tunnel["credential"] = t.clone().into();
+        }
+        serde_json::json!({
+            "host_name": self.host_name,
+            "weight": self.weight,
+            "workers": 1,
+            "io_backend": self.backend,
+            "listeners": [{"name": "backend", "backend": self.backend_addr.to_string(), "connect_timeout_ms": 1000}],
+            "tunnels": [tunnel],
+        })
+    }
+
+    pub fn config(&self) -> AgentConfig {
+        AgentConfig::from_str(Path::new("test-agent.json"), &self.json().to_string()).unwrap()
+    }
+
+    /// Starts the agent in this process (connections come up in the background).
+    pub fn run(self) -> AgentHandle {
+        AgentHandle::start(self.config()).unwrap()
+    }
+
+    /// Writes the config to a temp file and starts `ringtun agent` as a child process.
+    pub fn spawn_process(self, dir: &Path) -> std::process::Child {
+        let path = dir.join(format!("agent-{}.json", self.host_name));
+        std::fs::write(&path, self.json().to_string()).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringtun"))
+            .args(["agent", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Waits until the cluster has `hosts` hosts, each with at least `idle` idle data connections.
+pub fn wait_registered(server: &ServerHandle, cluster: &str, hosts: usize, idle: usize) {
+    let ok = wait_until(Duration::from_secs(10), || {
+        let h = server.hosts(cluster);
+        h.len() == hosts && h.iter().all(|h| h.idle_connections >= idle)
+    });
+    assert!(ok, "cluster {cluster} never had {hosts} hosts with {idle} idle connections: {:?}", server.hosts(cluster));
+}
+
+/// An echo backend on port 0 that counts the connections it accepted.
+pub struct EchoBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicU64>,
+}
+
+pub fn echo_backend() -> EchoBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    EchoBackend { addr, accepted }
+}
+
+/// A free loopback port with nothing listening on it (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Connects, sends `data`, half-closes, reads until EOF.
+pub fn echo_roundtrip(frontend: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let c = TcpStream::connect(frontend).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let data_owned = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data_owned).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut out = Vec::with_capacity(data.len());
+    let mut r = c;
+    r.read_to_end(&mut out).unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// Deterministic test bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + seed as usize) % 251) as u8).collect()
+}
