@@ -1,6 +1,7 @@
 //! The agent's config file. `tunnels[]` entries are MOSN's `AgentBootstrapConfig`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv6Addr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -13,25 +14,27 @@ use crate::secret::Secret;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// This agent's name in every cluster it joins. Default: the machine's host name.
+    /// This agent's name in every cluster it joins: 1 to 255 bytes, no control characters.
+    /// Default (absent or `""`): the machine's host name.
     #[serde(default)]
     pub host_name: String,
-    /// Share of a cluster's sessions this agent takes relative to other hosts. Default 10.
+    /// Share of a cluster's sessions this agent takes relative to other hosts, a relative number.
+    /// Default 10; 1 to 10000.
     #[serde(default = "default_weight")]
     pub weight: i64,
-    /// Threads running sessions. Default 1; `0` means one per CPU core.
+    /// Threads running sessions, a count. Default 1; `0` means one per CPU core; at most 1024.
     #[serde(default = "default_agent_workers")]
     pub workers: usize,
-    /// I/O backend: `auto` (default), `uring` or `epoll`.
+    /// I/O backend: `auto` (default), `uring` or `epoll`. No unit.
     #[serde(default)]
     pub io_backend: IoBackend,
-    /// Admin HTTP endpoint. Default: none.
+    /// Admin HTTP endpoint. Default: none (`null` or absent: no admin endpoint).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
-    /// Named local targets that sessions are handed to.
+    /// Named local targets that sessions are handed to; names must be unique. Default: empty.
     #[serde(default)]
     pub listeners: Vec<HostingListenerConfig>,
-    /// One entry per cluster this agent serves.
+    /// One entry per cluster (and server group) this agent serves. Required: at least one.
     #[serde(default)]
     pub tunnels: Vec<TunnelConfig>,
 }
@@ -40,11 +43,12 @@ pub struct AgentConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostingListenerConfig {
-    /// Name that `tunnels[].hosting_listener` refers to. Required.
+    /// Name that `tunnels[].hosting_listener` refers to: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+    /// Required; no default.
     pub name: String,
-    /// `host:port` of the edge service. Required.
+    /// `host:port` of the edge service (IPv6 in brackets; port 1 to 65535). Required; no default.
     pub backend: String,
-    /// Time to connect to the backend, in milliseconds. Default 5000.
+    /// Time to connect to the backend, in milliseconds. Default 5000; 1 to 600000.
     #[serde(default = "default_backend_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
 }
@@ -53,53 +57,64 @@ pub struct HostingListenerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelConfig {
-    /// A disabled tunnel is skipped. Default true.
+    /// A disabled tunnel is skipped (it is still validated). Default `true`.
     #[serde(default = "default_true")]
     pub enable: bool,
-    /// Idle data connections kept to each server. Default 4.
+    /// Idle data connections kept to each server, a count. Default 4; 1 to 1024.
     #[serde(default = "default_connection_num")]
     pub connection_num: u32,
-    /// Most data connections to one server when it asks for more. Default: 4 × `connection_num`.
+    /// Most data connections to one server when it asks for more, a count. Default:
+    /// 4 × `connection_num`; `connection_num` to 4096.
     #[serde(default)]
     pub max_connection_num: Option<u32>,
-    /// The server-side cluster to join. Required.
+    /// The server-side cluster to join: 1 to 128 of `A-Z a-z 0-9 . _ -`. Required; no default.
     pub cluster: String,
-    /// The `listeners[].name` that sessions are handed to. Required.
+    /// The `listeners[].name` that sessions are handed to. Required; no default.
     pub hosting_listener: String,
-    /// Servers as `host:port`; every address a name resolves to is a server.
+    /// Servers as `host:port`; every address a name resolves to is a server. Default: empty,
+    /// allowed only with a `dynamic_server_lister`. A (`cluster`, server) pair may appear once.
     #[serde(default)]
     pub server_list: Vec<String>,
-    /// Dynamic server discovery. Default: none.
+    /// Dynamic server discovery. Default: none (`null`, absent, or lister `""`).
     #[serde(default)]
     pub dynamic_server_list_config: Option<DynamicServerListConfig>,
-    /// Attempts per connection before giving up; `-1` or `0` retry forever (default -1).
+    /// Attempts per connection before giving up, a count; `-1` or `0` retry forever.
+    /// Default -1; at least -1.
     #[serde(default = "default_connect_retry_times")]
     pub connect_retry_times: i64,
-    /// First retry delay, doubled per failure, in milliseconds. Default 1000.
+    /// First retry delay, doubled per failure, in milliseconds. Default 1000; 1 to 3600000.
     #[serde(default = "default_reconnect_base_duration_ms")]
     pub reconnect_base_duration_ms: u64,
-    /// Cap of the retry delay, in milliseconds. Default 30000.
+    /// Cap of the retry delay, in milliseconds. Default 30000; `reconnect_base_duration_ms` to
+    /// 3600000.
     #[serde(default = "default_reconnect_max_duration_ms")]
     pub reconnect_max_duration_ms: u64,
-    /// Time to connect and complete the init handshake, in milliseconds. Default 5000.
+    /// Time to connect and complete the init handshake, in milliseconds. Default 5000;
+    /// 1 to 600000.
     #[serde(default = "default_connect_timeout_duration_ms")]
     pub connect_timeout_duration_ms: u64,
-    /// Credential policy announced in the init (the server's cluster decides what it requires).
+    /// Credential policy announced in the init (no unit): `""` (default, none) or `token`;
+    /// `hmac` is not supported by this version yet. The server's cluster decides what it requires.
     #[serde(default)]
     pub credential_policy: String,
-    /// The credential itself. At most one of `credential`, `credential_file`, `credential_env`.
+    /// The credential itself (non-empty string). Default: none. At most one of `credential`,
+    /// `credential_file`, `credential_env`; `token` needs one of them.
     #[serde(default)]
     pub credential: Option<Secret>,
-    /// A file whose contents (trimmed) are the credential.
+    /// Path of a file whose contents (trimmed, non-empty) are the credential; a relative path is
+    /// relative to the config file's directory. Default: none.
     #[serde(default)]
     pub credential_file: Option<String>,
-    /// An environment variable holding the credential.
+    /// Name of an environment variable holding the credential (trimmed, non-empty).
+    /// Default: none.
     #[serde(default)]
     pub credential_env: Option<String>,
-    /// Time in-flight sessions get to finish when the agent stops, in milliseconds. Default 15000.
+    /// Time in-flight sessions get to finish when the agent stops, in milliseconds. Default 15000;
+    /// 0 to 3600000.
     #[serde(default = "default_graceful_close_max_wait_duration_ms")]
     pub graceful_close_max_wait_duration_ms: u64,
-    /// TLS to the servers. Default: plaintext.
+    /// TLS to the servers. Default: none (plaintext). Not supported by this version yet: any value
+    /// other than `null` is refused.
     #[serde(default)]
     pub tls_context: Option<AgentTlsConfig>,
 }
@@ -108,29 +123,40 @@ pub struct TunnelConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicServerListConfig {
+    /// Which lister (no unit): `""` (default, none), `dns` or `file`. `dns` and `file` are not
+    /// supported by this version yet and are refused.
     #[serde(default)]
     pub dynamic_server_lister: String,
-    /// `host:port` to resolve (lister `dns`).
+    /// `host:port` to resolve; every address is a server. Required with lister `dns`, not allowed
+    /// with another. Default: none.
     #[serde(default)]
     pub dns_name: Option<String>,
-    /// JSON array of `host:port` (lister `file`).
+    /// Path of a file holding a JSON array of `host:port`. Required with lister `file`, not
+    /// allowed with another. Default: none.
     #[serde(default)]
     pub path: Option<String>,
-    /// Re-resolve / re-read interval, in milliseconds. Default 5000.
+    /// Re-resolve / re-read interval, in milliseconds. Default 5000; 100 to 3600000.
     #[serde(default = "default_refresh_interval_ms")]
     pub refresh_interval_ms: u64,
 }
 
-/// Agent-side TLS.
+/// Agent-side TLS. Not supported by this version yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentTlsConfig {
+    /// PEM file of CAs that server certificates must chain to (path). Default: none (system roots).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Name to verify the server certificate against (SNI). Default: none (the host of the
+    /// server address).
     #[serde(default)]
     pub server_name: Option<String>,
+    /// PEM file of the agent's client certificate chain (path). Default: none (no client
+    /// certificate).
     #[serde(default)]
     pub cert_chain_file: Option<String>,
+    /// PEM file of the agent's client private key (path). Default: none; required with
+    /// `cert_chain_file`.
     #[serde(default)]
     pub private_key_file: Option<String>,
 }
@@ -190,8 +216,20 @@ impl AgentConfig {
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
-        if self.host_name.is_empty() || self.host_name.len() > 255 {
-            return err("host_name".into(), "must be 1 to 255 bytes".into());
+        if self.host_name.is_empty() {
+            return err("host_name".into(), "is empty".into());
+        }
+        if self.host_name.len() > 255 {
+            return err(
+                "host_name".into(),
+                format!("is {} bytes, more than 255", self.host_name.len()),
+            );
+        }
+        if self.host_name.chars().any(char::is_control) {
+            return err(
+                "host_name".into(),
+                format!("{:?} contains a control character", self.host_name),
+            );
         }
         if !(1..=MAX_WEIGHT).contains(&self.weight) {
             return err(
@@ -212,7 +250,13 @@ impl AgentConfig {
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |f: &str| format!("listeners[{i}].{f}");
             if !valid_name(&l.name) {
-                return err(at("name"), format!("{:?} is not a valid name", l.name));
+                return err(
+                    at("name"),
+                    format!(
+                        "{:?} is not a valid name (1 to 128 of A-Z a-z 0-9 . _ -)",
+                        l.name
+                    ),
+                );
             }
             if !names.insert(l.name.as_str()) {
                 return err(
@@ -233,6 +277,8 @@ impl AgentConfig {
         if self.tunnels.is_empty() {
             return err("tunnels".into(), "at least one tunnel is required".into());
         }
+        // (cluster, server) -> the tunnel that first named it.
+        let mut servers: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, t) in self.tunnels.iter().enumerate() {
             let at = |f: &str| format!("tunnels[{i}].{f}");
             if !valid_name(&t.cluster) {
@@ -261,35 +307,32 @@ impl AgentConfig {
                     );
                 }
             }
-            let lister = t
-                .dynamic_server_list_config
-                .as_ref()
-                .map(|d| d.dynamic_server_lister.as_str())
-                .unwrap_or("");
-            match lister {
-                "" => {}
-                "dns" | "file" => {
-                    return err(
-                        at("dynamic_server_list_config.dynamic_server_lister"),
-                        format!("{lister:?} is not supported by this version of ringtun yet"),
-                    )
+            let lister = match &t.dynamic_server_list_config {
+                None => "",
+                Some(d) => {
+                    validate_lister(path, &at("dynamic_server_list_config"), d)?;
+                    d.dynamic_server_lister.as_str()
                 }
-                other => {
-                    return err(
-                        at("dynamic_server_list_config.dynamic_server_lister"),
-                        format!("{other:?} is not a lister (expected \"\", \"dns\" or \"file\")"),
-                    )
-                }
-            }
-            if t.server_list.is_empty() {
+            };
+            if t.server_list.is_empty() && lister.is_empty() {
                 return err(
                     at("server_list"),
                     "is empty and no dynamic_server_lister is set".into(),
                 );
             }
             for (j, s) in t.server_list.iter().enumerate() {
+                let field = at(&format!("server_list[{j}]"));
                 if let Err(why) = host_port(s) {
-                    return err(at(&format!("server_list[{j}]")), format!("{s:?} {why}"));
+                    return err(field, format!("{s:?} {why}"));
+                }
+                if let Some(k) = servers.insert((t.cluster.as_str(), s.as_str()), i) {
+                    return err(
+                        field,
+                        format!(
+                            "{s:?} is already a server of cluster {:?} (tunnels[{k}])",
+                            t.cluster
+                        ),
+                    );
                 }
             }
             if t.connect_retry_times < -1 {
@@ -330,15 +373,6 @@ impl AgentConfig {
                     ),
                 );
             }
-            if !matches!(t.credential_policy.as_str(), "" | "token" | "hmac") {
-                return err(
-                    at("credential_policy"),
-                    format!(
-                        "{:?} is not a policy (expected \"\", \"token\" or \"hmac\")",
-                        t.credential_policy
-                    ),
-                );
-            }
             let sources = [
                 t.credential.is_some(),
                 t.credential_file.is_some(),
@@ -350,6 +384,40 @@ impl AgentConfig {
                     "set at most one of credential, credential_file, credential_env".into(),
                 );
             }
+            if t.credential.as_ref().is_some_and(Secret::is_empty) {
+                return err(at("credential"), "is empty".into());
+            }
+            if t.credential_file.as_deref() == Some("") {
+                return err(at("credential_file"), "is empty".into());
+            }
+            if t.credential_env.as_deref() == Some("") {
+                return err(at("credential_env"), "is empty".into());
+            }
+            match t.credential_policy.as_str() {
+                "" => {}
+                "token" => {
+                    if !sources.contains(&true) {
+                        return err(
+                            at("credential"),
+                            "credential_policy \"token\" needs one of credential, \
+                             credential_file, credential_env"
+                                .into(),
+                        );
+                    }
+                }
+                "hmac" => {
+                    return err(
+                        at("credential_policy"),
+                        "\"hmac\" is not supported by this version of ringtun yet".into(),
+                    );
+                }
+                other => {
+                    return err(
+                        at("credential_policy"),
+                        format!("{other:?} is not a policy (expected \"\", \"token\" or \"hmac\")"),
+                    );
+                }
+            }
             if t.tls_context.is_some() {
                 return err(
                     at("tls_context"),
@@ -360,31 +428,103 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// Replaces `credential_file` / `credential_env` by the credential they hold.
+    /// Replaces `credential_file` / `credential_env` by the credential they hold. A relative
+    /// `credential_file` is taken relative to the directory of the config file at `path`.
     fn resolve_credentials(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let dir = path.parent().unwrap_or_else(|| Path::new(""));
         for (i, t) in self.tunnels.iter_mut().enumerate() {
             if let Some(file) = &t.credential_file {
-                let text = std::fs::read_to_string(file).map_err(|e| {
+                let field = format!("tunnels[{i}].credential_file");
+                let full = dir.join(file);
+                let text = std::fs::read_to_string(&full).map_err(|e| {
                     ConfigError::new(
                         path,
-                        format!("tunnels[{i}].credential_file"),
-                        format!("cannot read {file:?}: {e}"),
+                        field.clone(),
+                        format!("cannot read {file:?}: {e} (at {})", full.display()),
                     )
                 })?;
-                t.credential = Some(Secret::new(text.trim()));
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(ConfigError::new(
+                        path,
+                        field,
+                        format!("{file:?} holds no credential (at {})", full.display()),
+                    ));
+                }
+                t.credential = Some(Secret::new(value));
             } else if let Some(var) = &t.credential_env {
+                let field = format!("tunnels[{i}].credential_env");
                 let value = std::env::var(var).map_err(|_| {
                     ConfigError::new(
                         path,
-                        format!("tunnels[{i}].credential_env"),
+                        field.clone(),
                         format!("environment variable {var:?} is not set"),
                     )
                 })?;
-                t.credential = Some(Secret::new(value.trim()));
+                let value = value.trim();
+                if value.is_empty() {
+                    return Err(ConfigError::new(
+                        path,
+                        field,
+                        format!("environment variable {var:?} is empty"),
+                    ));
+                }
+                t.credential = Some(Secret::new(value));
             }
         }
         Ok(())
     }
+}
+
+/// The shape of a `dynamic_server_list_config`, then the refusal of listers not built yet.
+fn validate_lister(path: &Path, at: &str, d: &DynamicServerListConfig) -> Result<(), ConfigError> {
+    let err = |f: &str, msg: String| Err(ConfigError::new(path, format!("{at}.{f}"), msg));
+    let lister = d.dynamic_server_lister.as_str();
+    if !matches!(lister, "" | "dns" | "file") {
+        return err(
+            "dynamic_server_lister",
+            format!("{lister:?} is not a lister (expected \"\", \"dns\" or \"file\")"),
+        );
+    }
+    match (&d.dns_name, lister) {
+        (None, "dns") => return err("dns_name", "is required with lister \"dns\"".into()),
+        (Some(name), "dns") => {
+            if let Err(why) = host_port(name) {
+                return err("dns_name", format!("{name:?} {why}"));
+            }
+        }
+        (Some(_), _) => {
+            return err(
+                "dns_name",
+                format!("is set but dynamic_server_lister is {lister:?}, not \"dns\""),
+            )
+        }
+        (None, _) => {}
+    }
+    match (&d.path, lister) {
+        (None, "file") => return err("path", "is required with lister \"file\"".into()),
+        (Some(p), "file") if p.is_empty() => return err("path", "is empty".into()),
+        (Some(_), "file") | (None, _) => {}
+        (Some(_), _) => {
+            return err(
+                "path",
+                format!("is set but dynamic_server_lister is {lister:?}, not \"file\""),
+            )
+        }
+    }
+    if !(100..=3_600_000).contains(&d.refresh_interval_ms) {
+        return err(
+            "refresh_interval_ms",
+            format!("{} is outside 100..=3600000", d.refresh_interval_ms),
+        );
+    }
+    if !lister.is_empty() {
+        return err(
+            "dynamic_server_lister",
+            format!("{lister:?} is not supported by this version of ringtun yet"),
+        );
+    }
+    Ok(())
 }
 
 impl TunnelConfig {
@@ -402,19 +542,35 @@ impl TunnelConfig {
     }
 }
 
-/// Checks `host:port` without resolving it.
-fn host_port(value: &str) -> Result<(), &'static str> {
+/// Checks `host:port` without resolving it: a DNS name or IPv4 address, or an IPv6 address in
+/// brackets, and a port from 1 to 65535.
+pub(super) fn host_port(value: &str) -> Result<(), &'static str> {
     let Some((host, port)) = value.rsplit_once(':') else {
-        return Err("is not host:port");
+        return Err("is not host:port (e.g. 127.0.0.1:8080)");
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return Err("has no valid port (1-65535)");
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err("has no valid IPv6 address inside [...]"),
+        };
+    }
     if host.is_empty() {
         return Err("has no host");
     }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err("has no valid port (1-65535)"),
-        Ok(_) => Ok(()),
+    if host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err("has no valid host (a DNS name, an IPv4 address or [IPv6])");
     }
+    if host.contains(':') {
+        return Err("needs brackets around an IPv6 address (e.g. [::1]:8080)");
+    }
+    Ok(())
 }
 
 fn machine_host_name() -> String {

@@ -39,7 +39,8 @@ pub enum IoBackend {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Listen address. Default `127.0.0.1:9901` (server) / `127.0.0.1:9902` (agent).
+    /// `ip:port` to listen on, e.g. `127.0.0.1:9901` (server) / `127.0.0.1:9902` (agent); port 0
+    /// picks a free port. Required when `admin` is set; no default.
     pub address: String,
 }
 

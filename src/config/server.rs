@@ -1,7 +1,7 @@
 //! The server's config file.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -13,24 +13,26 @@ use crate::secret::Secret;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Worker threads serving frontends and sessions. Default `0`: one per CPU core.
+    /// Worker threads serving frontends and sessions, a count. Default `0`: one per CPU core.
+    /// At most 1024.
     #[serde(default)]
     pub workers: usize,
-    /// I/O backend of the workers: `auto` (default), `uring` or `epoll`.
+    /// I/O backend of the workers: `auto` (default), `uring` or `epoll`. No unit.
     #[serde(default)]
     pub io_backend: IoBackend,
-    /// Interval between pings on an idle data connection, in milliseconds. Default 10000.
+    /// Interval between pings on an idle data connection, in milliseconds. Default 10000;
+    /// 100 to 3600000.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
-    /// Unanswered pings after which an idle data connection is closed. Default 3.
+    /// Unanswered pings after which an idle data connection is closed, a count. Default 3; 1 to 100.
     #[serde(default = "default_heartbeat_max_missed")]
     pub heartbeat_max_missed: u32,
-    /// Where agents connect.
+    /// Where agents connect. Required; no default.
     pub tunnel_listener: TunnelListenerConfig,
-    /// Admin HTTP endpoint. Default: none.
+    /// Admin HTTP endpoint. Default: none (`null` or absent: no admin endpoint).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
-    /// The services agents register into.
+    /// The services agents register into. Required: at least one; names must be unique.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
 }
@@ -39,15 +41,17 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelListenerConfig {
-    /// `ip:port` to listen on, e.g. `0.0.0.0:7070`. Required.
+    /// `ip:port` to listen on, e.g. `0.0.0.0:7070`; port 0 picks a free port. Required; no default.
     pub address: String,
-    /// Time an agent has to complete its init after connecting, in milliseconds. Default 5000.
+    /// Time an agent has to complete its init after connecting, in milliseconds. Default 5000;
+    /// 100 to 600000.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
-    /// Largest frame payload accepted from an agent, in bytes. Default 16384, at most 65535.
+    /// Largest frame payload accepted from an agent, in bytes. Default 16384; 256 to 65535.
     #[serde(default = "default_max_frame_payload_bytes")]
     pub max_frame_payload_bytes: usize,
-    /// TLS for tunnel connections. Default: plaintext.
+    /// TLS for tunnel connections. Default: none (plaintext). Not supported by this version yet:
+    /// any value other than `null` is refused.
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
 }
@@ -56,9 +60,12 @@ pub struct TunnelListenerConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsConfig {
+    /// PEM file of the server certificate chain (path). Required; no default.
     pub cert_chain_file: String,
+    /// PEM file of the server private key (path). Required; no default.
     pub private_key_file: String,
-    /// When set, agents must present a certificate signed by this CA.
+    /// PEM file of a CA (path); when set, agents must present a certificate signed by it.
+    /// Default: none (no client certificates).
     #[serde(default)]
     pub ca_file: Option<String>,
 }
@@ -67,21 +74,27 @@ pub struct ServerTlsConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The name agents register under (`cluster` in the agent's tunnel). Required.
+    /// The name agents register under (`cluster` in the agent's tunnel): 1 to 128 of
+    /// `A-Z a-z 0-9 . _ -`, unique among clusters. Required; no default.
     pub name: String,
-    /// How a frontend picks a host. Default `weighted_round_robin`.
+    /// How a frontend picks a host (no unit): `round_robin`, `weighted_round_robin` (default),
+    /// `least_active`, `random`, `client_ip_hash`.
     #[serde(default)]
     pub lb_type: LbType,
-    /// Credential required from agents: `""` none (default), `token`, `hmac`.
+    /// Credential required from agents (no unit): `""` none (default), `token`, `hmac` (`hmac`
+    /// is not supported by this version yet and is refused).
     #[serde(default)]
     pub credential_policy: CredentialPolicy,
-    /// Accepted credentials under `token`.
+    /// Accepted credentials under `token` (strings, none empty). Default: empty. Required (at
+    /// least one) under `token`; must be empty under `""`.
     #[serde(default)]
     pub credentials: Vec<Secret>,
-    /// Client-facing listeners of this cluster.
+    /// Client-facing listeners of this cluster. Default: empty (agents can register, but no
+    /// client can reach them).
     #[serde(default)]
     pub frontends: Vec<FrontendConfig>,
-    /// How long a frontend waits for an idle data connection before it is closed, in ms. Default 2000.
+    /// How long a frontend waits for an idle data connection before it is closed, in
+    /// milliseconds. Default 2000; 0 (do not wait) to 600000.
     #[serde(default = "default_pool_wait_ms")]
     pub pool_wait_ms: u64,
 }
@@ -90,7 +103,8 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrontendConfig {
-    /// `ip:port` to listen on; port 0 picks a free port. Required.
+    /// `ip:port` to listen on; port 0 picks a free port. Must not overlap another listen address
+    /// of this server. Required; no default.
     pub address: String,
 }
 
@@ -183,7 +197,10 @@ impl ServerConfig {
             );
         }
         let tl = &self.tunnel_listener;
-        socket_addr(path, "tunnel_listener.address", &tl.address)?;
+        // Every fixed listen address so far, with its field, to catch overlapping binds.
+        let mut bound: Vec<(String, SocketAddr)> = Vec::new();
+        let tunnel_addr = socket_addr(path, "tunnel_listener.address", &tl.address)?;
+        bound.push(("tunnel_listener.address".into(), tunnel_addr));
         if !(100..=600_000).contains(&tl.handshake_timeout_ms) {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
@@ -203,10 +220,13 @@ impl ServerConfig {
             );
         }
         if let Some(admin) = &self.admin {
-            socket_addr(path, "admin.address", &admin.address)?;
+            let addr = socket_addr(path, "admin.address", &admin.address)?;
+            check_overlap(path, &mut bound, "admin.address".into(), addr)?;
+        }
+        if self.clusters.is_empty() {
+            return err("clusters".into(), "at least one cluster is required".into());
         }
         let mut names = HashSet::new();
-        let mut frontend_addrs = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             let at = |f: &str| format!("clusters[{i}].{f}");
             if !valid_name(&c.name) {
@@ -225,7 +245,17 @@ impl ServerConfig {
                 );
             }
             match c.credential_policy {
-                CredentialPolicy::None => {}
+                CredentialPolicy::None => {
+                    if !c.credentials.is_empty() {
+                        // Credentials that are silently ignored would let anyone register.
+                        return err(
+                            at("credentials"),
+                            "credentials are set but credential_policy is \"\" (none); \
+                             set credential_policy to \"token\" or remove them"
+                                .into(),
+                        );
+                    }
+                }
                 CredentialPolicy::Token => {
                     if c.credentials.is_empty() {
                         return err(
@@ -233,8 +263,8 @@ impl ServerConfig {
                             "credential_policy \"token\" needs at least one credential".into(),
                         );
                     }
-                    if c.credentials.iter().any(Secret::is_empty) {
-                        return err(at("credentials"), "a credential is empty".into());
+                    if let Some(k) = c.credentials.iter().position(Secret::is_empty) {
+                        return err(at(&format!("credentials[{k}]")), "is empty".into());
                     }
                 }
                 CredentialPolicy::Hmac => {
@@ -253,9 +283,7 @@ impl ServerConfig {
             for (j, f) in c.frontends.iter().enumerate() {
                 let field = at(&format!("frontends[{j}].address"));
                 let addr = socket_addr(path, &field, &f.address)?;
-                if addr.port() != 0 && !frontend_addrs.insert(addr) {
-                    return err(field, format!("{addr} is used by another frontend"));
-                }
+                check_overlap(path, &mut bound, field, addr)?;
             }
         }
         Ok(())
@@ -276,6 +304,36 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Two listen addresses overlap when they share a port (not 0) and one IP, or one of them is a
+/// wildcard covering the other: `0.0.0.0` covers IPv4, `[::]` (dual-stack) covers both families.
+/// Binding both would fail or split connections between them.
+pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    fn covers(wild: IpAddr, other: IpAddr) -> bool {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    }
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+/// Errors when `addr` overlaps a listen address already in `bound`, else records it.
+fn check_overlap(
+    path: &Path,
+    bound: &mut Vec<(String, SocketAddr)>,
+    field: String,
+    addr: SocketAddr,
+) -> Result<(), ConfigError> {
+    if let Some((other, other_addr)) = bound.iter().find(|(_, b)| overlaps(addr, *b)) {
+        return Err(ConfigError::new(
+            path,
+            field,
+            format!("{addr} overlaps {other} ({other_addr})"),
+        ));
+    }
+    bound.push((field, addr));
+    Ok(())
 }
 
 pub(crate) fn socket_addr(
