@@ -87,61 +87,81 @@ both_backends!(half_close_still_delivers_the_whole_response, |backend| {
     assert!(back == expected);
 });
 
-both_backends!(refused_backend_closes_frontend_and_pool_stays_full, |backend| {
-    let server = server(backend).cluster("c").run();
-    let agent = agent(backend, server.tunnel_addr(), closed_port()).run();
-    wait_registered(&server, "c", 1, 4);
-    let frontend = server.frontend_addr("c").unwrap();
-    for _ in 0..5 {
-        let mut c = TcpStream::connect(frontend).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = c.write_all(b"hello");
-        let mut buf = [0u8; 16];
-        // Closed cleanly: EOF (or a reset if our bytes raced the close), never a hang.
-        match c.read(&mut buf) {
-            Ok(n) => assert_eq!(n, 0, "expected EOF"),
-            Err(e) => assert!(
-                matches!(e.kind(), std::io::ErrorKind::ConnectionReset),
-                "unexpected error {e}"
-            ),
+both_backends!(
+    refused_backend_closes_frontend_and_pool_stays_full,
+    |backend| {
+        let server = server(backend).cluster("c").run();
+        let agent = agent(backend, server.tunnel_addr(), closed_port()).run();
+        wait_registered(&server, "c", 1, 4);
+        let frontend = server.frontend_addr("c").unwrap();
+        for _ in 0..5 {
+            let mut c = TcpStream::connect(frontend).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c.write_all(b"hello");
+            let mut buf = [0u8; 16];
+            // Closed cleanly: EOF (or a reset if our bytes raced the close), never a hang.
+            match c.read(&mut buf) {
+                Ok(n) => assert_eq!(n, 0, "expected EOF"),
+                Err(e) => assert!(
+                    matches!(e.kind(), std::io::ErrorKind::ConnectionReset),
+                    "unexpected error {e}"
+                ),
+            }
         }
+        assert!(wait_until(Duration::from_secs(10), || agent
+            .status()
+            .backend_failures_total
+            == 5));
+        wait_registered(&server, "c", 1, 4);
+        assert!(wait_until(Duration::from_secs(10), || agent
+            .status()
+            .idle_data_connections
+            == 4));
     }
-    assert!(wait_until(Duration::from_secs(10), || agent.status().backend_failures_total == 5));
-    wait_registered(&server, "c", 1, 4);
-    assert!(wait_until(Duration::from_secs(10), || agent.status().idle_data_connections == 4));
-});
+);
 
-both_backends!(weights_one_and_three_split_sessions_one_to_three, |backend| {
-    let light = echo_backend();
-    let heavy = echo_backend();
-    let server = server(backend).cluster("c").lb("weighted_round_robin").run();
-    let _a = agent(backend, server.tunnel_addr(), light.addr)
-        .host_name("light")
-        .weight(1)
-        .connection_num(8)
-        .run();
-    let _b = agent(backend, server.tunnel_addr(), heavy.addr)
-        .host_name("heavy")
-        .weight(3)
-        .connection_num(8)
-        .run();
-    wait_registered(&server, "c", 2, 8);
-    let frontend = server.frontend_addr("c").unwrap();
-    for i in 0..400 {
-        let back = echo_roundtrip(frontend, &[i as u8; 16]);
-        assert_eq!(back, vec![i as u8; 16]);
+both_backends!(
+    weights_one_and_three_split_sessions_one_to_three,
+    |backend| {
+        let light = echo_backend();
+        let heavy = echo_backend();
+        let server = server(backend)
+            .cluster("c")
+            .lb("weighted_round_robin")
+            .run();
+        let _a = agent(backend, server.tunnel_addr(), light.addr)
+            .host_name("light")
+            .weight(1)
+            .connection_num(8)
+            .run();
+        let _b = agent(backend, server.tunnel_addr(), heavy.addr)
+            .host_name("heavy")
+            .weight(3)
+            .connection_num(8)
+            .run();
+        wait_registered(&server, "c", 2, 8);
+        let frontend = server.frontend_addr("c").unwrap();
+        for i in 0..400 {
+            let back = echo_roundtrip(frontend, &[i as u8; 16]);
+            assert_eq!(back, vec![i as u8; 16]);
+        }
+        let (l, h) = (
+            light.accepted.load(Ordering::SeqCst),
+            heavy.accepted.load(Ordering::SeqCst),
+        );
+        assert_eq!(l + h, 400);
+        assert!((90..=110).contains(&l), "light got {l}, heavy {h}");
+        assert!((270..=330).contains(&h), "light got {l}, heavy {h}");
     }
-    let (l, h) = (light.accepted.load(Ordering::SeqCst), heavy.accepted.load(Ordering::SeqCst));
-    assert_eq!(l + h, 400);
-    assert!((90..=110).contains(&l), "light got {l}, heavy {h}");
-    assert!((270..=330).contains(&h), "light got {l}, heavy {h}");
-});
+);
 
 both_backends!(server_restarted_on_same_port_is_rejoined, |backend| {
     let echo = echo_backend();
     let first = server(backend).cluster("c").run();
     let tunnel = first.tunnel_addr();
-    let agent = agent(backend, tunnel, echo.addr).reconnect_ms(20, 200).run();
+    let agent = agent(backend, tunnel, echo.addr)
+        .reconnect_ms(20, 200)
+        .run();
     wait_registered(&first, "c", 1, 4);
     first.shutdown();
     let second = server(backend).cluster("c").tunnel_address(tunnel).run();
@@ -152,24 +172,36 @@ both_backends!(server_restarted_on_same_port_is_rejoined, |backend| {
     assert_eq!(second.hosts("c")[0].agent_id, agent.agent_id());
 });
 
-both_backends!(no_idle_connection_closes_frontend_after_pool_wait, |backend| {
-    let server = server(backend).cluster("c").pool_wait_ms(200).run();
-    let frontend = server.frontend_addr("c").unwrap();
-    let started = Instant::now();
-    let mut c = TcpStream::connect(frontend).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 1];
-    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(150), "closed too early: {waited:?}");
-    assert!(wait_until(Duration::from_secs(5), || server.counters().pool_exhausted_total == 1));
-});
+both_backends!(
+    no_idle_connection_closes_frontend_after_pool_wait,
+    |backend| {
+        let server = server(backend).cluster("c").pool_wait_ms(200).run();
+        let frontend = server.frontend_addr("c").unwrap();
+        let started = Instant::now();
+        let mut c = TcpStream::connect(frontend).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150),
+            "closed too early: {waited:?}"
+        );
+        assert!(wait_until(Duration::from_secs(5), || server
+            .counters()
+            .pool_exhausted_total
+            == 1));
+    }
+);
 
 both_backends!(sessions_beyond_the_pool_wait_for_replacements, |backend| {
-    // 2 idle connections, 20 concurrent sessions: the rest wait for the agent's re-dials.
+    // 2 idle connections over 2 workers, 20 concurrent sessions: the rest wait for the agent's
+    // re-dials, or for a connection donated by the other worker.
     let echo = echo_backend();
-    let server = server(backend).cluster("c").workers(1).run();
-    let _agent = agent(backend, server.tunnel_addr(), echo.addr).connection_num(2).run();
+    let server = server(backend).cluster("c").workers(2).run();
+    let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+        .connection_num(2)
+        .run();
     wait_registered(&server, "c", 1, 2);
     let frontend = server.frontend_addr("c").unwrap();
     let clients: Vec<_> = (0..20)

@@ -116,6 +116,29 @@ impl Control {
         match event {
             WorkerEvent::Leased { conn_id } => self.registry.borrow_mut().conn_leased(conn_id),
             WorkerEvent::Closed { conn_id } => self.conn_closed(conn_id),
+            WorkerEvent::Starving { worker, cluster } => {
+                let donor = self.registry.borrow().donor_for(&cluster, worker);
+                if let Some((host_id, from)) = donor {
+                    if let Some(tx) = self.workers.get(from) {
+                        let _ = tx.send(WorkerMsg::Donate {
+                            cluster,
+                            host_id,
+                            to: worker,
+                        });
+                    }
+                }
+            }
+            WorkerEvent::Donated { to, conn } => {
+                let conn_id = conn.conn_id;
+                self.registry.borrow_mut().reassign(conn_id, to);
+                let sent = self
+                    .workers
+                    .get(to)
+                    .map(|tx| tx.send(WorkerMsg::DataConn(conn)));
+                if !matches!(sent, Some(Ok(()))) {
+                    self.conn_closed(conn_id);
+                }
+            }
         }
     }
 
@@ -247,6 +270,7 @@ impl Control {
                 stream: std_stream,
                 legacy,
                 pending,
+                outstanding_pings: 0,
             }))
         });
         if !matches!(sent, Some(Ok(()))) {

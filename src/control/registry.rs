@@ -185,6 +185,43 @@ impl Registry {
         Some(worker)
     }
 
+    /// The host and worker to take an idle connection from for a starving `worker`: the worker
+    /// holding the most idle connections of any host of the cluster.
+    pub fn donor_for(&self, cluster: &str, worker: usize) -> Option<(HostId, usize)> {
+        let state = self.clusters.get(cluster)?;
+        state
+            .hosts
+            .iter()
+            .flat_map(|(id, h)| {
+                h.idle_per_worker
+                    .iter()
+                    .enumerate()
+                    .filter(move |(w, n)| *w != worker && **n > 0)
+                    .map(move |(w, n)| (*n, *id, w))
+            })
+            .max_by_key(|(n, _, _)| *n)
+            .map(|(_, id, w)| (id, w))
+    }
+
+    /// An idle connection moved to another worker.
+    pub fn reassign(&mut self, conn_id: ConnId, to: usize) {
+        self.leave_idle(conn_id);
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Some(host) = self
+            .clusters
+            .get_mut(&conn.cluster)
+            .and_then(|c| c.hosts.get_mut(&conn.host))
+        else {
+            return;
+        };
+        if let Some(n) = host.idle_per_worker.get_mut(to) {
+            *n += 1;
+            conn.idle_on = Some(to);
+        }
+    }
+
     /// An idle data connection was taken by a session.
     pub fn conn_leased(&mut self, conn_id: ConnId) {
         self.leave_idle(conn_id);
@@ -367,6 +404,18 @@ mod tests {
         workers.sort();
         assert_eq!(workers, vec![0, 0, 1, 1]);
         assert_eq!(r.hosts("c")[0].idle_connections, 4);
+    }
+
+    #[test]
+    fn donor_is_the_fullest_other_worker() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert_eq!(r.assign_worker(a.conn_id), Some(0));
+        assert_eq!(r.donor_for("c", 1), Some((a.host_id, 0)));
+        assert_eq!(r.donor_for("c", 0), None);
+        r.reassign(a.conn_id, 1);
+        assert_eq!(r.hosts("c")[0].idle_per_worker, vec![0, 1]);
+        assert_eq!(r.donor_for("c", 0), Some((a.host_id, 1)));
     }
 
     #[test]

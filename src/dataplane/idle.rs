@@ -53,6 +53,7 @@ impl IdleConn {
         stream: TcpStream,
         legacy: bool,
         pending: Vec<u8>,
+        outstanding_pings: u32,
     ) -> Self {
         Self {
             conn_id,
@@ -60,7 +61,7 @@ impl IdleConn {
             stream,
             legacy,
             pending,
-            outstanding_pings: 0,
+            outstanding_pings,
             next_ping_seq: 1,
         }
     }

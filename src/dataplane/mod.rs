@@ -22,6 +22,12 @@ pub enum WorkerMsg {
     DataConn(HandedConn),
     /// Close these idle connections (their agent asked, or the host is gone).
     CloseConns(Vec<ConnId>),
+    /// Give one idle connection of `host_id` (or else of any host of `cluster`) to worker `to`.
+    Donate {
+        cluster: Arc<str>,
+        host_id: HostId,
+        to: usize,
+    },
     /// Stop: close listeners and connections and return.
     Shutdown,
 }
@@ -37,13 +43,19 @@ pub struct HandedConn {
     pub legacy: bool,
     /// Bytes already read after the init frame.
     pub pending: Vec<u8>,
+    /// Pings sent on it and not yet answered (their pongs precede any session bytes).
+    pub outstanding_pings: u32,
 }
 
 /// Worker → control path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum WorkerEvent {
     /// An idle data connection was taken by a session.
     Leased { conn_id: ConnId },
     /// A data connection closed (idle or after its session).
     Closed { conn_id: ConnId },
+    /// Frontends of `cluster` wait on `worker`, which has no idle connection for them.
+    Starving { worker: usize, cluster: Arc<str> },
+    /// An idle connection given up for worker `to` (answer to `Donate`).
+    Donated { to: usize, conn: HandedConn },
 }

@@ -88,6 +88,8 @@ struct Worker {
     state: RefCell<State>,
     /// Frontends waiting for an idle connection, per cluster.
     waiters: RefCell<HashMap<Arc<str>, Rc<Notify>>>,
+    /// Clusters for which a donation was asked and has not arrived yet.
+    starving: RefCell<std::collections::HashSet<Arc<str>>>,
     next_session: Cell<u64>,
 }
 
@@ -114,6 +116,7 @@ pub async fn run(setup: WorkerSetup) {
         buffers: BufferPool::default(),
         state: RefCell::new(State::default()),
         waiters: RefCell::new(HashMap::new()),
+        starving: RefCell::new(Default::default()),
         next_session: Cell::new(1),
     });
     worker.apply_snapshot(&snapshot);
@@ -131,6 +134,11 @@ pub async fn run(setup: WorkerSetup) {
             WorkerMsg::Snapshot(s) => worker.apply_snapshot(&s),
             WorkerMsg::DataConn(conn) => worker.adopt(conn),
             WorkerMsg::CloseConns(ids) => worker.close_idle(&ids),
+            WorkerMsg::Donate {
+                cluster,
+                host_id,
+                to,
+            } => worker.donate(&cluster, host_id, to),
             WorkerMsg::Shutdown => break,
         }
     }
@@ -183,6 +191,7 @@ impl Worker {
             handed.stream,
             handed.legacy,
             handed.pending,
+            handed.outstanding_pings,
         );
         self.state
             .borrow_mut()
@@ -191,9 +200,42 @@ impl Worker {
             .or_default()
             .idle
             .push_back(conn);
+        self.starving.borrow_mut().remove(&handed.cluster);
         if let Some(n) = self.waiters.borrow().get(&handed.cluster) {
             n.notify_one();
         }
+    }
+
+    /// Gives an idle connection to another worker whose frontends are starving.
+    fn donate(&self, cluster: &Arc<str>, host_id: HostId, to: usize) {
+        let conn = {
+            let mut state = self.state.borrow_mut();
+            let State { clusters, pools } = &mut *state;
+            let hosts_of_cluster = clusters.get(cluster).map(|c| &c.snap.hosts);
+            let candidates = std::iter::once(host_id)
+                .chain(hosts_of_cluster.into_iter().flatten().map(|h| h.id));
+            let mut found = None;
+            for id in candidates {
+                if let Some(c) = pools.get_mut(&id).and_then(|p| p.idle.pop_back()) {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        };
+        let Some(conn) = conn else {
+            return;
+        };
+        let handed = super::HandedConn {
+            conn_id: conn.conn_id,
+            host_id: conn.host_id,
+            cluster: cluster.clone(),
+            stream: conn.stream,
+            legacy: conn.legacy,
+            pending: conn.pending,
+            outstanding_pings: conn.outstanding_pings,
+        };
+        let _ = self.events.send(WorkerEvent::Donated { to, conn: handed });
     }
 
     fn retire(&self, conn: IdleConn, why: &IdleError) {
@@ -357,6 +399,12 @@ impl Worker {
             return Some(conn);
         }
         bump(&self.counters.pool_waits_total);
+        if self.starving.borrow_mut().insert(cluster.clone()) {
+            let _ = self.events.send(WorkerEvent::Starving {
+                worker: self.index,
+                cluster: cluster.clone(),
+            });
+        }
         let deadline = Instant::now() + self.pool_wait(cluster);
         let notify = self.waiter(cluster);
         loop {
@@ -365,6 +413,8 @@ impl Worker {
                 return Some(conn);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // Let a later frontend ask again.
+                self.starving.borrow_mut().remove(cluster);
                 return self.try_lease(cluster, client.ip());
             }
         }

@@ -29,7 +29,10 @@ macro_rules! both_backends {
             #[test]
             fn uring() {
                 if let Err(reason) = ringtun::rt::resolve(ringtun::config::IoBackend::Uring) {
-                    println!("skipping the io_uring run of {}: {reason}", stringify!($name));
+                    println!(
+                        "skipping the io_uring run of {}: {reason}",
+                        stringify!($name)
+                    );
                     return;
                 }
                 let f: fn(ringtun::config::IoBackend) = $body;
@@ -273,7 +276,11 @@ pub fn wait_registered(server: &ServerHandle, cluster: &str, hosts: usize, idle:
         let h = server.hosts(cluster);
         h.len() == hosts && h.iter().all(|h| h.idle_connections >= idle)
     });
-    assert!(ok, "cluster {cluster} never had {hosts} hosts with {idle} idle connections: {:?}", server.hosts(cluster));
+    assert!(
+        ok,
+        "cluster {cluster} never had {hosts} hosts with {idle} idle connections: {:?}",
+        server.hosts(cluster)
+    );
 }
 
 /// An echo backend on port 0 that counts the connections it accepted.
@@ -337,5 +344,7 @@ pub fn echo_roundtrip(frontend: SocketAddr, data: &[u8]) -> Vec<u8> {
 
 /// Deterministic test bytes.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i * 31 + seed as usize) % 251) as u8).collect()
+    (0..len)
+        .map(|i| ((i * 31 + seed as usize) % 251) as u8)
+        .collect()
 }

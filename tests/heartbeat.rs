@@ -1,0 +1,125 @@
+//! Heartbeats: a frozen agent is dropped, a silent server is left; both backends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringtun::protocol::{self, ConnectionInitResponse, Decoded, Frame, Status};
+
+both_backends!(frozen_agent_leaves_within_three_heartbeats, |backend| {
+    const HEARTBEAT_MS: u64 = 200;
+    let healthy_backend = echo_backend();
+    let frozen_backend = echo_backend();
+    let server = server(backend)
+        .cluster("c")
+        .heartbeat_ms(HEARTBEAT_MS)
+        .run();
+    let _healthy = agent(backend, server.tunnel_addr(), healthy_backend.addr)
+        .host_name("healthy")
+        .run();
+    let dir =
+        std::env::temp_dir().join(format!("ringtun-frozen-{}-{backend:?}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = agent(backend, server.tunnel_addr(), frozen_backend.addr)
+        .host_name("frozen")
+        .spawn_process(&dir);
+    let stderr = child.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+    wait_registered(&server, "c", 2, 4);
+
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: plain signal delivery to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let frozen_at = Instant::now();
+    let left = wait_until(Duration::from_secs(10), || {
+        server.hosts("c").iter().all(|h| h.host_name != "frozen")
+    });
+    let took = frozen_at.elapsed();
+    // Three unanswered pings are counted at the ticks after them: the first goes out within one
+    // interval of the freeze, so the host is gone within (3 + 1) intervals, plus scheduling slack.
+    assert!(
+        left,
+        "frozen agent still registered: {:?}",
+        server.hosts("c")
+    );
+    assert!(
+        took <= Duration::from_millis(4 * HEARTBEAT_MS + 400),
+        "frozen agent dropped only after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(2 * HEARTBEAT_MS),
+        "dropped too early: {took:?}"
+    );
+    assert!(server.counters().heartbeat_closes_total >= 4);
+
+    let frontend = server.frontend_addr("c").unwrap();
+    for i in 0..100u32 {
+        let msg = i.to_be_bytes();
+        assert_eq!(echo_roundtrip(frontend, &msg), msg, "session {i} failed");
+    }
+    assert_eq!(
+        frozen_backend
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = drain.join();
+    let _ = std::fs::remove_dir_all(&dir);
+});
+
+both_backends!(agent_leaves_a_silent_server_and_redials, |backend| {
+    // A server that accepts the handshake, promises 100 ms heartbeats, then never pings.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !matches!(protocol::decode(&buf, 65535), Ok(Decoded::Frame(..))) {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let ok = ConnectionInitResponse {
+                    status: Status::SUCCESS,
+                    connection_id: Some(1),
+                    heartbeat_interval_ms: Some(100),
+                };
+                s.write_all(&protocol::encode_to_vec(&Frame::InitResponse(ok)).unwrap())
+                    .unwrap();
+                let accepted = Instant::now();
+                // The agent must close this connection by itself.
+                let _ = s.read(&mut chunk);
+                let _ = tx.send(accepted.elapsed());
+            });
+        }
+    });
+    let agent = agent(backend, addr, closed_port()).connection_num(1).run();
+    let lifetimes: Vec<Duration> = (0..3)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("agent never left the silent server")
+        })
+        .collect();
+    for l in &lifetimes {
+        assert!(
+            *l >= Duration::from_millis(300) && *l < Duration::from_secs(3),
+            "{lifetimes:?}"
+        );
+    }
+    drop(agent);
+});
