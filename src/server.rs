@@ -105,6 +105,7 @@ impl ServerHandle {
             let c = Arc::new(WorkerCounters::default());
             let setup = WorkerSetup {
                 index,
+                backend,
                 frontends: sockets,
                 snapshot: snapshot.clone(),
                 rx,

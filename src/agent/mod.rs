@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::{AgentConfig, HostingListenerConfig};
-use crate::dataplane::pump::BufferPool;
+use crate::dataplane::pump::Pools;
 use crate::protocol::Role;
 use crate::rt::{self, RtError};
 use backoff::Backoff;
@@ -63,6 +63,8 @@ pub struct AgentStatus {
 /// State shared by every slot of the agent (read-only but for the atomics).
 pub struct Shared {
     pub config: AgentConfig,
+    /// The I/O backend sessions run on.
+    pub backend: rt::Backend,
     pub agent_id: String,
     pub stats: AgentStats,
 }
@@ -102,6 +104,7 @@ impl AgentHandle {
             config.workers
         };
         let shared = Arc::new(Shared {
+            backend,
             agent_id: format!("{:016x}", fastrand::u64(..)),
             config,
             stats: AgentStats::default(),
@@ -196,7 +199,7 @@ async fn worker(
     senders: Arc<Vec<mpsc::UnboundedSender<Task>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pool = BufferPool::default();
+    let pool = Pools::default();
     let mut spread = index;
     loop {
         tokio::select! {

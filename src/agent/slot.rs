@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use super::backoff::Backoff;
 use super::dial::{dial, read_frame, Dialed, InitParams, ReadFrameError};
 use super::Shared;
-use crate::dataplane::pump::{pump, write_all, BufferPool};
+use crate::dataplane::pump::{pump_conns, write_all, Conn, Pools};
 use crate::protocol::{self, Frame, Pong, Role, SessionStart};
 
 /// Which slot this is.
@@ -42,7 +42,7 @@ const SERVER_SILENCE_INTERVALS: u64 = 4;
 pub async fn run(
     shared: Arc<Shared>,
     spec: SlotSpec,
-    pool: BufferPool,
+    pool: Pools,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(tunnel) = shared.config.tunnels.get(spec.tunnel) else {
@@ -121,7 +121,7 @@ pub async fn run(
     }
 }
 
-async fn serve(shared: &Shared, spec: SlotSpec, conn: Dialed, pool: &BufferPool) -> Ended {
+async fn serve(shared: &Shared, spec: SlotSpec, conn: Dialed, pool: &Pools) -> Ended {
     let Dialed {
         mut stream,
         heartbeat_interval_ms,
@@ -201,7 +201,7 @@ async fn run_session(
     data: TcpStream,
     start: SessionStart,
     prefix: Vec<u8>,
-    pool: &BufferPool,
+    pool: &Pools,
 ) {
     let stats = &shared.stats;
     stats.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -229,8 +229,20 @@ async fn run_session(
         }
     };
     let _ = backend.set_nodelay(true);
+    let adopted = Conn::from_tokio(shared.backend, data)
+        .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));
+    let (data, backend) = match adopted {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(
+                session = start.session_id,
+                "cannot adopt session sockets: {e}"
+            );
+            return;
+        }
+    };
     stats.active_sessions.fetch_add(1, Ordering::Relaxed);
-    let moved = pump(&data, &backend, &[], &prefix, pool).await;
+    let moved = pump_conns(&data, &backend, Vec::new(), prefix, pool).await;
     stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
     match moved {
         Ok(m) => {

@@ -134,3 +134,82 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A session socket on whichever backend the worker runs.
+pub enum Conn {
+    Epoll(TcpStream),
+    Uring(crate::rt::uring::Stream),
+}
+
+impl Conn {
+    /// Adopts a std socket on `backend`.
+    pub fn from_std(backend: crate::rt::Backend, stream: std::net::TcpStream) -> io::Result<Self> {
+        match backend {
+            crate::rt::Backend::Epoll => {
+                stream.set_nonblocking(true)?;
+                Ok(Conn::Epoll(TcpStream::from_std(stream)?))
+            }
+            crate::rt::Backend::Uring { .. } => {
+                Ok(Conn::Uring(crate::rt::uring::Stream::from_std(stream)?))
+            }
+        }
+    }
+
+    /// Moves a tokio (epoll) socket to `backend`.
+    pub fn from_tokio(backend: crate::rt::Backend, stream: TcpStream) -> io::Result<Self> {
+        match backend {
+            crate::rt::Backend::Epoll => Ok(Conn::Epoll(stream)),
+            crate::rt::Backend::Uring { .. } => Self::from_std(backend, stream.into_std()?),
+        }
+    }
+
+    /// Shuts both directions down (done before every drop).
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Conn::Epoll(s) => socket2::SockRef::from(s).shutdown(Shutdown::Both),
+            Conn::Uring(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+/// A worker's recycled buffers for both pumps.
+#[derive(Clone)]
+pub struct Pools {
+    epoll: BufferPool,
+    uring: crate::rt::uring::Buffers,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self {
+            epoll: BufferPool::default(),
+            uring: crate::rt::uring::Buffers::new(PUMP_BUFFER_BYTES),
+        }
+    }
+}
+
+/// Pumps between two sockets of the same backend, then shuts both down.
+pub async fn pump_conns(
+    a: &Conn,
+    b: &Conn,
+    prefix_to_a: Vec<u8>,
+    prefix_to_b: Vec<u8>,
+    pools: &Pools,
+) -> io::Result<Moved> {
+    let moved = match (a, b) {
+        (Conn::Epoll(x), Conn::Epoll(y)) => {
+            pump(x, y, &prefix_to_a, &prefix_to_b, &pools.epoll).await
+        }
+        (Conn::Uring(x), Conn::Uring(y)) => {
+            crate::rt::uring::pump(x, y, prefix_to_a, prefix_to_b, &pools.uring)
+                .await
+                .map(|(a_to_b, b_to_a)| Moved { a_to_b, b_to_a })
+        }
+        _ => Err(io::Error::other(
+            "sockets of different I/O backends cannot be pumped together",
+        )),
+    };
+    a.shutdown();
+    b.shutdown();
+    moved
+}

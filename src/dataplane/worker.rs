@@ -18,15 +18,17 @@ use tracing::{debug, trace, warn};
 
 use super::counters::{add, bump, drop_one, WorkerCounters};
 use super::idle::{IdleConn, IdleError};
-use super::pump::{pump, write_all, BufferPool};
+use super::pump::{pump_conns, write_all, Conn, Pools};
 use super::{WorkerEvent, WorkerMsg};
 use crate::balancer::{Balancer, HostSpec, HostState};
 use crate::control::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
 use crate::protocol::{self, Decoded, Frame, SessionStart};
+use crate::rt::Backend;
 
 /// Everything a worker needs to start.
 pub struct WorkerSetup {
     pub index: usize,
+    pub backend: Backend,
     /// Its own SO_REUSEPORT listener per cluster frontend.
     pub frontends: Vec<(Arc<str>, std::net::TcpListener)>,
     pub snapshot: Arc<Snapshot>,
@@ -79,12 +81,13 @@ impl HostState for PoolView<'_> {
 
 struct Worker {
     index: usize,
+    backend: Backend,
     events: mpsc::UnboundedSender<WorkerEvent>,
     counters: Arc<WorkerCounters>,
     heartbeat_interval: Duration,
     heartbeat_max_missed: u32,
     max_frame_payload_bytes: usize,
-    buffers: BufferPool,
+    buffers: Pools,
     state: RefCell<State>,
     /// Frontends waiting for an idle connection, per cluster.
     waiters: RefCell<HashMap<Arc<str>, Rc<Notify>>>,
@@ -97,6 +100,7 @@ struct Worker {
 pub async fn run(setup: WorkerSetup) {
     let WorkerSetup {
         index,
+        backend,
         frontends,
         snapshot,
         mut rx,
@@ -108,12 +112,13 @@ pub async fn run(setup: WorkerSetup) {
     } = setup;
     let worker = Rc::new(Worker {
         index,
+        backend,
         events,
         counters,
         heartbeat_interval,
         heartbeat_max_missed,
         max_frame_payload_bytes,
-        buffers: BufferPool::default(),
+        buffers: Pools::default(),
         state: RefCell::new(State::default()),
         waiters: RefCell::new(HashMap::new()),
         starving: RefCell::new(Default::default()),
@@ -121,11 +126,16 @@ pub async fn run(setup: WorkerSetup) {
     });
     worker.apply_snapshot(&snapshot);
     for (cluster, listener) in frontends {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => {
-                tokio::task::spawn_local(worker.clone().accept_loop(cluster, listener));
-            }
-            Err(e) => warn!(worker = index, %cluster, error = %e, "cannot adopt frontend listener"),
+        let adopted = match backend {
+            Backend::Epoll => TcpListener::from_std(listener).map(|l| {
+                tokio::task::spawn_local(worker.clone().accept_loop(cluster.clone(), l));
+            }),
+            Backend::Uring { .. } => crate::rt::uring::Listener::from_std(listener).map(|l| {
+                tokio::task::spawn_local(worker.clone().accept_loop_uring(cluster.clone(), l));
+            }),
+        };
+        if let Err(e) = adopted {
+            warn!(worker = index, %cluster, error = %e, "cannot adopt frontend listener");
         }
     }
     tokio::task::spawn_local(worker.clone().heartbeat_loop());
@@ -327,7 +337,34 @@ impl Worker {
                     bump(&self.counters.frontends_accepted_total);
                     tokio::task::spawn_local(self.clone().serve_frontend(
                         cluster.clone(),
-                        stream,
+                        Conn::Epoll(stream),
+                        client,
+                    ));
+                }
+                Err(e) => {
+                    // Out of descriptors and similar: back off instead of spinning.
+                    warn!(worker = self.index, %cluster, error = %e, "frontend accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// The io_uring accept loop. It runs until the runtime ends and is never raced or dropped
+    /// while an accept is in flight.
+    async fn accept_loop_uring(
+        self: Rc<Self>,
+        cluster: Arc<str>,
+        listener: crate::rt::uring::Listener,
+    ) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, client)) => {
+                    let _ = stream.set_nodelay(true);
+                    bump(&self.counters.frontends_accepted_total);
+                    tokio::task::spawn_local(self.clone().serve_frontend(
+                        cluster.clone(),
+                        Conn::Uring(stream),
                         client,
                     ));
                 }
@@ -420,15 +457,11 @@ impl Worker {
         }
     }
 
-    async fn serve_frontend(
-        self: Rc<Self>,
-        cluster: Arc<str>,
-        frontend: TcpStream,
-        client: SocketAddr,
-    ) {
+    async fn serve_frontend(self: Rc<Self>, cluster: Arc<str>, frontend: Conn, client: SocketAddr) {
         let Some(conn) = self.lease(&cluster, client).await else {
             bump(&self.counters.pool_exhausted_total);
             debug!(worker = self.index, %cluster, %client, "no idle data connection within pool_wait_ms; closing frontend");
+            frontend.shutdown();
             return;
         };
         let (conn_id, host_id) = (conn.conn_id, conn.host_id);
@@ -465,7 +498,7 @@ impl Worker {
     async fn run_session(
         &self,
         conn: IdleConn,
-        frontend: &TcpStream,
+        frontend: &Conn,
         client: SocketAddr,
         session_id: u64,
     ) -> io::Result<super::pump::Moved> {
@@ -476,21 +509,50 @@ impl Worker {
             outstanding_pings,
             ..
         } = conn;
-        let data = TcpStream::from_std(stream)?;
-        let prefix_to_frontend = if legacy {
-            pending
+        let (data, prefix_to_frontend) = if legacy {
+            (Conn::from_std(self.backend, stream)?, pending)
         } else {
             let start = Frame::SessionStart(SessionStart {
                 session_id,
                 client_addr: client.to_string(),
             });
-            let bytes = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
-            write_all(&data, &bytes).await?;
-            self.strip_pongs(&data, pending, outstanding_pings).await?
+            let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+            self.start_session(stream, &frame, pending, outstanding_pings)
+                .await?
         };
-        let moved = pump(frontend, &data, &prefix_to_frontend, &[], &self.buffers).await;
-        let _ = socket2::SockRef::from(&data).shutdown(std::net::Shutdown::Both);
+        let moved = pump_conns(
+            frontend,
+            &data,
+            prefix_to_frontend,
+            Vec::new(),
+            &self.buffers,
+        )
+        .await;
         moved
+    }
+
+    /// Writes the session start frame and drops pongs still due, then adopts the data
+    /// connection on this worker's backend. The common case (nothing pending, an empty send
+    /// buffer) is one non-blocking write.
+    async fn start_session(
+        &self,
+        stream: std::net::TcpStream,
+        frame: &[u8],
+        pending: Vec<u8>,
+        outstanding_pings: u32,
+    ) -> io::Result<(Conn, Vec<u8>)> {
+        let written = match std::io::Write::write(&mut &stream, frame) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written == frame.len() && outstanding_pings == 0 {
+            return Ok((Conn::from_std(self.backend, stream)?, pending));
+        }
+        let data = TcpStream::from_std(stream)?;
+        write_all(&data, &frame[written..]).await?;
+        let rest = self.strip_pongs(&data, pending, outstanding_pings).await?;
+        Ok((Conn::from_tokio(self.backend, data)?, rest))
     }
 
     /// Pongs for pings sent before the lease precede the session's raw bytes; drop them.

@@ -5,6 +5,7 @@
 //! This module must not know about clusters, frames or sessions.
 
 mod socket;
+pub mod uring;
 
 pub use socket::{bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, ReadPoll};
 
@@ -18,15 +19,21 @@ use crate::config::IoBackend;
 pub enum Backend {
     /// A tokio current-thread runtime (epoll).
     Epoll,
+    /// A tokio-uring runtime with `entries` submission queue entries.
+    Uring { entries: u32 },
 }
 
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Epoll => "epoll",
+            Backend::Uring { .. } => "io_uring",
         }
     }
 }
+
+/// Default io_uring submission queue size per worker.
+pub const DEFAULT_URING_ENTRIES: u32 = 256;
 
 /// Why a backend cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +98,17 @@ where
                 let _ = ready_tx.send(Ok(()));
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, make());
+            }
+            Backend::Uring { entries } => {
+                let runtime = match uring::runtime(entries) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                uring::block_on(&runtime, make());
             }
         })
         .map_err(|source| RtError::Spawn {

@@ -1,0 +1,223 @@
+//! The io_uring backend: the only module that names tokio-uring.
+//!
+//! It probes whether io_uring can be used, runs a worker's runtime, accepts on io_uring, and pumps
+//! session bytes with owned buffers. tokio-uring's rules are kept here: an in-flight read or
+//! accept is never dropped to cancel it (a timeout would lose its bytes or leak the accepted fd);
+//! to end a session early the sockets are shut down, which completes every read in flight, and
+//! every socket is shut down before it is dropped.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+
+use io_uring::opcode;
+
+/// Opcodes ringtun's use of tokio-uring submits (cancel is used when ops are dropped at exit).
+const OPCODES_USED: [(&str, u8); 5] = [
+    ("accept", opcode::Accept::CODE),
+    ("read", opcode::Read::CODE),
+    ("write", opcode::Write::CODE),
+    ("close", opcode::Close::CODE),
+    ("async_cancel", opcode::AsyncCancel::CODE),
+];
+
+/// Checks that io_uring can be used here: the sysctl, ring creation, and every opcode used.
+/// The error says why not.
+pub fn probe() -> Result<(), String> {
+    if let Ok(value) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if value.trim() == "2" {
+            return Err("io_uring is disabled by sysctl kernel.io_uring_disabled=2".into());
+        }
+    }
+    let ring = io_uring::IoUring::new(8).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "io_uring_setup is not permitted ({e}); a seccomp profile (Docker's default) or kernel.io_uring_disabled blocks it"
+        ),
+        Some(libc::ENOSYS) => format!("this kernel has no io_uring ({e})"),
+        _ => format!("cannot create an io_uring instance: {e}"),
+    })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("cannot probe io_uring opcodes: {e}"))?;
+    for (name, code) in OPCODES_USED {
+        if !probe.is_supported(code) {
+            return Err(format!(
+                "io_uring opcode {name} is not supported by this kernel"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds an io_uring runtime with `entries` submission queue entries.
+pub fn runtime(entries: u32) -> io::Result<tokio_uring::Runtime> {
+    tokio_uring::Runtime::new(tokio_uring::builder().entries(entries))
+}
+
+/// Runs `future` on `runtime`; spawned local tasks run on the same ring.
+pub fn block_on<F: Future>(runtime: &tokio_uring::Runtime, future: F) -> F::Output {
+    runtime.block_on(future)
+}
+
+/// A listener accepting on io_uring.
+pub struct Listener(tokio_uring::net::TcpListener);
+
+impl Listener {
+    /// Adopts a bound listener. io_uring waits for connections itself, so the socket is put
+    /// back in blocking mode.
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(false)?;
+        Ok(Self(tokio_uring::net::TcpListener::from_std(listener)))
+    }
+
+    /// Accepts one connection. Never race this future: dropping it in flight leaks the fd.
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((Stream(stream), peer))
+    }
+}
+
+/// A TCP stream doing its I/O on io_uring.
+pub struct Stream(tokio_uring::net::TcpStream);
+
+impl Stream {
+    /// Adopts a connected socket (put in blocking mode: io_uring does the waiting).
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
+        stream.set_nonblocking(false)?;
+        Ok(Self(tokio_uring::net::TcpStream::from_std(stream)))
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.0.set_nodelay(on)
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.0.shutdown(how)
+    }
+
+    /// Writes all of `data` (owned buffer, returned).
+    pub async fn write_all(&self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.0.write_all(data).await
+    }
+}
+
+/// A read that fills a small buffer moves the direction to a large one; a read that returns
+/// less than a small buffer moves it back. Idle directions thus park only a small read.
+pub const SMALL_BUFFER_BYTES: usize = 2 * 1024;
+/// Buffers kept for reuse per worker and size.
+const POOL_KEEP: usize = 256;
+
+/// A worker's recycled owned buffers.
+#[derive(Clone)]
+pub struct Buffers {
+    large_bytes: usize,
+    small: Rc<RefCell<Vec<Vec<u8>>>>,
+    large: Rc<RefCell<Vec<Vec<u8>>>>,
+}
+
+impl Buffers {
+    /// Pools with large buffers of `large_bytes`.
+    pub fn new(large_bytes: usize) -> Self {
+        Self {
+            large_bytes: large_bytes.max(SMALL_BUFFER_BYTES * 2),
+            small: Rc::default(),
+            large: Rc::default(),
+        }
+    }
+
+    fn take(&self, large: bool) -> Vec<u8> {
+        let (pool, size) = if large {
+            (&self.large, self.large_bytes)
+        } else {
+            (&self.small, SMALL_BUFFER_BYTES)
+        };
+        pool.borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(size))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let pool = if buf.capacity() >= self.large_bytes {
+            &self.large
+        } else {
+            &self.small
+        };
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_KEEP {
+            pool.push(buf);
+        }
+    }
+}
+
+/// Pumps both ways until both directions saw EOF or either failed; returns bytes moved
+/// (a→b, b→a). On an error both sockets are shut down so the other direction's read completes.
+pub async fn pump(
+    a: &Stream,
+    b: &Stream,
+    prefix_to_a: Vec<u8>,
+    prefix_to_b: Vec<u8>,
+    buffers: &Buffers,
+) -> io::Result<(u64, u64)> {
+    let (x, y) = tokio::join!(
+        one_way(a, b, prefix_to_b, buffers),
+        one_way(b, a, prefix_to_a, buffers)
+    );
+    Ok((x?, y?))
+}
+
+async fn one_way(
+    from: &Stream,
+    to: &Stream,
+    prefix: Vec<u8>,
+    buffers: &Buffers,
+) -> io::Result<u64> {
+    let fail = |e: io::Error| {
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+        e
+    };
+    let mut total = 0u64;
+    if !prefix.is_empty() {
+        let len = prefix.len() as u64;
+        let (written, _) = to.write_all(prefix).await;
+        written.map_err(fail)?;
+        total += len;
+    }
+    let mut buf = buffers.take(false);
+    loop {
+        buf.clear();
+        let (read, b) = from.0.read(buf).await;
+        buf = b;
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                buffers.give(buf);
+                return Err(fail(e));
+            }
+        };
+        if n == 0 {
+            buffers.give(buf);
+            return match to.shutdown(Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(fail(e)),
+                _ => Ok(total),
+            };
+        }
+        let capacity = buf.capacity();
+        let (written, b) = to.write_all(buf).await;
+        buf = b;
+        if let Err(e) = written {
+            buffers.give(buf);
+            return Err(fail(e));
+        }
+        total += n as u64;
+        if n == capacity && capacity < buffers.large_bytes {
+            buffers.give(std::mem::replace(&mut buf, buffers.take(true)));
+        } else if n < SMALL_BUFFER_BYTES && capacity >= buffers.large_bytes {
+            buffers.give(std::mem::replace(&mut buf, buffers.take(false)));
+        }
+    }
+}
