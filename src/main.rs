@@ -23,6 +23,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Load generator and latency profiler for any TCP service (through a tunnel or not).
+    Bench(ringtun::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,5 +48,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid {kind} config", config.display());
             Ok(())
         }
+        Command::Bench(args) => Ok(ringtun::bench::run_cli(&args)?),
     }
 }
