@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod balancer;
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod dataplane;

@@ -59,6 +59,8 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Load generator and latency profiler (throughput, latency, connect, idle, sink, echo).
+    Bench(ringtun::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +134,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Demo { once, sessions } => demo(once, sessions),
+        Command::Bench(args) => Ok(ringtun::bench::run_cli(&args)?),
     }
 }
 
