@@ -52,19 +52,29 @@ pub enum RtError {
     },
 }
 
-/// Resolves the configured backend to the one workers run on.
+/// Resolves the configured backend to the one workers run on, with the default ring size.
 pub fn resolve(requested: IoBackend) -> Result<Backend, RtError> {
+    resolve_with(requested, DEFAULT_URING_ENTRIES)
+}
+
+/// Resolves the configured backend: `auto` probes io_uring and falls back to epoll with one log
+/// line saying why; `uring` refuses to start where io_uring cannot be used.
+pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend, RtError> {
+    let uring = Backend::Uring {
+        entries: uring_entries,
+    };
     match requested {
         IoBackend::Epoll => Ok(Backend::Epoll),
-        IoBackend::Auto => {
-            tracing::info!(
-                "io_backend auto: io_uring backend not built in this version; using epoll"
-            );
-            Ok(Backend::Epoll)
-        }
-        IoBackend::Uring => Err(RtError::UringUnavailable(
-            "this version of ringtun has no io_uring backend yet".into(),
-        )),
+        IoBackend::Uring => uring::probe()
+            .map(|()| uring)
+            .map_err(RtError::UringUnavailable),
+        IoBackend::Auto => match uring::probe() {
+            Ok(()) => Ok(uring),
+            Err(why) => {
+                tracing::warn!("io_uring unavailable, falling back to epoll: {why}");
+                Ok(Backend::Epoll)
+            }
+        },
     }
 }
 

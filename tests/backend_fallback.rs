@@ -1,0 +1,164 @@
+//! io_uring made unavailable to the process (a seccomp filter answering EPERM to io_uring_setup,
+//! as Docker's default profile does): `auto` serves on epoll, `uring` refuses to start.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+
+/// `ringtun server` with io_uring_setup forbidden.
+fn server_without_io_uring(config: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtun"));
+    cmd.args(["server", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: runs in the forked child before exec; only async-signal-safe calls (prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            let filter = [
+                // Load the syscall number (offset 0 of seccomp_data).
+                libc::sock_filter {
+                    code: BPF_LD_W_ABS,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                libc::sock_filter {
+                    code: BPF_JMP_JEQ_K,
+                    jt: 0,
+                    jf: 1,
+                    k: libc::SYS_io_uring_setup as u32,
+                },
+                libc::sock_filter {
+                    code: BPF_RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: BPF_RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k: SECCOMP_RET_ALLOW,
+                },
+            ];
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn write_config(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("server-{backend}.json"));
+    let json = serde_json::json!({
+        "workers": 2,
+        "io_backend": backend,
+        "tunnel_listener": {"address": "127.0.0.1:0"},
+        "clusters": [{"name": "c", "frontends": [{"address": "127.0.0.1:0"}]}],
+    });
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+fn field(line: &str, key: &str) -> Option<SocketAddr> {
+    let at = line.find(key)? + key.len();
+    line[at..]
+        .split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+#[test]
+fn auto_falls_back_to_epoll_and_uring_refuses_without_io_uring() {
+    let dir = std::env::temp_dir().join(format!("ringtun-fallback-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // `uring` must refuse to start, with a reason.
+    let out = server_without_io_uring(&write_config(&dir, "uring"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "uring started without io_uring: {stderr}"
+    );
+    assert!(
+        stderr.contains("io_backend \"uring\" was requested but io_uring_setup is not permitted"),
+        "{stderr}"
+    );
+
+    // `auto` must start on epoll, say why once, and carry traffic.
+    let mut child = server_without_io_uring(&write_config(&dir, "auto"))
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut tunnel, mut frontend, mut fallback_lines, mut backend_name) =
+        (None, None, 0, String::new());
+    while tunnel.is_none() || frontend.is_none() {
+        let line = lines.next().expect("server exited early").unwrap();
+        if line.contains("falling back to epoll") {
+            fallback_lines += 1;
+        }
+        if line.contains("server started") {
+            tunnel = field(&line, "tunnel_addr=");
+            backend_name = line.clone();
+        }
+        if line.contains("frontend listening") {
+            frontend = field(&line, "frontend=");
+        }
+    }
+    let drain = std::thread::spawn(move || lines.count());
+    assert_eq!(fallback_lines, 1);
+    assert!(backend_name.contains("backend=\"epoll\""), "{backend_name}");
+    let echo = echo_backend();
+    let agent = agent(
+        ringtun::config::IoBackend::Epoll,
+        tunnel.unwrap(),
+        echo.addr,
+    )
+    .run();
+    let frontend = frontend.unwrap();
+    let ok = wait_until(Duration::from_secs(10), || {
+        agent.status().idle_data_connections == 4
+    });
+    assert!(ok, "agent never registered with the fallback server");
+    let data = pattern(256 * 1024, 9);
+    assert!(echo_roundtrip(frontend, &data) == data);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = drain.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
