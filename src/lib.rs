@@ -4,6 +4,7 @@
 //! carried over those agent-initiated connections to the edge backend. See `README.md` for the map
 //! of modules and `DESIGN.md` for the wire protocol.
 
+pub mod balancer;
 pub mod config;
 pub mod protocol;
 pub mod secret;
