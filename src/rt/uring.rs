@@ -25,7 +25,20 @@ const OPCODES_USED: [(&str, u8); 5] = [
 
 /// Checks that io_uring can be used here: the sysctl, ring creation, and every opcode used.
 /// The error says why not.
+///
+/// The probe ring is created and torn down on a short-lived thread: the kernel finishes a ring's
+/// teardown with task work on the creating thread, which would interrupt (EINTR) that thread's
+/// next blocking system call.
 pub fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("ringtun-uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot start the io_uring probe thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+}
+
+fn probe_here() -> Result<(), String> {
     if let Ok(value) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         if value.trim() == "2" {
             return Err("io_uring is disabled by sysctl kernel.io_uring_disabled=2".into());
