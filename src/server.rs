@@ -48,7 +48,7 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Binds every listener and starts the threads. Returns once everything is listening.
     pub fn start(config: ServerConfig) -> Result<Self, ServerError> {
-        let backend = rt::resolve(config.io_backend)?;
+        let backend = rt::resolve_with(config.io_backend, config.uring_entries)?;
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -113,20 +113,23 @@ impl ServerHandle {
                 heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
                 heartbeat_max_missed: config.heartbeat_max_missed,
                 max_frame_payload_bytes: config.tunnel_listener.max_frame_payload_bytes,
+                pump_buffer_bytes: config.pump_buffer_bytes,
                 counters: c.clone(),
             };
-            let handle = match rt::spawn_worker(format!("ringtun-w{index}"), backend, move || {
-                worker::run(setup)
-            }) {
-                Ok(h) => h,
-                Err(e) => {
-                    // Stop the workers already running before reporting.
-                    for tx in &worker_txs {
-                        let _ = tx.send(crate::dataplane::WorkerMsg::Shutdown);
+            let pin_to = config.cpu_affinity.then_some(index);
+            let handle =
+                match rt::spawn_worker(format!("ringtun-w{index}"), backend, pin_to, move || {
+                    worker::run(setup)
+                }) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        // Stop the workers already running before reporting.
+                        for tx in &worker_txs {
+                            let _ = tx.send(crate::dataplane::WorkerMsg::Shutdown);
+                        }
+                        return Err(e.into());
                     }
-                    return Err(e.into());
-                }
-            };
+                };
             worker_txs.push(tx);
             counters.push(c);
             threads.push(handle);

@@ -203,6 +203,9 @@ fn full_server() -> ServerConfig {
         io_backend: IoBackend::Auto,
         heartbeat_interval_ms: 10_000,
         heartbeat_max_missed: 3,
+        cpu_affinity: false,
+        uring_entries: 256,
+        pump_buffer_bytes: 65_536,
         tunnel_listener: TunnelListenerConfig {
             address: "0.0.0.0:7070".into(),
             handshake_timeout_ms: 5_000,
@@ -236,6 +239,9 @@ fn full_agent() -> AgentConfig {
         weight: 10,
         workers: 1,
         io_backend: IoBackend::Auto,
+        cpu_affinity: false,
+        uring_entries: 256,
+        pump_buffer_bytes: 65_536,
         admin: Some(AdminConfig {
             address: "127.0.0.1:9902".into(),
         }),

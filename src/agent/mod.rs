@@ -97,7 +97,7 @@ impl AgentHandle {
     /// Starts the worker threads and every slot; returns at once (connections come up in the
     /// background, each with its own retries).
     pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
-        let backend = rt::resolve(config.io_backend)?;
+        let backend = rt::resolve_with(config.io_backend, config.uring_entries)?;
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -121,9 +121,13 @@ impl AgentHandle {
         let mut threads = Vec::with_capacity(workers);
         for (index, rx) in receivers.into_iter().enumerate() {
             let (shared, senders, stop) = (shared.clone(), senders.clone(), stop_rx.clone());
-            let spawned = rt::spawn_worker(format!("ringtun-agent-w{index}"), backend, move || {
-                worker(shared, index, rx, senders, stop)
-            });
+            let pin_to = shared.config.cpu_affinity.then_some(index);
+            let spawned = rt::spawn_worker(
+                format!("ringtun-agent-w{index}"),
+                backend,
+                pin_to,
+                move || worker(shared, index, rx, senders, stop),
+            );
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -199,7 +203,7 @@ async fn worker(
     senders: Arc<Vec<mpsc::UnboundedSender<Task>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pool = Pools::default();
+    let pool = Pools::new(shared.config.pump_buffer_bytes);
     let mut spread = index;
     loop {
         tokio::select! {

@@ -28,6 +28,15 @@ pub struct AgentConfig {
     /// I/O backend: `auto` (default), `uring` or `epoll`. No unit.
     #[serde(default)]
     pub io_backend: IoBackend,
+    /// Pin worker thread i to CPU i (modulo the CPUs this process may use). Default false.
+    #[serde(default)]
+    pub cpu_affinity: bool,
+    /// io_uring submission queue entries per worker (power of two, 16 to 32768). Default 256.
+    #[serde(default = "super::default_uring_entries")]
+    pub uring_entries: u32,
+    /// Size of one pump buffer of a busy session direction, in bytes (4096 to 4194304). Default 65536.
+    #[serde(default = "super::default_pump_buffer_bytes")]
+    pub pump_buffer_bytes: usize,
     /// Admin HTTP endpoint. Default: none (`null` or absent: no admin endpoint).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -216,6 +225,7 @@ impl AgentConfig {
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
+        super::validate_runtime_options(path, self.uring_entries, self.pump_buffer_bytes)?;
         if self.host_name.is_empty() {
             return err("host_name".into(), "is empty".into());
         }

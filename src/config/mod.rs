@@ -92,5 +92,36 @@ fn default_true() -> bool {
     true
 }
 
+fn default_uring_entries() -> u32 {
+    crate::rt::DEFAULT_URING_ENTRIES
+}
+
+fn default_pump_buffer_bytes() -> usize {
+    64 * 1024
+}
+
+/// The rules shared by both files for `uring_entries` and `pump_buffer_bytes`.
+fn validate_runtime_options(
+    path: &Path,
+    uring_entries: u32,
+    pump_buffer_bytes: usize,
+) -> Result<(), ConfigError> {
+    if !(16..=32768).contains(&uring_entries) || !uring_entries.is_power_of_two() {
+        return Err(ConfigError::new(
+            path,
+            "uring_entries",
+            format!("{uring_entries} is not a power of two in 16..=32768"),
+        ));
+    }
+    if !(4096..=4 * 1024 * 1024).contains(&pump_buffer_bytes) {
+        return Err(ConfigError::new(
+            path,
+            "pump_buffer_bytes",
+            format!("{pump_buffer_bytes} is outside 4096..=4194304"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

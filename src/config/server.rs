@@ -27,6 +27,15 @@ pub struct ServerConfig {
     /// Unanswered pings after which an idle data connection is closed, a count. Default 3; 1 to 100.
     #[serde(default = "default_heartbeat_max_missed")]
     pub heartbeat_max_missed: u32,
+    /// Pin worker thread i to CPU i (modulo the CPUs this process may use). Default false.
+    #[serde(default)]
+    pub cpu_affinity: bool,
+    /// io_uring submission queue entries per worker (power of two, 16 to 32768). Default 256.
+    #[serde(default = "super::default_uring_entries")]
+    pub uring_entries: u32,
+    /// Size of one pump buffer of a busy session direction, in bytes (4096 to 4194304). Default 65536.
+    #[serde(default = "super::default_pump_buffer_bytes")]
+    pub pump_buffer_bytes: usize,
     /// Where agents connect. Required; no default.
     pub tunnel_listener: TunnelListenerConfig,
     /// Admin HTTP endpoint. Default: none (`null` or absent: no admin endpoint).
@@ -178,6 +187,7 @@ impl ServerConfig {
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
+        super::validate_runtime_options(path, self.uring_entries, self.pump_buffer_bytes)?;
         if self.workers > 1024 {
             return err(
                 "workers".into(),

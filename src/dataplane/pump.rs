@@ -18,17 +18,32 @@ pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
 const POOL_KEEP: usize = 256;
 
 /// A worker's recycled pump buffers.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct BufferPool {
+    buffer_bytes: usize,
     free: Rc<RefCell<Vec<Box<[u8]>>>>,
 }
 
+impl Default for BufferPool {
+    fn default() -> Self {
+        Self::new(PUMP_BUFFER_BYTES)
+    }
+}
+
 impl BufferPool {
+    /// A pool of buffers of `buffer_bytes` each.
+    pub fn new(buffer_bytes: usize) -> Self {
+        Self {
+            buffer_bytes,
+            free: Rc::default(),
+        }
+    }
+
     fn take(&self) -> Box<[u8]> {
         self.free
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| vec![0u8; PUMP_BUFFER_BYTES].into_boxed_slice())
+            .unwrap_or_else(|| vec![0u8; self.buffer_bytes].into_boxed_slice())
     }
 
     fn give(&self, buf: Box<[u8]>) {
@@ -181,9 +196,16 @@ pub struct Pools {
 
 impl Default for Pools {
     fn default() -> Self {
+        Self::new(PUMP_BUFFER_BYTES)
+    }
+}
+
+impl Pools {
+    /// Pools whose busy-direction buffers are `buffer_bytes` long.
+    pub fn new(buffer_bytes: usize) -> Self {
         Self {
-            epoll: BufferPool::default(),
-            uring: crate::rt::uring::Buffers::new(PUMP_BUFFER_BYTES),
+            epoll: BufferPool::new(buffer_bytes),
+            uring: crate::rt::uring::Buffers::new(buffer_bytes),
         }
     }
 }

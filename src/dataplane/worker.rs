@@ -37,6 +37,8 @@ pub struct WorkerSetup {
     pub heartbeat_interval: Duration,
     pub heartbeat_max_missed: u32,
     pub max_frame_payload_bytes: usize,
+    /// Size of a busy session direction's buffer.
+    pub pump_buffer_bytes: usize,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -108,6 +110,7 @@ pub async fn run(setup: WorkerSetup) {
         heartbeat_interval,
         heartbeat_max_missed,
         max_frame_payload_bytes,
+        pump_buffer_bytes,
         counters,
     } = setup;
     let worker = Rc::new(Worker {
@@ -118,7 +121,7 @@ pub async fn run(setup: WorkerSetup) {
         heartbeat_interval,
         heartbeat_max_missed,
         max_frame_payload_bytes,
-        buffers: Pools::default(),
+        buffers: Pools::new(pump_buffer_bytes),
         state: RefCell::new(State::default()),
         waiters: RefCell::new(HashMap::new()),
         starving: RefCell::new(Default::default()),

@@ -83,6 +83,7 @@ pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend,
 pub fn spawn_worker<F, Fut>(
     name: String,
     backend: Backend,
+    pin_to: Option<usize>,
     make: F,
 ) -> Result<JoinHandle<()>, RtError>
 where
@@ -93,32 +94,40 @@ where
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name(thread_name)
-        .spawn(move || match backend {
-            Backend::Epoll => {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, make());
+        .spawn(move || {
+            if let Some(index) = pin_to {
+                match pin_current_thread(index) {
+                    Ok(cpu) => tracing::debug!(index, cpu, "worker pinned"),
+                    Err(e) => tracing::warn!(index, "cannot pin worker to a CPU: {e}"),
+                }
             }
-            Backend::Uring { entries } => {
-                let runtime = match uring::runtime(entries) {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                uring::block_on(&runtime, make());
+            match backend {
+                Backend::Epoll => {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, make());
+                }
+                Backend::Uring { entries } => {
+                    let runtime = match uring::runtime(entries) {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    uring::block_on(&runtime, make());
+                }
             }
         })
         .map_err(|source| RtError::Spawn {
@@ -132,5 +141,29 @@ where
             name,
             source: std::io::Error::other("worker thread exited during start"),
         }),
+    }
+}
+
+/// Pins the calling thread to the `index`-th CPU (modulo) of those this process may run on;
+/// returns the CPU number.
+pub fn pin_current_thread(index: usize) -> std::io::Result<usize> {
+    // SAFETY: cpu_set_t is plain data; the libc calls get valid pointers and its exact size.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &allowed))
+            .collect();
+        let Some(&cpu) = cpus.get(index % cpus.len().max(1)) else {
+            return Err(std::io::Error::other("no CPU is available to this process"));
+        };
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cpu)
     }
 }
