@@ -60,7 +60,8 @@ impl LogLimiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(last) = b.last {
             let elapsed_s = now.saturating_duration_since(last).as_secs_f64();
-            b.tokens = (b.tokens + elapsed_s * f64::from(self.per_second)).min(f64::from(self.burst));
+            b.tokens =
+                (b.tokens + elapsed_s * f64::from(self.per_second)).min(f64::from(self.burst));
         }
         b.last = Some(now);
         if b.tokens >= 1.0 {
@@ -112,7 +113,10 @@ mod tests {
         // Half a second refills half a token: still throttled.
         assert_eq!(limiter.allow_at(t0 + Duration::from_millis(500)), None);
         // One more half: one line passes and reports what was dropped.
-        assert_eq!(limiter.allow_at(t0 + Duration::from_millis(1000)), Some(101));
+        assert_eq!(
+            limiter.allow_at(t0 + Duration::from_millis(1000)),
+            Some(101)
+        );
         assert_eq!(limiter.allow_at(t0 + Duration::from_millis(1000)), None);
         // A long pause refills to the burst, not beyond.
         let later = t0 + Duration::from_secs(3600);

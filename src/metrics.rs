@@ -54,7 +54,12 @@ impl Exposition {
     }
 
     /// One sample line.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Into<f64>) -> &mut Self {
+    pub fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl Into<f64>,
+    ) -> &mut Self {
         self.out.push_str(name);
         write_labels(&mut self.out, labels, None);
         let _ = writeln!(self.out, " {}", format_value(value.into()));
@@ -207,12 +212,30 @@ mod tests {
         e.family("x_seconds", Kind::Histogram, "help")
             .histogram_seconds("x_seconds", &[("cluster", "c")], &snap);
         let text = e.finish();
-        assert!(text.contains("x_seconds_bucket{cluster=\"c\",le=\"0.0001\"} 2\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{cluster=\"c\",le=\"0.0005\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{cluster=\"c\",le=\"10\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{cluster=\"c\",le=\"+Inf\"} 4\n"), "{text}");
-        assert!(text.contains("x_seconds_count{cluster=\"c\"} 4\n"), "{text}");
-        assert!(text.contains("x_seconds_sum{cluster=\"c\"} 20.00045\n"), "{text}");
+        assert!(
+            text.contains("x_seconds_bucket{cluster=\"c\",le=\"0.0001\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{cluster=\"c\",le=\"0.0005\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{cluster=\"c\",le=\"10\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{cluster=\"c\",le=\"+Inf\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_count{cluster=\"c\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_sum{cluster=\"c\"} 20.00045\n"),
+            "{text}"
+        );
     }
 
     #[test]

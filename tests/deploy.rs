@@ -36,7 +36,10 @@ fn documents(rel: &str) -> Vec<Value> {
 
 fn manifests() -> Vec<(String, Value)> {
     let mut out = Vec::new();
-    for rel in ["deploy/kubernetes/server.yaml", "deploy/kubernetes/agent.yaml"] {
+    for rel in [
+        "deploy/kubernetes/server.yaml",
+        "deploy/kubernetes/agent.yaml",
+    ] {
         for doc in documents(rel) {
             for field in ["apiVersion", "kind"] {
                 assert!(doc[field].is_string(), "{rel}: a document without {field}");
@@ -118,10 +121,16 @@ fn config_maps(docs: &[(String, Value)]) -> BTreeMap<String, Vec<(String, Checke
             .filter(|(k, _)| k.ends_with(".json"))
             .map(|(k, v)| {
                 let text = v.as_str().unwrap();
-                (k.clone(), Checked::parse(&format!("{rel}:{name}/{k}"), text))
+                (
+                    k.clone(),
+                    Checked::parse(&format!("{rel}:{name}/{k}"), text),
+                )
             })
             .collect::<Vec<_>>();
-        assert!(!configs.is_empty(), "{rel}: ConfigMap {name} holds no .json config");
+        assert!(
+            !configs.is_empty(),
+            "{rel}: ConfigMap {name} holds no .json config"
+        );
         out.insert(name, configs);
     }
     out
@@ -161,7 +170,11 @@ fn workloads(docs: &[(String, Value)]) -> Vec<Pods> {
             let labels = template["metadata"]["labels"].as_object().unwrap().clone();
             let selector = d["spec"]["selector"]["matchLabels"].as_object().unwrap();
             for (k, v) in selector {
-                assert_eq!(labels.get(k), Some(v), "{rel}: {name}: selector {k} not on its pods");
+                assert_eq!(
+                    labels.get(k),
+                    Some(v),
+                    "{rel}: {name}: selector {k} not on its pods"
+                );
             }
             let containers = template["spec"]["containers"].as_array().unwrap();
             assert_eq!(containers.len(), 1, "{rel}: {name}: one container expected");
@@ -170,7 +183,10 @@ fn workloads(docs: &[(String, Value)]) -> Vec<Pods> {
             for p in c["ports"].as_array().unwrap() {
                 let port = u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap();
                 let pname = p["name"].as_str().unwrap_or_default().to_string();
-                assert!(ports.insert(pname, port).is_none(), "{rel}: {name}: duplicate port name");
+                assert!(
+                    ports.insert(pname, port).is_none(),
+                    "{rel}: {name}: duplicate port name"
+                );
             }
             let probes = ["livenessProbe", "readinessProbe"]
                 .iter()
@@ -184,8 +200,12 @@ fn workloads(docs: &[(String, Value)]) -> Vec<Pods> {
                 .unwrap_or_else(|| panic!("{rel}: {name} mounts no ConfigMap"))
                 .to_string();
             // The container must be started on the mounted config.
-            let args: Vec<&str> =
-                c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            let args: Vec<&str> = c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
             let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
             let config_arg = args
                 .iter()
@@ -198,7 +218,10 @@ fn workloads(docs: &[(String, Value)]) -> Vec<Pods> {
             );
             Pods {
                 name,
-                namespace: d["metadata"]["namespace"].as_str().unwrap_or("default").into(),
+                namespace: d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .into(),
                 labels,
                 ports,
                 probes,
@@ -211,13 +234,22 @@ fn workloads(docs: &[(String, Value)]) -> Vec<Pods> {
 #[test]
 fn manifests_parse_and_embedded_configs_are_valid() {
     let docs = manifests();
-    let kinds: BTreeSet<&str> = docs.iter().map(|(_, d)| d["kind"].as_str().unwrap()).collect();
+    let kinds: BTreeSet<&str> = docs
+        .iter()
+        .map(|(_, d)| d["kind"].as_str().unwrap())
+        .collect();
     for kind in ["ConfigMap", "Deployment", "Service", "Secret", "Namespace"] {
         assert!(kinds.contains(kind), "no {kind} in deploy/kubernetes");
     }
     let maps = config_maps(&docs);
-    assert!(maps.values().flatten().any(|(_, c)| matches!(c, Checked::Server(_))));
-    assert!(maps.values().flatten().any(|(_, c)| matches!(c, Checked::Agent(_))));
+    assert!(maps
+        .values()
+        .flatten()
+        .any(|(_, c)| matches!(c, Checked::Server(_))));
+    assert!(maps
+        .values()
+        .flatten()
+        .any(|(_, c)| matches!(c, Checked::Agent(_))));
 }
 
 #[test]
@@ -227,9 +259,12 @@ fn container_ports_and_probes_match_the_configs() {
     let pods = workloads(&docs);
     assert_eq!(pods.len(), 2, "a server and an agent workload expected");
     for p in &pods {
-        let configs = maps
-            .get(&p.config_map)
-            .unwrap_or_else(|| panic!("{}: ConfigMap {} is not in the manifests", p.name, p.config_map));
+        let configs = maps.get(&p.config_map).unwrap_or_else(|| {
+            panic!(
+                "{}: ConfigMap {} is not in the manifests",
+                p.name, p.config_map
+            )
+        });
         let (key, config) = &configs[0];
         let want = config.listen_ports();
         let have: BTreeSet<u16> = p.ports.values().copied().collect();
@@ -238,7 +273,9 @@ fn container_ports_and_probes_match_the_configs() {
             "{}: containerPorts {have:?} differ from the ports {key} listens on {want:?}",
             p.name
         );
-        let admin = config.admin_port().expect("deployed configs serve the admin endpoint");
+        let admin = config
+            .admin_port()
+            .expect("deployed configs serve the admin endpoint");
         for (probe, get) in &p.probes {
             assert_eq!(
                 p.resolve(&get["port"]),
@@ -247,7 +284,11 @@ fn container_ports_and_probes_match_the_configs() {
                 p.name
             );
             let path = get["path"].as_str().unwrap();
-            let expected = if probe == "livenessProbe" { "/healthz" } else { "/ready" };
+            let expected = if probe == "livenessProbe" {
+                "/healthz"
+            } else {
+                "/ready"
+            };
             assert_eq!(path, expected, "{}: {probe}", p.name);
         }
     }
@@ -283,7 +324,10 @@ fn services_target_ports_of_the_pods_they_select() {
             headless.push(format!("{name}.{ns}.svc.cluster.local:{port}"));
         }
     }
-    assert!(!headless.is_empty(), "no headless Service for agents to resolve");
+    assert!(
+        !headless.is_empty(),
+        "no headless Service for agents to resolve"
+    );
     // The example agent dials the headless Service on the tunnel port.
     let maps = config_maps(&docs);
     let agent = maps
@@ -295,7 +339,10 @@ fn services_target_ports_of_the_pods_they_select() {
         })
         .unwrap();
     for server in &agent.tunnels[0].server_list {
-        assert!(headless.contains(server), "agent server {server} is not a headless Service {headless:?}");
+        assert!(
+            headless.contains(server),
+            "agent server {server} is not a headless Service {headless:?}"
+        );
     }
 }
 
@@ -309,8 +356,15 @@ fn host_configs_dockerfile_and_units_agree() {
         .filter_map(|l| l.strip_prefix("EXPOSE "))
         .flat_map(|l| l.split_whitespace().map(|p| p.parse::<u16>().unwrap()))
         .collect();
-    let wanted: BTreeSet<u16> = server.listen_ports().union(&agent.listen_ports()).copied().collect();
-    assert_eq!(exposed, wanted, "Dockerfile EXPOSE differs from deploy/*.json ports");
+    let wanted: BTreeSet<u16> = server
+        .listen_ports()
+        .union(&agent.listen_ports())
+        .copied()
+        .collect();
+    assert_eq!(
+        exposed, wanted,
+        "Dockerfile EXPOSE differs from deploy/*.json ports"
+    );
     for kind in ["server", "agent"] {
         assert!(
             dockerfile.contains(&format!("COPY deploy/{kind}.json /etc/ringtun/{kind}.json")),
@@ -318,15 +372,23 @@ fn host_configs_dockerfile_and_units_agree() {
         );
         let unit = read(&format!("deploy/systemd/ringtun-{kind}.service"));
         assert!(
-            unit.contains(&format!("LoadCredential={kind}.json:/etc/ringtun/{kind}.json")),
+            unit.contains(&format!(
+                "LoadCredential={kind}.json:/etc/ringtun/{kind}.json"
+            )),
             "ringtun-{kind}.service does not load /etc/ringtun/{kind}.json"
         );
         assert!(
             unit.contains(&format!("ringtun {kind} --config %d/{kind}.json")),
             "ringtun-{kind}.service does not run `ringtun {kind}` on its config"
         );
-        assert!(unit.contains("SystemCallErrorNumber=EPERM"), "ringtun-{kind}.service");
+        assert!(
+            unit.contains("SystemCallErrorNumber=EPERM"),
+            "ringtun-{kind}.service"
+        );
     }
     let agent_unit = read("deploy/systemd/ringtun-agent.service");
-    assert!(agent_unit.contains(TOKEN_ENV), "the agent unit must provide {TOKEN_ENV}");
+    assert!(
+        agent_unit.contains(TOKEN_ENV),
+        "the agent unit must provide {TOKEN_ENV}"
+    );
 }

@@ -50,17 +50,21 @@ impl AgentAdmin {
         let s = &self.shared.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut e = Exposition::new();
-        e.family("ringtun_agent_info", Kind::Gauge, "Build and runtime information; always 1.")
-            .sample(
-                "ringtun_agent_info",
-                &[
-                    ("version", env!("CARGO_PKG_VERSION")),
-                    ("host_name", &self.shared.config.host_name),
-                    ("agent_id", &self.shared.agent_id),
-                    ("io_backend", self.backend),
-                ],
-                1.0,
-            );
+        e.family(
+            "ringtun_agent_info",
+            Kind::Gauge,
+            "Build and runtime information; always 1.",
+        )
+        .sample(
+            "ringtun_agent_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("host_name", &self.shared.config.host_name),
+                ("agent_id", &self.shared.agent_id),
+                ("io_backend", self.backend),
+            ],
+            1.0,
+        );
         e.family(
             "ringtun_agent_data_connections",
             Kind::Gauge,
@@ -91,18 +95,42 @@ impl AgentAdmin {
             &[],
             load(&s.idle_data_connections),
         );
-        e.family("ringtun_agent_aside_connections", Kind::Gauge, "Aside connections up.")
-            .sample_u64("ringtun_agent_aside_connections", &[], load(&s.aside_connections));
+        e.family(
+            "ringtun_agent_aside_connections",
+            Kind::Gauge,
+            "Aside connections up.",
+        )
+        .sample_u64(
+            "ringtun_agent_aside_connections",
+            &[],
+            load(&s.aside_connections),
+        );
         e.family(
             "ringtun_agent_dial_failures_total",
             Kind::Counter,
             "Failed dials: connect errors, refused handshakes, timeouts.",
         )
-        .sample_u64("ringtun_agent_dial_failures_total", &[], load(&s.dial_failures_total));
-        e.family("ringtun_agent_sessions_total", Kind::Counter, "Sessions started by servers.")
-            .sample_u64("ringtun_agent_sessions_total", &[], load(&s.sessions_total));
-        e.family("ringtun_agent_sessions_active", Kind::Gauge, "Sessions pumping now.")
-            .sample_u64("ringtun_agent_sessions_active", &[], load(&s.active_sessions));
+        .sample_u64(
+            "ringtun_agent_dial_failures_total",
+            &[],
+            load(&s.dial_failures_total),
+        );
+        e.family(
+            "ringtun_agent_sessions_total",
+            Kind::Counter,
+            "Sessions started by servers.",
+        )
+        .sample_u64("ringtun_agent_sessions_total", &[], load(&s.sessions_total));
+        e.family(
+            "ringtun_agent_sessions_active",
+            Kind::Gauge,
+            "Sessions pumping now.",
+        )
+        .sample_u64(
+            "ringtun_agent_sessions_active",
+            &[],
+            load(&s.active_sessions),
+        );
         e.family(
             "ringtun_agent_backend_failures_total",
             Kind::Counter,

@@ -138,12 +138,10 @@ impl AdminServer {
         listener: std::net::TcpListener,
         handler: H,
     ) -> Result<Self, AdminError> {
-        let addr = listener
-            .local_addr()
-            .map_err(|source| AdminError::Bind {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?;
+        let addr = listener.local_addr().map_err(|source| AdminError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -391,7 +389,8 @@ mod tests {
 
     #[test]
     fn parses_a_request_head() {
-        let (req, len) = parse_head(b"POST /reload?x=1 HTTP/1.1\r\nHost: a\r\ncontent-length: 3").unwrap();
+        let (req, len) =
+            parse_head(b"POST /reload?x=1 HTTP/1.1\r\nHost: a\r\ncontent-length: 3").unwrap();
         assert_eq!(req.method, "POST");
         assert_eq!(req.path, "/reload");
         assert_eq!(req.query, "x=1");

@@ -137,24 +137,40 @@ impl ServerAdmin {
         let summary = |name: &str| per_cluster.get(name).unwrap_or(&empty);
         let mut e = Exposition::new();
 
-        e.family("ringtun_info", Kind::Gauge, "Build and runtime information; always 1.")
-            .sample(
-                "ringtun_info",
-                &[
-                    ("version", env!("CARGO_PKG_VERSION")),
-                    ("role", "server"),
-                    ("io_backend", self.backend),
-                ],
-                1.0,
-            );
+        e.family(
+            "ringtun_info",
+            Kind::Gauge,
+            "Build and runtime information; always 1.",
+        )
+        .sample(
+            "ringtun_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("role", "server"),
+                ("io_backend", self.backend),
+            ],
+            1.0,
+        );
         e.family("ringtun_workers", Kind::Gauge, "Worker threads.")
             .sample_u64("ringtun_workers", &[], self.counters.len() as u64);
 
-        e.family("ringtun_hosts", Kind::Gauge, "Hosts (agents) registered per cluster.");
+        e.family(
+            "ringtun_hosts",
+            Kind::Gauge,
+            "Hosts (agents) registered per cluster.",
+        );
         for c in clusters {
-            e.sample_u64("ringtun_hosts", &[("cluster", &c.name)], c.hosts.len() as u64);
+            e.sample_u64(
+                "ringtun_hosts",
+                &[("cluster", &c.name)],
+                c.hosts.len() as u64,
+            );
         }
-        e.family("ringtun_host_weight", Kind::Gauge, "Balancing weight of each host.");
+        e.family(
+            "ringtun_host_weight",
+            Kind::Gauge,
+            "Balancing weight of each host.",
+        );
         for c in clusters {
             for h in &c.hosts {
                 let labels = host_labels(&c.name, &h.host_name, &h.agent_id);
@@ -182,11 +198,19 @@ impl ServerAdmin {
                 );
             }
         }
-        e.family("ringtun_aside_connections", Kind::Gauge, "Aside (control) connections per host.");
+        e.family(
+            "ringtun_aside_connections",
+            Kind::Gauge,
+            "Aside (control) connections per host.",
+        );
         for c in clusters {
             for h in &c.hosts {
                 let labels = host_labels(&c.name, &h.host_name, &h.agent_id);
-                e.sample_u64("ringtun_aside_connections", &labels, h.aside_connections as u64);
+                e.sample_u64(
+                    "ringtun_aside_connections",
+                    &labels,
+                    h.aside_connections as u64,
+                );
             }
         }
 

@@ -162,7 +162,11 @@ impl AgentHandle {
         };
         let shared = Arc::new(Shared {
             agent_id: format!("{:016x}", fastrand::u64(..)),
-            tunnels: config.tunnels.iter().map(|_| TunnelGauges::default()).collect(),
+            tunnels: config
+                .tunnels
+                .iter()
+                .map(|_| TunnelGauges::default())
+                .collect(),
             config,
             stats: AgentStats::default(),
             running: AtomicBool::new(true),

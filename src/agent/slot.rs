@@ -140,8 +140,11 @@ async fn serve(shared: &Shared, spec: SlotSpec, conn: Dialed, pool: &BufferPool)
     gauge.fetch_sub(1, Ordering::Relaxed);
     match waited {
         Ok((start, rest)) if spec.role == Role::Data => {
-            let span = tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
-            run_session(shared, spec, stream, start, rest, pool).instrument(span).await;
+            let span =
+                tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
+            run_session(shared, spec, stream, start, rest, pool)
+                .instrument(span)
+                .await;
             Ended::Session
         }
         Ok((start, _)) => Ended::Lost(format!(

@@ -336,7 +336,9 @@ impl Worker {
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.
-                    crate::log_limited!(warn!(worker = self.index, %cluster, error = %e, "frontend accept failed"));
+                    crate::log_limited!(
+                        warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -372,7 +372,10 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// One HTTP/1.1 request to an admin endpoint; returns the status code, the head and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    http_raw(addr, &format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+    http_raw(
+        addr,
+        &format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
 }
 
 /// Sends `request` as is; returns the status code, the head and the body of the answer.
@@ -394,6 +397,11 @@ pub fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
 
 /// The value of one Prometheus sample, e.g. `metric(&text, "ringtun_x_total{cluster=\"c\"}")`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
