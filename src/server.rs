@@ -14,7 +14,7 @@ use tracing::info;
 use crate::admin::{self, AdminError, AdminServer};
 use crate::config::ServerConfig;
 use crate::control::path::{self, ControlCmd, ControlSetup};
-use crate::control::registry::{ClusterStatus, HostStatus, Registry};
+use crate::control::registry::{HostStatus, Registry};
 use crate::control::stats::ControlStats;
 use crate::dataplane::counters::{CounterTotals, WorkerCounters};
 use crate::dataplane::worker::{self, WorkerSetup};
@@ -233,15 +233,6 @@ impl ServerHandle {
     /// The bound admin address (port 0 resolved), when `admin` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(AdminServer::local_addr)
-    }
-
-    /// Every cluster with its hosts, as the registry sees them now (empty if the server stopped).
-    pub fn clusters(&self) -> Vec<ClusterStatus> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        if self.commands.send(ControlCmd::Clusters { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.blocking_recv().unwrap_or_default()
     }
 
     /// The control path's counters (handshakes by outcome).

@@ -39,6 +39,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub enum AdminError {
     #[error("cannot listen on {addr} (admin): {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot read the admin listener's address: {0}")]
+    LocalAddr(io::Error),
     #[error("cannot start the admin thread: {0}")]
     Thread(io::Error),
     #[error("cannot build the admin runtime: {0}")]
@@ -138,10 +140,7 @@ impl AdminServer {
         listener: std::net::TcpListener,
         handler: H,
     ) -> Result<Self, AdminError> {
-        let addr = listener.local_addr().map_err(|source| AdminError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+        let addr = listener.local_addr().map_err(AdminError::LocalAddr)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
