@@ -4,6 +4,7 @@
 //! carried over those agent-initiated connections to the edge backend. See `README.md` for the map
 //! of modules and `DESIGN.md` for the wire protocol.
 
+pub mod admin;
 pub mod agent;
 pub mod balancer;
 pub mod bench;
@@ -12,6 +13,8 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod echo;
+pub mod log_limit;
+pub mod metrics;
 pub mod protocol;
 pub mod rt;
 pub mod secret;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -10,9 +11,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::admin::{self, AdminError, AdminServer};
 use crate::config::ServerConfig;
 use crate::control::path::{self, ControlCmd, ControlSetup};
 use crate::control::registry::{HostStatus, Registry};
+use crate::control::stats::ControlStats;
 use crate::dataplane::counters::{CounterTotals, WorkerCounters};
 use crate::dataplane::worker::{self, WorkerSetup};
 use crate::rt::{self, Backend, RtError};
@@ -32,6 +35,8 @@ pub enum ServerError {
     Runtime(#[from] RtError),
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// A running server.
@@ -42,6 +47,9 @@ pub struct ServerHandle {
     workers: usize,
     commands: mpsc::UnboundedSender<ControlCmd>,
     counters: Vec<Arc<WorkerCounters>>,
+    control_stats: Arc<ControlStats>,
+    ready: Arc<AtomicBool>,
+    admin: Option<AdminServer>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -65,6 +73,11 @@ impl ServerHandle {
             addr: tunnel_addr,
             source,
         })?;
+
+        let admin_listener = match &config.admin {
+            Some(a) => Some(admin::bind(parse_addr("admin.address", &a.address)?)?),
+            None => None,
+        };
 
         // One SO_REUSEPORT socket per worker per frontend; port 0 is resolved by the first.
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
@@ -135,6 +148,7 @@ impl ServerHandle {
             threads.push(handle);
         }
         drop(events_tx);
+        let control_stats = Arc::new(ControlStats::default());
         let control = ControlSetup {
             listener: tunnel,
             config,
@@ -142,6 +156,7 @@ impl ServerHandle {
             workers: worker_txs.clone(),
             events: events_rx,
             commands: commands_rx,
+            stats: control_stats.clone(),
         };
         let control_thread = std::thread::Builder::new()
             .name("ringtun-control".into())
@@ -163,12 +178,38 @@ impl ServerHandle {
             })
             .map_err(ServerError::Thread)?;
         threads.push(control_thread);
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = match admin_listener {
+            Some(listener) => {
+                let handler = admin::server::ServerAdmin {
+                    commands: commands_tx.clone(),
+                    counters: counters.clone(),
+                    control: control_stats.clone(),
+                    ready: ready.clone(),
+                    backend: backend.name(),
+                    frontends: frontends.clone(),
+                    tunnel_addr,
+                };
+                match AdminServer::start("ringtun-admin", listener, handler) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        let _ = commands_tx.send(ControlCmd::Shutdown);
+                        for t in threads {
+                            let _ = t.join();
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
         info!(%tunnel_addr, workers, backend = backend.name(), "server started");
         for (cluster, addrs) in &frontends {
             for a in addrs {
                 info!(%cluster, frontend = %a, "frontend listening");
             }
         }
+        ready.store(true, Ordering::Release);
         Ok(Self {
             tunnel_addr,
             frontends,
@@ -176,6 +217,9 @@ impl ServerHandle {
             workers,
             commands: commands_tx,
             counters,
+            control_stats,
+            ready,
+            admin,
             threads,
         })
     }
@@ -188,6 +232,16 @@ impl ServerHandle {
     /// The first frontend address of a cluster.
     pub fn frontend_addr(&self, cluster: &str) -> Option<SocketAddr> {
         self.frontends.get(cluster).and_then(|a| a.first().copied())
+    }
+
+    /// The bound admin address (port 0 resolved), when `admin` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The control path's counters (handshakes by outcome).
+    pub fn control_stats(&self) -> &ControlStats {
+        &self.control_stats
     }
 
     /// The backend the workers run on.
@@ -224,9 +278,13 @@ impl ServerHandle {
     }
 
     fn stop(&mut self) {
+        self.ready.store(false, Ordering::Release);
         let _ = self.commands.send(ControlCmd::Shutdown);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(mut a) = self.admin.take() {
+            a.stop();
         }
     }
 }

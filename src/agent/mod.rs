@@ -9,13 +9,14 @@ pub mod dial;
 pub mod slot;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminError, AdminServer};
 use crate::config::{AgentConfig, HostingListenerConfig};
 use crate::dataplane::pump::Pools;
 use crate::protocol::Role;
@@ -28,6 +29,10 @@ use slot::SlotSpec;
 pub enum AgentError {
     #[error(transparent)]
     Runtime(#[from] RtError),
+    #[error("invalid address admin.address: {0:?}")]
+    AdminAddress(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// Agent-wide counters and gauges (connection events only, never per byte).
@@ -60,6 +65,22 @@ pub struct AgentStatus {
     pub active_sessions: u64,
 }
 
+/// Connections of one tunnel that are up (handshaken), idle or in a session.
+#[derive(Debug, Default)]
+pub struct TunnelGauges {
+    pub data_connections: AtomicU64,
+    pub aside_connections: AtomicU64,
+}
+
+/// Decrements a [`TunnelGauges`] gauge when the connection it counts ends.
+pub struct ConnectionUp<'a>(&'a AtomicU64);
+
+impl Drop for ConnectionUp<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// State shared by every slot of the agent (read-only but for the atomics).
 pub struct Shared {
     pub config: AgentConfig,
@@ -67,9 +88,36 @@ pub struct Shared {
     pub backend: rt::Backend,
     pub agent_id: String,
     pub stats: AgentStats,
+    /// One per `config.tunnels` entry.
+    pub tunnels: Vec<TunnelGauges>,
+    /// False once the agent is stopping (admin `/ready`).
+    pub running: AtomicBool,
 }
 
 impl Shared {
+    /// Counts a handshaken connection of `tunnel` until the returned guard is dropped.
+    pub fn connection_up(&self, tunnel: usize, role: Role) -> Option<ConnectionUp<'_>> {
+        let t = self.tunnels.get(tunnel)?;
+        let gauge = match role {
+            Role::Data => &t.data_connections,
+            Role::Aside => &t.aside_connections,
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionUp(gauge))
+    }
+
+    /// True when every enabled tunnel has at least one data connection up.
+    pub fn ready(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+            && self
+                .config
+                .tunnels
+                .iter()
+                .zip(&self.tunnels)
+                .filter(|(t, _)| t.enable)
+                .all(|(_, g)| g.data_connections.load(Ordering::Relaxed) > 0)
+    }
+
     fn listener_of(&self, tunnel: usize) -> Option<&HostingListenerConfig> {
         let name = &self.config.tunnels.get(tunnel)?.hosting_listener;
         self.config.listeners.iter().find(|l| &l.name == name)
@@ -89,6 +137,7 @@ enum Task {
 /// A running agent.
 pub struct AgentHandle {
     shared: Arc<Shared>,
+    admin: Option<AdminServer>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -103,11 +152,27 @@ impl AgentHandle {
         } else {
             config.workers
         };
+        let admin_listener = match &config.admin {
+            Some(a) => {
+                let addr: SocketAddr = a
+                    .address
+                    .parse()
+                    .map_err(|_| AgentError::AdminAddress(a.address.clone()))?;
+                Some(admin::bind(addr)?)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             backend,
             agent_id: format!("{:016x}", fastrand::u64(..)),
+            tunnels: config
+                .tunnels
+                .iter()
+                .map(|_| TunnelGauges::default())
+                .collect(),
             config,
             stats: AgentStats::default(),
+            running: AtomicBool::new(true),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut senders = Vec::with_capacity(workers);
@@ -150,13 +215,35 @@ impl AgentHandle {
                 next += 1;
             }
         }
+        let admin = match admin_listener {
+            Some(listener) => {
+                let handler = admin::agent::AgentAdmin {
+                    shared: shared.clone(),
+                    backend: backend.name(),
+                };
+                match AdminServer::start("ringtun-agent-admin", listener, handler) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        let _ = stop_tx.send(true);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
         info!(host_name = %shared.config.host_name, agent_id = %shared.agent_id, workers,
             backend = backend.name(), "agent started");
         Ok(Self {
             shared,
+            admin,
             stop: stop_tx,
             threads,
         })
+    }
+
+    /// The bound admin address (port 0 resolved), when `admin` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The id this agent process announces.
@@ -183,9 +270,13 @@ impl AgentHandle {
     }
 
     fn stop_now(&mut self) {
+        self.shared.running.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(mut a) = self.admin.take() {
+            a.stop();
         }
     }
 }

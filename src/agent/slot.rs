@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::backoff::Backoff;
 use super::dial::{dial, read_frame, Dialed, InitParams, ReadFrameError};
@@ -128,6 +128,7 @@ async fn serve(shared: &Shared, spec: SlotSpec, conn: Dialed, pool: &Pools) -> E
         leftover,
         ..
     } = conn;
+    let _up = shared.connection_up(spec.tunnel, spec.role);
     let gauge = match spec.role {
         Role::Data => &shared.stats.idle_data_connections,
         Role::Aside => &shared.stats.aside_connections,
@@ -139,7 +140,11 @@ async fn serve(shared: &Shared, spec: SlotSpec, conn: Dialed, pool: &Pools) -> E
     gauge.fetch_sub(1, Ordering::Relaxed);
     match waited {
         Ok((start, rest)) if spec.role == Role::Data => {
-            run_session(shared, spec, stream, start, rest, pool).await;
+            let span =
+                tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
+            run_session(shared, spec, stream, start, rest, pool)
+                .instrument(span)
+                .await;
             Ended::Session
         }
         Ok((start, _)) => Ended::Lost(format!(

@@ -10,3 +10,4 @@ pub mod handshake;
 pub mod path;
 pub mod registry;
 pub mod snapshot;
+pub mod stats;

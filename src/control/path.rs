@@ -14,8 +14,9 @@ use tracing::{debug, info, warn};
 
 use super::auth;
 use super::handshake::{read_init, HandshakeError};
-use super::registry::{HostIdentity, HostStatus, Registry};
+use super::registry::{ClusterStatus, HostIdentity, HostStatus, Registry};
 use super::snapshot::{ConnId, HostId};
+use super::stats::{ControlStats, HandshakeOutcome};
 use crate::config::agent::MAX_WEIGHT;
 use crate::config::ServerConfig;
 use crate::dataplane::pump::write_all;
@@ -31,6 +32,10 @@ pub enum ControlCmd {
         cluster: String,
         reply: std::sync::mpsc::Sender<Vec<HostStatus>>,
     },
+    /// Every cluster and its hosts (admin `/clusters` and `/metrics`).
+    Clusters {
+        reply: tokio::sync::oneshot::Sender<Vec<ClusterStatus>>,
+    },
     Shutdown,
 }
 
@@ -42,6 +47,7 @@ pub struct ControlSetup {
     pub workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
     pub events: mpsc::UnboundedReceiver<WorkerEvent>,
     pub commands: mpsc::UnboundedReceiver<ControlCmd>,
+    pub stats: Arc<ControlStats>,
 }
 
 struct Control {
@@ -49,6 +55,7 @@ struct Control {
     registry: RefCell<Registry>,
     workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
     handshakes: Arc<tokio::sync::Semaphore>,
+    stats: Arc<ControlStats>,
 }
 
 /// Runs until told to shut down.
@@ -60,6 +67,7 @@ pub async fn run(setup: ControlSetup) {
         workers,
         mut events,
         mut commands,
+        stats,
     } = setup;
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -73,6 +81,7 @@ pub async fn run(setup: ControlSetup) {
         registry: RefCell::new(registry),
         workers,
         handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+        stats,
     });
     loop {
         tokio::select! {
@@ -82,11 +91,14 @@ pub async fn run(setup: ControlSetup) {
                         Ok(permit) => {
                             tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, permit));
                         }
-                        Err(_) => debug!(%peer, "too many handshakes in progress; closing tunnel connection"),
+                        Err(_) => {
+                            ctl.stats.handshake(HandshakeOutcome::Overloaded);
+                            debug!(%peer, "too many handshakes in progress; closing tunnel connection");
+                        }
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "tunnel accept failed");
+                    crate::log_limited!(warn!(error = %e, "tunnel accept failed"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -94,6 +106,9 @@ pub async fn run(setup: ControlSetup) {
             cmd = commands.recv() => match cmd {
                 Some(ControlCmd::Hosts { cluster, reply }) => {
                     let _ = reply.send(ctl.registry.borrow().hosts(&cluster));
+                }
+                Some(ControlCmd::Clusters { reply }) => {
+                    let _ = reply.send(ctl.registry.borrow().clusters());
                 }
                 Some(ControlCmd::Shutdown) | None => break,
             },
@@ -166,17 +181,22 @@ impl Control {
         let (init, leftover) = match read {
             Ok(x) => x,
             Err(e) => {
-                warn!(%peer, reason = %e, "tunnel connection refused");
+                self.stats.handshake(match e {
+                    HandshakeError::Timeout(_) => HandshakeOutcome::Timeout,
+                    _ => HandshakeOutcome::ProtocolError,
+                });
+                crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
                 return;
             }
         };
         let status = auth::decide(self.registry.borrow().cluster(&init.cluster_name), &init);
         let ext = init.ringtun().cloned();
         if status != Status::SUCCESS {
-            warn!(
+            self.stats.handshake(HandshakeOutcome::of_status(status));
+            crate::log_limited!(warn!(
                 %peer, cluster = %init.cluster_name, host_name = %init.host_name,
                 status = status.0, "agent refused: {}", status.meaning()
-            );
+            ));
             let _ = send_frame(
                 &stream,
                 &Frame::InitResponse(ConnectionInitResponse::status(status)),
@@ -204,6 +224,7 @@ impl Control {
                 .register(&init.cluster_name, identity, weight, role, peer);
         let Some(reg) = registered else {
             // The cluster vanished between the check and now (reload); answer as unknown.
+            self.stats.handshake(HandshakeOutcome::ClusterNotExist);
             let response = ConnectionInitResponse::status(Status::CLUSTER_NOT_EXIST);
             let _ = send_frame(&stream, &Frame::InitResponse(response)).await;
             return;
@@ -221,10 +242,12 @@ impl Control {
             }
         };
         if let Err(e) = send_frame(&stream, &Frame::InitResponse(response)).await {
+            self.stats.handshake(HandshakeOutcome::ProtocolError);
             debug!(%peer, error = %e, "agent went away during handshake");
             self.conn_closed(reg.conn_id);
             return;
         }
+        self.stats.handshake(HandshakeOutcome::Success);
         drop(permit);
         let _ = stream.set_nodelay(true);
         info!(
@@ -331,6 +354,7 @@ impl Control {
                 },
                 _ = tick.tick() => {
                     if outstanding >= max_missed {
+                        self.stats.aside_heartbeat_closes_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         break 'conn format!("{outstanding} heartbeats unanswered");
                     }
                     seq += 1;

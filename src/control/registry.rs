@@ -39,6 +39,18 @@ pub struct HostStatus {
     pub aside_connections: usize,
     pub idle_connections: usize,
     pub idle_per_worker: Vec<u32>,
+    /// Data connections leased to a session, per worker that leased them.
+    pub active_per_worker: Vec<u32>,
+}
+
+/// A cluster as the admin sees it: its settings (never its credentials) and its hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub lb_type: crate::config::LbType,
+    pub credential_policy: crate::config::CredentialPolicy,
+    pub pool_wait_ms: u64,
+    pub hosts: Vec<HostStatus>,
 }
 
 #[derive(Debug)]
@@ -63,6 +75,8 @@ struct ConnRecord {
     role: Role,
     /// Worker holding it while idle.
     idle_on: Option<usize>,
+    /// Worker running its session, once leased.
+    active_on: Option<usize>,
     #[allow(dead_code)]
     peer: SocketAddr,
 }
@@ -156,6 +170,7 @@ impl Registry {
                 host: host_id,
                 role,
                 idle_on: None,
+                active_on: None,
                 peer,
             },
         );
@@ -224,7 +239,11 @@ impl Registry {
 
     /// An idle data connection was taken by a session.
     pub fn conn_leased(&mut self, conn_id: ConnId) {
+        let worker = self.conns.get(&conn_id).and_then(|c| c.idle_on);
         self.leave_idle(conn_id);
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.active_on = worker;
+        }
     }
 
     fn leave_idle(&mut self, conn_id: ConnId) {
@@ -271,6 +290,10 @@ impl Registry {
         let Some(state) = self.clusters.get(cluster) else {
             return Vec::new();
         };
+        self.host_statuses(state)
+    }
+
+    fn host_statuses(&self, state: &ClusterState) -> Vec<HostStatus> {
         state
             .hosts
             .iter()
@@ -291,7 +314,34 @@ impl Registry {
                     aside_connections: count(Role::Aside),
                     idle_connections: h.idle_per_worker.iter().map(|n| *n as usize).sum(),
                     idle_per_worker: h.idle_per_worker.clone(),
+                    active_per_worker: {
+                        let mut per = vec![0u32; self.workers];
+                        for w in h
+                            .conns
+                            .iter()
+                            .filter_map(|c| self.conns.get(c).and_then(|r| r.active_on))
+                        {
+                            if let Some(n) = per.get_mut(w) {
+                                *n += 1;
+                            }
+                        }
+                        per
+                    },
                 }
+            })
+            .collect()
+    }
+
+    /// Every cluster with its hosts, ordered by name, for the admin endpoint.
+    pub fn clusters(&self) -> Vec<ClusterStatus> {
+        self.clusters
+            .values()
+            .map(|c| ClusterStatus {
+                name: c.name.to_string(),
+                lb_type: c.config.lb_type,
+                credential_policy: c.config.credential_policy,
+                pool_wait_ms: c.config.pool_wait_ms,
+                hosts: self.host_statuses(c),
             })
             .collect()
     }
@@ -416,6 +466,21 @@ mod tests {
         r.reassign(a.conn_id, 1);
         assert_eq!(r.hosts("c")[0].idle_per_worker, vec![0, 1]);
         assert_eq!(r.donor_for("c", 0), Some((a.host_id, 1)));
+    }
+
+    #[test]
+    fn leased_connections_count_as_active_on_their_worker() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        let b = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert_eq!(r.assign_worker(a.conn_id), Some(0));
+        assert_eq!(r.assign_worker(b.conn_id), Some(1));
+        r.conn_leased(b.conn_id);
+        let h = &r.clusters()[0].hosts[0];
+        assert_eq!(h.idle_per_worker, vec![1, 0]);
+        assert_eq!(h.active_per_worker, vec![0, 1]);
+        r.conn_closed(b.conn_id);
+        assert_eq!(r.clusters()[0].hosts[0].active_per_worker, vec![0, 0]);
     }
 
     #[test]

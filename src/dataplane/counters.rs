@@ -1,32 +1,53 @@
 //! Per-worker counters. Each worker is the only writer of its own set (relaxed atomics, no
 //! contention); readers sum the sets of all workers.
+//!
+//! Per-cluster counters work the same way: each worker owns one [`ClusterCounters`] per cluster,
+//! created (under a lock, off the hot path) when it applies a snapshot and then reached through
+//! its `Arc` without any lock; readers merge them by cluster name.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::{HistogramSnapshot, LatencyHistogram};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// One worker's counters.
+    ($(#[$sdoc:meta])* $set:ident, $(#[$tdoc:meta])* $totals:ident { $($extra:tt)* }
+     $($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        $(#[$sdoc])*
         #[derive(Debug, Default)]
-        pub struct WorkerCounters { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct $set { $($(#[$doc])* pub $name: AtomicU64,)* $($extra)* }
 
-        /// Counters summed over workers.
+        $(#[$tdoc])*
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        pub struct CounterTotals { $($(#[$doc])* pub $name: u64,)* }
+        pub struct $totals { $($(#[$doc])* pub $name: u64,)* }
 
-        impl CounterTotals {
-            /// Sums the counters of every worker.
-            pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
+        impl $totals {
+            /// Sums the counters of every set.
+            pub fn sum<'a>(sets: impl IntoIterator<Item = &'a $set>) -> Self {
                 let mut total = Self::default();
-                for w in workers {
-                    $(total.$name += w.$name.load(Ordering::Relaxed);)*
+                for w in sets {
+                    total.add(w);
                 }
                 total
+            }
+
+            /// Adds one set's counters.
+            pub fn add(&mut self, w: &$set) {
+                $(self.$name += w.$name.load(Ordering::Relaxed);)*
             }
         }
     };
 }
 
 counters! {
+    /// One worker's counters.
+    WorkerCounters,
+    /// Counters summed over workers.
+    CounterTotals {
+        /// This worker's per-cluster counters (see [`ClusterCounterSet`]).
+        pub clusters: ClusterCounterSet,
+    }
     /// Frontend connections accepted.
     frontends_accepted_total,
     /// Sessions that got a data connection and started.
@@ -51,6 +72,81 @@ counters! {
     active_sessions,
 }
 
+counters! {
+    /// One worker's counters of one cluster.
+    ClusterCounters,
+    /// One cluster's counters summed over workers.
+    ClusterTotals {
+        /// Time from frontend accept to session start (frame written), per session.
+        pub setup_latency: LatencyHistogram,
+    }
+    /// Frontend connections accepted.
+    frontends_accepted_total,
+    /// Sessions that got a data connection and started.
+    sessions_started_total,
+    /// Sessions that ended with an I/O error.
+    session_errors_total,
+    /// Frontends that had to wait for a data connection.
+    pool_waits_total,
+    /// Frontends closed because no idle data connection came within `pool_wait_ms`.
+    pool_exhausted_total,
+    /// Bytes from frontends towards agents.
+    bytes_to_agent_total,
+    /// Bytes from agents towards frontends.
+    bytes_from_agent_total,
+    /// Sessions in progress.
+    active_sessions,
+}
+
+/// A worker's per-cluster counters, by cluster name. The worker takes the lock only when it
+/// applies a snapshot (to fetch or create a cluster's set), readers only to list them.
+#[derive(Debug, Default)]
+pub struct ClusterCounterSet {
+    by_name: Mutex<BTreeMap<Arc<str>, Arc<ClusterCounters>>>,
+}
+
+impl ClusterCounterSet {
+    /// The counters of `cluster`, created on first use. Not for the hot path: keep the `Arc`.
+    pub fn get_or_create(&self, cluster: &Arc<str>) -> Arc<ClusterCounters> {
+        let mut map = self
+            .by_name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(cluster.clone()).or_default().clone()
+    }
+
+    /// Every cluster's counters.
+    pub fn all(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
+        let map = self
+            .by_name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Per-cluster totals over every worker, with the merged setup latency histogram.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterSummary {
+    pub counters: ClusterTotals,
+    pub setup_latency: HistogramSnapshot,
+}
+
+/// Merges the per-cluster counters of every worker, by cluster name.
+pub fn sum_clusters<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerCounters>,
+) -> BTreeMap<String, ClusterSummary> {
+    let mut out: BTreeMap<String, ClusterSummary> = BTreeMap::new();
+    for w in workers {
+        for (name, c) in w.clusters.all() {
+            let entry = out.entry(name.to_string()).or_default();
+            entry.counters.add(&c);
+            c.setup_latency.merge_into(&mut entry.setup_latency);
+        }
+    }
+    out
+}
+
 /// Adds one.
 #[inline]
 pub fn bump(counter: &AtomicU64) {
@@ -67,4 +163,29 @@ pub fn add(counter: &AtomicU64, n: u64) {
 #[inline]
 pub fn drop_one(counter: &AtomicU64) {
     counter.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A session being set up: its cluster's counters and when its frontend was accepted.
+#[derive(Debug)]
+pub struct SessionSetup {
+    pub stats: std::sync::Arc<ClusterCounters>,
+    pub accepted_at: std::time::Instant,
+}
+
+impl SessionSetup {
+    /// Starts timing a session accepted now.
+    pub fn start(stats: std::sync::Arc<ClusterCounters>) -> Self {
+        Self {
+            stats,
+            accepted_at: std::time::Instant::now(),
+        }
+    }
+
+    /// The session started (start frame written): records the setup latency.
+    pub fn started(&self) {
+        let us = self.accepted_at.elapsed().as_micros();
+        self.stats
+            .setup_latency
+            .record_us(u64::try_from(us).unwrap_or(u64::MAX));
+    }
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace, warn, Instrument};
 
-use super::counters::{add, bump, drop_one, WorkerCounters};
+use super::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
 use super::idle::{IdleConn, IdleError};
 use super::pump::{pump_conns, write_all, Conn, Pools};
 use super::{WorkerEvent, WorkerMsg};
@@ -45,6 +45,7 @@ pub struct WorkerSetup {
 struct LocalCluster {
     snap: ClusterSnapshot,
     balancer: Balancer,
+    stats: Arc<ClusterCounters>,
 }
 
 #[derive(Default)]
@@ -179,6 +180,7 @@ impl Worker {
                     LocalCluster {
                         snap: c.clone(),
                         balancer: Balancer::new(c.lb_type, &specs, seed),
+                        stats: self.counters.clusters.get_or_create(name),
                     },
                 )
             })
@@ -338,15 +340,18 @@ impl Worker {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
                     bump(&self.counters.frontends_accepted_total);
-                    tokio::task::spawn_local(self.clone().serve_frontend(
-                        cluster.clone(),
-                        Conn::Epoll(stream),
-                        client,
-                    ));
+                    let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
+                    tokio::task::spawn_local(
+                        self.clone()
+                            .serve_frontend(cluster.clone(), Conn::Epoll(stream), client)
+                            .instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.
-                    warn!(worker = self.index, %cluster, error = %e, "frontend accept failed");
+                    crate::log_limited!(
+                        warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -365,15 +370,18 @@ impl Worker {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
                     bump(&self.counters.frontends_accepted_total);
-                    tokio::task::spawn_local(self.clone().serve_frontend(
-                        cluster.clone(),
-                        Conn::Uring(stream),
-                        client,
-                    ));
+                    let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
+                    tokio::task::spawn_local(
+                        self.clone()
+                            .serve_frontend(cluster.clone(), Conn::Uring(stream), client)
+                            .instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.
-                    warn!(worker = self.index, %cluster, error = %e, "frontend accept failed");
+                    crate::log_limited!(
+                        warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -416,6 +424,17 @@ impl Worker {
         leased
     }
 
+    /// This worker's counters of `cluster` (created if the snapshot does not know it).
+    fn cluster_stats(&self, cluster: &Arc<str>) -> Arc<ClusterCounters> {
+        let known = self
+            .state
+            .borrow()
+            .clusters
+            .get(cluster)
+            .map(|c| c.stats.clone());
+        known.unwrap_or_else(|| self.counters.clusters.get_or_create(cluster))
+    }
+
     fn pool_wait(&self, cluster: &str) -> Duration {
         let state = self.state.borrow();
         Duration::from_millis(
@@ -439,6 +458,7 @@ impl Worker {
             return Some(conn);
         }
         bump(&self.counters.pool_waits_total);
+        bump(&self.cluster_stats(cluster).pool_waits_total);
         if self.starving.borrow_mut().insert(cluster.clone()) {
             let _ = self.events.send(WorkerEvent::Starving {
                 worker: self.index,
@@ -461,8 +481,12 @@ impl Worker {
     }
 
     async fn serve_frontend(self: Rc<Self>, cluster: Arc<str>, frontend: Conn, client: SocketAddr) {
+        let setup = SessionSetup::start(self.cluster_stats(&cluster));
+        let stats = &*setup.stats;
+        bump(&stats.frontends_accepted_total);
         let Some(conn) = self.lease(&cluster, client).await else {
             bump(&self.counters.pool_exhausted_total);
+            bump(&stats.pool_exhausted_total);
             debug!(worker = self.index, %cluster, %client, "no idle data connection within pool_wait_ms; closing frontend");
             frontend.shutdown();
             return;
@@ -471,13 +495,20 @@ impl Worker {
         let _ = self.events.send(WorkerEvent::Leased { conn_id });
         bump(&self.counters.sessions_started_total);
         add(&self.counters.active_sessions, 1);
+        bump(&stats.sessions_started_total);
+        add(&stats.active_sessions, 1);
         let session_id = (self.index as u64) << 48 | self.next_session.get();
         self.next_session.set(self.next_session.get() + 1);
-        let result = self.run_session(conn, &frontend, client, session_id).await;
+        tracing::Span::current().record("id", session_id);
+        let result = self
+            .run_session(conn, &frontend, client, session_id, &setup)
+            .await;
         match result {
             Ok(moved) => {
                 add(&self.counters.bytes_to_agent_total, moved.a_to_b);
                 add(&self.counters.bytes_from_agent_total, moved.b_to_a);
+                add(&stats.bytes_to_agent_total, moved.a_to_b);
+                add(&stats.bytes_from_agent_total, moved.b_to_a);
                 trace!(
                     session = session_id,
                     to_agent = moved.a_to_b,
@@ -487,11 +518,13 @@ impl Worker {
             }
             Err(e) => {
                 bump(&self.counters.session_errors_total);
+                bump(&stats.session_errors_total);
                 debug!(session = session_id, %cluster, %client, error = %e, "session ended with error");
             }
         }
         bump(&self.counters.sessions_ended_total);
         drop_one(&self.counters.active_sessions);
+        drop_one(&stats.active_sessions);
         if let Some(pool) = self.state.borrow_mut().pools.get_mut(&host_id) {
             pool.active = pool.active.saturating_sub(1);
         }
@@ -504,6 +537,7 @@ impl Worker {
         frontend: &Conn,
         client: SocketAddr,
         session_id: u64,
+        setup: &SessionSetup,
     ) -> io::Result<super::pump::Moved> {
         let IdleConn {
             stream,
@@ -513,6 +547,7 @@ impl Worker {
             ..
         } = conn;
         let (data, prefix_to_frontend) = if legacy {
+            setup.started();
             (Conn::from_std(self.backend, stream)?, pending)
         } else {
             let start = Frame::SessionStart(SessionStart {
@@ -520,8 +555,11 @@ impl Worker {
                 client_addr: client.to_string(),
             });
             let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
-            self.start_session(stream, &frame, pending, outstanding_pings)
-                .await?
+            let adopted = self
+                .start_session(stream, &frame, pending, outstanding_pings)
+                .await?;
+            setup.started();
+            adopted
         };
         let moved = pump_conns(
             frontend,

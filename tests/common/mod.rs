@@ -74,6 +74,7 @@ pub struct ServerBuilder {
     max_frame_payload_bytes: usize,
     tunnel_address: String,
     clusters: Vec<ClusterSpec>,
+    admin: bool,
 }
 
 pub fn server(backend: IoBackend) -> ServerBuilder {
@@ -85,6 +86,7 @@ pub fn server(backend: IoBackend) -> ServerBuilder {
         max_frame_payload_bytes: 16384,
         tunnel_address: "127.0.0.1:0".into(),
         clusters: vec![],
+        admin: false,
     }
 }
 
@@ -130,6 +132,11 @@ impl ServerBuilder {
         self.tunnel_address = addr.to_string();
         self
     }
+    /// Serves the admin endpoint on a free loopback port (`ServerHandle::admin_addr`).
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
 
     pub fn config(&self) -> ServerConfig {
         let clusters: Vec<serde_json::Value> = self
@@ -146,7 +153,7 @@ impl ServerBuilder {
                 })
             })
             .collect();
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "workers": self.workers,
             "io_backend": self.backend,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
@@ -157,6 +164,9 @@ impl ServerBuilder {
             },
             "clusters": clusters,
         });
+        if self.admin {
+            json["admin"] = serde_json::json!({"address": "127.0.0.1:0"});
+        }
         ServerConfig::from_str(Path::new("test-server.json"), &json.to_string()).unwrap()
     }
 
@@ -178,6 +188,7 @@ pub struct AgentBuilder {
     token: Option<String>,
     reconnect_base_ms: u64,
     reconnect_max_ms: u64,
+    admin: bool,
 }
 
 pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> AgentBuilder {
@@ -192,6 +203,7 @@ pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> Agen
         token: None,
         reconnect_base_ms: 50,
         reconnect_max_ms: 1000,
+        admin: false,
     }
 }
 
@@ -216,6 +228,11 @@ impl AgentBuilder {
         self.token = Some(t.into());
         self
     }
+    /// Serves the admin endpoint on a free loopback port (`AgentHandle::admin_addr`).
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
     pub fn reconnect_ms(mut self, base: u64, max: u64) -> Self {
         self.reconnect_base_ms = base;
         self.reconnect_max_ms = max;
@@ -236,14 +253,18 @@ impl AgentBuilder {
             tunnel["credential_policy"] = "token".into();
             tunnel["credential"] = t.clone().into();
         }
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "host_name": self.host_name,
             "weight": self.weight,
             "workers": 1,
             "io_backend": self.backend,
             "listeners": [{"name": "backend", "backend": self.backend_addr.to_string(), "connect_timeout_ms": 1000}],
             "tunnels": [tunnel],
-        })
+        });
+        if self.admin {
+            json["admin"] = serde_json::json!({"address": "127.0.0.1:0"});
+        }
+        json
     }
 
     pub fn config(&self) -> AgentConfig {
@@ -347,4 +368,40 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| ((i * 31 + seed as usize) % 251) as u8)
         .collect()
+}
+
+/// One HTTP/1.1 request to an admin endpoint; returns the status code, the head and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    http_raw(
+        addr,
+        &format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+}
+
+/// Sends `request` as is; returns the status code, the head and the body of the answer.
+pub fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The value of one Prometheus sample, e.g. `metric(&text, "ringtun_x_total{cluster=\"c\"}")`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

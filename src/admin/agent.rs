@@ -1,0 +1,161 @@
+//! The agent's admin endpoints: `/metrics` (Prometheus text), `/healthz`, `/ready`.
+//!
+//! Everything is read from the agent's atomics; nothing here touches a connection or a credential.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{get_only, Handler, Request, Response};
+use crate::agent::Shared;
+use crate::metrics::{self, Exposition, Kind};
+
+/// What the agent's admin handler reads.
+pub struct AgentAdmin {
+    pub shared: Arc<Shared>,
+    pub backend: &'static str,
+}
+
+impl Handler for AgentAdmin {
+    async fn handle(&self, req: Request) -> Response {
+        if !["/metrics", "/healthz", "/ready"].contains(&req.path.as_str()) {
+            return Response::not_found(&req.path);
+        }
+        if let Some(refused) = get_only(&req) {
+            return refused;
+        }
+        match req.path.as_str() {
+            "/healthz" => Response::text(200, "ok\n"),
+            "/ready" => {
+                if self.shared.ready() {
+                    Response::text(200, "ready\n")
+                } else {
+                    Response::text(
+                        503,
+                        "not ready: an enabled tunnel has no data connection up (or stopping)\n",
+                    )
+                }
+            }
+            _ => {
+                let mut r = Response::text(200, self.render_metrics());
+                r.content_type = metrics::CONTENT_TYPE;
+                r
+            }
+        }
+    }
+}
+
+impl AgentAdmin {
+    /// The Prometheus text of every agent metric.
+    pub fn render_metrics(&self) -> String {
+        let s = &self.shared.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut e = Exposition::new();
+        e.family(
+            "ringtun_agent_info",
+            Kind::Gauge,
+            "Build and runtime information; always 1.",
+        )
+        .sample(
+            "ringtun_agent_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("host_name", &self.shared.config.host_name),
+                ("agent_id", &self.shared.agent_id),
+                ("io_backend", self.backend),
+            ],
+            1.0,
+        );
+        e.family(
+            "ringtun_agent_data_connections",
+            Kind::Gauge,
+            "Handshaken data connections per tunnel (idle or in a session).",
+        );
+        for (i, (t, g)) in self
+            .shared
+            .config
+            .tunnels
+            .iter()
+            .zip(&self.shared.tunnels)
+            .enumerate()
+        {
+            let tunnel = i.to_string();
+            e.sample_u64(
+                "ringtun_agent_data_connections",
+                &[("tunnel", &tunnel), ("cluster", &t.cluster)],
+                load(&g.data_connections),
+            );
+        }
+        e.family(
+            "ringtun_agent_idle_data_connections",
+            Kind::Gauge,
+            "Data connections handshaken and waiting for a session.",
+        )
+        .sample_u64(
+            "ringtun_agent_idle_data_connections",
+            &[],
+            load(&s.idle_data_connections),
+        );
+        e.family(
+            "ringtun_agent_aside_connections",
+            Kind::Gauge,
+            "Aside connections up.",
+        )
+        .sample_u64(
+            "ringtun_agent_aside_connections",
+            &[],
+            load(&s.aside_connections),
+        );
+        e.family(
+            "ringtun_agent_dial_failures_total",
+            Kind::Counter,
+            "Failed dials: connect errors, refused handshakes, timeouts.",
+        )
+        .sample_u64(
+            "ringtun_agent_dial_failures_total",
+            &[],
+            load(&s.dial_failures_total),
+        );
+        e.family(
+            "ringtun_agent_sessions_total",
+            Kind::Counter,
+            "Sessions started by servers.",
+        )
+        .sample_u64("ringtun_agent_sessions_total", &[], load(&s.sessions_total));
+        e.family(
+            "ringtun_agent_sessions_active",
+            Kind::Gauge,
+            "Sessions pumping now.",
+        )
+        .sample_u64(
+            "ringtun_agent_sessions_active",
+            &[],
+            load(&s.active_sessions),
+        );
+        e.family(
+            "ringtun_agent_backend_failures_total",
+            Kind::Counter,
+            "Sessions whose backend could not be reached (refused or timed out).",
+        )
+        .sample_u64(
+            "ringtun_agent_backend_failures_total",
+            &[],
+            load(&s.backend_failures_total),
+        );
+        e.family(
+            "ringtun_agent_session_bytes_total",
+            Kind::Counter,
+            "Session bytes by direction, counted when a session ends.",
+        )
+        .sample_u64(
+            "ringtun_agent_session_bytes_total",
+            &[("direction", "to_backend")],
+            load(&s.bytes_to_backend_total),
+        )
+        .sample_u64(
+            "ringtun_agent_session_bytes_total",
+            &[("direction", "from_backend")],
+            load(&s.bytes_from_backend_total),
+        );
+        e.finish()
+    }
+}
