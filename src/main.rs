@@ -100,22 +100,48 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server { config } => {
+            // Handlers first: a signal during start must not kill the process.
+            let mut signals = Signals::install()?;
             let config = ringtun::config::ServerConfig::load(&config)?;
+            let grace_ms = config.drain_timeout_ms;
             let server =
                 ringtun::server::ServerHandle::start(config).context("server failed to start")?;
-            let signal = wait_for_signal()?;
-            tracing::info!(signal, "stopping server");
-            server.shutdown();
-            Ok(())
+            loop {
+                match signals.next()? {
+                    Signal::Hangup => tracing::warn!(
+                        "SIGHUP: configuration reload is not supported by this version; restart the server to apply changes"
+                    ),
+                    Signal::Stop(name) => {
+                        tracing::info!(signal = name, grace_ms, "draining server");
+                        server.drain(grace_ms);
+                        return Ok(());
+                    }
+                }
+            }
         }
-        Command::Agent { config } => {
-            let config = ringtun::config::AgentConfig::load(&config)?;
+        Command::Agent { config: path } => {
+            let mut signals = Signals::install()?;
+            let config = ringtun::config::AgentConfig::load(&path)?;
             let agent =
                 ringtun::agent::AgentHandle::start(config).context("agent failed to start")?;
-            let signal = wait_for_signal()?;
-            tracing::info!(signal, "stopping agent");
-            agent.shutdown();
-            Ok(())
+            loop {
+                match signals.next()? {
+                    Signal::Hangup => match ringtun::config::AgentConfig::load(&path) {
+                        Ok(new) => {
+                            tracing::info!(weight = new.weight, "SIGHUP: config re-read; weight applied (other changes need a restart)");
+                            agent.set_weight(new.weight);
+                        }
+                        Err(e) => {
+                            tracing::warn!("SIGHUP: config refused, keeping the running one: {e}")
+                        }
+                    },
+                    Signal::Stop(name) => {
+                        tracing::info!(signal = name, "stopping agent gracefully");
+                        agent.shutdown_graceful();
+                        return Ok(());
+                    }
+                }
+            }
         }
         Command::Echo { listen } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -199,14 +225,59 @@ fn demo(once: bool, sessions: usize) -> anyhow::Result<()> {
 
 /// Blocks until SIGINT or SIGTERM; returns its name.
 fn wait_for_signal() -> anyhow::Result<&'static str> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => { r?; anyhow::Ok("SIGINT") }
-            _ = term.recv() => anyhow::Ok("SIGTERM"),
+    let mut signals = Signals::install()?;
+    loop {
+        if let Signal::Stop(name) = signals.next()? {
+            return Ok(name);
         }
-    })
+    }
+}
+
+/// A signal the process acts on.
+enum Signal {
+    /// SIGINT or SIGTERM: stop gracefully.
+    Stop(&'static str),
+    /// SIGHUP: re-read configuration.
+    Hangup,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, installed once, waited for on a small runtime of their own.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _guard = runtime.enter();
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            runtime,
+        })
+    }
+
+    /// Blocks until the next signal.
+    fn next(&mut self) -> anyhow::Result<Signal> {
+        let Self {
+            runtime,
+            int,
+            term,
+            hup,
+        } = self;
+        Ok(runtime.block_on(async {
+            tokio::select! {
+                _ = int.recv() => Signal::Stop("SIGINT"),
+                _ = term.recv() => Signal::Stop("SIGTERM"),
+                _ = hup.recv() => Signal::Hangup,
+            }
+        }))
+    }
 }

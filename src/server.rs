@@ -157,6 +157,7 @@ impl ServerHandle {
             events: events_rx,
             commands: commands_rx,
             stats: control_stats.clone(),
+            counters: counters.clone(),
         };
         let control_thread = std::thread::Builder::new()
             .name("ringtun-control".into())
@@ -275,6 +276,52 @@ impl ServerHandle {
     /// Stops everything and waits for the threads to exit.
     pub fn shutdown(mut self) {
         self.stop();
+    }
+
+    /// Graceful stop: no new agents or frontends, agents are told (drain frame), sessions in
+    /// flight get up to `grace_ms` to finish; then everything stops. Blocks until done.
+    pub fn drain(mut self, grace_ms: u64) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.commands.send(ControlCmd::Drain { grace_ms });
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.stop();
+    }
+
+    /// Admin: sets (`Some`) or clears (`None`) the server-side weight of a cluster's hosts named
+    /// `host_name`; returns how many matched.
+    pub fn set_host_weight(&self, cluster: &str, host_name: &str, weight: Option<u32>) -> usize {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = ControlCmd::SetWeight {
+            cluster: cluster.into(),
+            host_name: host_name.into(),
+            weight,
+            reply,
+        };
+        if self.commands.send(cmd).is_err() {
+            return 0;
+        }
+        rx.blocking_recv().unwrap_or(0)
+    }
+
+    /// Admin: stops leasing the connections of a cluster's hosts named `host_name`.
+    pub fn drain_host(&self, cluster: &str, host_name: &str) -> usize {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = ControlCmd::DrainHost {
+            cluster: cluster.into(),
+            host_name: host_name.into(),
+            reply,
+        };
+        if self.commands.send(cmd).is_err() {
+            return 0;
+        }
+        rx.blocking_recv().unwrap_or(0)
+    }
+
+    /// A sender of control commands, for the admin endpoint.
+    pub fn commands(&self) -> mpsc::UnboundedSender<ControlCmd> {
+        self.commands.clone()
     }
 
     fn stop(&mut self) {

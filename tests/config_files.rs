@@ -203,6 +203,7 @@ fn full_server() -> ServerConfig {
         io_backend: IoBackend::Auto,
         heartbeat_interval_ms: 10_000,
         heartbeat_max_missed: 3,
+        drain_timeout_ms: 15_000,
         cpu_affinity: false,
         uring_entries: 256,
         pump_buffer_bytes: 65_536,

@@ -1,4 +1,5 @@
-//! The agent's admin endpoints: `/metrics` (Prometheus text), `/healthz`, `/ready`.
+//! The agent's admin endpoints: `/metrics` (Prometheus text), `/healthz`, `/ready`, and
+//! `POST /weight` (body `{"weight": N}`) to change the weight announced to every server.
 //!
 //! Everything is read from the agent's atomics; nothing here touches a connection or a credential.
 
@@ -17,6 +18,9 @@ pub struct AgentAdmin {
 
 impl Handler for AgentAdmin {
     async fn handle(&self, req: Request) -> Response {
+        if req.path == "/weight" {
+            return self.set_weight(&req);
+        }
         if !["/metrics", "/healthz", "/ready"].contains(&req.path.as_str()) {
             return Response::not_found(&req.path);
         }
@@ -44,7 +48,33 @@ impl Handler for AgentAdmin {
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: i64,
+}
+
 impl AgentAdmin {
+    fn set_weight(&self, req: &Request) -> Response {
+        if req.method != "POST" {
+            return Response::method_not_allowed("POST");
+        }
+        let body: WeightBody = match serde_json::from_slice(&req.body) {
+            Ok(b) => b,
+            Err(e) => return Response::text(400, format!("bad JSON body: {e}\n")),
+        };
+        let max = crate::config::agent::MAX_WEIGHT;
+        if !(1..=max).contains(&body.weight) {
+            return Response::text(
+                400,
+                format!("weight {} is outside 1..={max}\n", body.weight),
+            );
+        }
+        self.shared.weight.send_replace(body.weight);
+        tracing::info!(weight = body.weight, "weight changed by admin");
+        Response::text(200, format!("weight {}\n", body.weight))
+    }
+
     /// The Prometheus text of every agent metric.
     pub fn render_metrics(&self) -> String {
         let s = &self.shared.stats;

@@ -1,5 +1,6 @@
 //! The server's admin endpoints: `/metrics` (Prometheus text), `/clusters` (JSON), `/healthz`,
-//! `/ready`.
+//! `/ready`, and `POST /hosts/weight` / `POST /hosts/drain` (JSON bodies naming cluster and
+//! host) to set a host's weight or stop leasing its connections.
 //!
 //! Cluster and host state comes from the control path over its command channel (with a timeout);
 //! counters are read straight from the workers' and control path's atomics. Credentials are never
@@ -38,6 +39,9 @@ pub struct ServerAdmin {
 
 impl Handler for ServerAdmin {
     async fn handle(&self, req: Request) -> Response {
+        if req.path == "/hosts/weight" || req.path == "/hosts/drain" {
+            return self.host_action(&req).await;
+        }
         let known = ["/metrics", "/clusters", "/healthz", "/ready"];
         if !known.contains(&req.path.as_str()) {
             return Response::not_found(&req.path);
@@ -72,7 +76,60 @@ impl Handler for ServerAdmin {
     }
 }
 
+/// Body of `POST /hosts/weight` and `POST /hosts/drain`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostAction {
+    cluster: String,
+    host_name: String,
+    /// `/hosts/weight` only: the weight, or `null` to give the agent's own back.
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
 impl ServerAdmin {
+    async fn host_action(&self, req: &Request) -> Response {
+        if req.method != "POST" {
+            return Response::method_not_allowed("POST");
+        }
+        let action: HostAction = match serde_json::from_slice(&req.body) {
+            Ok(a) => a,
+            Err(e) => return Response::text(400, format!("bad JSON body: {e}\n")),
+        };
+        if action
+            .weight
+            .is_some_and(|w| i64::from(w) > crate::config::agent::MAX_WEIGHT)
+        {
+            return Response::text(
+                400,
+                format!("weight is more than {}\n", crate::config::agent::MAX_WEIGHT),
+            );
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = if req.path == "/hosts/weight" {
+            ControlCmd::SetWeight {
+                cluster: action.cluster,
+                host_name: action.host_name,
+                weight: action.weight,
+                reply,
+            }
+        } else {
+            ControlCmd::DrainHost {
+                cluster: action.cluster,
+                host_name: action.host_name,
+                reply,
+            }
+        };
+        if self.commands.send(cmd).is_err() {
+            return Response::text(503, "the control path does not answer\n");
+        }
+        match tokio::time::timeout(CONTROL_ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(0)) => Response::text(404, "no such host in that cluster\n"),
+            Ok(Ok(n)) => Response::json(200, &json!({ "hosts": n })),
+            _ => Response::text(503, "the control path does not answer\n"),
+        }
+    }
+
     async fn clusters(&self) -> Option<Vec<ClusterStatus>> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(ControlCmd::Clusters { reply }).ok()?;

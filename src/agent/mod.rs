@@ -6,15 +6,17 @@
 
 pub mod backoff;
 pub mod dial;
+pub mod discovery;
+pub mod peer;
 pub mod slot;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::{self, AdminError, AdminServer};
 use crate::config::{AgentConfig, HostingListenerConfig};
@@ -22,6 +24,7 @@ use crate::dataplane::pump::Pools;
 use crate::protocol::Role;
 use crate::rt::{self, RtError};
 use backoff::Backoff;
+use peer::Peer;
 use slot::SlotSpec;
 
 /// Why an agent could not start.
@@ -92,6 +95,13 @@ pub struct Shared {
     pub tunnels: Vec<TunnelGauges>,
     /// False once the agent is stopping (admin `/ready`).
     pub running: AtomicBool,
+    /// The weight announced in inits and weight updates; aside connections watch it.
+    pub weight: watch::Sender<i64>,
+    /// Every peer ever started (stopped ones stay, finished).
+    peers: Mutex<Vec<Arc<Peer>>>,
+    /// Task queues of the worker threads, to start slots on.
+    tasks: OnceLock<Vec<mpsc::UnboundedSender<Task>>>,
+    next_worker: AtomicUsize,
 }
 
 impl Shared {
@@ -118,6 +128,77 @@ impl Shared {
                 .all(|(_, g)| g.data_connections.load(Ordering::Relaxed) > 0)
     }
 
+    /// Starts a slot on the next worker thread.
+    fn spawn_slot(&self, spec: SlotSpec) {
+        let Some(tasks) = self.tasks.get() else {
+            return;
+        };
+        let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = tasks.get(n % tasks.len().max(1)) {
+            let _ = tx.send(Task::Slot(spec));
+        }
+    }
+
+    /// Starts a peer's `connection_num` data slots and its aside slot.
+    fn start_peer(&self, peer: Arc<Peer>) {
+        let Some(t) = self.config.tunnels.get(peer.tunnel) else {
+            return;
+        };
+        info!(cluster = %t.cluster, peer = %peer.addr, connections = t.connection_num, dynamic = peer.dynamic, "dialling server");
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.push(peer.clone());
+        }
+        for index in 0..t.connection_num {
+            self.spawn_slot(SlotSpec {
+                peer: peer.clone(),
+                role: Role::Data,
+                index,
+                extra: false,
+            });
+        }
+        self.spawn_slot(SlotSpec {
+            peer,
+            role: Role::Aside,
+            index: 0,
+            extra: false,
+        });
+    }
+
+    /// A server asked for `count` more data connections: open up to `max_connection_num` in all.
+    pub fn extra_slots(&self, peer: &Arc<Peer>, count: u32) {
+        let Some(t) = self.config.tunnels.get(peer.tunnel) else {
+            return;
+        };
+        if peer.stopping() {
+            return;
+        }
+        let alive = peer.data_slots.load(Ordering::Acquire);
+        let room = t.max_connections().saturating_sub(alive);
+        let start = count.min(room);
+        debug!(peer = %peer.addr, asked = count, starting = start, "pool request");
+        for index in 0..start {
+            self.spawn_slot(SlotSpec {
+                peer: peer.clone(),
+                role: Role::Data,
+                index,
+                extra: true,
+            });
+        }
+    }
+
+    /// Peers that are not stopping, of one tunnel.
+    pub fn running_peers(&self, tunnel: usize) -> Vec<Arc<Peer>> {
+        self.peers
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter(|p| p.tunnel == tunnel && !p.stopping())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn listener_of(&self, tunnel: usize) -> Option<&HostingListenerConfig> {
         let name = &self.config.tunnels.get(tunnel)?.hosting_listener;
         self.config.listeners.iter().find(|l| &l.name == name)
@@ -130,6 +211,10 @@ enum Task {
     Resolve {
         tunnel: usize,
         server: usize,
+    },
+    /// Run a tunnel's dynamic server lister.
+    Discover {
+        tunnel: usize,
     },
     Slot(SlotSpec),
 }
@@ -170,9 +255,13 @@ impl AgentHandle {
                 .iter()
                 .map(|_| TunnelGauges::default())
                 .collect(),
+            weight: watch::channel(config.weight).0,
             config,
             stats: AgentStats::default(),
             running: AtomicBool::new(true),
+            peers: Mutex::new(Vec::new()),
+            tasks: OnceLock::new(),
+            next_worker: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut senders = Vec::with_capacity(workers);
@@ -182,16 +271,17 @@ impl AgentHandle {
             senders.push(tx);
             receivers.push(rx);
         }
+        let _ = shared.tasks.set(senders.clone());
         let senders = Arc::new(senders);
         let mut threads = Vec::with_capacity(workers);
         for (index, rx) in receivers.into_iter().enumerate() {
-            let (shared, senders, stop) = (shared.clone(), senders.clone(), stop_rx.clone());
+            let (shared, stop) = (shared.clone(), stop_rx.clone());
             let pin_to = shared.config.cpu_affinity.then_some(index);
             let spawned = rt::spawn_worker(
                 format!("ringtun-agent-w{index}"),
                 backend,
                 pin_to,
-                move || worker(shared, index, rx, senders, stop),
+                move || worker(shared, rx, stop),
             );
             match spawned {
                 Ok(t) => threads.push(t),
@@ -212,6 +302,14 @@ impl AgentHandle {
                     tunnel: t,
                     server: s,
                 });
+                next += 1;
+            }
+            let lister = tunnel
+                .dynamic_server_list_config
+                .as_ref()
+                .map_or("", |d| d.dynamic_server_lister.as_str());
+            if !lister.is_empty() {
+                let _ = senders[next % workers].send(Task::Discover { tunnel: t });
                 next += 1;
             }
         }
@@ -264,7 +362,56 @@ impl AgentHandle {
         }
     }
 
-    /// Closes every connection and waits for the threads to exit.
+    /// Sets the weight announced to every server (weight update on each aside connection).
+    pub fn set_weight(&self, weight: i64) {
+        self.shared.weight.send_replace(weight);
+    }
+
+    /// The weight announced now.
+    pub fn weight(&self) -> i64 {
+        *self.shared.weight.borrow()
+    }
+
+    /// Graceful stop: every peer, in parallel, asks its server to stop leasing this agent's
+    /// connections, serves the sessions still arriving or running, and ends when its last data
+    /// connection is gone; bounded by the largest `graceful_close_max_wait_duration_ms`. Then
+    /// closes everything.
+    pub fn shutdown_graceful(mut self) {
+        self.shared.running.store(false, Ordering::Release);
+        let peers: Vec<Arc<Peer>> = self
+            .shared
+            .peers
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        for p in &peers {
+            p.begin_stop();
+        }
+        let grace_ms = self
+            .shared
+            .config
+            .tunnels
+            .iter()
+            .map(|t| t.graceful_close_max_wait_duration_ms)
+            .max()
+            .unwrap_or(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(grace_ms);
+        while std::time::Instant::now() < deadline && !peers.iter().all(|p| p.finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let unfinished = peers.iter().filter(|p| !p.finished()).count();
+        if unfinished > 0 {
+            warn!(
+                peers = unfinished,
+                grace_ms, "graceful close time is up; closing the remaining connections"
+            );
+        } else {
+            info!("graceful close complete: every server released this agent's connections");
+        }
+        self.stop_now();
+    }
+
+    /// Closes every connection at once and waits for the threads to exit.
     pub fn shutdown(mut self) {
         self.stop_now();
     }
@@ -289,13 +436,10 @@ impl Drop for AgentHandle {
 
 async fn worker(
     shared: Arc<Shared>,
-    index: usize,
     mut tasks: mpsc::UnboundedReceiver<Task>,
-    senders: Arc<Vec<mpsc::UnboundedSender<Task>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let pool = Pools::new(shared.config.pump_buffer_bytes);
-    let mut spread = index;
     loop {
         tokio::select! {
             task = tasks.recv() => match task {
@@ -303,9 +447,10 @@ async fn worker(
                     tokio::task::spawn_local(slot::run(shared.clone(), spec, pool.clone(), stop.clone()));
                 }
                 Some(Task::Resolve { tunnel, server }) => {
-                    let (shared, senders, stop) = (shared.clone(), senders.clone(), stop.clone());
-                    tokio::task::spawn_local(resolve(shared, tunnel, server, senders, spread, stop));
-                    spread += 1;
+                    tokio::task::spawn_local(resolve(shared.clone(), tunnel, server, stop.clone()));
+                }
+                Some(Task::Discover { tunnel }) => {
+                    tokio::task::spawn_local(discovery::run(shared.clone(), tunnel, stop.clone()));
                 }
                 None => {
                     let _ = stop.changed().await;
@@ -317,13 +462,11 @@ async fn worker(
     }
 }
 
-/// Resolves one `server_list` entry (retrying with backoff) and starts a slot set per address.
+/// Resolves one `server_list` entry (retrying with backoff) and starts a peer per address.
 async fn resolve(
     shared: Arc<Shared>,
     tunnel: usize,
     server: usize,
-    senders: Arc<Vec<mpsc::UnboundedSender<Task>>>,
-    spread: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(t) = shared.config.tunnels.get(tunnel) else {
@@ -337,7 +480,7 @@ async fn resolve(
         max_ms: t.reconnect_max_duration_ms,
     };
     let mut failures = 0;
-    let peers: Vec<SocketAddr> = loop {
+    let addrs: Vec<SocketAddr> = loop {
         match tokio::net::lookup_host(name.as_str()).await {
             Ok(addrs) => {
                 let mut v: Vec<SocketAddr> = addrs.collect();
@@ -358,21 +501,7 @@ async fn resolve(
             _ = stop.changed() => return,
         }
     };
-    let mut next = spread;
-    for peer in peers {
-        info!(cluster = %t.cluster, %peer, connections = t.connection_num, "dialling server");
-        let roles = (0..t.connection_num)
-            .map(|i| (Role::Data, i))
-            .chain(std::iter::once((Role::Aside, 0)));
-        for (role, index) in roles {
-            let spec = SlotSpec {
-                tunnel,
-                peer,
-                role,
-                index,
-            };
-            let _ = senders[next % senders.len()].send(Task::Slot(spec));
-            next += 1;
-        }
+    for addr in addrs {
+        shared.start_peer(Peer::new(tunnel, addr, false));
     }
 }

@@ -1,31 +1,38 @@
-//! One connection slot: dial, serve, re-dial, forever (or `connect_retry_times` attempts).
+//! One connection slot: dial, serve, re-dial, until its peer stops (or `connect_retry_times`
+//! attempts fail).
 //!
 //! A data slot keeps one idle data connection to its server: answers heartbeats, and on a session
 //! start connects the hosting listener's backend and pumps; when the session ends it dials a
-//! replacement at once. An aside slot keeps the per-server control connection.
+//! replacement at once. An extra data slot (asked for by a pool request) serves one session and
+//! is let go when idle. The aside slot keeps the per-server control connection: heartbeats,
+//! weight updates, graceful close, drain and pool requests.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::backoff::Backoff;
-use super::dial::{dial, read_frame, Dialed, InitParams, ReadFrameError};
+use super::dial::{dial, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
+use super::peer::{AsideCmd, Peer, SlotGuard};
 use super::Shared;
 use crate::dataplane::pump::{pump_conns, write_all, Conn, Pools};
-use crate::protocol::{self, Frame, Pong, Role, SessionStart};
+use crate::protocol::{
+    self, Decoded, Frame, GracefulCloseOnewayRequest, Pong, Role, SessionStart, WeightUpdate,
+};
 
 /// Which slot this is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct SlotSpec {
-    pub tunnel: usize,
-    pub peer: SocketAddr,
+    pub peer: Arc<Peer>,
     pub role: Role,
     pub index: u32,
+    /// Started by a pool request: serves one session, let go when idle.
+    pub extra: bool,
 }
 
 /// How a served connection ended.
@@ -38,6 +45,8 @@ enum Ended {
 
 /// Heartbeats the agent may miss before it presumes the server dead (the server closes after 3).
 const SERVER_SILENCE_INTERVALS: u64 = 4;
+/// An extra data connection unused this long asks the server to let it go.
+pub const EXTRA_IDLE_RELEASE_MS: u64 = 10_000;
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -45,52 +54,76 @@ pub async fn run(
     pool: Pools,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(tunnel) = shared.config.tunnels.get(spec.tunnel) else {
+    let peer = spec.peer.clone();
+    let Some(tunnel) = shared.config.tunnels.get(peer.tunnel) else {
         return;
+    };
+    let _slot = (spec.role == Role::Data).then(|| SlotGuard::new(peer.clone(), spec.extra));
+    let mut aside_commands = match spec.role {
+        Role::Aside => peer.take_aside_commands(),
+        Role::Data => None,
     };
     let backoff = Backoff {
         base_ms: tunnel.reconnect_base_duration_ms,
         max_ms: tunnel.reconnect_max_duration_ms,
     };
-    let params = InitParams {
-        cluster: &tunnel.cluster,
-        host_name: &shared.config.host_name,
-        weight: shared.config.weight,
-        credential_policy: &tunnel.credential_policy,
-        credential: tunnel.credential.as_ref(),
-        agent_id: &shared.agent_id,
-        role: spec.role,
-        max_connection_num: tunnel.max_connections(),
-    };
     let connect_timeout_ms = tunnel.connect_timeout_duration_ms;
     let mut failures = 0u32;
     let mut attempts = 0u64;
     loop {
-        if *stop.borrow() {
+        if *stop.borrow() || (spec.role == Role::Data && peer.stopping()) {
+            return;
+        }
+        if spec.role == Role::Aside && peer.stopping() && peer.finished() {
             return;
         }
         attempts += 1;
+        let params = InitParams {
+            cluster: &tunnel.cluster,
+            host_name: &shared.config.host_name,
+            weight: *shared.weight.borrow(),
+            credential_policy: &tunnel.credential_policy,
+            credential: tunnel.credential.as_ref(),
+            agent_id: &shared.agent_id,
+            role: spec.role,
+            max_connection_num: tunnel.max_connections(),
+        };
         let dialed = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), dial(spec.peer, &params)) => {
-                r.unwrap_or(Err(super::dial::DialError::Timeout { peer: spec.peer, timeout_ms: connect_timeout_ms }))
+            r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), dial(peer.addr, &params)) => {
+                r.unwrap_or(Err(DialError::Timeout { peer: peer.addr, timeout_ms: connect_timeout_ms }))
             }
             _ = stop.changed() => return,
         };
         let lost = match dialed {
             Ok(conn) => {
                 if failures > 0 {
-                    info!(peer = %spec.peer, cluster = %tunnel.cluster, role = ?spec.role, "connected after {failures} failed attempts");
+                    info!(peer = %peer.addr, cluster = %tunnel.cluster, role = ?spec.role, "connected after {failures} failed attempts");
                 }
                 failures = 0;
                 attempts = 0;
-                let ended = tokio::select! {
-                    e = serve(&shared, spec, conn, &pool) => e,
-                    _ = stop.changed() => return,
+                let ended = match spec.role {
+                    Role::Data => {
+                        let id = conn.connection_id;
+                        peer.conn_up(id);
+                        let ended = tokio::select! {
+                            e = serve_data(&shared, &spec, conn, &pool) => e,
+                            _ = stop.changed() => return,
+                        };
+                        peer.conn_down(id);
+                        ended
+                    }
+                    Role::Aside => tokio::select! {
+                        e = serve_aside(&shared, &spec, conn, aside_commands.as_mut()) => e,
+                        _ = stop.changed() => return,
+                    },
                 };
+                if spec.extra {
+                    return;
+                }
                 match ended {
                     Ended::Session => continue,
                     Ended::Lost(why) => {
-                        debug!(peer = %spec.peer, role = ?spec.role, reason = %why, "tunnel connection lost; re-dialling");
+                        debug!(peer = %peer.addr, role = ?spec.role, reason = %why, "tunnel connection lost; re-dialling");
                         // The first re-dial is immediate; repeated losses back off.
                         failures = 1;
                         continue;
@@ -104,105 +137,249 @@ pub async fn run(
             .stats
             .dial_failures_total
             .fetch_add(1, Ordering::Relaxed);
+        if spec.extra {
+            debug!(peer = %peer.addr, "extra data connection not opened: {lost}");
+            return;
+        }
         if let Some(limit) = tunnel.retry_limit() {
             if attempts >= limit {
-                error!(peer = %spec.peer, cluster = %tunnel.cluster, role = ?spec.role,
+                error!(peer = %peer.addr, cluster = %tunnel.cluster, role = ?spec.role,
                     "{lost}; giving up after {attempts} attempts (connect_retry_times)");
                 return;
             }
         }
         let delay = backoff.delay(failures, fastrand::f64());
-        warn!(peer = %spec.peer, cluster = %tunnel.cluster, role = ?spec.role, attempt = failures,
+        warn!(peer = %peer.addr, cluster = %tunnel.cluster, role = ?spec.role, attempt = failures,
             retry_in_ms = delay.as_millis() as u64, "{lost}; retrying in {} ms", delay.as_millis());
+        let mut state = peer.subscribe();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = state.changed() => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-async fn serve(shared: &Shared, spec: SlotSpec, conn: Dialed, pool: &Pools) -> Ended {
+async fn serve_data(shared: &Shared, spec: &SlotSpec, conn: Dialed, pool: &Pools) -> Ended {
+    let Dialed {
+        mut stream,
+        heartbeat_interval_ms,
+        leftover,
+        connection_id,
+    } = conn;
+    let _up = shared.connection_up(spec.peer.tunnel, Role::Data);
+    shared
+        .stats
+        .idle_data_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let silence = heartbeat_interval_ms
+        .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
+    let release = match (spec.extra, connection_id) {
+        (true, Some(id)) => Some((id, Duration::from_millis(EXTRA_IDLE_RELEASE_MS))),
+        _ => None,
+    };
+    let waited = wait_for_session(&mut stream, leftover, silence, &spec.peer, release).await;
+    shared
+        .stats
+        .idle_data_connections
+        .fetch_sub(1, Ordering::Relaxed);
+    match waited {
+        Ok((start, rest)) => {
+            spec.peer.conn_down(connection_id);
+            let span =
+                tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
+            run_session(shared, spec.peer.tunnel, stream, start, rest, pool)
+                .instrument(span)
+                .await;
+            Ended::Session
+        }
+        Err(why) => Ended::Lost(why),
+    }
+}
+
+/// Answers pings until a session starts; returns it and the session bytes already read. An
+/// extra connection asks once, after `release`'s delay, to be let go. Bytes live in `buf` across
+/// waits (a cancelled `read` loses none), so timers can be raced against reads safely.
+async fn wait_for_session(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    silence: Option<Duration>,
+    peer: &Peer,
+    mut release: Option<(u64, Duration)>,
+) -> Result<(SessionStart, Vec<u8>), String> {
+    let started = tokio::time::Instant::now();
+    let mut last_heard = started;
+    let mut chunk = [0u8; 4096];
+    let far = Duration::from_secs(86_400 * 365);
+    loop {
+        match protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
+            Ok(Decoded::Frame(frame, used)) => {
+                buf.drain(..used);
+                match frame {
+                    Frame::Ping(p) => {
+                        let pong = Frame::Pong(Pong { seq: p.seq });
+                        send(stream, &pong).await?;
+                    }
+                    Frame::SessionStart(s) => return Ok((s, buf)),
+                    other => {
+                        return Err(format!(
+                            "unexpected {} frame on a data connection",
+                            other.flag().name()
+                        ))
+                    }
+                }
+                continue;
+            }
+            Ok(Decoded::NeedMore(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let silent_at = last_heard + silence.unwrap_or(far);
+        let release_at = release.map_or(started + far, |(_, after)| started + after);
+        tokio::select! {
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) => return Err("server closed the connection".into()),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    last_heard = tokio::time::Instant::now();
+                }
+                Err(e) => return Err(format!("read failed: {e}")),
+            },
+            _ = tokio::time::sleep_until(silent_at) => {
+                return Err(format!("server silent for {} ms (missed heartbeats)", silence.unwrap_or(far).as_millis()));
+            }
+            _ = tokio::time::sleep_until(release_at), if release.is_some() => {
+                if let Some((id, _)) = release.take() {
+                    peer.release(id);
+                }
+            }
+        }
+    }
+}
+
+/// Serves the aside connection: heartbeats, weight changes, graceful close, drain, pool requests.
+async fn serve_aside(
+    shared: &Shared,
+    spec: &SlotSpec,
+    conn: Dialed,
+    mut commands: Option<&mut tokio::sync::mpsc::UnboundedReceiver<AsideCmd>>,
+) -> Ended {
     let Dialed {
         mut stream,
         heartbeat_interval_ms,
         leftover,
         ..
     } = conn;
-    let _up = shared.connection_up(spec.tunnel, spec.role);
-    let gauge = match spec.role {
-        Role::Data => &shared.stats.idle_data_connections,
-        Role::Aside => &shared.stats.aside_connections,
+    let peer = &spec.peer;
+    let Some(tunnel) = shared.config.tunnels.get(peer.tunnel) else {
+        return Ended::Lost("no such tunnel".into());
     };
-    gauge.fetch_add(1, Ordering::Relaxed);
+    let _up = shared.connection_up(peer.tunnel, Role::Aside);
+    shared
+        .stats
+        .aside_connections
+        .fetch_add(1, Ordering::Relaxed);
     let silence = heartbeat_interval_ms
-        .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
-    let waited = wait_for_session(&mut stream, leftover, silence).await;
-    gauge.fetch_sub(1, Ordering::Relaxed);
-    match waited {
-        Ok((start, rest)) if spec.role == Role::Data => {
-            let span =
-                tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
-            run_session(shared, spec, stream, start, rest, pool)
-                .instrument(span)
-                .await;
-            Ended::Session
+        .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)))
+        .unwrap_or(Duration::MAX);
+    let mut weight = shared.weight.subscribe();
+    // The init carried the weight read before dialling; announce the current one once so a
+    // change in between is not lost.
+    weight.mark_changed();
+    let mut state = peer.subscribe();
+    let mut buf = leftover;
+    let mut chunk = vec![0u8; 4096];
+    let mut last_heard = tokio::time::Instant::now();
+    let ended = 'conn: loop {
+        loop {
+            match protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
+                Ok(Decoded::NeedMore(_)) => break,
+                Ok(Decoded::Frame(frame, used)) => {
+                    buf.drain(..used);
+                    let reply = match frame {
+                        Frame::Ping(p) => Some(Frame::Pong(Pong { seq: p.seq })),
+                        Frame::Drain(d) => {
+                            info!(peer = %peer.addr, cluster = %tunnel.cluster, grace_ms = d.grace_ms,
+                                "server is draining; its connections end when it stops, and are re-dialled when it returns");
+                            None
+                        }
+                        Frame::PoolRequest(r) => {
+                            shared.extra_slots(peer, r.count);
+                            None
+                        }
+                        other => {
+                            break 'conn Ended::Lost(format!(
+                                "unexpected {} frame on the aside connection",
+                                other.flag().name()
+                            ))
+                        }
+                    };
+                    if let Some(reply) = reply {
+                        if let Err(e) = send(&stream, &reply).await {
+                            break 'conn Ended::Lost(e);
+                        }
+                    }
+                }
+                Err(e) => break 'conn Ended::Lost(e.to_string()),
+            }
         }
-        Ok((start, _)) => Ended::Lost(format!(
-            "session start {} on an aside connection",
-            start.session_id
-        )),
-        Err(why) => Ended::Lost(why),
-    }
+        if peer.stopping() && peer.finished() {
+            break Ended::Lost("peer stopped".into());
+        }
+        let deadline = last_heard + silence.min(Duration::from_secs(86_400 * 365));
+        tokio::select! {
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) => break Ended::Lost("server closed the aside connection".into()),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    last_heard = tokio::time::Instant::now();
+                }
+                Err(e) => break Ended::Lost(format!("read failed: {e}")),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                break Ended::Lost(format!("server silent for {} ms (missed heartbeats)", silence.as_millis()));
+            }
+            changed = weight.changed() => {
+                if changed.is_err() { continue; }
+                let w = *weight.borrow_and_update();
+                let update = Frame::WeightUpdate(WeightUpdate { cluster_name: tunnel.cluster.clone(), weight: w });
+                if let Err(e) = send(&stream, &update).await {
+                    break Ended::Lost(e);
+                }
+                info!(peer = %peer.addr, cluster = %tunnel.cluster, weight = w, "weight update sent");
+            }
+            cmd = async { match commands.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                let Some(AsideCmd::GracefulClose(ids)) = cmd else { continue };
+                let request = Frame::GracefulClose(GracefulCloseOnewayRequest {
+                    addresses: Vec::new(),
+                    cluster_name: tunnel.cluster.clone(),
+                    connection_ids: ids,
+                });
+                if let Err(e) = send(&stream, &request).await {
+                    break Ended::Lost(e);
+                }
+            }
+            _ = state.changed() => {}
+            // Wake up now and then to notice the peer finishing.
+            _ = tokio::time::sleep(Duration::from_millis(100)), if peer.stopping() => {}
+        }
+    };
+    shared
+        .stats
+        .aside_connections
+        .fetch_sub(1, Ordering::Relaxed);
+    ended
 }
 
-/// Answers pings until a session starts; returns it and the session bytes already read.
-async fn wait_for_session(
-    stream: &mut TcpStream,
-    mut buf: Vec<u8>,
-    silence: Option<Duration>,
-) -> Result<(SessionStart, Vec<u8>), String> {
-    loop {
-        let read = read_frame(stream, std::mem::take(&mut buf));
-        let read = match silence {
-            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
-                format!(
-                    "server silent for {} ms (missed heartbeats)",
-                    limit.as_millis()
-                )
-            })?,
-            None => read.await,
-        };
-        let (frame, rest) = read.map_err(|e| match e {
-            ReadFrameError::Closed => "server closed the connection".to_string(),
-            other => other.to_string(),
-        })?;
-        buf = rest;
-        match frame {
-            Frame::Ping(p) => {
-                let pong = protocol::encode_to_vec(&Frame::Pong(Pong { seq: p.seq }))
-                    .map_err(|e| e.to_string())?;
-                write_all(stream, &pong).await.map_err(|e| e.to_string())?;
-            }
-            Frame::SessionStart(s) => return Ok((s, buf)),
-            Frame::Drain(_) | Frame::PoolRequest(_) => {
-                debug!(
-                    flag = frame.flag().name(),
-                    "control frame ignored: not supported by this version"
-                );
-            }
-            other => {
-                return Err(format!(
-                    "unexpected {} frame from server",
-                    other.flag().name()
-                ))
-            }
-        }
-    }
+async fn send(stream: &TcpStream, frame: &Frame) -> Result<(), String> {
+    let bytes = protocol::encode_to_vec(frame).map_err(|e| e.to_string())?;
+    write_all(stream, &bytes)
+        .await
+        .map_err(|e| format!("write failed: {e}"))
 }
 
 async fn run_session(
     shared: &Shared,
-    spec: SlotSpec,
+    tunnel: usize,
     data: TcpStream,
     start: SessionStart,
     prefix: Vec<u8>,
@@ -210,7 +387,7 @@ async fn run_session(
 ) {
     let stats = &shared.stats;
     stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-    let Some(listener) = shared.listener_of(spec.tunnel) else {
+    let Some(listener) = shared.listener_of(tunnel) else {
         return;
     };
     let connect = tokio::time::timeout(

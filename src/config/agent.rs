@@ -132,8 +132,8 @@ pub struct TunnelConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicServerListConfig {
-    /// Which lister (no unit): `""` (default, none), `dns` or `file`. `dns` and `file` are not
-    /// supported by this version yet and are refused.
+    /// Which lister (no unit): `""` (default, none), `dns` (re-resolve `dns_name`) or `file`
+    /// (re-read `path`).
     #[serde(default)]
     pub dynamic_server_lister: String,
     /// `host:port` to resolve; every address is a server. Required with lister `dns`, not allowed
@@ -486,7 +486,7 @@ impl AgentConfig {
     }
 }
 
-/// The shape of a `dynamic_server_list_config`, then the refusal of listers not built yet.
+/// The shape of a `dynamic_server_list_config`.
 fn validate_lister(path: &Path, at: &str, d: &DynamicServerListConfig) -> Result<(), ConfigError> {
     let err = |f: &str, msg: String| Err(ConfigError::new(path, format!("{at}.{f}"), msg));
     let lister = d.dynamic_server_lister.as_str();
@@ -526,12 +526,6 @@ fn validate_lister(path: &Path, at: &str, d: &DynamicServerListConfig) -> Result
         return err(
             "refresh_interval_ms",
             format!("{} is outside 100..=3600000", d.refresh_interval_ms),
-        );
-    }
-    if !lister.is_empty() {
-        return err(
-            "dynamic_server_lister",
-            format!("{lister:?} is not supported by this version of ringtun yet"),
         );
     }
     Ok(())

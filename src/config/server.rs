@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// Unanswered pings after which an idle data connection is closed, a count. Default 3; 1 to 100.
     #[serde(default = "default_heartbeat_max_missed")]
     pub heartbeat_max_missed: u32,
+    /// Grace time of a drain (SIGTERM): sessions in flight get this long to finish, in
+    /// milliseconds (0 to 3600000). Default 15000.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Pin worker thread i to CPU i (modulo the CPUs this process may use). Default false.
     #[serde(default)]
     pub cpu_affinity: bool,
@@ -158,6 +162,9 @@ impl CredentialPolicy {
 fn default_heartbeat_interval_ms() -> u64 {
     10_000
 }
+fn default_drain_timeout_ms() -> u64 {
+    15_000
+}
 fn default_heartbeat_max_missed() -> u32 {
     3
 }
@@ -188,6 +195,12 @@ impl ServerConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
         super::validate_runtime_options(path, self.uring_entries, self.pump_buffer_bytes)?;
+        if self.drain_timeout_ms > 3_600_000 {
+            return err(
+                "drain_timeout_ms".into(),
+                format!("{} is more than 3600000", self.drain_timeout_ms),
+            );
+        }
         if self.workers > 1024 {
             return err(
                 "workers".into(),

@@ -2,6 +2,7 @@
 //! hand data connections to workers, serve aside connections and answer queries.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,8 +37,30 @@ pub enum ControlCmd {
     Clusters {
         reply: tokio::sync::oneshot::Sender<Vec<ClusterStatus>>,
     },
+    /// Admin: set (Some) or clear (None) the server-side weight of the hosts named `host_name`
+    /// in `cluster`; replies with how many hosts matched.
+    SetWeight {
+        cluster: String,
+        host_name: String,
+        weight: Option<u32>,
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Admin: stop leasing the connections of the hosts named `host_name` in `cluster`.
+    DrainHost {
+        cluster: String,
+        host_name: String,
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Drain the server: stop accepting agents and frontends, tell agents, let sessions finish
+    /// within `grace_ms`, then stop.
+    Drain {
+        grace_ms: u64,
+    },
     Shutdown,
 }
+
+/// How often a draining control path checks whether sessions are done.
+const DRAIN_POLL_MS: u64 = 20;
 
 /// Everything the control path needs to start.
 pub struct ControlSetup {
@@ -48,7 +71,12 @@ pub struct ControlSetup {
     pub events: mpsc::UnboundedReceiver<WorkerEvent>,
     pub commands: mpsc::UnboundedReceiver<ControlCmd>,
     pub stats: Arc<ControlStats>,
+    /// The workers' counters (a drain waits for their active sessions to end).
+    pub counters: Vec<Arc<crate::dataplane::counters::WorkerCounters>>,
 }
+
+/// An aside connection's id and the queue of frames its task writes.
+type AsideWriter = (ConnId, mpsc::UnboundedSender<Frame>);
 
 struct Control {
     config: ServerConfig,
@@ -56,6 +84,10 @@ struct Control {
     workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
     handshakes: Arc<tokio::sync::Semaphore>,
     stats: Arc<ControlStats>,
+    /// Writers of the aside connections, per host.
+    asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
+    /// Rotates pool requests over a cluster's hosts.
+    pool_request_turn: std::cell::Cell<usize>,
 }
 
 /// Runs until told to shut down.
@@ -68,9 +100,10 @@ pub async fn run(setup: ControlSetup) {
         mut events,
         mut commands,
         stats,
+        counters,
     } = setup;
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
+    let mut listener = match TcpListener::from_std(listener) {
+        Ok(l) => Some(l),
         Err(e) => {
             warn!(error = %e, "cannot adopt tunnel listener");
             return;
@@ -82,10 +115,13 @@ pub async fn run(setup: ControlSetup) {
         workers,
         handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
         stats,
+        asides: RefCell::new(HashMap::new()),
+        pool_request_turn: std::cell::Cell::new(0),
     });
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
                 Ok((stream, peer)) => {
                     match ctl.handshakes.clone().try_acquire_owned() {
                         Ok(permit) => {
@@ -110,8 +146,36 @@ pub async fn run(setup: ControlSetup) {
                 Some(ControlCmd::Clusters { reply }) => {
                     let _ = reply.send(ctl.registry.borrow().clusters());
                 }
+                Some(ControlCmd::SetWeight { cluster, host_name, weight, reply }) => {
+                    let _ = reply.send(ctl.admin_weight(&cluster, &host_name, weight));
+                }
+                Some(ControlCmd::DrainHost { cluster, host_name, reply }) => {
+                    let _ = reply.send(ctl.admin_drain_host(&cluster, &host_name));
+                }
+                Some(ControlCmd::Drain { grace_ms }) => {
+                    if drain_deadline.is_none() {
+                        info!(grace_ms, "draining: no new agents or frontends; waiting for sessions to finish");
+                        listener = None;
+                        for w in &ctl.workers {
+                            let _ = w.send(WorkerMsg::StopAccepting);
+                        }
+                        ctl.broadcast(&Frame::Drain(crate::protocol::Drain { grace_ms }));
+                        drain_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(grace_ms));
+                    }
+                }
                 Some(ControlCmd::Shutdown) | None => break,
             },
+            _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)), if drain_deadline.is_some() => {
+                let active = crate::dataplane::counters::CounterTotals::sum(counters.iter().map(|c| &**c)).active_sessions;
+                if active == 0 {
+                    info!("drain complete: every session finished");
+                    break;
+                }
+                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    warn!(sessions = active, "drain grace time is up; closing the remaining sessions");
+                    break;
+                }
+            }
         }
     }
     for w in &ctl.workers {
@@ -120,6 +184,86 @@ pub async fn run(setup: ControlSetup) {
 }
 
 impl Control {
+    /// Sends `frame` on every aside connection.
+    fn broadcast(&self, frame: &Frame) {
+        for conns in self.asides.borrow().values() {
+            for (_, tx) in conns {
+                let _ = tx.send(frame.clone());
+            }
+        }
+    }
+
+    /// Closes idle connections on the workers holding them.
+    fn close_on_workers(&self, close: Vec<(usize, ConnId)>) {
+        let mut by_worker: HashMap<usize, Vec<ConnId>> = HashMap::new();
+        for (w, id) in close {
+            by_worker.entry(w).or_default().push(id);
+        }
+        for (w, ids) in by_worker {
+            if let Some(tx) = self.workers.get(w) {
+                let _ = tx.send(WorkerMsg::CloseConns(ids));
+            }
+        }
+    }
+
+    fn admin_weight(&self, cluster: &str, host_name: &str, weight: Option<u32>) -> usize {
+        let hosts = self.registry.borrow().find_host(cluster, host_name);
+        let mut changed = false;
+        for h in &hosts {
+            changed |= self.registry.borrow_mut().override_weight(*h, weight);
+        }
+        if changed {
+            info!(%cluster, %host_name, ?weight, "host weight set by admin");
+            self.publish();
+        }
+        hosts.len()
+    }
+
+    fn admin_drain_host(&self, cluster: &str, host_name: &str) -> usize {
+        let hosts = self.registry.borrow().find_host(cluster, host_name);
+        for h in &hosts {
+            let close = self
+                .registry
+                .borrow_mut()
+                .drain_host(*h)
+                .unwrap_or_default();
+            self.close_on_workers(close);
+        }
+        if !hosts.is_empty() {
+            info!(%cluster, %host_name, "host drained by admin: no new sessions");
+            self.publish();
+        }
+        hosts.len()
+    }
+
+    /// Asks one host of the cluster (in turn) for `count` more data connections.
+    fn request_pool(&self, cluster: &Arc<str>, count: u32) {
+        let hosts: Vec<HostId> = self
+            .registry
+            .borrow()
+            .hosts(cluster)
+            .iter()
+            .filter(|h| h.weight > 0 && !h.legacy)
+            .map(|h| h.id)
+            .collect();
+        let asides = self.asides.borrow();
+        let candidates: Vec<&mpsc::UnboundedSender<Frame>> = hosts
+            .iter()
+            .filter_map(|h| asides.get(h).and_then(|v| v.first()).map(|(_, tx)| tx))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let turn = self.pool_request_turn.get();
+        self.pool_request_turn.set(turn.wrapping_add(1));
+        let request = Frame::PoolRequest(crate::protocol::PoolRequest {
+            cluster_name: cluster.to_string(),
+            count: count.max(1),
+        });
+        let _ = candidates[turn % candidates.len()].send(request);
+        debug!(%cluster, "asked an agent for another data connection");
+    }
+
     fn publish(&self) {
         let snapshot = Arc::new(self.registry.borrow_mut().snapshot());
         for w in &self.workers {
@@ -131,20 +275,30 @@ impl Control {
         match event {
             WorkerEvent::Leased { conn_id } => self.registry.borrow_mut().conn_leased(conn_id),
             WorkerEvent::Closed { conn_id } => self.conn_closed(conn_id),
-            WorkerEvent::Starving { worker, cluster } => {
+            WorkerEvent::Starving {
+                worker,
+                cluster,
+                waiting,
+            } => {
                 let donor = self.registry.borrow().donor_for(&cluster, worker);
-                if let Some((host_id, from)) = donor {
-                    if let Some(tx) = self.workers.get(from) {
+                match donor.and_then(|(host_id, from)| Some((host_id, self.workers.get(from)?))) {
+                    Some((host_id, tx)) => {
                         let _ = tx.send(WorkerMsg::Donate {
                             cluster,
                             host_id,
                             to: worker,
                         });
                     }
+                    None => self.request_pool(&cluster, waiting),
                 }
             }
             WorkerEvent::Donated { to, conn } => {
                 let conn_id = conn.conn_id;
+                if self.registry.borrow().is_closing(conn_id) {
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    self.conn_closed(conn_id);
+                    return;
+                }
                 self.registry.borrow_mut().reassign(conn_id, to);
                 let sent = self
                     .workers
@@ -317,6 +471,12 @@ impl Control {
         let mut outstanding = 0u32;
         let mut seq = 0u64;
         let mut chunk = vec![0u8; 4096];
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        self.asides
+            .borrow_mut()
+            .entry(host_id)
+            .or_default()
+            .push((conn_id, out_tx));
         let reason = 'conn: loop {
             loop {
                 match protocol::decode(&buf, max_payload) {
@@ -326,14 +486,32 @@ impl Control {
                         match frame {
                             Frame::Pong(_) => outstanding = outstanding.saturating_sub(1),
                             Frame::WeightUpdate(w) => {
-                                debug!(
+                                let weight = w.weight.clamp(0, MAX_WEIGHT) as u32;
+                                info!(
                                     conn = conn_id,
-                                    weight = w.weight,
-                                    "weight update ignored: not supported yet"
-                                )
+                                    host = host_id,
+                                    weight,
+                                    "agent changed its weight"
+                                );
+                                if self.registry.borrow_mut().set_weight(host_id, weight) {
+                                    self.publish();
+                                }
                             }
                             Frame::GracefulClose(g) => {
-                                debug!(conn = conn_id, ids = ?g.connection_ids, "graceful close ignored: not supported yet")
+                                // Only this authenticated agent's own connections, by the ids
+                                // this server issued; addresses (MOSN's form) name nothing here.
+                                let close = self
+                                    .registry
+                                    .borrow_mut()
+                                    .graceful_close(host_id, &g.connection_ids);
+                                debug!(
+                                    conn = conn_id,
+                                    host = host_id,
+                                    named = g.connection_ids.len(),
+                                    closing_idle = close.len(),
+                                    "graceful close"
+                                );
+                                self.close_on_workers(close);
                             }
                             other => {
                                 break 'conn format!(
@@ -352,6 +530,11 @@ impl Control {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) => break 'conn format!("read failed: {e}"),
                 },
+                Some(frame) = out_rx.recv() => {
+                    if let Err(e) = send_frame(&stream, &frame).await {
+                        break 'conn format!("write failed: {e}");
+                    }
+                }
                 _ = tick.tick() => {
                     if outstanding >= max_missed {
                         self.stats.aside_heartbeat_closes_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -366,6 +549,10 @@ impl Control {
             }
         };
         debug!(conn = conn_id, host = host_id, %reason, "aside connection closed");
+        if let Some(list) = self.asides.borrow_mut().get_mut(&host_id) {
+            list.retain(|(id, _)| *id != conn_id);
+        }
+        self.asides.borrow_mut().retain(|_, list| !list.is_empty());
         let _ = stream.shutdown_std();
         self.conn_closed(conn_id);
     }

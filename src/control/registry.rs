@@ -57,8 +57,23 @@ pub struct ClusterStatus {
 struct HostRecord {
     identity: HostIdentity,
     weight: u32,
+    /// Drained by the server's admin: never picked (published with weight 0).
+    drained: bool,
+    /// Set by the server's admin; wins over the weight the agent announces.
+    weight_override: Option<u32>,
     conns: BTreeSet<ConnId>,
     idle_per_worker: Vec<u32>,
+}
+
+impl HostRecord {
+    /// The weight the balancer uses.
+    fn effective_weight(&self) -> u32 {
+        if self.drained {
+            0
+        } else {
+            self.weight_override.unwrap_or(self.weight)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -73,6 +88,8 @@ struct ConnRecord {
     cluster: Arc<str>,
     host: HostId,
     role: Role,
+    /// Named by a graceful close or a drain: never lease it again.
+    closing: bool,
     /// Worker holding it while idle.
     idle_on: Option<usize>,
     /// Worker running its session, once leased.
@@ -147,6 +164,8 @@ impl Registry {
                     HostRecord {
                         identity,
                         weight,
+                        drained: false,
+                        weight_override: None,
                         conns: BTreeSet::new(),
                         idle_per_worker: vec![0; self.workers],
                     },
@@ -156,8 +175,9 @@ impl Registry {
             }
         };
         let host = state.hosts.get_mut(&host_id)?;
-        if host.weight != weight {
-            host.weight = weight;
+        let before = host.effective_weight();
+        host.weight = weight;
+        if host.effective_weight() != before {
             snapshot_changed = true;
         }
         let conn_id = self.next_conn_id;
@@ -169,6 +189,7 @@ impl Registry {
                 cluster: state.name.clone(),
                 host: host_id,
                 role,
+                closing: false,
                 idle_on: None,
                 active_on: None,
                 peer,
@@ -235,6 +256,88 @@ impl Registry {
             *n += 1;
             conn.idle_on = Some(to);
         }
+    }
+
+    /// The host a connection belongs to.
+    pub fn host_of(&self, conn_id: ConnId) -> Option<HostId> {
+        self.conns.get(&conn_id).map(|c| c.host)
+    }
+
+    /// The weight the agent announces now (weight update); true when the effective weight
+    /// changed (republish).
+    pub fn set_weight(&mut self, host_id: HostId, weight: u32) -> bool {
+        self.update_host(host_id, |h| h.weight = weight)
+    }
+
+    /// The server admin's weight for a host, winning over the agent's; `None` gives the agent's
+    /// back. True when the effective weight changed.
+    pub fn override_weight(&mut self, host_id: HostId, weight: Option<u32>) -> bool {
+        self.update_host(host_id, |h| h.weight_override = weight)
+    }
+
+    fn update_host(&mut self, host_id: HostId, f: impl FnOnce(&mut HostRecord)) -> bool {
+        let Some(h) = self
+            .clusters
+            .values_mut()
+            .find_map(|c| c.hosts.get_mut(&host_id))
+        else {
+            return false;
+        };
+        let before = h.effective_weight();
+        f(h);
+        before != h.effective_weight()
+    }
+
+    /// Graceful close asked by `host_id`'s own aside connection: of `ids`, those that are this
+    /// host's data connections are never leased again. Returns the idle ones to close now, with
+    /// the worker holding each; leased ones end with their session. Ids of other hosts are
+    /// ignored (a host may only close its own connections).
+    pub fn graceful_close(&mut self, host_id: HostId, ids: &[ConnId]) -> Vec<(usize, ConnId)> {
+        let mut close = Vec::new();
+        for id in ids {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if c.host != host_id || c.role != Role::Data {
+                continue;
+            }
+            c.closing = true;
+            if let Some(w) = c.idle_on {
+                close.push((w, *id));
+            }
+        }
+        close
+    }
+
+    /// Whether a graceful close named this connection (it must not be leased).
+    pub fn is_closing(&self, conn_id: ConnId) -> bool {
+        self.conns.get(&conn_id).is_some_and(|c| c.closing)
+    }
+
+    /// Finds a host by cluster and host name (admin).
+    pub fn find_host(&self, cluster: &str, host_name: &str) -> Vec<HostId> {
+        self.clusters
+            .get(cluster)
+            .map(|c| {
+                c.hosts
+                    .iter()
+                    .filter(|(_, h)| h.identity.host_name == host_name)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Admin drain of a host: it is never picked again (its idle connections are returned for
+    /// closing); sessions in flight finish. True when the host exists.
+    pub fn drain_host(&mut self, host_id: HostId) -> Option<Vec<(usize, ConnId)>> {
+        let host = self
+            .clusters
+            .values_mut()
+            .find_map(|c| c.hosts.get_mut(&host_id))?;
+        host.drained = true;
+        let ids: Vec<ConnId> = host.conns.iter().copied().collect();
+        Some(self.graceful_close(host_id, &ids))
     }
 
     /// An idle data connection was taken by a session.
@@ -308,7 +411,7 @@ impl Registry {
                     id: *id,
                     host_name: h.identity.host_name.clone(),
                     agent_id: h.identity.agent_id.clone(),
-                    weight: h.weight,
+                    weight: h.effective_weight(),
                     legacy: h.identity.legacy,
                     data_connections: count(Role::Data),
                     aside_connections: count(Role::Aside),
@@ -356,6 +459,7 @@ impl Registry {
         self.version += 1;
         Snapshot {
             version: self.version,
+            published_at: Some(std::time::Instant::now()),
             clusters: self
                 .clusters
                 .values()
@@ -366,7 +470,7 @@ impl Registry {
                         .map(|(id, h)| SnapshotHost {
                             id: *id,
                             key: host_key(&h.identity),
-                            weight: h.weight,
+                            weight: h.effective_weight(),
                             host_name: Arc::from(h.identity.host_name.as_str()),
                         })
                         .collect();
@@ -481,6 +585,44 @@ mod tests {
         assert_eq!(h.active_per_worker, vec![0, 1]);
         r.conn_closed(b.conn_id);
         assert_eq!(r.clusters()[0].hosts[0].active_per_worker, vec![0, 0]);
+    }
+
+    #[test]
+    fn graceful_close_names_only_the_hosts_own_idle_data_connections() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        let a2 = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        let b = r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+        r.assign_worker(a.conn_id);
+        r.assign_worker(a2.conn_id);
+        r.assign_worker(b.conn_id);
+        r.conn_leased(a2.conn_id);
+        let close = r.graceful_close(a.host_id, &[a.conn_id, a2.conn_id, b.conn_id]);
+        assert_eq!(
+            close.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+            vec![a.conn_id]
+        );
+        assert!(r.is_closing(a2.conn_id));
+        assert!(!r.is_closing(b.conn_id));
+    }
+
+    #[test]
+    fn admin_weight_wins_until_cleared_and_drain_publishes_zero() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 4, Role::Data, PEER).unwrap();
+        assert!(r.override_weight(a.host_id, Some(9)));
+        // A re-dial announcing the agent's weight does not undo the admin's.
+        assert!(
+            !r.register("c", id("a"), 4, Role::Data, PEER)
+                .unwrap()
+                .snapshot_changed
+        );
+        assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 9);
+        assert!(!r.set_weight(a.host_id, 5));
+        assert!(r.override_weight(a.host_id, None));
+        assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 5);
+        r.drain_host(a.host_id).unwrap();
+        assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 0);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub type HostId = u64;
 pub struct Snapshot {
     /// Increases with every publication.
     pub version: u64,
+    /// When the control path built it (workers measure propagation against it).
+    pub published_at: Option<std::time::Instant>,
     pub clusters: HashMap<Arc<str>, ClusterSnapshot>,
 }
 

@@ -70,6 +70,12 @@ counters! {
     idle_closes_total,
     /// Sessions in progress (incremented and decremented by the owning worker).
     active_sessions,
+    /// Snapshots applied.
+    snapshots_applied_total,
+    /// Sum of the times from publication by the control path to application here, in ns.
+    snapshot_propagation_ns_total,
+    /// Longest such time seen, in ns.
+    snapshot_propagation_max_ns,
 }
 
 counters! {

@@ -28,6 +28,8 @@ pub enum WorkerMsg {
         host_id: HostId,
         to: usize,
     },
+    /// Stop accepting frontends (drain); sessions in flight go on.
+    StopAccepting,
     /// Stop: close listeners and connections and return.
     Shutdown,
 }
@@ -55,7 +57,12 @@ pub enum WorkerEvent {
     /// A data connection closed (idle or after its session).
     Closed { conn_id: ConnId },
     /// Frontends of `cluster` wait on `worker`, which has no idle connection for them.
-    Starving { worker: usize, cluster: Arc<str> },
+    Starving {
+        worker: usize,
+        cluster: Arc<str>,
+        /// How many frontends wait there.
+        waiting: u32,
+    },
     /// An idle connection given up for worker `to` (answer to `Donate`).
     Donated { to: usize, conn: HandedConn },
 }

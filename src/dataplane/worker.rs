@@ -94,6 +94,10 @@ struct Worker {
     state: RefCell<State>,
     /// Frontends waiting for an idle connection, per cluster.
     waiters: RefCell<HashMap<Arc<str>, Rc<Notify>>>,
+    /// Frontends waiting for a connection, per cluster.
+    waiting: RefCell<HashMap<Arc<str>, u32>>,
+    /// False once draining: accept loops end.
+    accepting: Cell<bool>,
     /// Clusters for which a donation was asked and has not arrived yet.
     starving: RefCell<std::collections::HashSet<Arc<str>>>,
     next_session: Cell<u64>,
@@ -125,17 +129,28 @@ pub async fn run(setup: WorkerSetup) {
         buffers: Pools::new(pump_buffer_bytes),
         state: RefCell::new(State::default()),
         waiters: RefCell::new(HashMap::new()),
+        accepting: Cell::new(true),
+        waiting: RefCell::new(HashMap::new()),
         starving: RefCell::new(Default::default()),
         next_session: Cell::new(1),
     });
     worker.apply_snapshot(&snapshot);
+    // Accept loops, and the listener fds a drain shuts down to end them.
+    let mut accepting: Vec<(tokio::task::JoinHandle<()>, std::os::fd::RawFd)> = Vec::new();
     for (cluster, listener) in frontends {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let adopted = match backend {
             Backend::Epoll => TcpListener::from_std(listener).map(|l| {
-                tokio::task::spawn_local(worker.clone().accept_loop(cluster.clone(), l));
+                accepting.push((
+                    tokio::task::spawn_local(worker.clone().accept_loop(cluster.clone(), l)),
+                    fd,
+                ));
             }),
             Backend::Uring { .. } => crate::rt::uring::Listener::from_std(listener).map(|l| {
-                tokio::task::spawn_local(worker.clone().accept_loop_uring(cluster.clone(), l));
+                accepting.push((
+                    tokio::task::spawn_local(worker.clone().accept_loop_uring(cluster.clone(), l)),
+                    fd,
+                ));
             }),
         };
         if let Err(e) = adopted {
@@ -148,6 +163,22 @@ pub async fn run(setup: WorkerSetup) {
             WorkerMsg::Snapshot(s) => worker.apply_snapshot(&s),
             WorkerMsg::DataConn(conn) => worker.adopt(conn),
             WorkerMsg::CloseConns(ids) => worker.close_idle(&ids),
+            WorkerMsg::StopAccepting => {
+                worker.accepting.set(false);
+                for (task, fd) in accepting.drain(..) {
+                    match backend {
+                        // An epoll accept is cancelled safely by aborting its task.
+                        Backend::Epoll => task.abort(),
+                        // An io_uring accept in flight must complete, not be dropped: shutting
+                        // the listener down completes it with an error, and the loop ends.
+                        // SAFETY: the fd belongs to a listener owned by the accept task, which
+                        // is still alive (it exits only after this completes the accept).
+                        Backend::Uring { .. } => unsafe {
+                            libc::shutdown(fd, libc::SHUT_RDWR);
+                        },
+                    }
+                }
+            }
             WorkerMsg::Donate {
                 cluster,
                 host_id,
@@ -161,6 +192,18 @@ pub async fn run(setup: WorkerSetup) {
 
 impl Worker {
     fn apply_snapshot(&self, snapshot: &Snapshot) {
+        self.apply_snapshot_inner(snapshot);
+        if let Some(at) = snapshot.published_at {
+            let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            bump(&self.counters.snapshots_applied_total);
+            add(&self.counters.snapshot_propagation_ns_total, ns);
+            self.counters
+                .snapshot_propagation_max_ns
+                .fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn apply_snapshot_inner(&self, snapshot: &Snapshot) {
         let mut state = self.state.borrow_mut();
         state.clusters = snapshot
             .clusters
@@ -378,6 +421,9 @@ impl Worker {
                     );
                 }
                 Err(e) => {
+                    if !self.accepting.get() {
+                        return;
+                    }
                     // Out of descriptors and similar: back off instead of spinning.
                     crate::log_limited!(
                         warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
@@ -459,24 +505,43 @@ impl Worker {
         }
         bump(&self.counters.pool_waits_total);
         bump(&self.cluster_stats(cluster).pool_waits_total);
-        if self.starving.borrow_mut().insert(cluster.clone()) {
-            let _ = self.events.send(WorkerEvent::Starving {
-                worker: self.index,
-                cluster: cluster.clone(),
-            });
-        }
+        *self
+            .waiting
+            .borrow_mut()
+            .entry(cluster.clone())
+            .or_insert(0) += 1;
+        self.ask_for_connections(cluster);
         let deadline = Instant::now() + self.pool_wait(cluster);
         let notify = self.waiter(cluster);
-        loop {
+        let leased = loop {
             let notified = notify.notified();
             if let Some(conn) = self.try_lease(cluster, client.ip()) {
-                return Some(conn);
+                break Some(conn);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 // Let a later frontend ask again.
                 self.starving.borrow_mut().remove(cluster);
-                return self.try_lease(cluster, client.ip());
+                break self.try_lease(cluster, client.ip());
             }
+        };
+        if let Some(n) = self.waiting.borrow_mut().get_mut(cluster) {
+            *n = n.saturating_sub(1);
+        }
+        // Others still wait: ask again for them (the flag was cleared when a connection came).
+        self.ask_for_connections(cluster);
+        leased
+    }
+
+    /// Tells the control path that frontends of `cluster` wait here, unless it was told already
+    /// and nothing arrived since.
+    fn ask_for_connections(&self, cluster: &Arc<str>) {
+        let waiting = self.waiting.borrow().get(cluster).copied().unwrap_or(0);
+        if waiting > 0 && self.starving.borrow_mut().insert(cluster.clone()) {
+            let _ = self.events.send(WorkerEvent::Starving {
+                worker: self.index,
+                cluster: cluster.clone(),
+                waiting,
+            });
         }
     }
 

@@ -189,6 +189,8 @@ pub struct AgentBuilder {
     reconnect_base_ms: u64,
     reconnect_max_ms: u64,
     admin: bool,
+    /// `tunnels[0]` fields set on top of the defaults (listers, grace, limits).
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> AgentBuilder {
@@ -204,6 +206,7 @@ pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> Agen
         reconnect_base_ms: 50,
         reconnect_max_ms: 1000,
         admin: false,
+        extra: serde_json::Map::new(),
     }
 }
 
@@ -239,6 +242,20 @@ impl AgentBuilder {
         self
     }
 
+    /// Sets a `tunnels[0]` field.
+    pub fn tunnel_field(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+
+    /// Discovers servers from a `file` lister instead of `server_list`.
+    pub fn file_lister(self, path: &Path, refresh_ms: u64) -> Self {
+        self.tunnel_field("server_list", serde_json::json!([])).tunnel_field(
+            "dynamic_server_list_config",
+            serde_json::json!({"dynamic_server_lister": "file", "path": path, "refresh_interval_ms": refresh_ms}),
+        )
+    }
+
     pub fn json(&self) -> serde_json::Value {
         let mut tunnel = serde_json::json!({
             "connection_num": self.connection_num,
@@ -252,6 +269,9 @@ impl AgentBuilder {
         if let Some(t) = &self.token {
             tunnel["credential_policy"] = "token".into();
             tunnel["credential"] = t.clone().into();
+        }
+        for (k, v) in &self.extra {
+            tunnel[k] = v.clone();
         }
         let mut json = serde_json::json!({
             "host_name": self.host_name,
@@ -295,7 +315,9 @@ impl AgentBuilder {
 pub fn wait_registered(server: &ServerHandle, cluster: &str, hosts: usize, idle: usize) {
     let ok = wait_until(Duration::from_secs(10), || {
         let h = server.hosts(cluster);
-        h.len() == hosts && h.iter().all(|h| h.idle_connections >= idle)
+        h.len() == hosts
+            && h.iter()
+                .all(|h| h.idle_connections >= idle && (h.legacy || h.aside_connections == 1))
     });
     assert!(
         ok,

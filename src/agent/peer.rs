@@ -1,0 +1,178 @@
+//! One server that one tunnel dials: the state its slots share, and the channel its aside
+//! connection takes commands from.
+//!
+//! A peer is `Running` until the agent stops or discovery removes the server; then it is
+//! `Stopping`: the aside connection asks the server to stop leasing this agent's connections
+//! (graceful close, by the connection ids the server issued), data slots serve whatever session
+//! still arrives but dial no replacement, and the peer is done when its last data slot ends.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+/// Lifecycle of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    Running,
+    Stopping,
+}
+
+/// What the aside connection is asked to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsideCmd {
+    /// Stop leasing these data connections (graceful close).
+    GracefulClose(Vec<u64>),
+}
+
+/// Shared state of one (tunnel, server address).
+pub struct Peer {
+    pub tunnel: usize,
+    pub addr: SocketAddr,
+    /// Found by a dynamic lister (removed when the lister stops listing it).
+    pub dynamic: bool,
+    state: watch::Sender<PeerState>,
+    /// Server-issued ids of this peer's data connections that are up now.
+    conn_ids: Mutex<BTreeSet<u64>>,
+    /// Data slots alive (regular and extra).
+    pub data_slots: AtomicU32,
+    /// Extra data slots alive (started by pool requests).
+    pub extra_slots: AtomicU32,
+    aside_tx: mpsc::UnboundedSender<AsideCmd>,
+    aside_rx: Mutex<Option<mpsc::UnboundedReceiver<AsideCmd>>>,
+}
+
+impl Peer {
+    pub fn new(tunnel: usize, addr: SocketAddr, dynamic: bool) -> Arc<Self> {
+        let (aside_tx, aside_rx) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            tunnel,
+            addr,
+            dynamic,
+            state: watch::channel(PeerState::Running).0,
+            conn_ids: Mutex::new(BTreeSet::new()),
+            data_slots: AtomicU32::new(0),
+            extra_slots: AtomicU32::new(0),
+            aside_tx,
+            aside_rx: Mutex::new(Some(aside_rx)),
+        })
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.state.borrow() == PeerState::Stopping
+    }
+
+    /// Watches the state (changes once, to `Stopping`).
+    pub fn subscribe(&self) -> watch::Receiver<PeerState> {
+        self.state.subscribe()
+    }
+
+    /// The command receiver, taken once by the aside slot.
+    pub fn take_aside_commands(&self) -> Option<mpsc::UnboundedReceiver<AsideCmd>> {
+        self.aside_rx.lock().ok()?.take()
+    }
+
+    /// A data connection with this id is up. While stopping, the server is asked at once not
+    /// to lease it either.
+    pub fn conn_up(&self, id: Option<u64>) {
+        let Some(id) = id else { return };
+        if let Ok(mut ids) = self.conn_ids.lock() {
+            ids.insert(id);
+        }
+        if self.stopping() {
+            let _ = self.aside_tx.send(AsideCmd::GracefulClose(vec![id]));
+        }
+    }
+
+    /// The data connection with this id is gone (or leased to a session).
+    pub fn conn_down(&self, id: Option<u64>) {
+        let Some(id) = id else { return };
+        if let Ok(mut ids) = self.conn_ids.lock() {
+            ids.remove(&id);
+        }
+    }
+
+    /// Asks the server not to lease this one connection (an extra connection idle too long).
+    pub fn release(&self, id: u64) {
+        let _ = self.aside_tx.send(AsideCmd::GracefulClose(vec![id]));
+    }
+
+    /// Starts the graceful stop: no more re-dials; the server is asked to stop leasing every
+    /// connection that is up.
+    pub fn begin_stop(&self) {
+        if self.state.send_replace(PeerState::Stopping) == PeerState::Stopping {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .conn_ids
+            .lock()
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        let _ = self.aside_tx.send(AsideCmd::GracefulClose(ids));
+    }
+
+    /// Every data slot has ended.
+    pub fn finished(&self) -> bool {
+        self.data_slots.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Counts a running data slot until dropped.
+pub struct SlotGuard {
+    peer: Arc<Peer>,
+    extra: bool,
+}
+
+impl SlotGuard {
+    pub fn new(peer: Arc<Peer>, extra: bool) -> Self {
+        peer.data_slots.fetch_add(1, Ordering::AcqRel);
+        if extra {
+            peer.extra_slots.fetch_add(1, Ordering::AcqRel);
+        }
+        Self { peer, extra }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if self.extra {
+            self.peer.extra_slots.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.peer.data_slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_sends_one_graceful_close_with_every_live_id() {
+        let p = Peer::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let mut rx = p.take_aside_commands().unwrap();
+        p.conn_up(Some(3));
+        p.conn_up(Some(5));
+        p.conn_down(Some(3));
+        p.begin_stop();
+        p.begin_stop();
+        assert_eq!(rx.try_recv().unwrap(), AsideCmd::GracefulClose(vec![5]));
+        assert!(rx.try_recv().is_err());
+        // A connection that comes up while stopping is named at once.
+        p.conn_up(Some(9));
+        assert_eq!(rx.try_recv().unwrap(), AsideCmd::GracefulClose(vec![9]));
+    }
+
+    #[test]
+    fn finished_when_the_last_data_slot_ends() {
+        let p = Peer::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let a = SlotGuard::new(p.clone(), false);
+        let b = SlotGuard::new(p.clone(), true);
+        assert_eq!(p.extra_slots.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert!(!p.finished());
+        drop(b);
+        assert!(p.finished());
+    }
+}

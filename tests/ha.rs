@@ -1,0 +1,360 @@
+//! Runtime control and high availability: weights changed at runtime, graceful agent stop under
+//! load, server drain, admin drain, pool requests, and dynamic discovery across two servers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn split(frontend: SocketAddr, sessions: usize) {
+    for i in 0..sessions {
+        assert_eq!(echo_roundtrip(frontend, &[i as u8; 8]), vec![i as u8; 8]);
+    }
+}
+
+both_backends!(
+    weight_changed_at_runtime_shifts_the_split_within_one_heartbeat,
+    |backend| {
+        const HEARTBEAT_MS: u64 = 1000;
+        let (a_backend, b_backend) = (echo_backend(), echo_backend());
+        let server = server(backend)
+            .cluster("c")
+            .heartbeat_ms(HEARTBEAT_MS)
+            .run();
+        let _a = agent(backend, server.tunnel_addr(), a_backend.addr)
+            .host_name("a")
+            .weight(1)
+            .connection_num(8)
+            .run();
+        let b = agent(backend, server.tunnel_addr(), b_backend.addr)
+            .host_name("b")
+            .weight(1)
+            .connection_num(8)
+            .run();
+        wait_registered(&server, "c", 2, 8);
+        let changed_at = Instant::now();
+        b.set_weight(3);
+        let seen = wait_until(Duration::from_millis(HEARTBEAT_MS), || {
+            server
+                .hosts("c")
+                .iter()
+                .any(|h| h.host_name == "b" && h.weight == 3)
+        });
+        assert!(
+            seen,
+            "weight not applied within one heartbeat interval: {:?}",
+            server.hosts("c")
+        );
+        println!(
+            "weight change reached the server in {:?}",
+            changed_at.elapsed()
+        );
+        let before = (
+            a_backend.accepted.load(Ordering::SeqCst),
+            b_backend.accepted.load(Ordering::SeqCst),
+        );
+        split(server.frontend_addr("c").unwrap(), 400);
+        let a = a_backend.accepted.load(Ordering::SeqCst) - before.0;
+        let bb = b_backend.accepted.load(Ordering::SeqCst) - before.1;
+        assert!(
+            (90..=110).contains(&a) && (290..=310).contains(&bb),
+            "split a={a} b={bb}"
+        );
+    }
+);
+
+both_backends!(admin_weight_and_host_drain, |backend| {
+    let (a_backend, b_backend) = (echo_backend(), echo_backend());
+    let server = server(backend).cluster("c").run();
+    let _a = agent(backend, server.tunnel_addr(), a_backend.addr)
+        .host_name("a")
+        .connection_num(8)
+        .run();
+    let _b = agent(backend, server.tunnel_addr(), b_backend.addr)
+        .host_name("b")
+        .connection_num(8)
+        .run();
+    wait_registered(&server, "c", 2, 8);
+    assert_eq!(server.set_host_weight("c", "a", Some(30)), 1);
+    assert_eq!(server.set_host_weight("c", "nobody", Some(3)), 0);
+    split(server.frontend_addr("c").unwrap(), 40);
+    let a = a_backend.accepted.load(Ordering::SeqCst);
+    assert!((28..=40).contains(&a), "weight 30 vs 10 gave a={a} of 40");
+    assert_eq!(server.drain_host("c", "a"), 1);
+    let before = a_backend.accepted.load(Ordering::SeqCst);
+    split(server.frontend_addr("c").unwrap(), 40);
+    assert_eq!(
+        a_backend.accepted.load(Ordering::SeqCst),
+        before,
+        "a drained host was picked"
+    );
+});
+
+/// Client threads doing short sessions until told to stop; counts successes and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn load(frontend: SocketAddr, threads: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let handles = (0..threads)
+        .map(|t| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let msg = pattern(2048, t as u8);
+                while !stop.load(Ordering::Relaxed) {
+                    let result = (|| -> std::io::Result<()> {
+                        let mut c = TcpStream::connect(frontend)?;
+                        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        c.write_all(&msg)?;
+                        let mut back = vec![0u8; msg.len()];
+                        c.read_exact(&mut back)?;
+                        if back != msg {
+                            return Err(std::io::Error::other("corrupted"));
+                        }
+                        Ok(())
+                    })();
+                    match result {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("session failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        ok,
+        failed,
+        threads: handles,
+    }
+}
+
+impl Load {
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+both_backends!(
+    sigterm_on_one_of_two_agents_under_load_fails_no_session,
+    |backend| {
+        const GRACE_MS: u64 = 5000;
+        let (stay_backend, leave_backend) = (echo_backend(), echo_backend());
+        let server = server(backend).cluster("c").run();
+        let _stay = agent(backend, server.tunnel_addr(), stay_backend.addr)
+            .host_name("stay")
+            .run();
+        let dir = std::env::temp_dir().join(format!(
+            "ringtun-sigterm-{}-{backend:?}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut leaving = agent(backend, server.tunnel_addr(), leave_backend.addr)
+            .host_name("leave")
+            .tunnel_field("graceful_close_max_wait_duration_ms", GRACE_MS.into())
+            .spawn_process(&dir);
+        let stderr = leaving.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = { stderr }.read_to_string(&mut s);
+            s
+        });
+        wait_registered(&server, "c", 2, 4);
+        let running = load(server.frontend_addr("c").unwrap(), 4);
+        assert!(wait_until(Duration::from_secs(10), || leave_backend
+            .accepted
+            .load(Ordering::SeqCst)
+            > 20));
+        // SAFETY: plain signal delivery to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(leaving.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let signalled = Instant::now();
+        let status = loop {
+            if let Some(s) = leaving.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                signalled.elapsed() < Duration::from_millis(GRACE_MS + 3000),
+                "agent did not exit within its grace time"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = signalled.elapsed();
+        assert!(wait_until(Duration::from_secs(5), || server
+            .hosts("c")
+            .len()
+            == 1));
+        let after = stay_backend.accepted.load(Ordering::SeqCst);
+        assert!(wait_until(Duration::from_secs(10), || stay_backend
+            .accepted
+            .load(Ordering::SeqCst)
+            > after + 20));
+        let (ok, failed) = running.finish();
+        let log = log.join().unwrap();
+        println!("SIGTERM: agent exited in {took:?} ({status}); {ok} sessions ok, {failed} failed");
+        assert!(status.success(), "agent exit status {status}: {log}");
+        assert_eq!(
+            failed, 0,
+            "sessions failed while an agent stopped gracefully"
+        );
+        assert!(log.contains("graceful close complete"), "{log}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
+both_backends!(
+    server_drain_finishes_sessions_and_refuses_new_ones,
+    |backend| {
+        let echo = echo_backend();
+        let server = server(backend).cluster("c").run();
+        let agent = agent(backend, server.tunnel_addr(), echo.addr).run();
+        wait_registered(&server, "c", 1, 4);
+        let frontend = server.frontend_addr("c").unwrap();
+        let tunnel = server.tunnel_addr();
+        let mut in_flight = TcpStream::connect(frontend).unwrap();
+        in_flight
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        in_flight.write_all(b"before").unwrap();
+        let mut buf = [0u8; 6];
+        in_flight.read_exact(&mut buf).unwrap();
+        let drainer = std::thread::spawn(move || {
+            let t = Instant::now();
+            server.drain(10_000);
+            t.elapsed()
+        });
+        // New agents and frontends are refused once the drain began.
+        assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(
+            frontend
+        )
+        .is_err()));
+        assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(
+            tunnel
+        )
+        .is_err()));
+        // The session in flight goes on, then ends the drain early.
+        in_flight.write_all(b"during").unwrap();
+        in_flight.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"during");
+        drop(in_flight);
+        let took = drainer.join().unwrap();
+        assert!(
+            took < Duration::from_secs(8),
+            "drain waited {took:?} after its last session ended"
+        );
+        drop(agent);
+    }
+);
+
+both_backends!(
+    waiting_frontends_make_the_agent_open_more_connections,
+    |backend| {
+        let echo = echo_backend();
+        let server = server(backend)
+            .cluster("c")
+            .workers(1)
+            .pool_wait_ms(3000)
+            .run();
+        let agent = agent(backend, server.tunnel_addr(), echo.addr)
+            .connection_num(1)
+            .tunnel_field("max_connection_num", 6.into())
+            .run();
+        wait_registered(&server, "c", 1, 1);
+        let frontend = server.frontend_addr("c").unwrap();
+        // Five sessions held open at once: one idle connection, and no session ends to free it.
+        let mut held: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(frontend).unwrap())
+            .collect();
+        for (i, c) in held.iter_mut().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(&[i as u8; 32]).unwrap();
+            let mut back = [0u8; 32];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, [i as u8; 32]);
+        }
+        assert_eq!(server.counters().pool_exhausted_total, 0);
+        assert!(agent.status().sessions_total >= 5);
+        drop(held);
+    }
+);
+
+both_backends!(two_servers_two_agents_with_a_file_list, |backend| {
+    let dir = std::env::temp_dir().join(format!(
+        "ringtun-file-lister-{}-{backend:?}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("servers.json");
+    let s1 = server(backend).cluster("c").run();
+    let s2 = server(backend).cluster("c").run();
+    let write_list = |servers: &[SocketAddr]| {
+        let tmp = dir.join("servers.json.tmp");
+        let names: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        std::fs::write(&tmp, serde_json::to_string(&names).unwrap()).unwrap();
+        std::fs::rename(&tmp, &list).unwrap();
+    };
+    write_list(&[s1.tunnel_addr(), s2.tunnel_addr()]);
+    let (e1, e2) = (echo_backend(), echo_backend());
+    let _a = agent(backend, s1.tunnel_addr(), e1.addr)
+        .host_name("a")
+        .file_lister(&list, 200)
+        .run();
+    let _b = agent(backend, s1.tunnel_addr(), e2.addr)
+        .host_name("b")
+        .file_lister(&list, 200)
+        .run();
+    wait_registered(&s1, "c", 2, 4);
+    wait_registered(&s2, "c", 2, 4);
+    for s in [&s1, &s2] {
+        assert_eq!(
+            echo_roundtrip(s.frontend_addr("c").unwrap(), b"either"),
+            b"either"
+        );
+    }
+    // Removed from the file: left (gracefully); put back: rejoined.
+    write_list(&[s1.tunnel_addr()]);
+    assert!(
+        wait_until(Duration::from_secs(10), || s2.hosts("c").is_empty()),
+        "{:?}",
+        s2.hosts("c")
+    );
+    assert_eq!(
+        echo_roundtrip(s1.frontend_addr("c").unwrap(), b"one"),
+        b"one"
+    );
+    write_list(&[s1.tunnel_addr(), s2.tunnel_addr()]);
+    wait_registered(&s2, "c", 2, 4);
+    // One server killed: service continues through the other.
+    s2.shutdown();
+    for i in 0..20u8 {
+        assert_eq!(
+            echo_roundtrip(s1.frontend_addr("c").unwrap(), &[i; 4]),
+            [i; 4]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+});
