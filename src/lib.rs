@@ -16,6 +16,7 @@ pub mod echo;
 pub mod log_limit;
 pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod rt;
 pub mod secret;
 pub mod server;

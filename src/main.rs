@@ -99,19 +99,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}: valid {kind} config", config.display());
             Ok(())
         }
-        Command::Server { config } => {
+        Command::Server { config: path } => {
             // Handlers first: a signal during start must not kill the process.
             let mut signals = Signals::install()?;
-            let config = ringtun::config::ServerConfig::load(&config)?;
-            let grace_ms = config.drain_timeout_ms;
+            let config = ringtun::config::ServerConfig::load(&path)?;
             let server =
                 ringtun::server::ServerHandle::start(config).context("server failed to start")?;
+            server.set_config_path(&path);
             loop {
                 match signals.next()? {
-                    Signal::Hangup => tracing::warn!(
-                        "SIGHUP: configuration reload is not supported by this version; restart the server to apply changes"
-                    ),
+                    Signal::Hangup => match server.reload_file(&path) {
+                        Ok(summary) => tracing::info!(%summary, "SIGHUP: configuration reloaded"),
+                        Err(e) => tracing::warn!(
+                            "SIGHUP: configuration reload refused, keeping the running one: {e}"
+                        ),
+                    },
                     Signal::Stop(name) => {
+                        let grace_ms = server.config().map_or(15_000, |c| c.drain_timeout_ms);
                         tracing::info!(signal = name, grace_ms, "draining server");
                         server.drain(grace_ms);
                         return Ok(());

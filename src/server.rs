@@ -42,7 +42,9 @@ pub enum ServerError {
 /// A running server.
 pub struct ServerHandle {
     tunnel_addr: SocketAddr,
-    frontends: HashMap<String, Vec<SocketAddr>>,
+    frontends: Arc<std::sync::Mutex<HashMap<String, Vec<SocketAddr>>>>,
+    reloader: Arc<crate::reload::Reloader>,
+    reload_path: Arc<std::sync::Mutex<Option<std::path::PathBuf>>>,
     backend: Backend,
     workers: usize,
     commands: mpsc::UnboundedSender<ControlCmd>,
@@ -79,30 +81,15 @@ impl ServerHandle {
             None => None,
         };
 
-        // One SO_REUSEPORT socket per worker per frontend; port 0 is resolved by the first.
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut frontends: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         for (ci, cluster) in config.clusters.iter().enumerate() {
-            let name: Arc<str> = Arc::from(cluster.name.as_str());
-            for (fi, f) in cluster.frontends.iter().enumerate() {
-                let field = format!("clusters[{ci}].frontends[{fi}].address");
-                let mut addr = parse_addr(&field, &f.address)?;
-                for sockets in per_worker.iter_mut() {
-                    let bind_err = |source| ServerError::Bind {
-                        what: format!("frontend of cluster {}", cluster.name),
-                        addr,
-                        source,
-                    };
-                    let listener = rt::bind_reuseport(addr).map_err(bind_err)?;
-                    addr = listener.local_addr().map_err(bind_err)?;
-                    sockets.push((name.clone(), listener));
-                }
-                frontends
-                    .entry(cluster.name.clone())
-                    .or_default()
-                    .push(addr);
+            let (sockets, addrs) = bind_frontends(ci, cluster, workers)?;
+            for (w, s) in per_worker.iter_mut().zip(sockets) {
+                w.extend(s);
             }
+            frontends.insert(cluster.name.clone(), addrs);
         }
 
         let mut registry = Registry::new(&config.clusters, workers);
@@ -149,6 +136,14 @@ impl ServerHandle {
         }
         drop(events_tx);
         let control_stats = Arc::new(ControlStats::default());
+        let frontends = Arc::new(std::sync::Mutex::new(frontends));
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            config.clone(),
+            workers,
+            commands_tx.clone(),
+            frontends.clone(),
+        ));
+        let reload_path = Arc::new(std::sync::Mutex::new(None));
         let control = ControlSetup {
             listener: tunnel,
             config,
@@ -190,6 +185,8 @@ impl ServerHandle {
                     backend: backend.name(),
                     frontends: frontends.clone(),
                     tunnel_addr,
+                    reloader: reloader.clone(),
+                    reload_path: reload_path.clone(),
                 };
                 match AdminServer::start("ringtun-admin", listener, handler) {
                     Ok(a) => Some(a),
@@ -205,15 +202,19 @@ impl ServerHandle {
             None => None,
         };
         info!(%tunnel_addr, workers, backend = backend.name(), "server started");
-        for (cluster, addrs) in &frontends {
-            for a in addrs {
-                info!(%cluster, frontend = %a, "frontend listening");
+        if let Ok(f) = frontends.lock() {
+            for (cluster, addrs) in f.iter() {
+                for a in addrs {
+                    info!(%cluster, frontend = %a, "frontend listening");
+                }
             }
         }
         ready.store(true, Ordering::Release);
         Ok(Self {
             tunnel_addr,
             frontends,
+            reloader,
+            reload_path,
             backend,
             workers,
             commands: commands_tx,
@@ -232,7 +233,10 @@ impl ServerHandle {
 
     /// The first frontend address of a cluster.
     pub fn frontend_addr(&self, cluster: &str) -> Option<SocketAddr> {
-        self.frontends.get(cluster).and_then(|a| a.first().copied())
+        self.frontends
+            .lock()
+            .ok()
+            .and_then(|f| f.get(cluster).and_then(|a| a.first().copied()))
     }
 
     /// The bound admin address (port 0 resolved), when `admin` is configured.
@@ -319,6 +323,35 @@ impl ServerHandle {
         rx.blocking_recv().unwrap_or(0)
     }
 
+    /// Applies a new configuration (see [`crate::reload`]). Blocking.
+    pub fn reload(
+        &self,
+        config: ServerConfig,
+    ) -> Result<crate::reload::ReloadSummary, crate::reload::ReloadError> {
+        self.reloader.reload(config)
+    }
+
+    /// Re-reads `path` and applies it; also makes `path` what admin `POST /reload` reads.
+    pub fn reload_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::reload::ReloadSummary, crate::reload::ReloadError> {
+        self.set_config_path(path);
+        self.reloader.reload_file(path)
+    }
+
+    /// The file admin `POST /reload` re-reads.
+    pub fn set_config_path(&self, path: &std::path::Path) {
+        if let Ok(mut p) = self.reload_path.lock() {
+            *p = Some(path.to_path_buf());
+        }
+    }
+
+    /// The configuration running now.
+    pub fn config(&self) -> Option<ServerConfig> {
+        self.reloader.current()
+    }
+
     /// A sender of control commands, for the admin endpoint.
     pub fn commands(&self) -> mpsc::UnboundedSender<ControlCmd> {
         self.commands.clone()
@@ -340,6 +373,37 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Frontend sockets of one cluster, per worker.
+pub(crate) type WorkerSockets = Vec<Vec<(Arc<str>, std::net::TcpListener)>>;
+
+/// Binds a cluster's frontends: one SO_REUSEPORT socket per worker per frontend (port 0 is
+/// resolved by the first). Returns the sockets per worker and the bound addresses.
+pub(crate) fn bind_frontends(
+    index: usize,
+    cluster: &crate::config::ClusterConfig,
+    workers: usize,
+) -> Result<(WorkerSockets, Vec<SocketAddr>), ServerError> {
+    let name: Arc<str> = Arc::from(cluster.name.as_str());
+    let mut per_worker: WorkerSockets = (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for (fi, f) in cluster.frontends.iter().enumerate() {
+        let field = format!("clusters[{index}].frontends[{fi}].address");
+        let mut addr = parse_addr(&field, &f.address)?;
+        for sockets in per_worker.iter_mut() {
+            let bind_err = |source| ServerError::Bind {
+                what: format!("frontend of cluster {}", cluster.name),
+                addr,
+                source,
+            };
+            let listener = rt::bind_reuseport(addr).map_err(bind_err)?;
+            addr = listener.local_addr().map_err(bind_err)?;
+            sockets.push((name.clone(), listener));
+        }
+        addrs.push(addr);
+    }
+    Ok((per_worker, addrs))
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ServerError> {

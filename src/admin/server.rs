@@ -33,14 +33,21 @@ pub struct ServerAdmin {
     /// True from the end of start until shutdown begins.
     pub ready: Arc<AtomicBool>,
     pub backend: &'static str,
-    pub frontends: HashMap<String, Vec<SocketAddr>>,
+    pub frontends: Arc<std::sync::Mutex<HashMap<String, Vec<SocketAddr>>>>,
     pub tunnel_addr: SocketAddr,
+    /// Applies reloads (`POST /reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
+    /// The file `POST /reload` re-reads (set by `ringtun server`).
+    pub reload_path: Arc<std::sync::Mutex<Option<std::path::PathBuf>>>,
 }
 
 impl Handler for ServerAdmin {
     async fn handle(&self, req: Request) -> Response {
         if req.path == "/hosts/weight" || req.path == "/hosts/drain" {
             return self.host_action(&req).await;
+        }
+        if req.path == "/reload" {
+            return self.reload(&req).await;
         }
         let known = ["/metrics", "/clusters", "/healthz", "/ready"];
         if !known.contains(&req.path.as_str()) {
@@ -88,6 +95,40 @@ struct HostAction {
 }
 
 impl ServerAdmin {
+    async fn reload(&self, req: &Request) -> Response {
+        if req.method != "POST" {
+            return Response::method_not_allowed("POST");
+        }
+        let path = self.reload_path.lock().ok().and_then(|p| p.clone());
+        let Some(path) = path else {
+            return Response::text(
+                409,
+                "no config file to reload: the server was not started from one\n",
+            );
+        };
+        let reloader = self.reloader.clone();
+        let done = tokio::task::spawn_blocking(move || reloader.reload_file(&path)).await;
+        match done {
+            Ok(Ok(summary)) => {
+                tracing::info!(%summary, "configuration reloaded (admin)");
+                Response::json(
+                    200,
+                    &json!({
+                        "added": summary.added, "removed": summary.removed, "changed": summary.changed,
+                    }),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("configuration reload refused, keeping the running one: {e}");
+                Response::text(
+                    400,
+                    format!("reload refused, the running configuration stays: {e}\n"),
+                )
+            }
+            Err(_) => Response::text(500, "reload failed\n"),
+        }
+    }
+
     async fn host_action(&self, req: &Request) -> Response {
         if req.method != "POST" {
             return Response::method_not_allowed("POST");
@@ -164,8 +205,12 @@ impl ServerAdmin {
                     .collect();
                 let frontends: Vec<String> = self
                     .frontends
-                    .get(&c.name)
-                    .map(|v| v.iter().map(|a| a.to_string()).collect())
+                    .lock()
+                    .ok()
+                    .and_then(|f| {
+                        f.get(&c.name)
+                            .map(|v| v.iter().map(|a| a.to_string()).collect())
+                    })
                     .unwrap_or_default();
                 json!({
                     "name": c.name,
@@ -383,6 +428,42 @@ impl ServerAdmin {
             "Idle data connections that closed or failed while parked (agent closed, bad frame).",
         )
         .sample_u64("ringtun_idle_closes_total", &[], totals.idle_closes_total);
+        e.family(
+            "ringtun_snapshots_applied_total",
+            Kind::Counter,
+            "Snapshots (clusters, hosts, weights) applied by workers, summed over workers.",
+        )
+        .sample_u64(
+            "ringtun_snapshots_applied_total",
+            &[],
+            totals.snapshots_applied_total,
+        );
+        e.family(
+            "ringtun_snapshot_propagation_seconds_total",
+            Kind::Counter,
+            "Sum over applied snapshots of the time from publication by the control path to application by a worker.",
+        )
+        .sample(
+            "ringtun_snapshot_propagation_seconds_total",
+            &[],
+            totals.snapshot_propagation_ns_total as f64 / 1e9,
+        );
+        let max_ns = self
+            .counters
+            .iter()
+            .map(|c| c.snapshot_propagation_max_ns.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        e.family(
+            "ringtun_snapshot_propagation_max_seconds",
+            Kind::Gauge,
+            "Longest time from a snapshot's publication to its application by a worker.",
+        )
+        .sample(
+            "ringtun_snapshot_propagation_max_seconds",
+            &[],
+            max_ns as f64 / 1e9,
+        );
         e.finish()
     }
 }

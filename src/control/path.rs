@@ -56,6 +56,15 @@ pub enum ControlCmd {
     Drain {
         grace_ms: u64,
     },
+    /// Apply a reloaded configuration's clusters: `removed` ones leave (their connections are
+    /// closed), the frontends of `stop_frontends` close, `listeners[w]` start on worker `w`.
+    Reload {
+        clusters: Vec<crate::config::ClusterConfig>,
+        removed: Vec<String>,
+        stop_frontends: Vec<String>,
+        listeners: crate::server::WorkerSockets,
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
     Shutdown,
 }
 
@@ -163,6 +172,10 @@ pub async fn run(setup: ControlSetup) {
                         drain_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(grace_ms));
                     }
                 }
+                Some(ControlCmd::Reload { clusters, removed, stop_frontends, listeners, reply }) => {
+                    ctl.apply_reload(&clusters, &removed, &stop_frontends, listeners);
+                    let _ = reply.send(());
+                }
                 Some(ControlCmd::Shutdown) | None => break,
             },
             _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)), if drain_deadline.is_some() => {
@@ -204,6 +217,35 @@ impl Control {
                 let _ = tx.send(WorkerMsg::CloseConns(ids));
             }
         }
+    }
+
+    fn apply_reload(
+        &self,
+        clusters: &[crate::config::ClusterConfig],
+        removed: &[String],
+        stop_frontends: &[String],
+        listeners: crate::server::WorkerSockets,
+    ) {
+        let stop: Vec<Arc<str>> = stop_frontends
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect();
+        for (w, add) in listeners.into_iter().enumerate() {
+            if let Some(tx) = self.workers.get(w) {
+                let _ = tx.send(WorkerMsg::Frontends {
+                    stop: stop.clone(),
+                    add,
+                });
+            }
+        }
+        let (close, gone_hosts) = self.registry.borrow_mut().replace_clusters(clusters);
+        self.close_on_workers(close);
+        for host in gone_hosts {
+            // Dropping the writers ends those aside tasks' loops, which close the connections.
+            self.asides.borrow_mut().remove(&host);
+        }
+        self.publish();
+        info!(removed = ?removed, clusters = clusters.len(), "configuration reloaded");
     }
 
     fn admin_weight(&self, cluster: &str, host_name: &str, weight: Option<u32>) -> usize {
@@ -530,11 +572,14 @@ impl Control {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) => break 'conn format!("read failed: {e}"),
                 },
-                Some(frame) = out_rx.recv() => {
-                    if let Err(e) = send_frame(&stream, &frame).await {
-                        break 'conn format!("write failed: {e}");
+                frame = out_rx.recv() => match frame {
+                    Some(frame) => {
+                        if let Err(e) = send_frame(&stream, &frame).await {
+                            break 'conn format!("write failed: {e}");
+                        }
                     }
-                }
+                    None => break 'conn "its cluster was removed by a configuration reload".to_string(),
+                },
                 _ = tick.tick() => {
                     if outstanding >= max_missed {
                         self.stats.aside_heartbeat_closes_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -258,6 +258,57 @@ impl Registry {
         }
     }
 
+    /// A reloaded configuration: clusters not in `clusters` leave (their idle connections are
+    /// returned for closing, with the worker holding each, and their host ids so their aside
+    /// connections can be closed; sessions in flight finish); new ones are added; kept ones take
+    /// the new settings and keep their hosts.
+    pub fn replace_clusters(
+        &mut self,
+        clusters: &[ClusterConfig],
+    ) -> (Vec<(usize, ConnId)>, Vec<HostId>) {
+        let gone: Vec<Arc<str>> = self
+            .clusters
+            .keys()
+            .filter(|k| !clusters.iter().any(|c| c.name.as_str() == &***k))
+            .cloned()
+            .collect();
+        let mut close = Vec::new();
+        let mut hosts = Vec::new();
+        for name in gone {
+            let Some(state) = self.clusters.remove(&name) else {
+                continue;
+            };
+            for (host_id, host) in state.hosts {
+                hosts.push(host_id);
+                for id in host.conns {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.closing = true;
+                        if let Some(w) = c.idle_on.take() {
+                            close.push((w, id));
+                        }
+                    }
+                }
+            }
+        }
+        for c in clusters {
+            match self.clusters.get_mut(c.name.as_str()) {
+                Some(state) => state.config = c.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(c.name.as_str());
+                    self.clusters.insert(
+                        name.clone(),
+                        ClusterState {
+                            config: c.clone(),
+                            name,
+                            hosts: BTreeMap::new(),
+                        },
+                    );
+                }
+            }
+        }
+        (close, hosts)
+    }
+
     /// The host a connection belongs to.
     pub fn host_of(&self, conn_id: ConnId) -> Option<HostId> {
         self.conns.get(&conn_id).map(|c| c.host)
@@ -623,6 +674,24 @@ mod tests {
         assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 5);
         r.drain_host(a.host_id).unwrap();
         assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 0);
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_clusters_and_empties_removed_ones() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        r.assign_worker(a.conn_id);
+        let d: ClusterConfig = serde_json::from_str(r#"{"name":"d"}"#).unwrap();
+        let c: ClusterConfig = serde_json::from_str(r#"{"name":"c","pool_wait_ms":7}"#).unwrap();
+        let (close, hosts) = r.replace_clusters(&[c.clone(), d.clone()]);
+        assert!(close.is_empty() && hosts.is_empty());
+        assert_eq!(r.cluster("c").unwrap().pool_wait_ms, 7);
+        assert_eq!(r.hosts("c").len(), 1);
+        let (close, hosts) = r.replace_clusters(&[d]);
+        assert_eq!(close, vec![(0, a.conn_id)]);
+        assert_eq!(hosts, vec![a.host_id]);
+        assert!(r.cluster("c").is_none());
+        assert!(!r.conn_closed(a.conn_id));
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub enum WorkerMsg {
     },
     /// Stop accepting frontends (drain); sessions in flight go on.
     StopAccepting,
+    /// Reload: close the frontends of the `stop` clusters and start accepting on `add`.
+    Frontends {
+        stop: Vec<Arc<str>>,
+        add: Vec<(Arc<str>, std::net::TcpListener)>,
+    },
     /// Stop: close listeners and connections and return.
     Shutdown,
 }

@@ -135,28 +135,9 @@ pub async fn run(setup: WorkerSetup) {
         next_session: Cell::new(1),
     });
     worker.apply_snapshot(&snapshot);
-    // Accept loops, and the listener fds a drain shuts down to end them.
-    let mut accepting: Vec<(tokio::task::JoinHandle<()>, std::os::fd::RawFd)> = Vec::new();
-    for (cluster, listener) in frontends {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-        let adopted = match backend {
-            Backend::Epoll => TcpListener::from_std(listener).map(|l| {
-                accepting.push((
-                    tokio::task::spawn_local(worker.clone().accept_loop(cluster.clone(), l)),
-                    fd,
-                ));
-            }),
-            Backend::Uring { .. } => crate::rt::uring::Listener::from_std(listener).map(|l| {
-                accepting.push((
-                    tokio::task::spawn_local(worker.clone().accept_loop_uring(cluster.clone(), l)),
-                    fd,
-                ));
-            }),
-        };
-        if let Err(e) = adopted {
-            warn!(worker = index, %cluster, error = %e, "cannot adopt frontend listener");
-        }
-    }
+    // Accept loops, and the listener fds a drain or reload shuts down to end them.
+    let mut accepting: Vec<AcceptLoop> = Vec::new();
+    worker.start_accepting(frontends, &mut accepting);
     tokio::task::spawn_local(worker.clone().heartbeat_loop());
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -165,19 +146,18 @@ pub async fn run(setup: WorkerSetup) {
             WorkerMsg::CloseConns(ids) => worker.close_idle(&ids),
             WorkerMsg::StopAccepting => {
                 worker.accepting.set(false);
-                for (task, fd) in accepting.drain(..) {
-                    match backend {
-                        // An epoll accept is cancelled safely by aborting its task.
-                        Backend::Epoll => task.abort(),
-                        // An io_uring accept in flight must complete, not be dropped: shutting
-                        // the listener down completes it with an error, and the loop ends.
-                        // SAFETY: the fd belongs to a listener owned by the accept task, which
-                        // is still alive (it exits only after this completes the accept).
-                        Backend::Uring { .. } => unsafe {
-                            libc::shutdown(fd, libc::SHUT_RDWR);
-                        },
-                    }
+                for a in accepting.drain(..) {
+                    a.stop(backend);
                 }
+            }
+            WorkerMsg::Frontends { stop, add } => {
+                let (gone, kept): (Vec<AcceptLoop>, Vec<AcceptLoop>) =
+                    accepting.drain(..).partition(|a| stop.contains(&a.cluster));
+                accepting = kept;
+                for a in gone {
+                    a.stop(backend);
+                }
+                worker.start_accepting(add, &mut accepting);
             }
             WorkerMsg::Donate {
                 cluster,
@@ -190,7 +170,68 @@ pub async fn run(setup: WorkerSetup) {
     worker.close_all_idle();
 }
 
+/// A running accept loop of one frontend listener.
+struct AcceptLoop {
+    cluster: Arc<str>,
+    task: tokio::task::JoinHandle<()>,
+    fd: std::os::fd::RawFd,
+    /// Set before the listener is shut down, so the io_uring loop knows its error means "stop".
+    stopped: Rc<Cell<bool>>,
+}
+
+impl AcceptLoop {
+    fn stop(self, backend: Backend) {
+        self.stopped.set(true);
+        match backend {
+            // An epoll accept is cancelled safely by aborting its task.
+            Backend::Epoll => self.task.abort(),
+            // An io_uring accept in flight must complete, not be dropped: shutting the listener
+            // down completes it with an error, and the loop ends.
+            // SAFETY: the fd belongs to a listener owned by the accept task, which is still
+            // alive: it exits only after this completes its accept.
+            Backend::Uring { .. } => unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            },
+        }
+    }
+}
+
 impl Worker {
+    /// Starts an accept loop per listener.
+    fn start_accepting(
+        self: &Rc<Self>,
+        listeners: Vec<(Arc<str>, std::net::TcpListener)>,
+        into: &mut Vec<AcceptLoop>,
+    ) {
+        for (cluster, listener) in listeners {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+            let stopped = Rc::new(Cell::new(false));
+            let task = match self.backend {
+                Backend::Epoll => TcpListener::from_std(listener).map(|l| {
+                    tokio::task::spawn_local(self.clone().accept_loop(cluster.clone(), l))
+                }),
+                Backend::Uring { .. } => crate::rt::uring::Listener::from_std(listener).map(|l| {
+                    tokio::task::spawn_local(self.clone().accept_loop_uring(
+                        cluster.clone(),
+                        l,
+                        stopped.clone(),
+                    ))
+                }),
+            };
+            match task {
+                Ok(task) => into.push(AcceptLoop {
+                    cluster,
+                    task,
+                    fd,
+                    stopped,
+                }),
+                Err(e) => {
+                    warn!(worker = self.index, %cluster, error = %e, "cannot adopt frontend listener")
+                }
+            }
+        }
+    }
+
     fn apply_snapshot(&self, snapshot: &Snapshot) {
         self.apply_snapshot_inner(snapshot);
         if let Some(at) = snapshot.published_at {
@@ -407,8 +448,12 @@ impl Worker {
         self: Rc<Self>,
         cluster: Arc<str>,
         listener: crate::rt::uring::Listener,
+        stopped: Rc<Cell<bool>>,
     ) {
         loop {
+            if stopped.get() {
+                return;
+            }
             match listener.accept().await {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
@@ -421,7 +466,7 @@ impl Worker {
                     );
                 }
                 Err(e) => {
-                    if !self.accepting.get() {
+                    if stopped.get() || !self.accepting.get() {
                         return;
                     }
                     // Out of descriptors and similar: back off instead of spinning.
