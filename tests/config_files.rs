@@ -211,6 +211,7 @@ fn full_server() -> ServerConfig {
             address: "0.0.0.0:7070".into(),
             handshake_timeout_ms: 5_000,
             max_frame_payload_bytes: 16_384,
+            max_concurrent_handshakes: 4096,
             tls_context: Some(ServerTlsConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),
@@ -229,6 +230,9 @@ fn full_server() -> ServerConfig {
                 address: "0.0.0.0:8080".into(),
             }],
             pool_wait_ms: 2_000,
+            max_data_connections_per_agent: 1024,
+            max_data_connections: 65_536,
+            max_sessions: 100_000,
         }],
     }
 }

@@ -429,6 +429,16 @@ impl ServerAdmin {
         )
         .sample_u64("ringtun_idle_closes_total", &[], totals.idle_closes_total);
         e.family(
+            "ringtun_sessions_over_limit_total",
+            Kind::Counter,
+            "Frontends closed at accept because their cluster had max_sessions sessions.",
+        )
+        .sample_u64(
+            "ringtun_sessions_over_limit_total",
+            &[],
+            totals.sessions_over_limit_total,
+        );
+        e.family(
             "ringtun_snapshots_applied_total",
             Kind::Counter,
             "Snapshots (clusters, hosts, weights) applied by workers, summed over workers.",

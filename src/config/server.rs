@@ -63,6 +63,10 @@ pub struct TunnelListenerConfig {
     /// Largest frame payload accepted from an agent, in bytes. Default 16384; 256 to 65535.
     #[serde(default = "default_max_frame_payload_bytes")]
     pub max_frame_payload_bytes: usize,
+    /// Handshakes in progress at once; connections beyond are closed at accept (counted as
+    /// `overloaded`). Default 4096; 1 to 1000000.
+    #[serde(default = "default_max_concurrent_handshakes")]
+    pub max_concurrent_handshakes: usize,
     /// TLS for tunnel connections. Default: none (plaintext). Not supported by this version yet:
     /// any value other than `null` is refused.
     #[serde(default)]
@@ -106,6 +110,17 @@ pub struct ClusterConfig {
     /// client can reach them).
     #[serde(default)]
     pub frontends: Vec<FrontendConfig>,
+    /// Data connections one agent (host) may hold in this cluster; more are refused at the
+    /// handshake (status 0). Default 1024; 1 to 65536.
+    #[serde(default = "default_max_data_connections_per_agent")]
+    pub max_data_connections_per_agent: u32,
+    /// Data connections all agents together may hold in this cluster. Default 65536; 1 to 10000000.
+    #[serde(default = "default_max_data_connections")]
+    pub max_data_connections: u32,
+    /// Frontend sessions (waiting or running) at once in this cluster, over all workers; more are
+    /// closed at accept. Default 100000; 1 to 10000000.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u64,
     /// How long a frontend waits for an idle data connection before it is closed, in
     /// milliseconds. Default 2000; 0 (do not wait) to 600000.
     #[serde(default = "default_pool_wait_ms")]
@@ -161,6 +176,18 @@ impl CredentialPolicy {
 
 fn default_heartbeat_interval_ms() -> u64 {
     10_000
+}
+fn default_max_concurrent_handshakes() -> usize {
+    4096
+}
+fn default_max_data_connections_per_agent() -> u32 {
+    1024
+}
+fn default_max_data_connections() -> u32 {
+    65_536
+}
+fn default_max_sessions() -> u64 {
+    100_000
 }
 fn default_drain_timeout_ms() -> u64 {
     15_000
@@ -224,6 +251,12 @@ impl ServerConfig {
         let mut bound: Vec<(String, SocketAddr)> = Vec::new();
         let tunnel_addr = socket_addr(path, "tunnel_listener.address", &tl.address)?;
         bound.push(("tunnel_listener.address".into(), tunnel_addr));
+        if !(1..=1_000_000).contains(&tl.max_concurrent_handshakes) {
+            return err(
+                "tunnel_listener.max_concurrent_handshakes".into(),
+                format!("{} is outside 1..=1000000", tl.max_concurrent_handshakes),
+            );
+        }
         if !(100..=600_000).contains(&tl.handshake_timeout_ms) {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
@@ -296,6 +329,24 @@ impl ServerConfig {
                         "\"hmac\" is not supported by this version of ringtun yet".into(),
                     );
                 }
+            }
+            if !(1..=65_536).contains(&c.max_data_connections_per_agent) {
+                return err(
+                    at("max_data_connections_per_agent"),
+                    format!("{} is outside 1..=65536", c.max_data_connections_per_agent),
+                );
+            }
+            if !(1..=10_000_000).contains(&c.max_data_connections) {
+                return err(
+                    at("max_data_connections"),
+                    format!("{} is outside 1..=10000000", c.max_data_connections),
+                );
+            }
+            if !(1..=10_000_000).contains(&c.max_sessions) {
+                return err(
+                    at("max_sessions"),
+                    format!("{} is outside 1..=10000000", c.max_sessions),
+                );
             }
             if c.pool_wait_ms > 600_000 {
                 return err(

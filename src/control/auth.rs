@@ -43,14 +43,10 @@ mod tests {
     use crate::secret::Secret;
 
     fn cluster(policy: CredentialPolicy, creds: &[&str]) -> ClusterConfig {
-        ClusterConfig {
-            name: "c".into(),
-            lb_type: Default::default(),
-            credential_policy: policy,
-            credentials: creds.iter().map(|c| Secret::new(*c)).collect(),
-            frontends: vec![],
-            pool_wait_ms: 10,
-        }
+        let mut c: ClusterConfig = serde_json::from_str(r#"{"name":"c"}"#).unwrap();
+        c.credential_policy = policy;
+        c.credentials = creds.iter().map(|c| Secret::new(*c)).collect();
+        c
     }
 
     fn init(policy: &str, cred: &str) -> ConnectionInitInfo {

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::auth;
 use super::handshake::{read_init, HandshakeError};
-use super::registry::{ClusterStatus, HostIdentity, HostStatus, Registry};
+use super::registry::{ClusterStatus, HostIdentity, HostStatus, RegisterError, Registry};
 use super::snapshot::{ConnId, HostId};
 use super::stats::{ControlStats, HandshakeOutcome};
 use crate::config::agent::MAX_WEIGHT;
@@ -23,9 +23,6 @@ use crate::config::ServerConfig;
 use crate::dataplane::pump::write_all;
 use crate::dataplane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::protocol::{self, ConnectionInitResponse, Decoded, Frame, Ping, Role, Status};
-
-/// Handshakes in progress at once; more connections are closed at accept.
-pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
 
 /// Requests from the server handle.
 pub enum ControlCmd {
@@ -118,11 +115,12 @@ pub async fn run(setup: ControlSetup) {
             return;
         }
     };
+    let handshake_slots = config.tunnel_listener.max_concurrent_handshakes;
     let ctl = Rc::new(Control {
         config,
         registry: RefCell::new(registry),
         workers,
-        handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
         stats,
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
@@ -418,12 +416,25 @@ impl Control {
             self.registry
                 .borrow_mut()
                 .register(&init.cluster_name, identity, weight, role, peer);
-        let Some(reg) = registered else {
-            // The cluster vanished between the check and now (reload); answer as unknown.
-            self.stats.handshake(HandshakeOutcome::ClusterNotExist);
-            let response = ConnectionInitResponse::status(Status::CLUSTER_NOT_EXIST);
-            let _ = send_frame(&stream, &Frame::InitResponse(response)).await;
-            return;
+        let reg = match registered {
+            Ok(reg) => reg,
+            Err(RegisterError::NoCluster) => {
+                // The cluster vanished between the check and now (reload).
+                self.stats.handshake(HandshakeOutcome::ClusterNotExist);
+                let response = ConnectionInitResponse::status(Status::CLUSTER_NOT_EXIST);
+                let _ = send_frame(&stream, &Frame::InitResponse(response)).await;
+                return;
+            }
+            Err(limit) => {
+                self.stats.handshake(HandshakeOutcome::OverLimit);
+                crate::log_limited!(warn!(
+                    %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                    "data connection refused (status 0): {limit}"
+                ));
+                let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
+                let _ = send_frame(&stream, &Frame::InitResponse(response)).await;
+                return;
+            }
         };
         if reg.snapshot_changed {
             self.publish();

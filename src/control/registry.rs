@@ -18,6 +18,17 @@ pub struct HostIdentity {
     pub legacy: bool,
 }
 
+/// Why a connection was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("no such cluster")]
+    NoCluster,
+    #[error("the agent already holds max_data_connections_per_agent ({0}) data connections in this cluster")]
+    AgentLimit(u32),
+    #[error("the cluster already holds max_data_connections ({0}) data connections")]
+    ClusterLimit(u32),
+}
+
 /// What `register` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registered {
@@ -61,6 +72,8 @@ struct HostRecord {
     drained: bool,
     /// Set by the server's admin; wins over the weight the agent announces.
     weight_override: Option<u32>,
+    /// Data connections registered for this host.
+    data_conns: u32,
     conns: BTreeSet<ConnId>,
     idle_per_worker: Vec<u32>,
 }
@@ -81,6 +94,10 @@ struct ClusterState {
     config: ClusterConfig,
     name: Arc<str>,
     hosts: BTreeMap<HostId, HostRecord>,
+    /// Data connections registered in this cluster.
+    data_conns: u32,
+    /// Frontend sessions now, over all workers (they count it; `max_sessions` bounds it).
+    sessions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -122,6 +139,8 @@ impl Registry {
                             config: c.clone(),
                             name,
                             hosts: BTreeMap::new(),
+                            data_conns: 0,
+                            sessions: Default::default(),
                         },
                     )
                 })
@@ -146,8 +165,16 @@ impl Registry {
         weight: u32,
         role: Role,
         peer: SocketAddr,
-    ) -> Option<Registered> {
-        let state = self.clusters.get_mut(cluster)?;
+    ) -> Result<Registered, RegisterError> {
+        let state = self
+            .clusters
+            .get_mut(cluster)
+            .ok_or(RegisterError::NoCluster)?;
+        if role == Role::Data && state.data_conns >= state.config.max_data_connections {
+            return Err(RegisterError::ClusterLimit(
+                state.config.max_data_connections,
+            ));
+        }
         let existing = state
             .hosts
             .iter()
@@ -166,6 +193,7 @@ impl Registry {
                         weight,
                         drained: false,
                         weight_override: None,
+                        data_conns: 0,
                         conns: BTreeSet::new(),
                         idle_per_worker: vec![0; self.workers],
                     },
@@ -174,7 +202,21 @@ impl Registry {
                 id
             }
         };
-        let host = state.hosts.get_mut(&host_id)?;
+        let Some(host) = state.hosts.get_mut(&host_id) else {
+            return Err(RegisterError::NoCluster);
+        };
+        if role == Role::Data && host.data_conns >= state.config.max_data_connections_per_agent {
+            if host.conns.is_empty() {
+                state.hosts.remove(&host_id);
+            }
+            return Err(RegisterError::AgentLimit(
+                state.config.max_data_connections_per_agent,
+            ));
+        }
+        if role == Role::Data {
+            host.data_conns += 1;
+            state.data_conns += 1;
+        }
         let before = host.effective_weight();
         host.weight = weight;
         if host.effective_weight() != before {
@@ -195,7 +237,7 @@ impl Registry {
                 peer,
             },
         );
-        Some(Registered {
+        Ok(Registered {
             conn_id,
             host_id,
             snapshot_changed,
@@ -301,6 +343,8 @@ impl Registry {
                             config: c.clone(),
                             name,
                             hosts: BTreeMap::new(),
+                            data_conns: 0,
+                            sessions: Default::default(),
                         },
                     );
                 }
@@ -428,10 +472,16 @@ impl Registry {
         let Some(cluster) = self.clusters.get_mut(&conn.cluster) else {
             return false;
         };
+        if conn.role == Role::Data {
+            cluster.data_conns = cluster.data_conns.saturating_sub(1);
+        }
         let Some(host) = cluster.hosts.get_mut(&conn.host) else {
             return false;
         };
         host.conns.remove(&conn_id);
+        if conn.role == Role::Data {
+            host.data_conns = host.data_conns.saturating_sub(1);
+        }
         if host.conns.is_empty() {
             cluster.hosts.remove(&conn.host);
             return true;
@@ -531,6 +581,8 @@ impl Registry {
                             name: c.name.clone(),
                             lb_type: c.config.lb_type,
                             pool_wait_ms: c.config.pool_wait_ms,
+                            max_sessions: c.config.max_sessions,
+                            sessions: c.sessions.clone(),
                             hosts,
                         },
                     )
@@ -593,9 +645,10 @@ mod tests {
 
     #[test]
     fn unknown_cluster_registers_nothing() {
-        assert!(registry()
-            .register("nope", id("a"), 1, Role::Data, PEER)
-            .is_none());
+        assert_eq!(
+            registry().register("nope", id("a"), 1, Role::Data, PEER),
+            Err(RegisterError::NoCluster)
+        );
     }
 
     #[test]
@@ -692,6 +745,36 @@ mod tests {
         assert_eq!(hosts, vec![a.host_id]);
         assert!(r.cluster("c").is_none());
         assert!(!r.conn_closed(a.conn_id));
+    }
+
+    #[test]
+    fn data_connection_limits_per_agent_and_per_cluster() {
+        let cluster: ClusterConfig = serde_json::from_str(
+            r#"{"name":"c","max_data_connections_per_agent":2,"max_data_connections":3}"#,
+        )
+        .unwrap();
+        let mut r = Registry::new(&[cluster], 1);
+        r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        let a2 = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert_eq!(
+            r.register("c", id("a"), 1, Role::Data, PEER),
+            Err(RegisterError::AgentLimit(2))
+        );
+        // Aside connections are not data connections.
+        r.register("c", id("a"), 1, Role::Aside, PEER).unwrap();
+        r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+        assert_eq!(
+            r.register("c", id("b"), 1, Role::Data, PEER),
+            Err(RegisterError::ClusterLimit(3))
+        );
+        // A host refused its first connection is not left behind.
+        assert_eq!(
+            r.register("c", id("z"), 1, Role::Data, PEER),
+            Err(RegisterError::ClusterLimit(3))
+        );
+        assert_eq!(r.hosts("c").len(), 2);
+        r.conn_closed(a2.conn_id);
+        r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
     }
 
     #[test]

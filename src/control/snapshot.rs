@@ -27,6 +27,10 @@ pub struct ClusterSnapshot {
     pub name: Arc<str>,
     pub lb_type: LbType,
     pub pool_wait_ms: u64,
+    /// Bound on `sessions`.
+    pub max_sessions: u64,
+    /// Frontend sessions of this cluster now, over all workers (shared; kept across snapshots).
+    pub sessions: Arc<std::sync::atomic::AtomicU64>,
     /// Ordered by host id, so a balancer rebuilt from an unchanged host set behaves the same.
     pub hosts: Vec<SnapshotHost>,
 }

@@ -27,11 +27,13 @@ pub enum HandshakeOutcome {
     Timeout,
     /// Closed at accept: too many handshakes in progress.
     Overloaded,
+    /// Answered status 0: the cluster's data connection limits are reached.
+    OverLimit,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [HandshakeOutcome; 8] = [
+    pub const ALL: [HandshakeOutcome; 9] = [
         HandshakeOutcome::Success,
         HandshakeOutcome::UnknownFailure,
         HandshakeOutcome::AuthFailed,
@@ -40,6 +42,7 @@ impl HandshakeOutcome {
         HandshakeOutcome::ProtocolError,
         HandshakeOutcome::Timeout,
         HandshakeOutcome::Overloaded,
+        HandshakeOutcome::OverLimit,
     ];
 
     /// The `status` label value.
@@ -53,6 +56,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::ProtocolError => "protocol_error",
             HandshakeOutcome::Timeout => "timeout",
             HandshakeOutcome::Overloaded => "overloaded",
+            HandshakeOutcome::OverLimit => "over_limit",
         }
     }
 

@@ -70,6 +70,8 @@ counters! {
     idle_closes_total,
     /// Sessions in progress (incremented and decremented by the owning worker).
     active_sessions,
+    /// Frontends closed at accept because their cluster had `max_sessions` sessions.
+    sessions_over_limit_total,
     /// Snapshots applied.
     snapshots_applied_total,
     /// Sum of the times from publication by the control path to application here, in ns.

@@ -170,6 +170,15 @@ pub async fn run(setup: WorkerSetup) {
     worker.close_all_idle();
 }
 
+/// One session counted against its cluster's `max_sessions`; uncounted when dropped.
+struct SessionSlot(Arc<std::sync::atomic::AtomicU64>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// A running accept loop of one frontend listener.
 struct AcceptLoop {
     cluster: Arc<str>,
@@ -577,6 +586,16 @@ impl Worker {
         leased
     }
 
+    /// Counts a session of `cluster` against its `max_sessions` (over all workers); `None`
+    /// when the cluster is full or unknown.
+    fn session_slot(&self, cluster: &str) -> Option<SessionSlot> {
+        let state = self.state.borrow();
+        let c = &state.clusters.get(cluster)?.snap;
+        let now = c.sessions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let slot = SessionSlot(c.sessions.clone());
+        (now < c.max_sessions).then_some(slot)
+    }
+
     /// Tells the control path that frontends of `cluster` wait here, unless it was told already
     /// and nothing arrived since.
     fn ask_for_connections(&self, cluster: &Arc<str>) {
@@ -594,6 +613,13 @@ impl Worker {
         let setup = SessionSetup::start(self.cluster_stats(&cluster));
         let stats = &*setup.stats;
         bump(&stats.frontends_accepted_total);
+        let Some(_slot) = self.session_slot(&cluster) else {
+            bump(&self.counters.sessions_over_limit_total);
+            crate::log_limited!(warn!(worker = self.index, %cluster, %client,
+                "frontend refused: the cluster is at max_sessions"));
+            frontend.shutdown();
+            return;
+        };
         let Some(conn) = self.lease(&cluster, client).await else {
             bump(&self.counters.pool_exhausted_total);
             bump(&stats.pool_exhausted_total);
