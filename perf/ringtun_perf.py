@@ -1,0 +1,608 @@
+"""Shared helpers of perf/compare and perf/profile: process supervision, free ports, backends and
+the tunnel systems under test (ringtun on both I/O backends, rathole, bore) on loopback.
+
+Every process is started in its own session with PR_SET_PDEATHSIG=SIGKILL, registered, and killed
+by `Procs.kill_all()` (called from atexit and from the SIGINT/SIGTERM/SIGHUP handlers), so nothing
+survives the script even when it is interrupted.
+"""
+
+import atexit
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(REPO, "perf", "out")
+TOKEN = "perf-token"
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def _child_setup():
+    # Die with the parent, whatever kills it (PR_SET_PDEATHSIG = 1).
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+class Procs:
+    """Every long-running process this script started."""
+
+    def __init__(self):
+        self.procs = []
+        self._installed = False
+
+    def install_handlers(self):
+        if self._installed:
+            return
+        self._installed = True
+        atexit.register(self.kill_all)
+
+        def on_signal(signum, _frame):
+            self.kill_all()
+            sys.exit(128 + signum)
+
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, on_signal)
+
+    def start(self, name, argv, log_path, env=None, stdout_pipe=False):
+        """Starts argv; stderr (and stdout unless piped) go to log_path."""
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        logf = open(log_path, "ab")
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else logf,
+            stderr=logf,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_child_setup,
+        )
+        p.name = name
+        p.log_path = log_path
+        self.procs.append(p)
+        return p
+
+    def stop(self, procs, grace=3.0):
+        """SIGTERM to each process group, SIGKILL after `grace` seconds."""
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + grace
+        for p in procs:
+            while p.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        for p in procs:
+            if p in self.procs:
+                self.procs.remove(p)
+
+    def kill_all(self):
+        self.stop(list(self.procs), grace=2.0)
+
+
+PROCS = Procs()
+
+
+def free_port():
+    """A port the OS considers free right now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port):
+    """Nobody listens on `port` (TIME_WAIT leftovers do not count, as for any server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def read_line_matching(proc, pattern, timeout, also_file=None):
+    """Reads proc.stdout (a pipe) until a line matches `pattern`; returns the match."""
+    rx = re.compile(pattern)
+    deadline = time.time() + timeout
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    buf = b""
+    while time.time() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            buf += chunk
+            m = rx.search(buf.decode(errors="replace"))
+            if m:
+                return m
+        elif chunk == b"" or proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.02)
+        if also_file and os.path.exists(also_file):
+            with open(also_file, errors="replace") as f:
+                m = rx.search(f.read())
+            if m:
+                return m
+    raise RuntimeError(
+        f"{proc.name}: no line matching {pattern!r} within {timeout}s "
+        f"(output: {buf.decode(errors='replace')[-300:]!r})"
+    )
+
+
+def drain_to_file(proc, path):
+    """Keeps reading a piped stdout into `path` so the process never blocks on a full pipe."""
+    import threading
+
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, True)
+
+    def run():
+        with open(path, "ab") as f:
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                f.write(chunk)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def raise_nofile(want=65536):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# build and tools
+
+
+def target_dir():
+    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+
+
+def build_ringtun():
+    log("cargo build --release")
+    r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit("perf: cargo build --release failed")
+    return os.path.join(target_dir(), "release", "ringtun")
+
+
+def find_tool(name):
+    p = shutil.which(name)
+    if p:
+        return p
+    cand = os.path.join(os.path.expanduser("~"), ".cargo", "bin", name)
+    return cand if os.access(cand, os.X_OK) else None
+
+
+def ensure_cargo_tool(binary, install_args, allow_install=True):
+    """Returns (path, None) or (None, reason)."""
+    p = find_tool(binary)
+    if p:
+        return p, None
+    if not allow_install:
+        return None, f"`{binary}` not installed (--no-install)"
+    log(f"installing {binary}: cargo install {' '.join(install_args)}")
+    r = subprocess.run(
+        ["cargo", "install", *install_args], capture_output=True, text=True
+    )
+    p = find_tool(binary)
+    if r.returncode != 0 or not p:
+        tail = (r.stderr or r.stdout or "").strip().splitlines()[-1:] or ["?"]
+        return None, f"`cargo install {' '.join(install_args)}` failed: {tail[0][:160]}"
+    return p, None
+
+
+def tool_version(path):
+    """`NAME VERSION` from `--version` (rathole prints its version on a later line)."""
+    name = os.path.basename(path)
+    try:
+        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        m = re.search(r"(\d+\.\d+\.\d+\S*)", r.stdout + r.stderr)
+        return f"{name} {m.group(1)}" if m else name
+    except Exception:  # noqa: BLE001 - informational only
+        return name
+
+
+# ---------------------------------------------------------------------------------------------
+# load generator
+
+
+def bench(ringtun, mode, target, extra, timeout):
+    """Runs `ringtun bench MODE --json` and returns the parsed JSON (raises on failure)."""
+    argv = [ringtun, "bench", mode, "--target", target, "--json", "--no-progress", *extra]
+    r = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, preexec_fn=_child_setup
+    )
+    out = r.stdout.strip()
+    if not out:
+        raise RuntimeError(
+            f"bench {mode} exited {r.returncode}: {r.stderr.strip()[-300:]}"
+        )
+    doc = json.loads(out.splitlines()[-1])
+    return doc
+
+
+def probe_echo(addr, timeout=20.0):
+    """Waits until a 64-byte message comes back through `addr`."""
+    host, port = addr.rsplit(":", 1)
+    deadline = time.time() + timeout
+    last = None
+    msg = b"p" * 64
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as s:
+                s.settimeout(3)
+                s.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    chunk = s.recv(len(msg) - len(got))
+                    if not chunk:
+                        raise ConnectionError("closed before echo")
+                    got += chunk
+                if got == msg:
+                    return
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"{addr} did not echo within {timeout}s ({last})")
+
+
+def probe_sink(ringtun, addr, timeout=20.0):
+    """Waits until a small verified one-way transfer to the sink succeeds through `addr`."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            doc = bench(
+                ringtun,
+                "throughput",
+                addr,
+                ["--mode", "one-way", "--bytes", "65536", "--io-timeout-ms", "3000"],
+                timeout=15,
+            )
+            if doc.get("ok"):
+                return
+            last = doc.get("failures")
+        except Exception as e:  # noqa: BLE001
+            last = e
+        time.sleep(0.2)
+    raise RuntimeError(f"{addr} did not reach the sink within {timeout}s ({last})")
+
+
+class Backends:
+    """One echo and one sink backend (ringtun bench echo / sink), shared by every system."""
+
+    def __init__(self, ringtun, logdir):
+        self.echo_proc = PROCS.start(
+            "echo",
+            [ringtun, "bench", "echo", "--listen", "127.0.0.1:0"],
+            os.path.join(logdir, "backend-echo.log"),
+            stdout_pipe=True,
+        )
+        self.sink_proc = PROCS.start(
+            "sink",
+            [ringtun, "bench", "sink", "--listen", "127.0.0.1:0"],
+            os.path.join(logdir, "backend-sink.log"),
+            stdout_pipe=True,
+        )
+        self.echo = read_line_matching(self.echo_proc, r"listening on (\S+)", 10).group(1)
+        self.sink = read_line_matching(self.sink_proc, r"listening on (\S+)", 10).group(1)
+        drain_to_file(self.echo_proc, os.path.join(logdir, "backend-echo.log"))
+        drain_to_file(self.sink_proc, os.path.join(logdir, "backend-sink.log"))
+
+
+# ---------------------------------------------------------------------------------------------
+# systems
+
+
+class System:
+    """A running tunnel (or none): where the echo and sink frontends are, and its processes."""
+
+    name = "?"
+    label = "?"
+
+    def __init__(self):
+        self.echo = None
+        self.sink = None
+        self.procs = []
+        self.pids = []  # processes whose RSS counts for the idle-session memory
+
+    def start(self, backends, workdir):
+        raise NotImplementedError
+
+    def check_alive(self):
+        """Raises with the last log line of any of this system's processes that has exited."""
+        for p in self.procs:
+            if p.poll() is not None:
+                tail = ""
+                try:
+                    with open(p.log_path, errors="replace") as f:
+                        lines = [x.strip() for x in f if x.strip()]
+                    tail = lines[-1] if lines else ""
+                except OSError:
+                    pass
+                raise RuntimeError(f"{p.name} exited with {p.returncode}: {tail[:200]}")
+
+    def ready(self, ringtun):
+        """Waits until both frontends carry traffic to the backends."""
+        time.sleep(0.2)
+        self.check_alive()
+        try:
+            probe_echo(self.echo)
+            probe_sink(ringtun, self.sink)
+        except RuntimeError:
+            self.check_alive()
+            raise
+
+    def stop(self):
+        PROCS.stop(self.procs)
+        self.procs = []
+        self.pids = []
+
+
+class Direct(System):
+    name = "direct"
+    label = "direct (no tunnel)"
+
+    def start(self, backends, workdir):
+        self.echo, self.sink = backends.echo, backends.sink
+
+
+class Ringtun(System):
+    """ringtun server + agent; two clusters (echo, sink), one agent serving both."""
+
+    def __init__(self, ringtun, io_backend, connection_num=8, workers=0):
+        super().__init__()
+        self.ringtun = ringtun
+        self.io_backend = io_backend
+        self.connection_num = connection_num
+        self.workers = workers
+        self.name = f"ringtun-{io_backend}"
+        self.label = f"ringtun ({'io_uring' if io_backend == 'uring' else io_backend})"
+        self.server = None
+        self.agent = None
+
+    def configs(self, backends, tunnel, front_echo, front_sink):
+        clusters, listeners, tunnels = [], [], []
+        for svc, front, backend in (
+            ("echo", front_echo, backends.echo),
+            ("sink", front_sink, backends.sink),
+        ):
+            clusters.append(
+                {
+                    "name": f"perf-{svc}",
+                    "lb_type": "round_robin",
+                    "credential_policy": "token",
+                    "credentials": [TOKEN],
+                    "frontends": [{"address": f"127.0.0.1:{front}"}],
+                    "pool_wait_ms": 5000,
+                }
+            )
+            listeners.append({"name": svc, "backend": backend})
+            tunnels.append(
+                {
+                    "enable": True,
+                    "connection_num": self.connection_num,
+                    "cluster": f"perf-{svc}",
+                    "hosting_listener": svc,
+                    "server_list": [f"127.0.0.1:{tunnel}"],
+                    "reconnect_base_duration_ms": 100,
+                    "reconnect_max_duration_ms": 1000,
+                    "credential_policy": "token",
+                    "credential": TOKEN,
+                }
+            )
+        server = {
+            "workers": self.workers,
+            "io_backend": self.io_backend,
+            "tunnel_listener": {"address": f"127.0.0.1:{tunnel}"},
+            "clusters": clusters,
+        }
+        agent = {
+            "host_name": "perf-agent",
+            "workers": self.workers,
+            "io_backend": self.io_backend,
+            "listeners": listeners,
+            "tunnels": tunnels,
+        }
+        return server, agent
+
+    def start(self, backends, workdir):
+        tunnel, front_echo, front_sink = free_port(), free_port(), free_port()
+        server, agent = self.configs(backends, tunnel, front_echo, front_sink)
+        sp = os.path.join(workdir, f"{self.name}-server.json")
+        ap = os.path.join(workdir, f"{self.name}-agent.json")
+        with open(sp, "w") as f:
+            json.dump(server, f, indent=2)
+        with open(ap, "w") as f:
+            json.dump(agent, f, indent=2)
+        env = dict(os.environ, RUST_LOG="warn")
+        self.server = PROCS.start(
+            f"{self.name}-server",
+            [self.ringtun, "server", "--config", sp],
+            os.path.join(workdir, f"{self.name}-server.log"),
+            env=env,
+        )
+        self.agent = PROCS.start(
+            f"{self.name}-agent",
+            [self.ringtun, "agent", "--config", ap],
+            os.path.join(workdir, f"{self.name}-agent.log"),
+            env=env,
+        )
+        self.procs = [self.agent, self.server]
+        self.pids = [self.server.pid, self.agent.pid]
+        self.echo = f"127.0.0.1:{front_echo}"
+        self.sink = f"127.0.0.1:{front_sink}"
+        self.ready(self.ringtun)
+
+
+class Rathole(System):
+    name = "rathole"
+    label = "rathole"
+
+    def __init__(self, binary, ringtun):
+        super().__init__()
+        self.binary = binary
+        self.ringtun = ringtun
+
+    def start(self, backends, workdir):
+        control, front_echo, front_sink = free_port(), free_port(), free_port()
+        server = [
+            "[server]",
+            f'bind_addr = "127.0.0.1:{control}"',
+            "",
+            "[server.services.echo]",
+            f'token = "{TOKEN}"',
+            f'bind_addr = "127.0.0.1:{front_echo}"',
+            "",
+            "[server.services.sink]",
+            f'token = "{TOKEN}"',
+            f'bind_addr = "127.0.0.1:{front_sink}"',
+        ]
+        client = [
+            "[client]",
+            f'remote_addr = "127.0.0.1:{control}"',
+            "",
+            "[client.services.echo]",
+            f'token = "{TOKEN}"',
+            f'local_addr = "{backends.echo}"',
+            "",
+            "[client.services.sink]",
+            f'token = "{TOKEN}"',
+            f'local_addr = "{backends.sink}"',
+        ]
+        sp = os.path.join(workdir, "rathole-server.toml")
+        cp = os.path.join(workdir, "rathole-client.toml")
+        with open(sp, "w") as f:
+            f.write("\n".join(server) + "\n")
+        with open(cp, "w") as f:
+            f.write("\n".join(client) + "\n")
+        env = dict(os.environ, RUST_LOG="warn")
+        s = PROCS.start(
+            "rathole-server",
+            [self.binary, "--server", sp],
+            os.path.join(workdir, "rathole-server.log"),
+            env=env,
+        )
+        c = PROCS.start(
+            "rathole-client",
+            [self.binary, "--client", cp],
+            os.path.join(workdir, "rathole-client.log"),
+            env=env,
+        )
+        self.procs = [c, s]
+        self.pids = [s.pid, c.pid]
+        self.echo = f"127.0.0.1:{front_echo}"
+        self.sink = f"127.0.0.1:{front_sink}"
+        self.ready(self.ringtun)
+
+
+BORE_CONTROL_PORT = 7835  # fixed in bore (bore_cli::shared::CONTROL_PORT); cannot be changed
+
+
+class Bore(System):
+    name = "bore"
+    label = "bore"
+
+    def __init__(self, binary, ringtun):
+        super().__init__()
+        self.binary = binary
+        self.ringtun = ringtun
+
+    def start(self, backends, workdir):
+        if not port_is_free(BORE_CONTROL_PORT):
+            raise RuntimeError(
+                f"bore's fixed control port {BORE_CONTROL_PORT} is in use on this machine"
+            )
+        # Every system runs with warnings-only logging (bore logs several info lines per
+        # connection, which would tax it in the connect test). Tunnel ports are drawn by bore at
+        # random from a range below the kernel's ephemeral range; bore retries on collisions.
+        quiet = dict(os.environ, RUST_LOG="warn")
+        s = PROCS.start(
+            "bore-server",
+            [self.binary, "server", "--min-port", "20000", "--max-port", "29999",
+             *self._bind_args()],
+            os.path.join(workdir, "bore-server.log"),
+            env=quiet,
+        )
+        self.procs = [s]
+        self.pids = [s.pid]
+        # bore local connects to the control port: wait until the server listens.
+        deadline = time.time() + 10
+        while port_is_free(BORE_CONTROL_PORT) and time.time() < deadline:
+            time.sleep(0.05)
+        fronts = []
+        for svc, backend in (("echo", backends.echo), ("sink", backends.sink)):
+            _, lport = backend.rsplit(":", 1)
+            logp = os.path.join(workdir, f"bore-local-{svc}.log")
+            argv = [self.binary, "local", lport, "--local-host", "127.0.0.1", "--to", "127.0.0.1"]
+            # 1. Learn the port the server assigns: bore prints "listening at HOST:PORT" (info).
+            first = PROCS.start(
+                f"bore-local-{svc}-probe", argv, logp,
+                env=dict(os.environ, RUST_LOG="info"), stdout_pipe=True,
+            )
+            m = read_line_matching(first, r"listening at [^\s:]+:(\d+)", 15)
+            port = m.group(1)
+            PROCS.stop([first])
+            # 2. Serve it quietly: the same client asking for that same port (the server frees
+            #    it a moment after the first client left: retry while it says "in use").
+            deadline = time.time() + 10
+            while True:
+                c = PROCS.start(f"bore-local-{svc}", [*argv, "--port", port], logp, env=quiet)
+                time.sleep(0.3)
+                if c.poll() is None or time.time() > deadline:
+                    break
+                PROCS.stop([c])
+            self.procs.insert(0, c)
+            self.pids.append(c.pid)
+            fronts.append(f"127.0.0.1:{port}")
+        self.echo, self.sink = fronts
+        self.ready(self.ringtun)
+
+    def _bind_args(self):
+        # --bind-addr exists in newer bore (0.5.1+); keep the server on loopback when it does.
+        try:
+            h = subprocess.run(
+                [self.binary, "server", "--help"], capture_output=True, text=True, timeout=10
+            ).stdout
+        except Exception:  # noqa: BLE001
+            return []
+        return ["--bind-addr", "127.0.0.1"] if "--bind-addr" in h else []
