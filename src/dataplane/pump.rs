@@ -10,6 +10,7 @@ use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Size of one pump buffer.
@@ -122,10 +123,20 @@ async fn drain(
         match from.try_read(buf) {
             Ok(0) => return Ok(true),
             Ok(n) => {
+                let drained = n < buf.len();
+                if drained {
+                    // A short read emptied the socket: clear its readiness now, without a
+                    // syscall, so the next wait sleeps instead of paying one more read that
+                    // returns EAGAIN. Safe on this current-thread runtime: the reactor cannot
+                    // record newer readiness before this line, and bytes arriving later raise a
+                    // new edge.
+                    let _ = from.try_io(Interest::READABLE, || {
+                        Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
                 write_all(to, &buf[..n]).await?;
                 *total += n as u64;
-                if n < buf.len() {
-                    // Probably drained; the next readiness wait costs no buffer.
+                if drained {
                     return Ok(false);
                 }
             }

@@ -13,6 +13,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 
 use io_uring::opcode;
+use tokio_uring::buf::BoundedBuf;
 
 /// Opcodes ringtun's use of tokio-uring submits (cancel is used when ops are dropped at exit).
 const OPCODES_USED: [(&str, u8); 5] = [
@@ -166,6 +167,38 @@ impl Buffers {
     }
 }
 
+/// Writes what the socket takes now without waiting; returns how many bytes.
+fn send_now(to: &Stream, data: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let fd = to.0.as_raw_fd();
+    let mut sent = 0;
+    while sent < data.len() {
+        let rest = &data[sent..];
+        // SAFETY: `rest` is valid for reads of `rest.len()` bytes for the duration of the call;
+        // the fd is owned by `to`, which outlives it. No ring write is in flight on `to`: each
+        // direction writes only after its previous write completed.
+        let n = unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            sent += n as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => break,
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+    Ok(sent)
+}
+
 /// Pumps both ways until both directions saw EOF or either failed; returns bytes moved
 /// (a→b, b→a). On an error both sockets are shut down so the other direction's read completes.
 pub async fn pump(
@@ -220,11 +253,23 @@ async fn one_way(
             };
         }
         let capacity = buf.capacity();
-        let (written, b) = to.write_all(buf).await;
-        buf = b;
-        if let Err(e) = written {
-            buffers.give(buf);
-            return Err(fail(e));
+        // Most writes complete at once (the peer's receive window is open): one non-blocking
+        // send(2) saves a ring submission and completion per hop. What it cannot write goes
+        // through the ring.
+        let sent = match send_now(to, &buf) {
+            Ok(sent) => sent,
+            Err(e) => {
+                buffers.give(buf);
+                return Err(fail(e));
+            }
+        };
+        if sent < n {
+            let (written, slice) = to.0.write_all(buf.slice(sent..n)).await;
+            buf = slice.into_inner();
+            if let Err(e) = written {
+                buffers.give(buf);
+                return Err(fail(e));
+            }
         }
         total += n as u64;
         if n == capacity && capacity < buffers.large_bytes {
