@@ -9,5 +9,6 @@ pub mod auth;
 pub mod handshake;
 pub mod path;
 pub mod registry;
+pub mod replay;
 pub mod snapshot;
 pub mod stats;

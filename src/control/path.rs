@@ -56,6 +56,8 @@ struct Control {
     workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
     handshakes: Arc<tokio::sync::Semaphore>,
     stats: Arc<ControlStats>,
+    /// Accepted `hmac` credentials, refused if seen again.
+    replay: RefCell<super::replay::ReplayCache>,
 }
 
 /// Runs until told to shut down.
@@ -82,6 +84,7 @@ pub async fn run(setup: ControlSetup) {
         workers,
         handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
         stats,
+        replay: RefCell::default(),
     });
     loop {
         tokio::select! {
@@ -189,13 +192,19 @@ impl Control {
                 return;
             }
         };
-        let status = auth::decide(self.registry.borrow().cluster(&init.cluster_name), &init);
+        let decision = auth::decide(
+            self.registry.borrow().cluster(&init.cluster_name),
+            &init,
+            auth::unix_now(),
+            &mut self.replay.borrow_mut(),
+        );
+        let status = decision.status;
         let ext = init.ringtun().cloned();
         if status != Status::SUCCESS {
             self.stats.handshake(HandshakeOutcome::of_status(status));
             crate::log_limited!(warn!(
                 %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-                status = status.0, "agent refused: {}", status.meaning()
+                status = status.0, reason = decision.reason, "agent refused: {}", status.meaning()
             ));
             let _ = send_frame(
                 &stream,
