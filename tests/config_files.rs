@@ -13,7 +13,7 @@ use std::process::Command;
 use ringtun::config::{
     load_any, AdminConfig, AgentConfig, AgentTlsConfig, AnyConfig, ClusterConfig, CredentialPolicy,
     DynamicServerListConfig, FrontendConfig, HostingListenerConfig, IoBackend, LbType,
-    ServerConfig, ServerTlsConfig, TunnelConfig, TunnelListenerConfig,
+    ServerConfig, ServerTlsConfig, TlsMinVersion, TunnelConfig, TunnelListenerConfig,
 };
 use ringtun::secret::Secret;
 use serde_json::{json, Value};
@@ -216,6 +216,7 @@ fn full_server() -> ServerConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),
                 ca_file: Some("ca.pem".into()),
+                min_version: TlsMinVersion::V1_2,
             }),
         },
         admin: Some(AdminConfig {
@@ -282,6 +283,7 @@ fn full_agent() -> AgentConfig {
                 server_name: Some("tunnel.example.com".into()),
                 cert_chain_file: Some("agent.crt".into()),
                 private_key_file: Some("agent.key".into()),
+                min_version: TlsMinVersion::V1_2,
             }),
         }],
     }
@@ -496,6 +498,16 @@ fn credential_policies() -> Vec<CredentialPolicy> {
     all
 }
 
+fn tls_min_versions() -> Vec<TlsMinVersion> {
+    let all = vec![TlsMinVersion::V1_2, TlsMinVersion::V1_3];
+    for v in &all {
+        match v {
+            TlsMinVersion::V1_2 | TlsMinVersion::V1_3 => {}
+        }
+    }
+    all
+}
+
 #[test]
 fn docs_list_every_enum_value_in_its_row() {
     let server = doc_rows("Server file");
@@ -526,6 +538,15 @@ fn docs_list_every_enum_value_in_its_row() {
     for v in io_backends() {
         expect(&server, "io_backend", serde_json::to_value(v).unwrap());
         expect(&agent, "io_backend", serde_json::to_value(v).unwrap());
+    }
+    for v in tls_min_versions() {
+        let v = serde_json::to_value(v).unwrap();
+        expect(
+            &server,
+            "tunnel_listener.tls_context.min_version",
+            v.clone(),
+        );
+        expect(&agent, "tunnels[].tls_context.min_version", v);
     }
     for lister in ["", "dns", "file"] {
         expect(

@@ -82,6 +82,61 @@ both_backends!(
     }
 );
 
+/// An init carrying an hmac credential made by the agent-side code.
+fn hmac_init_frame(secret: &str, timestamp: u64, nonce: u8) -> Vec<u8> {
+    use ringtun::credential::{make, HmacSubject};
+    let credential = make(
+        &Secret::new(secret),
+        &HmacSubject {
+            cluster: "c",
+            host_name: "raw",
+            agent_id: "raw-agent",
+        },
+        timestamp,
+        [nonce; ringtun::credential::NONCE_LEN],
+    )
+    .unwrap();
+    protocol::encode_to_vec(&Frame::Init(ConnectionInitInfo {
+        cluster_name: "c".into(),
+        weight: 10,
+        host_name: "raw".into(),
+        credential_policy: "hmac".into(),
+        credential,
+        extra: Some(InitExtra {
+            ringtun: Some(RingtunInit {
+                version: 1,
+                role: Role::Data,
+                agent_id: "raw-agent".into(),
+                max_connection_num: None,
+            }),
+            other: Default::default(),
+        }),
+    }))
+    .unwrap()
+}
+
+both_backends!(hmac_right_wrong_missing_replayed_and_skewed, |backend| {
+    let server = server(backend).cluster("c").token("s1").hmac().run();
+    let tunnel = server.tunnel_addr();
+    let now = ringtun::control::auth::unix_now();
+    let good = hmac_init_frame("s1", now, 1);
+    assert_eq!(handshake_status(tunnel, &good), 1);
+    assert_eq!(handshake_status(tunnel, &good), 2, "replayed");
+    assert_eq!(handshake_status(tunnel, &hmac_init_frame("s1", now, 2)), 1);
+    assert_eq!(handshake_status(tunnel, &hmac_init_frame("s2", now, 3)), 2);
+    assert_eq!(
+        handshake_status(tunnel, &hmac_init_frame("s1", now - 400, 4)),
+        2
+    );
+    assert_eq!(
+        handshake_status(tunnel, &hmac_init_frame("s1", now + 400, 5)),
+        2
+    );
+    assert_eq!(handshake_status(tunnel, &init_frame("c", "", true)), 2);
+    // The shared secret sent as a token is not an hmac credential.
+    assert_eq!(handshake_status(tunnel, &init_frame("c", "s1", true)), 3);
+});
+
 /// A server that refuses every init with `status`, recording when each data-slot attempt came.
 fn refusing_server(status: i64) -> (SocketAddr, std::sync::mpsc::Receiver<Instant>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

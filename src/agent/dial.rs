@@ -95,7 +95,15 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
         weight: params.weight,
         host_name: params.host_name.to_string(),
         credential_policy: params.credential_policy.to_string(),
-        credential: params.credential.cloned().unwrap_or_default(),
+        credential: super::credential::init_credential(
+            params.credential_policy,
+            params.credential,
+            &crate::credential::HmacSubject {
+                cluster: params.cluster,
+                host_name: params.host_name,
+                agent_id: params.agent_id,
+            },
+        ),
         extra: Some(InitExtra {
             ringtun: Some(RingtunInit {
                 version: EXTENSION_VERSION,

@@ -5,6 +5,7 @@
 //! (and fail) independently. This module wires threads; `slot` holds the per-connection logic.
 
 pub mod backoff;
+pub mod credential;
 pub mod dial;
 pub mod discovery;
 pub mod peer;

@@ -15,7 +15,7 @@ pub use agent::{
 pub use error::ConfigError;
 pub use server::{
     ClusterConfig, CredentialPolicy, FrontendConfig, LbType, ServerConfig, ServerTlsConfig,
-    TunnelListenerConfig,
+    TlsMinVersion, TunnelListenerConfig,
 };
 
 use std::path::Path;

@@ -23,6 +23,30 @@ pub enum HandshakeError {
     NotInit(&'static str),
 }
 
+/// What the bytes received so far on a fresh tunnel connection amount to.
+#[derive(Debug, PartialEq)]
+pub enum InitProgress {
+    /// The init, and how many bytes of the buffer it used (bytes after it belong to the agent).
+    Init(ConnectionInitInfo, usize),
+    /// No whole frame yet: read up to this many more bytes (at least 1).
+    NeedMore(usize),
+}
+
+/// Decodes the start of `buf` as the agent's first frame, which must be its init. Pure (no I/O),
+/// so the handshake's decoding can be property-tested and fuzzed on arbitrary bytes.
+pub fn next_init(
+    buf: &[u8],
+    max_frame_payload_bytes: usize,
+) -> Result<InitProgress, HandshakeError> {
+    match protocol::decode(buf, max_frame_payload_bytes)? {
+        Decoded::Frame(Frame::Init(init), used) => Ok(InitProgress::Init(init, used)),
+        Decoded::Frame(other, _) => Err(HandshakeError::NotInit(other.flag().name())),
+        Decoded::NeedMore(n) => Ok(InitProgress::NeedMore(
+            n.min(HEADER_LEN + max_frame_payload_bytes).max(1),
+        )),
+    }
+}
+
 /// Reads frames until the init; returns it and any bytes that followed it.
 pub async fn read_init(
     stream: &mut TcpStream,
@@ -30,16 +54,14 @@ pub async fn read_init(
 ) -> Result<(ConnectionInitInfo, Vec<u8>), HandshakeError> {
     let mut buf = Vec::with_capacity(512);
     loop {
-        match protocol::decode(&buf, max_frame_payload_bytes)? {
-            Decoded::Frame(Frame::Init(init), used) => {
+        match next_init(&buf, max_frame_payload_bytes)? {
+            InitProgress::Init(init, used) => {
                 buf.drain(..used);
                 return Ok((init, buf));
             }
-            Decoded::Frame(other, _) => return Err(HandshakeError::NotInit(other.flag().name())),
-            Decoded::NeedMore(n) => {
-                let want = n.min(HEADER_LEN + max_frame_payload_bytes);
+            InitProgress::NeedMore(want) => {
                 let start = buf.len();
-                buf.resize(start + want.max(1), 0);
+                buf.resize(start + want, 0);
                 let got = stream.read(&mut buf[start..]).await?;
                 buf.truncate(start + got);
                 if got == 0 {

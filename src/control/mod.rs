@@ -7,7 +7,13 @@
 
 pub mod auth;
 pub mod handshake;
+#[doc(hidden)]
+pub mod harness;
 pub mod path;
 pub mod registry;
+pub mod replay;
 pub mod snapshot;
 pub mod stats;
+
+#[cfg(test)]
+mod proptests;

@@ -94,6 +94,8 @@ struct Control {
     asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
     /// Rotates pool requests over a cluster's hosts.
     pool_request_turn: std::cell::Cell<usize>,
+    /// Accepted `hmac` credentials, refused if seen again.
+    replay: RefCell<super::replay::ReplayCache>,
 }
 
 /// Runs until told to shut down.
@@ -124,6 +126,7 @@ pub async fn run(setup: ControlSetup) {
         stats,
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
+        replay: RefCell::default(),
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -383,13 +386,19 @@ impl Control {
                 return;
             }
         };
-        let status = auth::decide(self.registry.borrow().cluster(&init.cluster_name), &init);
+        let decision = auth::decide(
+            self.registry.borrow().cluster(&init.cluster_name),
+            &init,
+            auth::unix_now(),
+            &mut self.replay.borrow_mut(),
+        );
+        let status = decision.status;
         let ext = init.ringtun().cloned();
         if status != Status::SUCCESS {
             self.stats.handshake(HandshakeOutcome::of_status(status));
             crate::log_limited!(warn!(
                 %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-                status = status.0, "agent refused: {}", status.meaning()
+                status = status.0, reason = decision.reason, "agent refused: {}", status.meaning()
             ));
             let _ = send_frame(
                 &stream,

@@ -7,6 +7,8 @@
 
 mod codec;
 mod frame;
+#[doc(hidden)]
+pub mod harness;
 
 pub use codec::{decode, encode, encode_to_vec, DecodeError, Decoded, EncodeError};
 pub use frame::{

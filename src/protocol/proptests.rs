@@ -117,3 +117,28 @@ proptest! {
         let _ = decode(&bytes, MAX_WIRE_PAYLOAD_BYTES);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The `frame_decoder` fuzz target's harness on random bytes.
+    #[test]
+    fn fuzz_harness_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        harness::decode_round_trip(&bytes);
+    }
+
+    /// ... and on streams of valid frames with random bytes after them.
+    #[test]
+    fn fuzz_harness_on_valid_frames(
+        limit in any::<u8>(),
+        frames in proptest::collection::vec(frame(), 1..4),
+        tail in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let mut data = vec![limit];
+        for f in &frames {
+            data.extend(encode_to_vec(f).expect("encodes"));
+        }
+        data.extend_from_slice(&tail);
+        harness::decode_round_trip(&data);
+    }
+}

@@ -63,6 +63,8 @@ pub struct ClusterSpec {
     pub lb_type: &'static str,
     pub tokens: Vec<String>,
     pub pool_wait_ms: u64,
+    /// `credential_policy` when `tokens` is not empty: `token` unless [`ServerBuilder::hmac`].
+    pub hmac: bool,
 }
 
 /// Builder for a test server.
@@ -97,6 +99,7 @@ impl ServerBuilder {
             lb_type: "weighted_round_robin",
             tokens: vec![],
             pool_wait_ms: 2000,
+            hmac: false,
         });
         self
     }
@@ -106,6 +109,11 @@ impl ServerBuilder {
     }
     pub fn token(mut self, token: &str) -> Self {
         self.clusters.last_mut().unwrap().tokens.push(token.into());
+        self
+    }
+    /// The last cluster's `token`s are `hmac` shared secrets instead.
+    pub fn hmac(mut self) -> Self {
+        self.clusters.last_mut().unwrap().hmac = true;
         self
     }
     pub fn pool_wait_ms(mut self, ms: u64) -> Self {
@@ -146,7 +154,11 @@ impl ServerBuilder {
                 serde_json::json!({
                     "name": c.name,
                     "lb_type": c.lb_type,
-                    "credential_policy": if c.tokens.is_empty() { "" } else { "token" },
+                    "credential_policy": match (c.tokens.is_empty(), c.hmac) {
+                        (true, _) => "",
+                        (false, false) => "token",
+                        (false, true) => "hmac",
+                    },
                     "credentials": c.tokens,
                     "frontends": [{"address": "127.0.0.1:0"}],
                     "pool_wait_ms": c.pool_wait_ms,

@@ -1,0 +1,48 @@
+//! The frame decoder's fuzz harness, shared by `fuzz/fuzz_targets/frame_decoder.rs` and the
+//! property tests (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
+//!
+//! Panics only when an invariant of the codec is broken; that is what the fuzzer looks for.
+
+use super::{decode, encode_to_vec, Decoded, EncodeError, MAX_WIRE_PAYLOAD_BYTES};
+
+/// Decodes `data` frame after frame under a limit taken from its first byte; every decoded frame
+/// must re-encode and decode back to itself, and no input may panic the decoder.
+pub fn decode_round_trip(data: &[u8]) {
+    let Some((&limit_byte, mut rest)) = data.split_first() else {
+        return;
+    };
+    // Small limits reach the "payload too large" path; 255 means the wire maximum.
+    let max = if limit_byte == u8::MAX {
+        MAX_WIRE_PAYLOAD_BYTES
+    } else {
+        usize::from(limit_byte) * 64
+    };
+    loop {
+        match decode(rest, max) {
+            Ok(Decoded::NeedMore(n)) => {
+                assert!(n >= 1, "NeedMore(0)");
+                return;
+            }
+            Ok(Decoded::Frame(frame, used)) => {
+                assert!(
+                    used >= super::HEADER_LEN && used <= rest.len(),
+                    "used {used}"
+                );
+                match encode_to_vec(&frame) {
+                    Ok(bytes) => match decode(&bytes, MAX_WIRE_PAYLOAD_BYTES) {
+                        Ok(Decoded::Frame(again, len)) => {
+                            assert_eq!(len, bytes.len(), "re-encoded frame not used whole");
+                            assert_eq!(again, frame, "frame changed in a round trip");
+                        }
+                        other => panic!("re-encoded {frame:?} decodes as {other:?}"),
+                    },
+                    // JSON re-serialized can be longer than what was received (escapes).
+                    Err(EncodeError::PayloadTooLarge { .. }) => {}
+                    Err(e) => panic!("decoded {frame:?} does not encode: {e}"),
+                }
+                rest = &rest[used..];
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The TLS handshake over a tokio `TcpStream` (epoll): readiness + `try_read` and `write_all`,
+//! driving the sans-I/O [`TlsSession`]. Used by the control path (accept) and the agent's dial
+//! (connect); data-plane pumps drive `TlsSession` themselves.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::TcpStream;
+
+use super::{TlsError, TlsSession};
+use crate::dataplane::pump::write_all;
+
+/// Read chunk during the handshake; a TLS 1.3 flight is a few KiB.
+const HANDSHAKE_READ_BYTES: usize = 16 * 1024 + 512;
+
+/// A completed handshake.
+#[derive(Debug)]
+pub struct Established {
+    /// The session, ready for `decrypt` / `encrypt`.
+    pub session: TlsSession,
+    /// Plaintext the peer sent right behind its handshake (e.g. the agent's init frame), already
+    /// decrypted; read the rest with `decrypt`.
+    pub plaintext: Vec<u8>,
+    /// The peer sent close_notify right behind its handshake.
+    pub eof: bool,
+}
+
+/// Server side of the handshake on an accepted tunnel connection, bounded by `timeout`.
+pub async fn accept(
+    stream: &TcpStream,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+) -> Result<Established, TlsError> {
+    let session = TlsSession::server(config)?;
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    tokio::time::timeout(timeout, drive(stream, session))
+        .await
+        .unwrap_or(Err(TlsError::Timeout(timeout_ms)))
+}
+
+/// Client side of the handshake on a connected stream; the caller bounds it in time.
+pub async fn connect(
+    stream: &TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+) -> Result<Established, TlsError> {
+    drive(stream, TlsSession::client(config, server_name)?).await
+}
+
+/// Runs the handshake to completion, then decrypts whatever was read behind it.
+async fn drive(stream: &TcpStream, mut session: TlsSession) -> Result<Established, TlsError> {
+    let mut inbuf = vec![0u8; HANDSHAKE_READ_BYTES];
+    let mut filled = 0;
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let step = session.handshake_step(&inbuf[..filled], &mut out);
+        if !out.is_empty() {
+            let sent = write_all(stream, &out).await;
+            out.clear();
+            // A failed step's alert is best effort; its error is the one to report.
+            if step.is_ok() {
+                sent?;
+            }
+        }
+        let progress = step?;
+        inbuf.copy_within(progress.consumed..filled, 0);
+        filled -= progress.consumed;
+        if progress.done {
+            break;
+        }
+        if filled == inbuf.len() {
+            return Err(TlsError::Protocol(
+                "TLS handshake record larger than the read buffer".into(),
+            ));
+        }
+        let n = read_some(stream, &mut inbuf[filled..]).await?;
+        if n == 0 {
+            return Err(session.peer_closed().err().unwrap_or(TlsError::Closed));
+        }
+        filled += n;
+    }
+    let mut plaintext = Vec::new();
+    let outcome = session.decrypt(&inbuf[..filled], &mut plaintext)?;
+    if outcome.wants_write {
+        session.take_output(&mut out);
+        write_all(stream, &out).await?;
+    }
+    Ok(Established {
+        session,
+        plaintext,
+        eof: outcome.eof,
+    })
+}
+
+/// One non-blocking read after readiness; 0 means the peer closed.
+async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> Result<usize, TlsError> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
