@@ -358,3 +358,23 @@ both_backends!(two_servers_two_agents_with_a_file_list, |backend| {
     }
     let _ = std::fs::remove_dir_all(&dir);
 });
+
+both_backends!(dns_lister_dials_every_address_of_the_name, |backend| {
+    let s = server(backend).cluster("c").run();
+    let echo = echo_backend();
+    // `localhost` resolves to 127.0.0.1 (and maybe ::1, where nothing listens: that peer just
+    // retries with backoff).
+    let name = format!("localhost:{}", s.tunnel_addr().port());
+    let _a = agent(backend, s.tunnel_addr(), echo.addr)
+        .tunnel_field("server_list", serde_json::json!([]))
+        .tunnel_field(
+            "dynamic_server_list_config",
+            serde_json::json!({"dynamic_server_lister": "dns", "dns_name": name, "refresh_interval_ms": 200}),
+        )
+        .run();
+    wait_registered(&s, "c", 1, 4);
+    assert_eq!(
+        echo_roundtrip(s.frontend_addr("c").unwrap(), b"via dns"),
+        b"via dns"
+    );
+});

@@ -351,3 +351,34 @@ both_backends!(legacy_mosn_init_carries_one_raw_session, |backend| {
         .hosts("c")
         .is_empty()));
 });
+
+both_backends!(unauthenticated_graceful_close_changes_nothing, |backend| {
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").run();
+    let _agent = agent(backend, server.tunnel_addr(), echo.addr).run();
+    wait_registered(&server, "c", 1, 4);
+    let before = server.hosts("c");
+    // A graceful close with no init first (what a MOSN aside connection sends), naming every
+    // connection id and the agent's address: refused and closed, nothing else changes.
+    let mut c = TcpStream::connect(server.tunnel_addr()).unwrap();
+    let close = protocol::encode_to_vec(&Frame::GracefulClose(
+        protocol::GracefulCloseOnewayRequest {
+            addresses: vec!["127.0.0.1:1".into()],
+            cluster_name: "c".into(),
+            connection_ids: (0..64).collect(),
+        },
+    ))
+    .unwrap();
+    c.write_all(&close).unwrap();
+    closed_within(c, Duration::from_secs(5));
+    let after = server.hosts("c");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].idle_connections, 4, "{after:?}");
+    for i in 0..20u8 {
+        assert_eq!(
+            echo_roundtrip(server.frontend_addr("c").unwrap(), &[i; 5]),
+            [i; 5]
+        );
+    }
+});

@@ -427,26 +427,33 @@ impl Worker {
         }
     }
 
+    /// Serves an accepted frontend in its own task, inside a session span.
+    fn accepted(self: &Rc<Self>, cluster: &Arc<str>, frontend: Conn, client: SocketAddr) {
+        bump(&self.counters.frontends_accepted_total);
+        let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
+        tokio::task::spawn_local(
+            self.clone()
+                .serve_frontend(cluster.clone(), frontend, client)
+                .instrument(span),
+        );
+    }
+
+    /// Out of descriptors and similar: log (rate-limited) and back off instead of spinning.
+    async fn accept_failed(&self, cluster: &str, e: &io::Error) {
+        crate::log_limited!(
+            warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     async fn accept_loop(self: Rc<Self>, cluster: Arc<str>, listener: TcpListener) {
         loop {
             match listener.accept().await {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
-                    bump(&self.counters.frontends_accepted_total);
-                    let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
-                    tokio::task::spawn_local(
-                        self.clone()
-                            .serve_frontend(cluster.clone(), Conn::Epoll(stream), client)
-                            .instrument(span),
-                    );
+                    self.accepted(&cluster, Conn::Epoll(stream), client);
                 }
-                Err(e) => {
-                    // Out of descriptors and similar: back off instead of spinning.
-                    crate::log_limited!(
-                        warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => self.accept_failed(&cluster, &e).await,
             }
         }
     }
@@ -466,23 +473,13 @@ impl Worker {
             match listener.accept().await {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
-                    bump(&self.counters.frontends_accepted_total);
-                    let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
-                    tokio::task::spawn_local(
-                        self.clone()
-                            .serve_frontend(cluster.clone(), Conn::Uring(stream), client)
-                            .instrument(span),
-                    );
+                    self.accepted(&cluster, Conn::Uring(stream), client);
                 }
                 Err(e) => {
                     if stopped.get() || !self.accepting.get() {
                         return;
                     }
-                    // Out of descriptors and similar: back off instead of spinning.
-                    crate::log_limited!(
-                        warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.accept_failed(&cluster, &e).await;
                 }
             }
         }
