@@ -476,3 +476,28 @@ fn dial_error_names_the_certificate() {
     );
     assert!(wait_until(Duration::from_secs(5), || tls_failures(&server) >= 1));
 }
+
+both_backends!(tls_echo_sixteen_mebibytes_under_backpressure, |backend| {
+    let pki = pki();
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").tls(pki.server_tls(true)).run();
+    let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+        .tls(pki.agent_tls(true))
+        .connection_num(2)
+        .run();
+    wait_registered(&server, "c", 1, 2);
+    let frontend = server.frontend_addr("c").unwrap();
+    let sessions: Vec<_> = (0..2u8)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                let data = pattern(16 << 20, seed);
+                let back = echo_roundtrip(frontend, &data);
+                assert_eq!(back.len(), data.len());
+                assert!(back == data, "echoed bytes differ");
+            })
+        })
+        .collect();
+    for s in sessions {
+        s.join().unwrap();
+    }
+});

@@ -258,25 +258,21 @@ pub(crate) trait OwnedIo {
 
 impl OwnedIo for TcpStream {
     async fn read_owned(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let capacity = buf.capacity().max(1);
-        buf.resize(capacity, 0);
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve(PUMP_BUFFER_BYTES);
+        }
         loop {
             if let Err(e) = self.readable().await {
-                buf.clear();
                 return (Err(e), buf);
             }
-            match self.try_read(&mut buf) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return (Ok(n), buf);
-                }
+            // Reads into the spare capacity: no zeroing, no growth (the buffer is empty).
+            match self.try_read_buf(&mut buf) {
+                Ok(n) => return (Ok(n), buf),
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    buf.clear();
-                    return (Err(e), buf);
-                }
+                Err(e) => return (Err(e), buf),
             }
         }
     }
