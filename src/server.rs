@@ -33,6 +33,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Runtime(#[from] RtError),
+    #[error("tunnel_listener.tls_context: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]
@@ -63,6 +65,10 @@ impl ServerHandle {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             config.workers
+        };
+        let tls = match &config.tunnel_listener.tls_context {
+            Some(tls) => Some(crate::tls::server_config(tls)?),
+            None => None,
         };
         let tunnel_addr = parse_addr("tunnel_listener.address", &config.tunnel_listener.address)?;
         let tunnel = rt::bind_tunnel_listener(tunnel_addr).map_err(|source| ServerError::Bind {
@@ -153,6 +159,7 @@ impl ServerHandle {
             commands: commands_rx,
             stats: control_stats.clone(),
             counters: counters.clone(),
+            tls,
         };
         let control_thread = std::thread::Builder::new()
             .name("ringtun-control".into())

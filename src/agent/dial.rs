@@ -3,14 +3,15 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::io::AsyncReadExt;
+use std::sync::Arc;
+
 use tokio::net::TcpStream;
 
-use crate::dataplane::pump::write_all;
 use crate::protocol::{
     self, ConnectionInitInfo, DecodeError, Decoded, Frame, InitExtra, RingtunInit, Role, Status,
     EXTENSION_VERSION,
 };
+use crate::tls::{Channel, TlsError};
 
 /// Largest frame the agent accepts from a server.
 pub const MAX_SERVER_FRAME_PAYLOAD_BYTES: usize = 16 * 1024;
@@ -36,6 +37,8 @@ pub enum DialError {
         peer: SocketAddr,
         flag: &'static str,
     },
+    #[error("TLS handshake with {peer} failed: {source}")]
+    Tls { peer: SocketAddr, source: TlsError },
     #[error("{}", refusal_text(*.status, cluster, *.peer, policy))]
     Refused {
         peer: SocketAddr,
@@ -65,7 +68,8 @@ fn refusal_text(status: Status, cluster: &str, peer: SocketAddr, policy: &str) -
 /// What a successful handshake yields.
 #[derive(Debug)]
 pub struct Dialed {
-    pub stream: TcpStream,
+    /// The connection (TLS inside when the tunnel has a `tls_context`).
+    pub stream: Channel,
     pub connection_id: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     /// Bytes the server sent after its answer (a ping, or a session start and its bytes).
@@ -82,14 +86,34 @@ pub struct InitParams<'a> {
     pub agent_id: &'a str,
     pub role: Role,
     pub max_connection_num: u32,
+    /// The tunnel's TLS client config, when it has a `tls_context`.
+    pub tls: Option<&'a TlsDial>,
+}
+
+/// A tunnel's TLS settings, loaded once at agent start.
+#[derive(Debug)]
+pub struct TlsDial {
+    pub config: Arc<crate::tls::ClientConfig>,
+    pub tls: crate::config::AgentTlsConfig,
 }
 
 /// Connects and handshakes; the caller bounds it in time.
 pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, DialError> {
-    let mut stream = TcpStream::connect(peer)
+    let stream = TcpStream::connect(peer)
         .await
         .map_err(|source| DialError::Connect { peer, source })?;
     let _ = stream.set_nodelay(true);
+    let (mut stream, first) = match params.tls {
+        None => (Channel::plain(stream), Vec::new()),
+        Some(t) => {
+            let tls = |source| DialError::Tls { peer, source };
+            let name = crate::tls::server_name(&t.tls, &peer.to_string()).map_err(tls)?;
+            let est = crate::tls::connect(&stream, t.config.clone(), name)
+                .await
+                .map_err(tls)?;
+            (Channel::new(stream, Some(est.session)), est.plaintext)
+        }
+    };
     let init = Frame::Init(ConnectionInitInfo {
         cluster_name: params.cluster.to_string(),
         weight: params.weight,
@@ -118,16 +142,15 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
         peer,
         source: io::Error::other(e),
     })?;
-    write_all(&stream, &bytes)
+    stream
+        .write_all(&bytes)
         .await
         .map_err(|source| DialError::Io { peer, source })?;
-    let (frame, leftover) = read_frame(&mut stream, Vec::new())
-        .await
-        .map_err(|e| match e {
-            ReadFrameError::Closed => DialError::Closed { peer },
-            ReadFrameError::Io(source) => DialError::Io { peer, source },
-            ReadFrameError::Protocol(source) => DialError::Protocol { peer, source },
-        })?;
+    let (frame, leftover) = read_frame(&mut stream, first).await.map_err(|e| match e {
+        ReadFrameError::Closed => DialError::Closed { peer },
+        ReadFrameError::Io(source) => DialError::Io { peer, source },
+        ReadFrameError::Protocol(source) => DialError::Protocol { peer, source },
+    })?;
     let Frame::InitResponse(response) = frame else {
         return Err(DialError::Unexpected {
             peer,
@@ -163,20 +186,17 @@ pub enum ReadFrameError {
 
 /// Reads until one whole frame is in `buf`; returns it and the bytes after it.
 pub async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut Channel,
     mut buf: Vec<u8>,
 ) -> Result<(Frame, Vec<u8>), ReadFrameError> {
-    let mut chunk = [0u8; 4096];
     loop {
         if let Decoded::Frame(frame, used) = protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES)?
         {
             buf.drain(..used);
             return Ok((frame, buf));
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if stream.read_into(&mut buf).await? == 0 {
             return Err(ReadFrameError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }

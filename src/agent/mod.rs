@@ -37,6 +37,11 @@ pub enum AgentError {
     AdminAddress(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("tunnels[{tunnel}].tls_context: {source}")]
+    Tls {
+        tunnel: usize,
+        source: crate::tls::TlsError,
+    },
 }
 
 /// Agent-wide counters and gauges (connection events only, never per byte).
@@ -94,6 +99,8 @@ pub struct Shared {
     pub stats: AgentStats,
     /// One per `config.tunnels` entry.
     pub tunnels: Vec<TunnelGauges>,
+    /// Per `config.tunnels` entry: its TLS client config, loaded once at start.
+    pub tls: Vec<Option<dial::TlsDial>>,
     /// False once the agent is stopping (admin `/ready`).
     pub running: AtomicBool,
     /// The weight announced in inits and weight updates; aside connections watch it.
@@ -248,7 +255,19 @@ impl AgentHandle {
             }
             None => None,
         };
+        let mut tls = Vec::with_capacity(config.tunnels.len());
+        for (tunnel, t) in config.tunnels.iter().enumerate() {
+            tls.push(match &t.tls_context {
+                Some(c) => Some(dial::TlsDial {
+                    config: crate::tls::client_config(c)
+                        .map_err(|source| AgentError::Tls { tunnel, source })?,
+                    tls: c.clone(),
+                }),
+                None => None,
+            });
+        }
         let shared = Arc::new(Shared {
+            tls,
             backend,
             agent_id: format!("{:016x}", fastrand::u64(..)),
             tunnels: config

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn, Instrument};
@@ -20,10 +19,11 @@ use super::backoff::Backoff;
 use super::dial::{dial, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
 use super::peer::{AsideCmd, Peer, SlotGuard};
 use super::Shared;
-use crate::dataplane::pump::{pump_conns, write_all, Conn, Pools};
+use crate::dataplane::pump::{pump_conns, pump_tls, Conn, Pools};
 use crate::protocol::{
     self, Decoded, Frame, GracefulCloseOnewayRequest, Pong, Role, SessionStart, WeightUpdate,
 };
+use crate::tls::Channel;
 
 /// Which slot this is.
 #[derive(Clone)]
@@ -87,6 +87,7 @@ pub async fn run(
             agent_id: &shared.agent_id,
             role: spec.role,
             max_connection_num: tunnel.max_connections(),
+            tls: shared.tls.get(peer.tunnel).and_then(Option::as_ref),
         };
         let dialed = tokio::select! {
             r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), dial(peer.addr, &params)) => {
@@ -201,7 +202,7 @@ async fn serve_data(shared: &Shared, spec: &SlotSpec, conn: Dialed, pool: &Pools
 /// extra connection asks once, after `release`'s delay, to be let go. Bytes live in `buf` across
 /// waits (a cancelled `read` loses none), so timers can be raced against reads safely.
 async fn wait_for_session(
-    stream: &mut TcpStream,
+    stream: &mut Channel,
     mut buf: Vec<u8>,
     silence: Option<Duration>,
     peer: &Peer,
@@ -209,7 +210,6 @@ async fn wait_for_session(
 ) -> Result<(SessionStart, Vec<u8>), String> {
     let started = tokio::time::Instant::now();
     let mut last_heard = started;
-    let mut chunk = [0u8; 4096];
     let far = Duration::from_secs(86_400 * 365);
     loop {
         match protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
@@ -236,10 +236,9 @@ async fn wait_for_session(
         let silent_at = last_heard + silence.unwrap_or(far);
         let release_at = release.map_or(started + far, |(_, after)| started + after);
         tokio::select! {
-            read = stream.read(&mut chunk) => match read {
+            read = stream.read_into(&mut buf) => match read {
                 Ok(0) => return Err("server closed the connection".into()),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
+                Ok(_) => {
                     last_heard = tokio::time::Instant::now();
                 }
                 Err(e) => return Err(format!("read failed: {e}")),
@@ -287,7 +286,6 @@ async fn serve_aside(
     weight.mark_changed();
     let mut state = peer.subscribe();
     let mut buf = leftover;
-    let mut chunk = vec![0u8; 4096];
     let mut last_heard = tokio::time::Instant::now();
     let ended = 'conn: loop {
         loop {
@@ -314,7 +312,7 @@ async fn serve_aside(
                         }
                     };
                     if let Some(reply) = reply {
-                        if let Err(e) = send(&stream, &reply).await {
+                        if let Err(e) = send(&mut stream, &reply).await {
                             break 'conn Ended::Lost(e);
                         }
                     }
@@ -327,10 +325,9 @@ async fn serve_aside(
         }
         let deadline = last_heard + silence.min(Duration::from_secs(86_400 * 365));
         tokio::select! {
-            read = stream.read(&mut chunk) => match read {
+            read = stream.read_into(&mut buf) => match read {
                 Ok(0) => break Ended::Lost("server closed the aside connection".into()),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
+                Ok(_) => {
                     last_heard = tokio::time::Instant::now();
                 }
                 Err(e) => break Ended::Lost(format!("read failed: {e}")),
@@ -342,7 +339,7 @@ async fn serve_aside(
                 if changed.is_err() { continue; }
                 let w = *weight.borrow_and_update();
                 let update = Frame::WeightUpdate(WeightUpdate { cluster_name: tunnel.cluster.clone(), weight: w });
-                if let Err(e) = send(&stream, &update).await {
+                if let Err(e) = send(&mut stream, &update).await {
                     break Ended::Lost(e);
                 }
                 info!(peer = %peer.addr, cluster = %tunnel.cluster, weight = w, "weight update sent");
@@ -354,7 +351,7 @@ async fn serve_aside(
                     cluster_name: tunnel.cluster.clone(),
                     connection_ids: ids,
                 });
-                if let Err(e) = send(&stream, &request).await {
+                if let Err(e) = send(&mut stream, &request).await {
                     break Ended::Lost(e);
                 }
             }
@@ -370,9 +367,10 @@ async fn serve_aside(
     ended
 }
 
-async fn send(stream: &TcpStream, frame: &Frame) -> Result<(), String> {
+async fn send(stream: &mut Channel, frame: &Frame) -> Result<(), String> {
     let bytes = protocol::encode_to_vec(frame).map_err(|e| e.to_string())?;
-    write_all(stream, &bytes)
+    stream
+        .write_all(&bytes)
         .await
         .map_err(|e| format!("write failed: {e}"))
 }
@@ -380,7 +378,7 @@ async fn send(stream: &TcpStream, frame: &Frame) -> Result<(), String> {
 async fn run_session(
     shared: &Shared,
     tunnel: usize,
-    data: TcpStream,
+    data: Channel,
     start: SessionStart,
     prefix: Vec<u8>,
     pool: &Pools,
@@ -411,6 +409,7 @@ async fn run_session(
         }
     };
     let _ = backend.set_nodelay(true);
+    let (data, tls) = data.into_parts();
     let adopted = Conn::from_tokio(shared.backend, data)
         .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));
     let (data, backend) = match adopted {
@@ -424,7 +423,10 @@ async fn run_session(
         }
     };
     stats.active_sessions.fetch_add(1, Ordering::Relaxed);
-    let moved = pump_conns(&data, &backend, Vec::new(), prefix, pool).await;
+    let moved = match tls {
+        Some(session) => pump_tls(&data, &backend, session, prefix, Vec::new(), pool).await,
+        None => pump_conns(&data, &backend, Vec::new(), prefix, pool).await,
+    };
     stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
     match moved {
         Ok(m) => {

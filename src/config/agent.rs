@@ -123,8 +123,7 @@ pub struct TunnelConfig {
     /// 0 to 3600000.
     #[serde(default = "default_graceful_close_max_wait_duration_ms")]
     pub graceful_close_max_wait_duration_ms: u64,
-    /// TLS to the servers. Default: none (plaintext). Not supported by this version yet: any value
-    /// other than `null` is refused (see `refuse_unwired_features`).
+    /// TLS to the servers. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<AgentTlsConfig>,
 }
@@ -431,7 +430,7 @@ impl AgentConfig {
                 validate_tls(path, &at("tls_context"), tls)?;
             }
         }
-        refuse_unwired_features(path, self)
+        Ok(())
     }
 
     /// Replaces `credential_file` / `credential_env` by the credential they hold, and makes
@@ -493,20 +492,6 @@ impl AgentConfig {
         }
         Ok(())
     }
-}
-
-/// NOT SUPPORTED YET: the one place that refuses features validated above but not wired into
-/// the agent. Remove a check here when its feature is wired.
-fn refuse_unwired_features(path: &Path, config: &AgentConfig) -> Result<(), ConfigError> {
-    // TLS: remove when the dial and the pumps run TLS.
-    if let Some(i) = config.tunnels.iter().position(|t| t.tls_context.is_some()) {
-        return Err(ConfigError::new(
-            path,
-            format!("tunnels[{i}].tls_context"),
-            "TLS is not supported by this version of ringtun yet",
-        ));
-    }
-    Ok(())
 }
 
 /// The rules of an agent `tls_context` (files are read when TLS is set up, not here).

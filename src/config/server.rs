@@ -67,8 +67,7 @@ pub struct TunnelListenerConfig {
     /// `overloaded`). Default 4096; 1 to 1000000.
     #[serde(default = "default_max_concurrent_handshakes")]
     pub max_concurrent_handshakes: usize,
-    /// TLS for tunnel connections. Default: none (plaintext). Not supported by this version yet:
-    /// any value other than `null` is refused (see `refuse_unwired_features`).
+    /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
 }
@@ -398,7 +397,7 @@ impl ServerConfig {
                 check_overlap(path, &mut bound, field, addr)?;
             }
         }
-        refuse_unwired_features(path, self)
+        Ok(())
     }
 
     /// The tunnel listener address (validated).
@@ -408,20 +407,6 @@ impl ServerConfig {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7070)))
     }
-}
-
-/// NOT SUPPORTED YET: the one place that refuses features validated above but not wired into
-/// the server. Remove a check here when its feature is wired.
-fn refuse_unwired_features(path: &Path, config: &ServerConfig) -> Result<(), ConfigError> {
-    // TLS: remove when the control path and the pumps run TLS.
-    if config.tunnel_listener.tls_context.is_some() {
-        return Err(ConfigError::new(
-            path,
-            "tunnel_listener.tls_context",
-            "TLS is not supported by this version of ringtun yet",
-        ));
-    }
-    Ok(())
 }
 
 /// Cluster and listener names: short, printable, safe in logs and metric labels.

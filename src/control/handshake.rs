@@ -71,3 +71,25 @@ pub async fn read_init(
         }
     }
 }
+
+/// Reads frames through `channel` (plaintext, decrypted when TLS is on) until the init; `buf`
+/// holds bytes already received. Returns the init and any bytes that followed it.
+pub async fn read_init_from(
+    channel: &mut crate::tls::Channel,
+    mut buf: Vec<u8>,
+    max_frame_payload_bytes: usize,
+) -> Result<(ConnectionInitInfo, Vec<u8>), HandshakeError> {
+    loop {
+        match next_init(&buf, max_frame_payload_bytes)? {
+            InitProgress::Init(init, used) => {
+                buf.drain(..used);
+                return Ok((init, buf));
+            }
+            InitProgress::NeedMore(_) => {
+                if channel.read_into(&mut buf).await? == 0 {
+                    return Err(HandshakeError::ClosedEarly);
+                }
+            }
+        }
+    }
+}

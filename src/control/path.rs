@@ -8,21 +8,20 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::auth;
-use super::handshake::{read_init, HandshakeError};
+use super::handshake::{read_init_from, HandshakeError};
 use super::registry::{ClusterStatus, HostIdentity, HostStatus, RegisterError, Registry};
 use super::snapshot::{ConnId, HostId};
 use super::stats::{ControlStats, HandshakeOutcome};
 use crate::config::agent::MAX_WEIGHT;
 use crate::config::ServerConfig;
-use crate::dataplane::pump::write_all;
 use crate::dataplane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::protocol::{self, ConnectionInitResponse, Decoded, Frame, Ping, Role, Status};
+use crate::tls::Channel;
 
 /// Requests from the server handle.
 pub enum ControlCmd {
@@ -79,6 +78,8 @@ pub struct ControlSetup {
     pub stats: Arc<ControlStats>,
     /// The workers' counters (a drain waits for their active sessions to end).
     pub counters: Vec<Arc<crate::dataplane::counters::WorkerCounters>>,
+    /// The tunnel listener's TLS config (`tunnel_listener.tls_context`), loaded once at start.
+    pub tls: Option<Arc<crate::tls::ServerConfig>>,
 }
 
 /// An aside connection's id and the queue of frames its task writes.
@@ -96,6 +97,8 @@ struct Control {
     pool_request_turn: std::cell::Cell<usize>,
     /// Accepted `hmac` credentials, refused if seen again.
     replay: RefCell<super::replay::ReplayCache>,
+    /// TLS on tunnel connections.
+    tls: Option<Arc<crate::tls::ServerConfig>>,
 }
 
 /// Runs until told to shut down.
@@ -109,6 +112,7 @@ pub async fn run(setup: ControlSetup) {
         mut commands,
         stats,
         counters,
+        tls,
     } = setup;
     let mut listener = match TcpListener::from_std(listener) {
         Ok(l) => Some(l),
@@ -127,6 +131,7 @@ pub async fn run(setup: ControlSetup) {
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
         replay: RefCell::default(),
+        tls,
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -363,18 +368,40 @@ impl Control {
 
     async fn tunnel_conn(
         self: Rc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
-        let read = tokio::time::timeout(
-            Duration::from_millis(timeout_ms),
-            read_init(&mut stream, max_payload),
-        )
-        .await
-        .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let (mut stream, first) = match &self.tls {
+            None => (Channel::plain(stream), Vec::new()),
+            Some(config) => {
+                let accepted =
+                    crate::tls::accept(&stream, config.clone(), Duration::from_millis(timeout_ms))
+                        .await;
+                match accepted {
+                    Ok(est) => (Channel::new(stream, Some(est.session)), est.plaintext),
+                    Err(e) => {
+                        // `accept` has sent the alert telling the agent why (best effort).
+                        self.stats.handshake(match e {
+                            crate::tls::TlsError::Timeout(_) => HandshakeOutcome::Timeout,
+                            _ => HandshakeOutcome::TlsError,
+                        });
+                        crate::log_limited!(
+                            warn!(%peer, reason = %e, "TLS handshake with agent failed; connection closed")
+                        );
+                        let _ = stream.shutdown_std();
+                        return;
+                    }
+                }
+            }
+        };
+        let read =
+            tokio::time::timeout_at(deadline, read_init_from(&mut stream, first, max_payload))
+                .await
+                .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
         let (init, leftover) = match read {
             Ok(x) => x,
             Err(e) => {
@@ -383,6 +410,7 @@ impl Control {
                     _ => HandshakeOutcome::ProtocolError,
                 });
                 crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
+                let _ = stream.stream.shutdown_std();
                 return;
             }
         };
@@ -401,11 +429,11 @@ impl Control {
                 status = status.0, reason = decision.reason, "agent refused: {}", status.meaning()
             ));
             let _ = send_frame(
-                &stream,
+                &mut stream,
                 &Frame::InitResponse(ConnectionInitResponse::status(status)),
             )
             .await;
-            let _ = stream.shutdown_std();
+            let _ = stream.stream.shutdown_std();
             return;
         }
         let legacy = ext.is_none();
@@ -431,7 +459,7 @@ impl Control {
                 // The cluster vanished between the check and now (reload).
                 self.stats.handshake(HandshakeOutcome::ClusterNotExist);
                 let response = ConnectionInitResponse::status(Status::CLUSTER_NOT_EXIST);
-                let _ = send_frame(&stream, &Frame::InitResponse(response)).await;
+                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
                 return;
             }
             Err(limit) => {
@@ -441,7 +469,7 @@ impl Control {
                     "data connection refused (status 0): {limit}"
                 ));
                 let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
-                let _ = send_frame(&stream, &Frame::InitResponse(response)).await;
+                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
                 return;
             }
         };
@@ -457,7 +485,7 @@ impl Control {
                 heartbeat_interval_ms: Some(self.config.heartbeat_interval_ms),
             }
         };
-        if let Err(e) = send_frame(&stream, &Frame::InitResponse(response)).await {
+        if let Err(e) = send_frame(&mut stream, &Frame::InitResponse(response)).await {
             self.stats.handshake(HandshakeOutcome::ProtocolError);
             debug!(%peer, error = %e, "agent went away during handshake");
             self.conn_closed(reg.conn_id);
@@ -465,7 +493,7 @@ impl Control {
         }
         self.stats.handshake(HandshakeOutcome::Success);
         drop(permit);
-        let _ = stream.set_nodelay(true);
+        let _ = stream.stream.set_nodelay(true);
         info!(
             %peer, cluster = %init.cluster_name, host_name = %init.host_name,
             conn = reg.conn_id, role = ?role, legacy, "tunnel connection registered"
@@ -485,13 +513,14 @@ impl Control {
 
     fn hand_to_worker(
         &self,
-        stream: TcpStream,
+        stream: Channel,
         conn_id: ConnId,
         host_id: HostId,
         cluster: &str,
         legacy: bool,
         pending: Vec<u8>,
     ) {
+        let (stream, tls) = stream.into_parts();
         let std_stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
@@ -510,6 +539,7 @@ impl Control {
                 legacy,
                 pending,
                 outstanding_pings: 0,
+                tls: tls.map(Box::new),
             }))
         });
         if !matches!(sent, Some(Ok(()))) {
@@ -518,13 +548,7 @@ impl Control {
     }
 
     /// Serves an aside connection: heartbeats and the agent's control frames.
-    async fn aside(
-        &self,
-        mut stream: TcpStream,
-        conn_id: ConnId,
-        host_id: HostId,
-        mut buf: Vec<u8>,
-    ) {
+    async fn aside(&self, mut stream: Channel, conn_id: ConnId, host_id: HostId, mut buf: Vec<u8>) {
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
         let max_missed = self.config.heartbeat_max_missed;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
@@ -532,7 +556,6 @@ impl Control {
         tick.tick().await;
         let mut outstanding = 0u32;
         let mut seq = 0u64;
-        let mut chunk = vec![0u8; 4096];
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
         self.asides
             .borrow_mut()
@@ -587,14 +610,14 @@ impl Control {
                 }
             }
             tokio::select! {
-                read = stream.read(&mut chunk) => match read {
+                read = stream.read_into(&mut buf) => match read {
                     Ok(0) => break 'conn "agent closed the aside connection".to_string(),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(_) => {}
                     Err(e) => break 'conn format!("read failed: {e}"),
                 },
                 frame = out_rx.recv() => match frame {
                     Some(frame) => {
-                        if let Err(e) = send_frame(&stream, &frame).await {
+                        if let Err(e) = send_frame(&mut stream, &frame).await {
                             break 'conn format!("write failed: {e}");
                         }
                     }
@@ -606,7 +629,7 @@ impl Control {
                         break 'conn format!("{outstanding} heartbeats unanswered");
                     }
                     seq += 1;
-                    if let Err(e) = send_frame(&stream, &Frame::Ping(Ping { seq })).await {
+                    if let Err(e) = send_frame(&mut stream, &Frame::Ping(Ping { seq })).await {
                         break 'conn format!("write failed: {e}");
                     }
                     outstanding += 1;
@@ -618,14 +641,14 @@ impl Control {
             list.retain(|(id, _)| *id != conn_id);
         }
         self.asides.borrow_mut().retain(|_, list| !list.is_empty());
-        let _ = stream.shutdown_std();
+        let _ = stream.stream.shutdown_std();
         self.conn_closed(conn_id);
     }
 }
 
-async fn send_frame(stream: &TcpStream, frame: &Frame) -> std::io::Result<()> {
+async fn send_frame(stream: &mut Channel, frame: &Frame) -> std::io::Result<()> {
     let bytes = protocol::encode_to_vec(frame).map_err(std::io::Error::other)?;
-    write_all(stream, &bytes).await
+    stream.write_all(&bytes).await
 }
 
 trait ShutdownStd {

@@ -29,11 +29,13 @@ pub enum HandshakeOutcome {
     Overloaded,
     /// Answered status 0: the cluster's data connection limits are reached.
     OverLimit,
+    /// The TLS handshake failed (certificate refused, plaintext to a TLS port, ...).
+    TlsError,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [HandshakeOutcome; 9] = [
+    pub const ALL: [HandshakeOutcome; 10] = [
         HandshakeOutcome::Success,
         HandshakeOutcome::UnknownFailure,
         HandshakeOutcome::AuthFailed,
@@ -43,6 +45,7 @@ impl HandshakeOutcome {
         HandshakeOutcome::Timeout,
         HandshakeOutcome::Overloaded,
         HandshakeOutcome::OverLimit,
+        HandshakeOutcome::TlsError,
     ];
 
     /// The `status` label value.
@@ -57,6 +60,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::Timeout => "timeout",
             HandshakeOutcome::Overloaded => "overloaded",
             HandshakeOutcome::OverLimit => "over_limit",
+            HandshakeOutcome::TlsError => "tls_error",
         }
     }
 

@@ -30,6 +30,8 @@ pub enum IdleError {
     HeartbeatMissed(u32),
     #[error("socket send buffer full while idle")]
     SendBufferFull,
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One parked data connection.
@@ -43,6 +45,8 @@ pub struct IdleConn {
     pub pending: Vec<u8>,
     /// Pings sent and not yet answered.
     pub outstanding_pings: u32,
+    /// The TLS session of a TLS tunnel connection (`pending` then holds plaintext).
+    pub tls: Option<Box<crate::tls::TlsSession>>,
     next_ping_seq: u64,
 }
 
@@ -54,6 +58,7 @@ impl IdleConn {
         legacy: bool,
         pending: Vec<u8>,
         outstanding_pings: u32,
+        tls: Option<Box<crate::tls::TlsSession>>,
     ) -> Self {
         Self {
             conn_id,
@@ -62,6 +67,7 @@ impl IdleConn {
             legacy,
             pending,
             outstanding_pings,
+            tls,
             next_ping_seq: 1,
         }
     }
@@ -74,7 +80,21 @@ impl IdleConn {
                 ReadPoll::Empty => break,
                 ReadPoll::Closed => return Err(IdleError::Closed),
                 ReadPoll::Data(n) => {
-                    self.pending.extend_from_slice(&buf[..n]);
+                    match self.tls.as_mut() {
+                        None => self.pending.extend_from_slice(&buf[..n]),
+                        Some(tls) => {
+                            let outcome = tls.decrypt(&buf[..n], &mut self.pending)?;
+                            if outcome.eof {
+                                return Err(IdleError::Closed);
+                            }
+                            if outcome.wants_write {
+                                // A key update answer: sent whole now, like a ping.
+                                let mut out = Vec::new();
+                                tls.take_output(&mut out);
+                                write_whole(&self.stream, &out)?;
+                            }
+                        }
+                    }
                     if self.legacy {
                         if self.pending.len() > LEGACY_PENDING_LIMIT_BYTES {
                             return Err(IdleError::LegacyOverflow);
@@ -125,22 +145,31 @@ impl IdleConn {
         if protocol::encode(&ping, &mut frame).is_err() {
             return Ok(());
         }
-        // An idle connection's send buffer is empty, so a short frame is written whole or not at
-        // all; a partial write would desynchronise the stream, so it closes the connection.
-        match (&self.stream).write(&frame) {
-            Ok(n) if n == frame.len() => {
-                self.next_ping_seq += 1;
-                self.outstanding_pings += 1;
-                Ok(())
-            }
-            Ok(_) => Err(IdleError::SendBufferFull),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(IdleError::SendBufferFull),
-            Err(e) => Err(IdleError::Io(e)),
+        if let Some(tls) = self.tls.as_mut() {
+            let mut records = Vec::with_capacity(64);
+            tls.encrypt(&frame, &mut records)?;
+            frame = records;
         }
+        write_whole(&self.stream, &frame)?;
+        self.next_ping_seq += 1;
+        self.outstanding_pings += 1;
+        Ok(())
     }
 
     /// Closes both directions now (the agent sees EOF and re-dials).
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Writes a short message on an idle connection. Its send buffer is empty, so the message is
+/// written whole or not at all; a partial write would desynchronise the stream (or the TLS
+/// records), so it closes the connection.
+fn write_whole(stream: &TcpStream, data: &[u8]) -> Result<(), IdleError> {
+    match (&*stream).write(data) {
+        Ok(n) if n == data.len() => Ok(()),
+        Ok(_) => Err(IdleError::SendBufferFull),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(IdleError::SendBufferFull),
+        Err(e) => Err(IdleError::Io(e)),
     }
 }

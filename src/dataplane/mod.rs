@@ -52,6 +52,8 @@ pub struct HandedConn {
     pub pending: Vec<u8>,
     /// Pings sent on it and not yet answered (their pongs precede any session bytes).
     pub outstanding_pings: u32,
+    /// The TLS session when the tunnel listener has TLS (`pending` is then plaintext).
+    pub tls: Option<Box<crate::tls::TlsSession>>,
 }
 
 /// Worker → control path.

@@ -246,3 +246,196 @@ pub async fn pump_conns(
     b.shutdown();
     moved
 }
+
+/// Owned-buffer socket I/O, as both backends can do it: the TLS pump is written once over it.
+pub(crate) trait OwnedIo {
+    /// Reads into `buf`'s capacity (its contents are replaced); 0 means EOF.
+    async fn read_owned(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Writes all of `buf`.
+    async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    fn shutdown_how(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl OwnedIo for TcpStream {
+    async fn read_owned(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve(PUMP_BUFFER_BYTES);
+        }
+        loop {
+            if let Err(e) = self.readable().await {
+                return (Err(e), buf);
+            }
+            // Reads into the spare capacity: no zeroing, no growth (the buffer is empty).
+            match self.try_read_buf(&mut buf) {
+                Ok(n) => return (Ok(n), buf),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let written = write_all(self, &buf).await;
+        (written, buf)
+    }
+
+    fn shutdown_how(&self, how: Shutdown) -> io::Result<()> {
+        socket2::SockRef::from(self).shutdown(how)
+    }
+}
+
+/// A TLS failure inside a pump, as an `io::Error`.
+fn tls_io(e: crate::tls::TlsError) -> io::Error {
+    crate::tls::io_error(e)
+}
+
+/// Pumps between a TLS tunnel connection (`data`) and a plaintext socket (`plain`, the frontend
+/// or the backend), then shuts both down. `prefix_to_plain` / `prefix_to_data` are plaintext
+/// bytes already read that must be delivered first. Returns (data→plain, plain→data) plaintext
+/// bytes moved.
+pub async fn pump_tls(
+    data: &Conn,
+    plain: &Conn,
+    session: crate::tls::TlsSession,
+    prefix_to_plain: Vec<u8>,
+    prefix_to_data: Vec<u8>,
+    pools: &Pools,
+) -> io::Result<Moved> {
+    let buffer_bytes = pools.epoll.buffer_bytes;
+    let moved = match (data, plain) {
+        (Conn::Epoll(d), Conn::Epoll(p)) => {
+            tls_pump(d, p, session, prefix_to_plain, prefix_to_data, buffer_bytes).await
+        }
+        (Conn::Uring(d), Conn::Uring(p)) => {
+            tls_pump(d, p, session, prefix_to_plain, prefix_to_data, buffer_bytes).await
+        }
+        _ => Err(io::Error::other(
+            "sockets of different I/O backends cannot be pumped together",
+        )),
+    };
+    data.shutdown();
+    plain.shutdown();
+    moved
+}
+
+/// The TLS pump on either backend. Each direction reads with an owned buffer; every write to
+/// the data socket (encrypted bytes, close_notify, TLS's own answers) is made under one lock,
+/// with the records produced under it, so records never interleave or go out of order. On an
+/// error both sockets are shut down, which completes the other direction's read (io_uring reads
+/// in flight are never dropped).
+async fn tls_pump<D: OwnedIo, P: OwnedIo>(
+    data: &D,
+    plain: &P,
+    session: crate::tls::TlsSession,
+    prefix_to_plain: Vec<u8>,
+    prefix_to_data: Vec<u8>,
+    buffer_bytes: usize,
+) -> io::Result<Moved> {
+    let session = RefCell::new(session);
+    let data_writes = tokio::sync::Mutex::new(());
+    let fail = |e: io::Error| {
+        let _ = data.shutdown_how(Shutdown::Both);
+        let _ = plain.shutdown_how(Shutdown::Both);
+        e
+    };
+    // Encrypts `bytes` (or, when None, closes) and writes the records, under the lock.
+    let send_data = |bytes: Option<Vec<u8>>, mut out: Vec<u8>| {
+        let session = &session;
+        let data_writes = &data_writes;
+        async move {
+            let _turn = data_writes.lock().await;
+            out.clear();
+            {
+                let mut s = session.borrow_mut();
+                match &bytes {
+                    Some(b) => s.encrypt(b, &mut out).map_err(tls_io)?,
+                    None => s.close_notify(&mut out),
+                }
+            }
+            let (written, out) = data.write_owned(out).await;
+            written.map(|()| (bytes, out))
+        }
+    };
+    let inbound = async {
+        let mut total = 0u64;
+        if !prefix_to_plain.is_empty() {
+            total += prefix_to_plain.len() as u64;
+            plain.write_owned(prefix_to_plain).await.0.map_err(fail)?;
+        }
+        let mut cipher = Vec::with_capacity(buffer_bytes);
+        let mut clear = Vec::with_capacity(buffer_bytes);
+        loop {
+            let (read, b) = data.read_owned(cipher).await;
+            cipher = b;
+            let n = read.map_err(fail)?;
+            if n == 0 {
+                session
+                    .borrow()
+                    .peer_closed()
+                    .map_err(tls_io)
+                    .map_err(fail)?;
+                return match plain.shutdown_how(Shutdown::Write) {
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(fail(e)),
+                    _ => Ok(total),
+                };
+            }
+            clear.clear();
+            let outcome = session
+                .borrow_mut()
+                .decrypt(&cipher[..n], &mut clear)
+                .map_err(tls_io)
+                .map_err(fail)?;
+            if outcome.wants_write {
+                let _turn = data_writes.lock().await;
+                let mut out = Vec::new();
+                session.borrow_mut().take_output(&mut out);
+                data.write_owned(out).await.0.map_err(fail)?;
+            }
+            if !clear.is_empty() {
+                total += clear.len() as u64;
+                let (written, c) = plain.write_owned(clear).await;
+                clear = c;
+                written.map_err(fail)?;
+            }
+            if outcome.eof {
+                return match plain.shutdown_how(Shutdown::Write) {
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(fail(e)),
+                    _ => Ok(total),
+                };
+            }
+        }
+    };
+    let outbound = async {
+        let mut total = 0u64;
+        let mut out = Vec::with_capacity(buffer_bytes + 1024);
+        if !prefix_to_data.is_empty() {
+            total += prefix_to_data.len() as u64;
+            out = send_data(Some(prefix_to_data), out).await.map_err(fail)?.1;
+        }
+        let mut buf = Vec::with_capacity(buffer_bytes);
+        loop {
+            let (read, b) = plain.read_owned(buf).await;
+            buf = b;
+            let n = read.map_err(fail)?;
+            if n == 0 {
+                send_data(None, out).await.map_err(fail)?;
+                return match data.shutdown_how(Shutdown::Write) {
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(fail(e)),
+                    _ => Ok(total),
+                };
+            }
+            total += n as u64;
+            let (b, o) = send_data(Some(buf), out).await.map_err(fail)?;
+            buf = b.unwrap_or_default();
+            out = o;
+        }
+    };
+    let (x, y) = tokio::join!(inbound, outbound);
+    Ok(Moved {
+        a_to_b: x?,
+        b_to_a: y?,
+    })
+}

@@ -18,7 +18,7 @@ use tracing::{debug, trace, warn, Instrument};
 
 use super::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
 use super::idle::{IdleConn, IdleError};
-use super::pump::{pump_conns, write_all, Conn, Pools};
+use super::pump::{pump_conns, pump_tls, write_all, Conn, Pools};
 use super::{WorkerEvent, WorkerMsg};
 use crate::balancer::{Balancer, HostSpec, HostState};
 use crate::control::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
@@ -300,6 +300,7 @@ impl Worker {
             handed.legacy,
             handed.pending,
             handed.outstanding_pings,
+            handed.tls,
         );
         self.state
             .borrow_mut()
@@ -342,6 +343,7 @@ impl Worker {
             legacy: conn.legacy,
             pending: conn.pending,
             outstanding_pings: conn.outstanding_pings,
+            tls: conn.tls,
         };
         let _ = self.events.send(WorkerEvent::Donated { to, conn: handed });
     }
@@ -677,8 +679,34 @@ impl Worker {
             legacy,
             pending,
             outstanding_pings,
+            tls,
             ..
         } = conn;
+        if let Some(tls) = tls {
+            let start = Frame::SessionStart(SessionStart {
+                session_id,
+                client_addr: client.to_string(),
+            });
+            let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+            let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, Some(*tls));
+            let rest = if legacy {
+                pending
+            } else {
+                channel.write_all(&frame).await?;
+                self.strip_pongs_tls(&mut channel, pending, outstanding_pings)
+                    .await?
+            };
+            setup.started();
+            let (stream, tls) = channel.into_parts();
+            let data = Conn::from_tokio(self.backend, stream)?;
+            let session = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
+            let moved = pump_tls(&data, frontend, session, rest, Vec::new(), &self.buffers).await;
+            // (to the frontend, to the agent) → (a = frontend, b = data).
+            return moved.map(|m| super::pump::Moved {
+                a_to_b: m.b_to_a,
+                b_to_a: m.a_to_b,
+            });
+        }
         let (data, prefix_to_frontend) = if legacy {
             setup.started();
             (Conn::from_std(self.backend, stream)?, pending)
@@ -727,6 +755,48 @@ impl Worker {
         write_all(&data, &frame[written..]).await?;
         let rest = self.strip_pongs(&data, pending, outstanding_pings).await?;
         Ok((Conn::from_tokio(self.backend, data)?, rest))
+    }
+
+    /// [`Self::strip_pongs`] over TLS: pongs are decoded from decrypted bytes.
+    async fn strip_pongs_tls(
+        &self,
+        data: &mut crate::tls::Channel,
+        mut buf: Vec<u8>,
+        mut outstanding: u32,
+    ) -> io::Result<Vec<u8>> {
+        let deadline = Instant::now() + self.heartbeat_interval;
+        while outstanding > 0 {
+            match protocol::decode(&buf, self.max_frame_payload_bytes) {
+                Ok(Decoded::Frame(Frame::Pong(_), used)) => {
+                    buf.drain(..used);
+                    outstanding -= 1;
+                }
+                Ok(Decoded::NeedMore(_)) => {
+                    let n = tokio::time::timeout_at(deadline, data.read_into(&mut buf))
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "agent did not answer pending heartbeats",
+                            )
+                        })??;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok(Decoded::Frame(other, _)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "unexpected {} frame before session bytes",
+                            other.flag().name()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        Ok(buf)
     }
 
     /// Pongs for pings sent before the lease precede the session's raw bytes; drop them.

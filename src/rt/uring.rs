@@ -279,3 +279,28 @@ async fn one_way(
         }
     }
 }
+
+impl crate::dataplane::pump::OwnedIo for Stream {
+    async fn read_owned(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        buf.clear();
+        self.0.read(buf).await
+    }
+
+    async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let n = buf.len();
+        // Callers serialise writes to one socket, so no ring write is in flight on it here.
+        let sent = match send_now(self, &buf) {
+            Ok(sent) => sent,
+            Err(e) => return (Err(e), buf),
+        };
+        if sent == n {
+            return (Ok(()), buf);
+        }
+        let (written, slice) = self.0.write_all(buf.slice(sent..n)).await;
+        (written, slice.into_inner())
+    }
+
+    fn shutdown_how(&self, how: Shutdown) -> io::Result<()> {
+        self.0.shutdown(how)
+    }
+}

@@ -107,3 +107,96 @@ async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> Result<usize, TlsError
         }
     }
 }
+
+/// A handshaken tunnel connection on the epoll side (control path, agent slots): a tokio
+/// `TcpStream`, with a [`TlsSession`] when TLS is on. Reads deliver plaintext, writes take
+/// plaintext; the TLS records stay inside.
+#[derive(Debug)]
+pub struct Channel {
+    pub stream: TcpStream,
+    pub tls: Option<TlsSession>,
+    /// TLS records produced while reading (a key update answer), sent before the next write.
+    owed: Vec<u8>,
+    /// close_notify (or TCP EOF) seen.
+    eof: bool,
+}
+
+impl Channel {
+    /// A plaintext connection.
+    pub fn plain(stream: TcpStream) -> Self {
+        Self::new(stream, None)
+    }
+
+    /// `stream`, encrypted by `tls` when it is `Some`.
+    pub fn new(stream: TcpStream, tls: Option<TlsSession>) -> Self {
+        Self {
+            stream,
+            tls,
+            owed: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// The socket and the session (for a pump or a worker).
+    pub fn into_parts(self) -> (TcpStream, Option<TlsSession>) {
+        (self.stream, self.tls)
+    }
+
+    /// Waits for bytes and appends their plaintext to `out`; returns how many were appended,
+    /// 0 when the peer closed. Cancel-safe: nothing is lost when the future is dropped.
+    pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if self.eof {
+                return Ok(0);
+            }
+            let n = read_some(&self.stream, &mut chunk)
+                .await
+                .map_err(io_error)?;
+            let Some(tls) = self.tls.as_mut() else {
+                if n == 0 {
+                    self.eof = true;
+                }
+                out.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            };
+            if n == 0 {
+                self.eof = true;
+                tls.peer_closed().map_err(io_error)?;
+                return Ok(0);
+            }
+            let before = out.len();
+            let outcome = tls.decrypt(&chunk[..n], out).map_err(io_error)?;
+            if outcome.wants_write {
+                tls.take_output(&mut self.owed);
+            }
+            if outcome.eof {
+                self.eof = true;
+            }
+            let got = out.len() - before;
+            if got > 0 || outcome.eof {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Writes all of `data` (encrypted when TLS is on).
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.tls.as_mut() {
+            None => write_all(&self.stream, data).await,
+            Some(tls) => {
+                let mut out = std::mem::take(&mut self.owed);
+                tls.encrypt(data, &mut out).map_err(io_error)?;
+                write_all(&self.stream, &out).await
+            }
+        }
+    }
+}
+
+/// A TLS failure as an `io::Error` (its text kept).
+pub fn io_error(e: TlsError) -> io::Error {
+    match e {
+        TlsError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other),
+    }
+}

@@ -22,7 +22,7 @@ mod session;
 
 pub use config::{client_config, server_config, server_name};
 pub use error::TlsError;
-pub use io::{accept, connect, Established};
+pub use io::{accept, connect, io_error, Channel, Established};
 pub use session::{DecryptOutcome, HandshakeProgress, Side, TlsSession};
 
 pub use rustls::pki_types::ServerName;

@@ -77,6 +77,8 @@ pub struct ServerBuilder {
     tunnel_address: String,
     clusters: Vec<ClusterSpec>,
     admin: bool,
+    /// `tunnel_listener.tls_context`.
+    tls: Option<serde_json::Value>,
 }
 
 pub fn server(backend: IoBackend) -> ServerBuilder {
@@ -89,6 +91,7 @@ pub fn server(backend: IoBackend) -> ServerBuilder {
         tunnel_address: "127.0.0.1:0".into(),
         clusters: vec![],
         admin: false,
+        tls: None,
     }
 }
 
@@ -145,6 +148,11 @@ impl ServerBuilder {
         self.admin = true;
         self
     }
+    /// Sets `tunnel_listener.tls_context` (e.g. `{"cert_chain_file": .., "private_key_file": ..}`).
+    pub fn tls(mut self, tls_context: serde_json::Value) -> Self {
+        self.tls = Some(tls_context);
+        self
+    }
 
     pub fn config(&self) -> ServerConfig {
         let clusters: Vec<serde_json::Value> = self
@@ -178,6 +186,9 @@ impl ServerBuilder {
         });
         if self.admin {
             json["admin"] = serde_json::json!({"address": "127.0.0.1:0"});
+        }
+        if let Some(tls) = &self.tls {
+            json["tunnel_listener"]["tls_context"] = tls.clone();
         }
         ServerConfig::from_str(Path::new("test-server.json"), &json.to_string()).unwrap()
     }
@@ -252,6 +263,11 @@ impl AgentBuilder {
         self.reconnect_base_ms = base;
         self.reconnect_max_ms = max;
         self
+    }
+
+    /// Sets `tunnels[0].tls_context` (e.g. `{"ca_file": .., "server_name": ..}`).
+    pub fn tls(self, tls_context: serde_json::Value) -> Self {
+        self.tunnel_field("tls_context", tls_context)
     }
 
     /// Sets a `tunnels[0]` field.
