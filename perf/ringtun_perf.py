@@ -333,6 +333,42 @@ class Backends:
 # systems
 
 
+TLS_PASSWORD = "ringtun-perf"
+
+
+def tls_material(workdir):
+    """A CA and a `localhost` server certificate signed by it (PEM), plus the same identity as
+    PKCS#12 for rathole; generated once per work directory with the openssl CLI."""
+    d = os.path.join(workdir, "tls")
+    files = {
+        "ca": os.path.join(d, "ca.pem"),
+        "cert": os.path.join(d, "server.pem"),
+        "key": os.path.join(d, "server.key"),
+        "p12": os.path.join(d, "server.p12"),
+    }
+    if all(os.path.exists(f) for f in files.values()):
+        return files
+    os.makedirs(d, exist_ok=True)
+    ca_key = os.path.join(d, "ca.key")
+    csr = os.path.join(d, "server.csr")
+    ext = os.path.join(d, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", files["ca"],
+        "-days", "2", "-subj", "/CN=ringtun perf CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["key"], "-out", csr,
+        "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", ca_key, "-CAcreateserial",
+        "-out", files["cert"], "-days", "2", "-extfile", ext)
+    run("pkcs12", "-export", "-out", files["p12"], "-inkey", files["key"], "-in", files["cert"],
+        "-certfile", files["ca"], "-passout", f"pass:{TLS_PASSWORD}")
+    return files
+
+
 class System:
     """A running tunnel (or none): where the echo and sink frontends are, and its processes."""
 
@@ -389,14 +425,17 @@ class Direct(System):
 class Ringtun(System):
     """ringtun server + agent; two clusters (echo, sink), one agent serving both."""
 
-    def __init__(self, ringtun, io_backend, connection_num=8, workers=0):
+    def __init__(self, ringtun, io_backend, connection_num=8, workers=0, tls=False):
         super().__init__()
         self.ringtun = ringtun
         self.io_backend = io_backend
         self.connection_num = connection_num
         self.workers = workers
-        self.name = f"ringtun-{io_backend}"
-        self.label = f"ringtun ({'io_uring' if io_backend == 'uring' else io_backend})"
+        self.tls = tls
+        self.tls_files = None
+        self.name = f"ringtun-{io_backend}" + ("-tls" if tls else "")
+        self.label = f"ringtun ({'io_uring' if io_backend == 'uring' else io_backend})" + (
+            " TLS" if tls else "")
         self.server = None
         self.agent = None
 
@@ -436,6 +475,13 @@ class Ringtun(System):
             "tunnel_listener": {"address": f"127.0.0.1:{tunnel}"},
             "clusters": clusters,
         }
+        if self.tls_files:
+            server["tunnel_listener"]["tls_context"] = {
+                "cert_chain_file": self.tls_files["cert"],
+                "private_key_file": self.tls_files["key"],
+            }
+            for t in tunnels:
+                t["tls_context"] = {"ca_file": self.tls_files["ca"], "server_name": "localhost"}
         agent = {
             "host_name": "perf-agent",
             "workers": self.workers,
@@ -446,6 +492,8 @@ class Ringtun(System):
         return server, agent
 
     def start(self, backends, workdir):
+        if self.tls:
+            self.tls_files = tls_material(workdir)
         tunnel, front_echo, front_sink = free_port(), free_port(), free_port()
         server, agent = self.configs(backends, tunnel, front_echo, front_sink)
         sp = os.path.join(workdir, f"{self.name}-server.json")
@@ -478,17 +526,41 @@ class Rathole(System):
     name = "rathole"
     label = "rathole"
 
-    def __init__(self, binary, ringtun):
+    def __init__(self, binary, ringtun, tls=False):
         super().__init__()
         self.binary = binary
         self.ringtun = ringtun
+        self.tls = tls
+        if tls:
+            self.name = "rathole-tls"
+            self.label = "rathole TLS"
 
     def start(self, backends, workdir):
         control, front_echo, front_sink = free_port(), free_port(), free_port()
+        server_tls, client_tls = [], []
+        if self.tls:
+            files = tls_material(workdir)
+            server_tls = [
+                "[server.transport]",
+                'type = "tls"',
+                "[server.transport.tls]",
+                f'pkcs12 = "{files["p12"]}"',
+                f'pkcs12_password = "{TLS_PASSWORD}"',
+                "",
+            ]
+            client_tls = [
+                "[client.transport]",
+                'type = "tls"',
+                "[client.transport.tls]",
+                f'trusted_root = "{files["ca"]}"',
+                'hostname = "localhost"',
+                "",
+            ]
         server = [
             "[server]",
             f'bind_addr = "127.0.0.1:{control}"',
             "",
+            *server_tls,
             "[server.services.echo]",
             f'token = "{TOKEN}"',
             f'bind_addr = "127.0.0.1:{front_echo}"',
@@ -501,6 +573,7 @@ class Rathole(System):
             "[client]",
             f'remote_addr = "127.0.0.1:{control}"',
             "",
+            *client_tls,
             "[client.services.echo]",
             f'token = "{TOKEN}"',
             f'local_addr = "{backends.echo}"',
@@ -509,8 +582,8 @@ class Rathole(System):
             f'token = "{TOKEN}"',
             f'local_addr = "{backends.sink}"',
         ]
-        sp = os.path.join(workdir, "rathole-server.toml")
-        cp = os.path.join(workdir, "rathole-client.toml")
+        sp = os.path.join(workdir, f"{self.name}-server.toml")
+        cp = os.path.join(workdir, f"{self.name}-client.toml")
         with open(sp, "w") as f:
             f.write("\n".join(server) + "\n")
         with open(cp, "w") as f:

@@ -378,3 +378,61 @@ both_backends!(dns_lister_dials_every_address_of_the_name, |backend| {
         b"via dns"
     );
 });
+
+/// Opens `n` sessions at once and holds them; returns how many echoed.
+fn hold_sessions(frontend: SocketAddr, n: usize) -> (usize, Vec<TcpStream>) {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || -> Option<TcpStream> {
+                let mut c = TcpStream::connect(frontend).ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                c.write_all(&[i as u8; 16]).ok()?;
+                let mut back = [0u8; 16];
+                c.read_exact(&mut back).ok()?;
+                (back == [i as u8; 16]).then_some(c)
+            })
+        })
+        .collect();
+    let held: Vec<TcpStream> = handles
+        .into_iter()
+        .filter_map(|h| h.join().unwrap())
+        .collect();
+    (held.len(), held)
+}
+
+both_backends!(
+    concurrent_sessions_beyond_the_idle_pool_are_served,
+    |backend| {
+        let echo = echo_backend();
+        let server = server(backend).cluster("c").pool_wait_ms(5000).run();
+        let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+            .connection_num(2)
+            .run();
+        wait_registered(&server, "c", 1, 2);
+        let (ok, held) = hold_sessions(server.frontend_addr("c").unwrap(), 60);
+        assert_eq!(
+            ok,
+            60,
+            "pool exhausted {}",
+            server.counters().pool_exhausted_total
+        );
+        drop(held);
+    }
+);
+
+both_backends!(max_connection_num_bounds_concurrent_sessions, |backend| {
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").pool_wait_ms(500).run();
+    let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+        .connection_num(2)
+        .tunnel_field("max_connection_num", 6.into())
+        .run();
+    wait_registered(&server, "c", 1, 2);
+    let (ok, held) = hold_sessions(server.frontend_addr("c").unwrap(), 10);
+    assert_eq!(
+        ok, 6,
+        "max_connection_num 6 served {ok} concurrent sessions"
+    );
+    assert!(server.counters().pool_exhausted_total >= 4);
+    drop(held);
+});

@@ -185,6 +185,8 @@ impl Shared {
         let start = count.min(room);
         debug!(peer = %peer.addr, asked = count, starting = start, "pool request");
         for index in 0..start {
+            // Counted now, not when the task runs, so the next request sees these.
+            peer::SlotGuard::reserve(peer, true);
             self.spawn_slot(SlotSpec {
                 peer: peer.clone(),
                 role: Role::Data,

@@ -127,10 +127,21 @@ pub struct SlotGuard {
 
 impl SlotGuard {
     pub fn new(peer: Arc<Peer>, extra: bool) -> Self {
+        Self::reserve(&peer, extra);
+        Self { peer, extra }
+    }
+
+    /// Counts a slot before its task starts (so concurrent pool requests see it at once);
+    /// the task then takes the count over with [`SlotGuard::adopt`].
+    pub fn reserve(peer: &Peer, extra: bool) {
         peer.data_slots.fetch_add(1, Ordering::AcqRel);
         if extra {
             peer.extra_slots.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Takes over a count made by [`SlotGuard::reserve`].
+    pub fn adopt(peer: Arc<Peer>, extra: bool) -> Self {
         Self { peer, extra }
     }
 }

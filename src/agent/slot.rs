@@ -58,7 +58,14 @@ pub async fn run(
     let Some(tunnel) = shared.config.tunnels.get(peer.tunnel) else {
         return;
     };
-    let _slot = (spec.role == Role::Data).then(|| SlotGuard::new(peer.clone(), spec.extra));
+    // Extra slots were counted when they were asked for (see `Shared::extra_slots`).
+    let _slot = (spec.role == Role::Data).then(|| {
+        if spec.extra {
+            SlotGuard::adopt(peer.clone(), true)
+        } else {
+            SlotGuard::new(peer.clone(), false)
+        }
+    });
     let mut aside_commands = match spec.role {
         Role::Aside => peer.take_aside_commands(),
         Role::Data => None,

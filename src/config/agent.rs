@@ -72,8 +72,11 @@ pub struct TunnelConfig {
     /// Idle data connections kept to each server, a count. Default 4; 1 to 1024.
     #[serde(default = "default_connection_num")]
     pub connection_num: u32,
-    /// Most data connections to one server when it asks for more, a count. Default:
-    /// 4 × `connection_num`; `connection_num` to 4096.
+    /// Most data connections to one server (idle ones plus those carrying sessions), a count:
+    /// the bound on this agent's concurrent sessions through that server. Beyond the
+    /// `connection_num` kept idle, connections are opened when the server asks (pool request)
+    /// and let go when idle again. Default: the larger of 1024 and `connection_num`;
+    /// `connection_num` to 65536.
     #[serde(default)]
     pub max_connection_num: Option<u32>,
     /// The server-side cluster to join: 1 to 128 of `A-Z a-z 0-9 . _ -`. Required; no default.
@@ -204,6 +207,9 @@ fn default_refresh_interval_ms() -> u64 {
     5_000
 }
 
+/// Default `max_connection_num` (when it is not below `connection_num`).
+pub const DEFAULT_MAX_CONNECTION_NUM: u32 = 1024;
+
 /// Most a weight may be; keeps weighted balancing arithmetic small.
 pub const MAX_WEIGHT: i64 = 10_000;
 
@@ -313,10 +319,10 @@ impl AgentConfig {
                 );
             }
             if let Some(max) = t.max_connection_num {
-                if max < t.connection_num || max > 4096 {
+                if max < t.connection_num || max > 65_536 {
                     return err(
                         at("max_connection_num"),
-                        format!("{max} is outside connection_num..=4096"),
+                        format!("{max} is outside connection_num..=65536"),
                     );
                 }
             }
@@ -585,7 +591,7 @@ impl TunnelConfig {
     /// The effective `max_connection_num`.
     pub fn max_connections(&self) -> u32 {
         self.max_connection_num
-            .unwrap_or(self.connection_num.saturating_mul(4))
+            .unwrap_or(DEFAULT_MAX_CONNECTION_NUM.max(self.connection_num))
     }
 }
 

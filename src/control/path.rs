@@ -95,6 +95,8 @@ struct Control {
     asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
     /// Rotates pool requests over a cluster's hosts.
     pool_request_turn: std::cell::Cell<usize>,
+    /// Per cluster, workers owed a connection by a pool request, in order asked.
+    wanted: RefCell<HashMap<String, std::collections::VecDeque<usize>>>,
     /// Accepted `hmac` credentials, refused if seen again.
     replay: RefCell<super::replay::ReplayCache>,
     /// TLS on tunnel connections.
@@ -130,6 +132,7 @@ pub async fn run(setup: ControlSetup) {
         stats,
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
+        wanted: RefCell::new(HashMap::new()),
         replay: RefCell::default(),
         tls,
     });
@@ -284,6 +287,17 @@ impl Control {
         hosts.len()
     }
 
+    /// Records that `worker` is owed `count` connections of `cluster` (bounded: a worker is owed
+    /// at most what it last said it waits for).
+    fn owe(&self, cluster: &str, worker: usize, count: u32) {
+        let mut wanted = self.wanted.borrow_mut();
+        let queue = wanted.entry(cluster.to_string()).or_default();
+        let owed = queue.iter().filter(|w| **w == worker).count() as u32;
+        for _ in owed..count.min(1024) {
+            queue.push_back(worker);
+        }
+    }
+
     /// Asks one host of the cluster (in turn) for `count` more data connections.
     fn request_pool(&self, cluster: &Arc<str>, count: u32) {
         let hosts: Vec<HostId> = self
@@ -337,8 +351,17 @@ impl Control {
                             to: worker,
                         });
                     }
-                    None => self.request_pool(&cluster, waiting),
+                    None => {
+                        self.owe(&cluster, worker, waiting);
+                        self.request_pool(&cluster, waiting);
+                    }
                 }
+            }
+            WorkerEvent::DonateFailed { to, cluster } => {
+                // The registry's idle counts lagged; ask an agent instead.
+                debug!(worker = to, %cluster, "donation found nothing; asking for a new connection");
+                self.owe(&cluster, to, 1);
+                self.request_pool(&cluster, 1);
             }
             WorkerEvent::Donated { to, conn } => {
                 let conn_id = conn.conn_id;
@@ -529,7 +552,16 @@ impl Control {
                 return;
             }
         };
-        let worker = self.registry.borrow_mut().assign_worker(conn_id);
+        // A worker whose frontends asked for a connection of this cluster gets it first.
+        let wanted = self
+            .wanted
+            .borrow_mut()
+            .get_mut(cluster)
+            .and_then(std::collections::VecDeque::pop_front);
+        let worker = self
+            .registry
+            .borrow_mut()
+            .assign_worker_preferring(conn_id, wanted);
         let sent = worker.and_then(|w| self.workers.get(w)).map(|tx| {
             tx.send(WorkerMsg::DataConn(HandedConn {
                 conn_id,

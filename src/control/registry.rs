@@ -247,17 +247,31 @@ impl Registry {
     /// Chooses the worker for an idle data connection: the one with the fewest idle connections
     /// of that host, and records it there.
     pub fn assign_worker(&mut self, conn_id: ConnId) -> Option<usize> {
+        self.assign_worker_preferring(conn_id, None)
+    }
+
+    /// As [`Registry::assign_worker`], but to `preferred` when given (a worker whose frontends
+    /// wait for a connection of this cluster).
+    pub fn assign_worker_preferring(
+        &mut self,
+        conn_id: ConnId,
+        preferred: Option<usize>,
+    ) -> Option<usize> {
         let conn = self.conns.get_mut(&conn_id)?;
         let host = self
             .clusters
             .get_mut(&conn.cluster)?
             .hosts
             .get_mut(&conn.host)?;
-        let (worker, _) = host
+        let fewest = host
             .idle_per_worker
             .iter()
             .enumerate()
-            .min_by_key(|(_, n)| **n)?;
+            .min_by_key(|(_, n)| **n)
+            .map(|(w, _)| w)?;
+        let worker = preferred
+            .filter(|w| *w < host.idle_per_worker.len())
+            .unwrap_or(fewest);
         host.idle_per_worker[worker] += 1;
         conn.idle_on = Some(worker);
         Some(worker)

@@ -72,4 +72,6 @@ pub enum WorkerEvent {
     },
     /// An idle connection given up for worker `to` (answer to `Donate`).
     Donated { to: usize, conn: HandedConn },
+    /// A `Donate` found no idle connection here any more (it was leased meanwhile).
+    DonateFailed { to: usize, cluster: Arc<str> },
 }

@@ -25,6 +25,9 @@ use crate::control::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
 use crate::protocol::{self, Decoded, Frame, SessionStart};
 use crate::rt::Backend;
 
+/// While frontends wait for a connection, how often the worker asks the control path again.
+const REASK_MS: u64 = 50;
+
 /// Everything a worker needs to start.
 pub struct WorkerSetup {
     pub index: usize,
@@ -333,6 +336,10 @@ impl Worker {
             found
         };
         let Some(conn) = conn else {
+            let _ = self.events.send(WorkerEvent::DonateFailed {
+                to,
+                cluster: cluster.clone(),
+            });
             return;
         };
         let handed = super::HandedConn {
@@ -571,10 +578,16 @@ impl Worker {
             if let Some(conn) = self.try_lease(cluster, client.ip()) {
                 break Some(conn);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let wake = deadline.min(Instant::now() + Duration::from_millis(REASK_MS));
+            if tokio::time::timeout_at(wake, notified).await.is_err() {
                 // Let a later frontend ask again.
                 self.starving.borrow_mut().remove(cluster);
-                break self.try_lease(cluster, client.ip());
+                if Instant::now() >= deadline {
+                    break self.try_lease(cluster, client.ip());
+                }
+                // Still waiting: ask again (an answer may have gone to another worker, or a
+                // donor may have had nothing left).
+                self.ask_for_connections(cluster);
             }
         };
         if let Some(n) = self.waiting.borrow_mut().get_mut(cluster) {
