@@ -231,7 +231,7 @@ fn full_server() -> ServerConfig {
                 address: "0.0.0.0:8080".into(),
             }],
             pool_wait_ms: 2_000,
-            max_data_connections_per_agent: 1024,
+            max_data_connections_per_agent: 16_384,
             max_data_connections: 65_536,
             max_sessions: 100_000,
         }],

@@ -75,7 +75,7 @@ pub struct TunnelConfig {
     /// Most data connections to one server (idle ones plus those carrying sessions), a count:
     /// the bound on this agent's concurrent sessions through that server. Beyond the
     /// `connection_num` kept idle, connections are opened when the server asks (pool request)
-    /// and let go when idle again. Default: the larger of 1024 and `connection_num`;
+    /// and let go when idle again. Default: the larger of 16384 and `connection_num`;
     /// `connection_num` to 65536.
     #[serde(default)]
     pub max_connection_num: Option<u32>,
@@ -208,7 +208,7 @@ fn default_refresh_interval_ms() -> u64 {
 }
 
 /// Default `max_connection_num` (when it is not below `connection_num`).
-pub const DEFAULT_MAX_CONNECTION_NUM: u32 = 1024;
+pub const DEFAULT_MAX_CONNECTION_NUM: u32 = 16_384;
 
 /// Most a weight may be; keeps weighted balancing arithmetic small.
 pub const MAX_WEIGHT: i64 = 10_000;

@@ -135,7 +135,8 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub frontends: Vec<FrontendConfig>,
     /// Data connections one agent (host) may hold in this cluster; more are refused at the
-    /// handshake (status 0). Default 1024; 1 to 65536.
+    /// handshake (status 0). Each carries at most one session, so this bounds an agent's
+    /// concurrent sessions. Default 16384; 1 to 65536.
     #[serde(default = "default_max_data_connections_per_agent")]
     pub max_data_connections_per_agent: u32,
     /// Data connections all agents together may hold in this cluster. Default 65536; 1 to 10000000.
@@ -206,7 +207,7 @@ fn default_max_concurrent_handshakes() -> usize {
     4096
 }
 fn default_max_data_connections_per_agent() -> u32 {
-    1024
+    16_384
 }
 fn default_max_data_connections() -> u32 {
     65_536

@@ -27,7 +27,7 @@ pub fn clusters() -> Vec<ClusterConfig> {
         credentials: creds.iter().map(|c| Secret::new(*c)).collect(),
         frontends: vec![],
         pool_wait_ms: 0,
-        max_data_connections_per_agent: 1024,
+        max_data_connections_per_agent: 16_384,
         max_data_connections: 65_536,
         max_sessions: 100_000,
     };

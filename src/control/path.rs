@@ -64,6 +64,9 @@ pub enum ControlCmd {
     Shutdown,
 }
 
+/// How long a pool request is counted as on its way before it is asked again.
+const OWED_EXPIRY_MS: u64 = 1000;
+
 /// How often a draining control path checks whether sessions are done.
 const DRAIN_POLL_MS: u64 = 20;
 
@@ -95,8 +98,9 @@ struct Control {
     asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
     /// Rotates pool requests over a cluster's hosts.
     pool_request_turn: std::cell::Cell<usize>,
-    /// Per cluster, workers owed a connection by a pool request, in order asked.
-    wanted: RefCell<HashMap<String, std::collections::VecDeque<usize>>>,
+    /// Per cluster, workers owed a connection by a pool request (and when it was asked), in
+    /// order asked.
+    wanted: RefCell<HashMap<String, std::collections::VecDeque<(usize, tokio::time::Instant)>>>,
     /// Accepted `hmac` credentials, refused if seen again.
     replay: RefCell<super::replay::ReplayCache>,
     /// TLS on tunnel connections.
@@ -287,15 +291,20 @@ impl Control {
         hosts.len()
     }
 
-    /// Records that `worker` is owed `count` connections of `cluster` (bounded: a worker is owed
-    /// at most what it last said it waits for).
-    fn owe(&self, cluster: &str, worker: usize, count: u32) {
+    /// Records that `worker` waits for `count` connections of `cluster`; returns how many more
+    /// must be asked for (what is owed already is not asked twice). Requests unanswered for
+    /// `OWED_EXPIRY_MS` are forgotten, so a lost one is asked again.
+    fn owe(&self, cluster: &str, worker: usize, count: u32) -> u32 {
+        let now = tokio::time::Instant::now();
         let mut wanted = self.wanted.borrow_mut();
         let queue = wanted.entry(cluster.to_string()).or_default();
-        let owed = queue.iter().filter(|w| **w == worker).count() as u32;
-        for _ in owed..count.min(1024) {
-            queue.push_back(worker);
+        queue.retain(|(_, at)| now.duration_since(*at) < Duration::from_millis(OWED_EXPIRY_MS));
+        let owed = queue.iter().filter(|(w, _)| *w == worker).count() as u32;
+        let more = count.min(4096).saturating_sub(owed);
+        for _ in 0..more {
+            queue.push_back((worker, now));
         }
+        more
     }
 
     /// Asks one host of the cluster (in turn) for `count` more data connections.
@@ -352,16 +361,19 @@ impl Control {
                         });
                     }
                     None => {
-                        self.owe(&cluster, worker, waiting);
-                        self.request_pool(&cluster, waiting);
+                        let more = self.owe(&cluster, worker, waiting);
+                        if more > 0 {
+                            self.request_pool(&cluster, more);
+                        }
                     }
                 }
             }
             WorkerEvent::DonateFailed { to, cluster } => {
                 // The registry's idle counts lagged; ask an agent instead.
                 debug!(worker = to, %cluster, "donation found nothing; asking for a new connection");
-                self.owe(&cluster, to, 1);
-                self.request_pool(&cluster, 1);
+                if self.owe(&cluster, to, 1) > 0 {
+                    self.request_pool(&cluster, 1);
+                }
             }
             WorkerEvent::Donated { to, conn } => {
                 let conn_id = conn.conn_id;
@@ -557,7 +569,8 @@ impl Control {
             .wanted
             .borrow_mut()
             .get_mut(cluster)
-            .and_then(std::collections::VecDeque::pop_front);
+            .and_then(std::collections::VecDeque::pop_front)
+            .map(|(w, _)| w);
         let worker = self
             .registry
             .borrow_mut()

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 /// Size of one pump buffer.
 pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
 /// Buffers kept for reuse per worker; more are freed when returned.
-const POOL_KEEP: usize = 256;
+const POOL_KEEP: usize = 32;
 
 /// A worker's recycled pump buffers.
 #[derive(Clone)]

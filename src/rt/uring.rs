@@ -122,7 +122,7 @@ impl Stream {
 /// less than a small buffer moves it back. Idle directions thus park only a small read.
 pub const SMALL_BUFFER_BYTES: usize = 2 * 1024;
 /// Buffers kept for reuse per worker and size.
-const POOL_KEEP: usize = 256;
+const POOL_KEEP: usize = 32;
 
 /// A worker's recycled owned buffers.
 #[derive(Clone)]
