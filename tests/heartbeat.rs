@@ -124,3 +124,87 @@ both_backends!(agent_leaves_a_silent_server_and_redials, |backend| {
     }
     drop(agent);
 });
+
+/// Reads one frame from a blocking socket (test helper).
+fn read_frame(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Frame {
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Ok(Decoded::Frame(f, used)) = protocol::decode(buf, 65535) {
+            buf.drain(..used);
+            return f;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "server closed the data connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+both_backends!(
+    pongs_still_due_at_lease_never_reach_the_frontend,
+    |backend| {
+        let server = server(backend)
+            .cluster("c")
+            .heartbeat_ms(100)
+            .workers(1)
+            .run();
+        // A scripted agent: one data connection that leaves pings unanswered until a session starts.
+        let mut agent = std::net::TcpStream::connect(server.tunnel_addr()).unwrap();
+        agent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let init = protocol::encode_to_vec(&Frame::Init(protocol::ConnectionInitInfo {
+            cluster_name: "c".into(),
+            weight: 1,
+            host_name: "scripted".into(),
+            extra: Some(protocol::InitExtra {
+                ringtun: Some(protocol::RingtunInit {
+                    version: 1,
+                    role: protocol::Role::Data,
+                    agent_id: "scripted".into(),
+                    max_connection_num: None,
+                }),
+                other: Default::default(),
+            }),
+            ..Default::default()
+        }))
+        .unwrap();
+        agent.write_all(&init).unwrap();
+        let mut buf = Vec::new();
+        assert!(
+            matches!(read_frame(&mut agent, &mut buf), Frame::InitResponse(r) if r.status == Status::SUCCESS)
+        );
+        let mut due = Vec::new();
+        match read_frame(&mut agent, &mut buf) {
+            Frame::Ping(p) => due.push(p.seq),
+            other => panic!("expected a ping, got {other:?}"),
+        }
+        let mut client = std::net::TcpStream::connect(server.frontend_addr("c").unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(b"hello").unwrap();
+        loop {
+            match read_frame(&mut agent, &mut buf) {
+                Frame::Ping(p) => due.push(p.seq),
+                Frame::SessionStart(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Answer every ping now, then the session's bytes: the server must drop the pongs.
+        let mut reply = Vec::new();
+        for seq in &due {
+            protocol::encode(&Frame::Pong(protocol::Pong { seq: *seq }), &mut reply).unwrap();
+        }
+        reply.extend_from_slice(b"world");
+        agent.write_all(&reply).unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"world", "{} pongs were due", due.len());
+        while buf.len() < 5 {
+            let mut chunk = [0u8; 16];
+            let n = agent.read(&mut chunk).unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(&buf[..5], b"hello");
+    }
+);

@@ -18,7 +18,7 @@ use tracing::{debug, trace, warn, Instrument};
 
 use super::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
 use super::idle::{IdleConn, IdleError};
-use super::pump::{pump_conns, pump_tls, write_all, Conn, Pools};
+use super::pump::{pump_conns, pump_tls, Conn, Pools};
 use super::{WorkerEvent, WorkerMsg};
 use crate::balancer::{Balancer, HostSpec, HostState};
 use crate::control::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
@@ -706,7 +706,7 @@ impl Worker {
                 pending
             } else {
                 channel.write_all(&frame).await?;
-                self.strip_pongs_tls(&mut channel, pending, outstanding_pings)
+                self.strip_pongs(&mut channel, pending, outstanding_pings)
                     .await?
             };
             setup.started();
@@ -764,14 +764,18 @@ impl Worker {
         if written == frame.len() && outstanding_pings == 0 {
             return Ok((Conn::from_std(self.backend, stream)?, pending));
         }
-        let data = TcpStream::from_std(stream)?;
-        write_all(&data, &frame[written..]).await?;
-        let rest = self.strip_pongs(&data, pending, outstanding_pings).await?;
+        let mut channel = crate::tls::Channel::plain(TcpStream::from_std(stream)?);
+        channel.write_all(&frame[written..]).await?;
+        let rest = self
+            .strip_pongs(&mut channel, pending, outstanding_pings)
+            .await?;
+        let (data, _) = channel.into_parts();
         Ok((Conn::from_tokio(self.backend, data)?, rest))
     }
 
-    /// [`Self::strip_pongs`] over TLS: pongs are decoded from decrypted bytes.
-    async fn strip_pongs_tls(
+    /// Pongs for pings sent before the lease precede the session's raw bytes; drop them (decoded
+    /// from decrypted bytes on a TLS connection).
+    async fn strip_pongs(
         &self,
         data: &mut crate::tls::Channel,
         mut buf: Vec<u8>,
@@ -796,59 +800,6 @@ impl Worker {
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                }
-                Ok(Decoded::Frame(other, _)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "unexpected {} frame before session bytes",
-                            other.flag().name()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-        }
-        Ok(buf)
-    }
-
-    /// Pongs for pings sent before the lease precede the session's raw bytes; drop them.
-    async fn strip_pongs(
-        &self,
-        data: &TcpStream,
-        mut buf: Vec<u8>,
-        mut outstanding: u32,
-    ) -> io::Result<Vec<u8>> {
-        let deadline = Instant::now() + self.heartbeat_interval;
-        while outstanding > 0 {
-            match protocol::decode(&buf, self.max_frame_payload_bytes) {
-                Ok(Decoded::Frame(Frame::Pong(_), used)) => {
-                    buf.drain(..used);
-                    outstanding -= 1;
-                }
-                Ok(Decoded::NeedMore(_)) => {
-                    let mut chunk = [0u8; 256];
-                    let n = tokio::time::timeout_at(deadline, async {
-                        loop {
-                            data.readable().await?;
-                            match data.try_read(&mut chunk) {
-                                Ok(n) => return Ok(n),
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                    })
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "agent did not answer pending heartbeats",
-                        )
-                    })??;
-                    if n == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
                 }
                 Ok(Decoded::Frame(other, _)) => {
                     return Err(io::Error::new(
