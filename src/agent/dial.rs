@@ -108,10 +108,14 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
         Some(t) => {
             let tls = |source| DialError::Tls { peer, source };
             let name = crate::tls::server_name(&t.tls, &peer.to_string()).map_err(tls)?;
-            let est = crate::tls::connect(&stream, t.config.clone(), name)
+            // Boxed: the handshake's state is large, and plaintext dials should not carry it.
+            let est = Box::pin(crate::tls::connect(&stream, t.config.clone(), name))
                 .await
                 .map_err(tls)?;
-            (Channel::new(stream, Some(est.session)), est.plaintext)
+            (
+                Channel::new(stream, Some(Box::new(est.session))),
+                est.plaintext,
+            )
         }
     };
     let init = Frame::Init(ConnectionInitInfo {

@@ -97,7 +97,8 @@ pub async fn run(
             tls: shared.tls.get(peer.tunnel).and_then(Option::as_ref),
         };
         let dialed = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), dial(peer.addr, &params)) => {
+            // Boxed, like each phase below: the slot's own future stays small while it idles.
+            r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(dial(peer.addr, &params))) => {
                 r.unwrap_or(Err(DialError::Timeout { peer: peer.addr, timeout_ms: connect_timeout_ms }))
             }
             _ = stop.changed() => return,
@@ -114,14 +115,14 @@ pub async fn run(
                         let id = conn.connection_id;
                         peer.conn_up(id);
                         let ended = tokio::select! {
-                            e = serve_data(&shared, &spec, conn, &pool) => e,
+                            e = Box::pin(serve_data(&shared, &spec, conn, &pool)) => e,
                             _ = stop.changed() => return,
                         };
                         peer.conn_down(id);
                         ended
                     }
                     Role::Aside => tokio::select! {
-                        e = serve_aside(&shared, &spec, conn, aside_commands.as_mut()) => e,
+                        e = Box::pin(serve_aside(&shared, &spec, conn, aside_commands.as_mut())) => e,
                         _ = stop.changed() => return,
                     },
                 };
@@ -196,9 +197,17 @@ async fn serve_data(shared: &Shared, spec: &SlotSpec, conn: Dialed, pool: &Pools
             spec.peer.conn_down(connection_id);
             let span =
                 tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
-            run_session(shared, spec.peer.tunnel, stream, start, rest, pool)
-                .instrument(span)
-                .await;
+            // Boxed: only a session pays for its pump's state, not every idle connection.
+            Box::pin(run_session(
+                shared,
+                spec.peer.tunnel,
+                stream,
+                start,
+                rest,
+                pool,
+            ))
+            .instrument(span)
+            .await;
             Ended::Session
         }
         Err(why) => Ended::Lost(why),
@@ -395,10 +404,11 @@ async fn run_session(
     let Some(listener) = shared.listener_of(tunnel) else {
         return;
     };
-    let connect = tokio::time::timeout(
+    // Boxed: name resolution makes the connect future large, and the pump does not need it.
+    let connect = Box::pin(tokio::time::timeout(
         Duration::from_millis(listener.connect_timeout_ms),
         TcpStream::connect(listener.backend.as_str()),
-    )
+    ))
     .await;
     let backend = match connect {
         Ok(Ok(b)) => b,
@@ -431,7 +441,10 @@ async fn run_session(
     };
     stats.active_sessions.fetch_add(1, Ordering::Relaxed);
     let moved = match tls {
-        Some(session) => pump_tls(&data, &backend, session, prefix, Vec::new(), pool).await,
+        // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
+        Some(session) => {
+            Box::pin(pump_tls(&data, &backend, session, prefix, Vec::new(), pool)).await
+        }
         None => pump_conns(&data, &backend, Vec::new(), prefix, pool).await,
     };
     stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
@@ -445,5 +458,31 @@ async fn run_session(
                 .fetch_add(m.b_to_a, Ordering::Relaxed);
         }
         Err(e) => debug!(session = start.session_id, error = %e, "session ended with error"),
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    //! An idle agent connection costs its slot task and the boxed `serve_data` future: these
+    //! bounds keep stack buffers and TLS state out of them.
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn future_bytes<A, F>(_: impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_idle_slot_stays_small() {
+        let slot = future_bytes(
+            |(a, b, c, d): (Arc<Shared>, SlotSpec, Pools, watch::Receiver<bool>)| run(a, b, c, d),
+        );
+        assert!(slot <= 1536, "slot::run future is {slot} bytes");
+        let data = future_bytes(|(a, b, c, d): (&Shared, &SlotSpec, Dialed, &Pools)| {
+            serve_data(a, b, c, d)
+        });
+        assert!(data <= 2048, "serve_data future is {data} bytes");
+        let dialing = future_bytes(|(a, p): (SocketAddr, &InitParams)| dial(a, p));
+        assert!(dialing <= 1024, "dial future is {dialing} bytes");
     }
 }

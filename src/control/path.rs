@@ -413,11 +413,18 @@ impl Control {
         let (mut stream, first) = match &self.tls {
             None => (Channel::plain(stream), Vec::new()),
             Some(config) => {
-                let accepted =
-                    crate::tls::accept(&stream, config.clone(), Duration::from_millis(timeout_ms))
-                        .await;
+                // Boxed: the handshake's state is large, and plaintext agents should not carry it.
+                let accepted = Box::pin(crate::tls::accept(
+                    &stream,
+                    config.clone(),
+                    Duration::from_millis(timeout_ms),
+                ))
+                .await;
                 match accepted {
-                    Ok(est) => (Channel::new(stream, Some(est.session)), est.plaintext),
+                    Ok(est) => (
+                        Channel::new(stream, Some(Box::new(est.session))),
+                        est.plaintext,
+                    ),
                     Err(e) => {
                         // `accept` has sent the alert telling the agent why (best effort).
                         self.stats.handshake(match e {
@@ -542,7 +549,8 @@ impl Control {
                 legacy,
                 leftover,
             ),
-            Role::Aside => self.aside(stream, reg.conn_id, reg.host_id, leftover).await,
+            // Boxed: data connections' handshakes should not carry the aside loop's state.
+            Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
         }
     }
 
@@ -584,7 +592,7 @@ impl Control {
                 legacy,
                 pending,
                 outstanding_pings: 0,
-                tls: tls.map(Box::new),
+                tls,
             }))
         });
         if !matches!(sent, Some(Ok(()))) {
@@ -703,5 +711,28 @@ trait ShutdownStd {
 impl ShutdownStd for TcpStream {
     fn shutdown_std(&self) -> std::io::Result<()> {
         socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both)
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+
+    /// Every connection an agent opens runs one handshake task here; a storm of pool requests
+    /// runs thousands at once, so its future must stay small (TLS and aside state are boxed).
+    #[test]
+    fn a_handshake_task_stays_small() {
+        fn future_bytes<A, F>(_: impl Fn(A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let handshake = future_bytes(
+            |(c, s, p, q): (
+                Rc<Control>,
+                TcpStream,
+                SocketAddr,
+                tokio::sync::OwnedSemaphorePermit,
+            )| { c.tunnel_conn(s, p, q) },
+        );
+        assert!(handshake <= 2048, "tunnel_conn future is {handshake} bytes");
     }
 }

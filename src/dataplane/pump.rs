@@ -149,16 +149,20 @@ async fn drain(
 
 /// Writes all of `data`, waiting for writability as needed.
 pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match to.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    loop {
+        let sent = crate::rt::send_nonblocking(to, data)?;
+        data = &data[sent..];
+        if data.is_empty() {
+            return Ok(());
         }
+        // The send buffer is full: clear tokio's writable readiness (it may predate the full
+        // buffer) so the wait below sleeps until the next edge. Safe on this current-thread
+        // runtime: the reactor cannot record newer readiness between the send and this line.
+        let _ = to.try_io(Interest::WRITABLE, || {
+            Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+        });
+        to.writable().await?;
     }
-    Ok(())
 }
 
 /// A session socket on whichever backend the worker runs.
@@ -299,7 +303,7 @@ fn tls_io(e: crate::tls::TlsError) -> io::Error {
 pub async fn pump_tls(
     data: &Conn,
     plain: &Conn,
-    session: crate::tls::TlsSession,
+    session: Box<crate::tls::TlsSession>,
     prefix_to_plain: Vec<u8>,
     prefix_to_data: Vec<u8>,
     pools: &Pools,
@@ -329,7 +333,7 @@ pub async fn pump_tls(
 async fn tls_pump<D: OwnedIo, P: OwnedIo>(
     data: &D,
     plain: &P,
-    session: crate::tls::TlsSession,
+    session: Box<crate::tls::TlsSession>,
     prefix_to_plain: Vec<u8>,
     prefix_to_data: Vec<u8>,
     buffer_bytes: usize,

@@ -45,6 +45,15 @@ pub struct WorkerSetup {
     pub counters: Arc<WorkerCounters>,
 }
 
+/// A leased TLS data connection's parts: socket, legacy, pending bytes, pings owed, session.
+type TlsLeased = (
+    std::net::TcpStream,
+    bool,
+    Vec<u8>,
+    u32,
+    Box<crate::tls::TlsSession>,
+);
+
 struct LocalCluster {
     snap: ClusterSnapshot,
     balancer: Balancer,
@@ -696,29 +705,9 @@ impl Worker {
             ..
         } = conn;
         if let Some(tls) = tls {
-            let start = Frame::SessionStart(SessionStart {
-                session_id,
-                client_addr: client.to_string(),
-            });
-            let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
-            let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, Some(*tls));
-            let rest = if legacy {
-                pending
-            } else {
-                channel.write_all(&frame).await?;
-                self.strip_pongs(&mut channel, pending, outstanding_pings)
-                    .await?
-            };
-            setup.started();
-            let (stream, tls) = channel.into_parts();
-            let data = Conn::from_tokio(self.backend, stream)?;
-            let session = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
-            let moved = pump_tls(&data, frontend, session, rest, Vec::new(), &self.buffers).await;
-            // (to the frontend, to the agent) → (a = frontend, b = data).
-            return moved.map(|m| super::pump::Moved {
-                a_to_b: m.b_to_a,
-                b_to_a: m.a_to_b,
-            });
+            // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
+            let conn = (stream, legacy, pending, outstanding_pings, tls);
+            return Box::pin(self.run_tls_session(conn, frontend, client, session_id, setup)).await;
         }
         let (data, prefix_to_frontend) = if legacy {
             setup.started();
@@ -744,6 +733,41 @@ impl Worker {
         )
         .await;
         moved
+    }
+
+    /// `run_session` for a TLS data connection: the session start frame and the pump go
+    /// through its TLS session.
+    async fn run_tls_session(
+        &self,
+        (stream, legacy, pending, outstanding_pings, tls): TlsLeased,
+        frontend: &Conn,
+        client: SocketAddr,
+        session_id: u64,
+        setup: &SessionSetup,
+    ) -> io::Result<super::pump::Moved> {
+        let start = Frame::SessionStart(SessionStart {
+            session_id,
+            client_addr: client.to_string(),
+        });
+        let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+        let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, Some(tls));
+        let rest = if legacy {
+            pending
+        } else {
+            channel.write_all(&frame).await?;
+            self.strip_pongs(&mut channel, pending, outstanding_pings)
+                .await?
+        };
+        setup.started();
+        let (stream, tls) = channel.into_parts();
+        let data = Conn::from_tokio(self.backend, stream)?;
+        let session = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
+        let moved = pump_tls(&data, frontend, session, rest, Vec::new(), &self.buffers).await;
+        // (to the frontend, to the agent) → (a = frontend, b = data).
+        moved.map(|m| super::pump::Moved {
+            a_to_b: m.b_to_a,
+            b_to_a: m.a_to_b,
+        })
     }
 
     /// Writes the session start frame and drops pongs still due, then adopts the data
@@ -814,5 +838,29 @@ impl Worker {
             }
         }
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    //! What an idle session costs in memory is mostly its task's future: these bounds keep a
+    //! stack array or an unboxed TLS state from creeping back into it (see the README's
+    //! Performance section for the measured memory per idle session).
+    use super::*;
+
+    fn future_bytes<A, F>(_: impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_server_session_task_stays_small() {
+        let session = future_bytes(|(w, c, f, a): (Rc<Worker>, Arc<str>, Conn, SocketAddr)| {
+            w.serve_frontend(c, f, a)
+        });
+        assert!(session <= 2048, "serve_frontend future is {session} bytes");
+        let pump = future_bytes(|(a, b, p): (&Conn, &Conn, &Pools)| {
+            pump_conns(a, b, Vec::new(), Vec::new(), p)
+        });
+        assert!(pump <= 1536, "pump_conns future is {pump} bytes");
     }
 }

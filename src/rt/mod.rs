@@ -7,7 +7,9 @@
 mod socket;
 pub mod uring;
 
-pub use socket::{bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, ReadPoll};
+pub use socket::{
+    bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, send_nonblocking, ReadPoll,
+};
 
 use std::future::Future;
 use std::thread::JoinHandle;

@@ -74,3 +74,41 @@ pub fn poll_readable_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Resu
         }
     }
 }
+
+/// Writes what the socket takes now without waiting (send with MSG_DONTWAIT | MSG_NOSIGNAL),
+/// whatever the socket's mode; returns how many bytes, fewer than `data.len()` when its send
+/// buffer filled up.
+///
+/// The pumps write this way first: a write to an open window needs no readiness (tokio's
+/// `try_write` refuses without a syscall until its reactor has seen the socket writable once) and
+/// no ring submission.
+pub fn send_nonblocking(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < data.len() {
+        let rest = &data[sent..];
+        // SAFETY: `rest` is valid for reads of `rest.len()` bytes for the duration of the call,
+        // and the fd is owned by `fd`, which outlives it.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            sent += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => break,
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+    Ok(sent)
+}

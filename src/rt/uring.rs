@@ -120,7 +120,7 @@ impl Stream {
 
 /// A read that fills a small buffer moves the direction to a large one; a read that returns
 /// less than a small buffer moves it back. Idle directions thus park only a small read.
-pub const SMALL_BUFFER_BYTES: usize = 2 * 1024;
+pub const SMALL_BUFFER_BYTES: usize = 512;
 /// Buffers kept for reuse per worker and size.
 const POOL_KEEP: usize = 32;
 
@@ -167,36 +167,10 @@ impl Buffers {
     }
 }
 
-/// Writes what the socket takes now without waiting; returns how many bytes.
+/// Writes what the socket takes now without waiting; returns how many bytes. Each direction
+/// writes only after its previous write completed, so no ring write is in flight on `to`.
 fn send_now(to: &Stream, data: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let fd = to.0.as_raw_fd();
-    let mut sent = 0;
-    while sent < data.len() {
-        let rest = &data[sent..];
-        // SAFETY: `rest` is valid for reads of `rest.len()` bytes for the duration of the call;
-        // the fd is owned by `to`, which outlives it. No ring write is in flight on `to`: each
-        // direction writes only after its previous write completed.
-        let n = unsafe {
-            libc::send(
-                fd,
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            sent += n as usize;
-            continue;
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::WouldBlock => break,
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(err),
-        }
-    }
-    Ok(sent)
+    crate::rt::send_nonblocking(&to.0, data)
 }
 
 /// Pumps both ways until both directions saw EOF or either failed; returns bytes moved

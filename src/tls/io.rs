@@ -15,6 +15,15 @@ use crate::dataplane::pump::write_all;
 
 /// Read chunk during the handshake; a TLS 1.3 flight is a few KiB.
 const HANDSHAKE_READ_BYTES: usize = 16 * 1024 + 512;
+/// One [`Channel::read_into`] reads at most this much.
+const CHANNEL_READ_BYTES: usize = 4096;
+
+thread_local! {
+    /// Each thread's read chunk for [`Channel::read_into`]; borrowed only between a read and the
+    /// copy out of it, never across an await.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; CHANNEL_READ_BYTES].into_boxed_slice());
+}
 
 /// A completed handshake.
 #[derive(Debug)]
@@ -114,7 +123,8 @@ async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> Result<usize, TlsError
 #[derive(Debug)]
 pub struct Channel {
     pub stream: TcpStream,
-    pub tls: Option<TlsSession>,
+    /// Boxed: a session is large, and most tunnel connections are plaintext.
+    pub tls: Option<Box<TlsSession>>,
     /// TLS records produced while reading (a key update answer), sent before the next write.
     owed: Vec<u8>,
     /// close_notify (or TCP EOF) seen.
@@ -128,7 +138,7 @@ impl Channel {
     }
 
     /// `stream`, encrypted by `tls` when it is `Some`.
-    pub fn new(stream: TcpStream, tls: Option<TlsSession>) -> Self {
+    pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
         Self {
             stream,
             tls,
@@ -138,46 +148,65 @@ impl Channel {
     }
 
     /// The socket and the session (for a pump or a worker).
-    pub fn into_parts(self) -> (TcpStream, Option<TlsSession>) {
+    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>) {
         (self.stream, self.tls)
     }
 
     /// Waits for bytes and appends their plaintext to `out`; returns how many were appended,
     /// 0 when the peer closed. Cancel-safe: nothing is lost when the future is dropped.
+    ///
+    /// It waits for readiness holding no buffer, then reads into this thread's scratch buffer
+    /// without awaiting: an idle connection's future stays small and parks no read buffer.
     pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
-        let mut chunk = [0u8; 4096];
         loop {
             if self.eof {
                 return Ok(0);
             }
-            let n = read_some(&self.stream, &mut chunk)
-                .await
-                .map_err(io_error)?;
-            let Some(tls) = self.tls.as_mut() else {
-                if n == 0 {
-                    self.eof = true;
+            self.stream.readable().await?;
+            let read = SCRATCH.with(|scratch| {
+                let mut chunk = scratch.borrow_mut();
+                match self.stream.try_read(&mut chunk[..]) {
+                    Ok(n) => self.take_read(&chunk[..n], out),
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::Interrupted =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
                 }
-                out.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            };
-            if n == 0 {
-                self.eof = true;
-                tls.peer_closed().map_err(io_error)?;
-                return Ok(0);
-            }
-            let before = out.len();
-            let outcome = tls.decrypt(&chunk[..n], out).map_err(io_error)?;
-            if outcome.wants_write {
-                tls.take_output(&mut self.owed);
-            }
-            if outcome.eof {
-                self.eof = true;
-            }
-            let got = out.len() - before;
-            if got > 0 || outcome.eof {
+            });
+            if let Some(got) = read? {
                 return Ok(got);
             }
         }
+    }
+
+    /// Takes `n` freshly read bytes (`read`, empty at EOF) into `out`; `None` when they held no
+    /// plaintext yet (a partial TLS record).
+    fn take_read(&mut self, read: &[u8], out: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let Some(tls) = self.tls.as_mut() else {
+            if read.is_empty() {
+                self.eof = true;
+            }
+            out.extend_from_slice(read);
+            return Ok(Some(read.len()));
+        };
+        if read.is_empty() {
+            self.eof = true;
+            tls.peer_closed().map_err(io_error)?;
+            return Ok(Some(0));
+        }
+        let before = out.len();
+        let outcome = tls.decrypt(read, out).map_err(io_error)?;
+        if outcome.wants_write {
+            tls.take_output(&mut self.owed);
+        }
+        if outcome.eof {
+            self.eof = true;
+        }
+        let got = out.len() - before;
+        Ok((got > 0 || outcome.eof).then_some(got))
     }
 
     /// Writes all of `data` (encrypted when TLS is on).
