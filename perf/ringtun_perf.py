@@ -425,7 +425,7 @@ class Direct(System):
 class Ringtun(System):
     """ringtun server + agent; two clusters (echo, sink), one agent serving both."""
 
-    def __init__(self, ringtun, io_backend, connection_num=8, workers=0, tls=False):
+    def __init__(self, ringtun, io_backend, connection_num=8, workers=0, tls=False, splice=True):
         super().__init__()
         self.ringtun = ringtun
         self.io_backend = io_backend
@@ -433,9 +433,10 @@ class Ringtun(System):
         self.workers = workers
         self.tls = tls
         self.tls_files = None
-        self.name = f"ringtun-{io_backend}" + ("-tls" if tls else "")
+        self.splice = splice
+        self.name = f"ringtun-{io_backend}" + ("-tls" if tls else "") + ("" if splice else "-copy")
         self.label = f"ringtun ({'io_uring' if io_backend == 'uring' else io_backend})" + (
-            " TLS" if tls else "")
+            " TLS" if tls else "") + ("" if splice else ", no splice")
         self.server = None
         self.agent = None
 
@@ -489,6 +490,8 @@ class Ringtun(System):
             "listeners": listeners,
             "tunnels": tunnels,
         }
+        if not self.splice:
+            server["splice_pipe_bytes"] = agent["splice_pipe_bytes"] = 0
         return server, agent
 
     def start(self, backends, workdir):

@@ -80,7 +80,7 @@ pub fn diff(old: &[ClusterConfig], new: &[ClusterConfig]) -> ReloadSummary {
 
 /// The first field that differs and cannot change at runtime.
 fn not_reloadable(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str> {
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 10] = [
         ("workers", old.workers != new.workers),
         ("io_backend", old.io_backend != new.io_backend),
         (
@@ -101,6 +101,10 @@ fn not_reloadable(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str
         (
             "pump_buffer_bytes",
             old.pump_buffer_bytes != new.pump_buffer_bytes,
+        ),
+        (
+            "splice_pipe_bytes",
+            old.splice_pipe_bytes != new.splice_pipe_bytes,
         ),
     ];
     checks

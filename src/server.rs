@@ -120,6 +120,7 @@ impl ServerHandle {
                 heartbeat_max_missed: config.heartbeat_max_missed,
                 max_frame_payload_bytes: config.tunnel_listener.max_frame_payload_bytes,
                 pump_buffer_bytes: config.pump_buffer_bytes,
+                splice_pipe_bytes: config.splice_pipe_bytes,
                 counters: c.clone(),
             };
             let pin_to = config.cpu_affinity.then_some(index);

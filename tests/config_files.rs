@@ -207,6 +207,7 @@ fn full_server() -> ServerConfig {
         cpu_affinity: false,
         uring_entries: 256,
         pump_buffer_bytes: 65_536,
+        splice_pipe_bytes: 1_048_576,
         tunnel_listener: TunnelListenerConfig {
             address: "0.0.0.0:7070".into(),
             handshake_timeout_ms: 5_000,
@@ -248,6 +249,7 @@ fn full_agent() -> AgentConfig {
         cpu_affinity: false,
         uring_entries: 256,
         pump_buffer_bytes: 65_536,
+        splice_pipe_bytes: 1_048_576,
         admin: Some(AdminConfig {
             address: "127.0.0.1:9902".into(),
         }),

@@ -461,7 +461,10 @@ async fn worker(
     mut tasks: mpsc::UnboundedReceiver<Task>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pool = Pools::new(shared.config.pump_buffer_bytes);
+    let pool = Pools::new(
+        shared.config.pump_buffer_bytes,
+        shared.config.splice_pipe_bytes,
+    );
     loop {
         tokio::select! {
             task = tasks.recv() => match task {

@@ -37,6 +37,10 @@ pub struct AgentConfig {
     /// Size of one pump buffer of a busy session direction, in bytes (4096 to 4194304). Default 65536.
     #[serde(default = "super::default_pump_buffer_bytes")]
     pub pump_buffer_bytes: usize,
+    /// Pipe a busy plaintext session direction splices through on the epoll backend, in bytes
+    /// (0 = never splice, else 4096 to 1048576). Default 1048576.
+    #[serde(default = "super::default_splice_pipe_bytes")]
+    pub splice_pipe_bytes: usize,
     /// Admin HTTP endpoint. Default: none (`null` or absent: no admin endpoint).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -234,7 +238,12 @@ impl AgentConfig {
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
-        super::validate_runtime_options(path, self.uring_entries, self.pump_buffer_bytes)?;
+        super::validate_runtime_options(
+            path,
+            self.uring_entries,
+            self.pump_buffer_bytes,
+            self.splice_pipe_bytes,
+        )?;
         if self.host_name.is_empty() {
             return err("host_name".into(), "is empty".into());
         }

@@ -100,11 +100,17 @@ fn default_pump_buffer_bytes() -> usize {
     64 * 1024
 }
 
-/// The rules shared by both files for `uring_entries` and `pump_buffer_bytes`.
+fn default_splice_pipe_bytes() -> usize {
+    crate::dataplane::pump::SPLICE_PIPE_BYTES
+}
+
+/// The rules shared by both files for `uring_entries`, `pump_buffer_bytes` and
+/// `splice_pipe_bytes`.
 fn validate_runtime_options(
     path: &Path,
     uring_entries: u32,
     pump_buffer_bytes: usize,
+    splice_pipe_bytes: usize,
 ) -> Result<(), ConfigError> {
     if !(16..=32768).contains(&uring_entries) || !uring_entries.is_power_of_two() {
         return Err(ConfigError::new(
@@ -118,6 +124,13 @@ fn validate_runtime_options(
             path,
             "pump_buffer_bytes",
             format!("{pump_buffer_bytes} is outside 4096..=4194304"),
+        ));
+    }
+    if splice_pipe_bytes != 0 && !(4096..=1024 * 1024).contains(&splice_pipe_bytes) {
+        return Err(ConfigError::new(
+            path,
+            "splice_pipe_bytes",
+            format!("{splice_pipe_bytes} is neither 0 (no splice) nor in 4096..=1048576"),
         ));
     }
     Ok(())

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// Size of one pump buffer of a busy session direction, in bytes (4096 to 4194304). Default 65536.
     #[serde(default = "super::default_pump_buffer_bytes")]
     pub pump_buffer_bytes: usize,
+    /// Pipe a busy plaintext session direction splices through on the epoll backend, in bytes
+    /// (0 = never splice, else 4096 to 1048576). Default 1048576.
+    #[serde(default = "super::default_splice_pipe_bytes")]
+    pub splice_pipe_bytes: usize,
     /// Where agents connect. Required; no default.
     pub tunnel_listener: TunnelListenerConfig,
     /// Admin HTTP endpoint. Default: none (`null` or absent: no admin endpoint).
@@ -254,7 +258,12 @@ impl ServerConfig {
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
-        super::validate_runtime_options(path, self.uring_entries, self.pump_buffer_bytes)?;
+        super::validate_runtime_options(
+            path,
+            self.uring_entries,
+            self.pump_buffer_bytes,
+            self.splice_pipe_bytes,
+        )?;
         if self.drain_timeout_ms > 3_600_000 {
             return err(
                 "drain_timeout_ms".into(),

@@ -120,3 +120,12 @@ fn server_minimal_file_gets_documented_defaults() {
     assert_eq!(c.credential_policy, CredentialPolicy::None);
     assert_eq!(c.pool_wait_ms, 2_000);
 }
+
+#[test]
+fn splice_is_on_by_default_and_zero_turns_it_off() {
+    let a = AgentConfig::from_str(Path::new("agent.json"), AGENT).unwrap();
+    assert_eq!(a.splice_pipe_bytes, 1024 * 1024);
+    let off = AGENT.replacen('{', r#"{"splice_pipe_bytes": 0,"#, 1);
+    let a = AgentConfig::from_str(Path::new("agent.json"), &off).unwrap();
+    assert_eq!(a.splice_pipe_bytes, 0);
+}

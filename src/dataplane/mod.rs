@@ -7,6 +7,7 @@
 pub mod counters;
 pub mod idle;
 pub mod pump;
+pub mod splice;
 pub mod worker;
 
 use std::sync::Arc;

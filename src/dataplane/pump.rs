@@ -15,14 +15,17 @@ use tokio::net::TcpStream;
 
 /// Size of one pump buffer.
 pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
+/// Size of the pipe a busy plaintext direction splices through (epoll backend).
+pub const SPLICE_PIPE_BYTES: usize = 1024 * 1024;
 /// Buffers kept for reuse per worker; more are freed when returned.
 const POOL_KEEP: usize = 32;
 
-/// A worker's recycled pump buffers.
+/// A worker's recycled pump buffers, and its pipes when busy directions splice.
 #[derive(Clone)]
 pub struct BufferPool {
     buffer_bytes: usize,
     free: Rc<RefCell<Vec<Box<[u8]>>>>,
+    pipes: Option<super::splice::PipePool>,
 }
 
 impl Default for BufferPool {
@@ -37,7 +40,14 @@ impl BufferPool {
         Self {
             buffer_bytes,
             free: Rc::default(),
+            pipes: None,
         }
+    }
+
+    /// This pool, with busy directions splicing through pipes of `pipe_bytes` (0: never).
+    pub fn with_splice(mut self, pipe_bytes: usize) -> Self {
+        self.pipes = (pipe_bytes > 0).then(|| super::splice::PipePool::new(pipe_bytes));
+        self
     }
 
     fn take(&self) -> Box<[u8]> {
@@ -91,37 +101,75 @@ async fn one_way(
         write_all(to, prefix).await?;
         total += prefix.len() as u64;
     }
+    // A direction copies through a buffer until a read fills it (it is busy), then splices while
+    // each wake-up moves at least a buffer's worth; a quiet one goes back to copying (one read and
+    // one write per message, no pipe held).
+    let mut splicing = false;
     loop {
         from.readable().await?;
-        let mut buf = pool.take();
-        let outcome = drain(from, to, &mut buf, &mut total).await;
-        pool.give(buf);
-        match outcome {
-            Ok(true) => {
-                // EOF: carry the half-close across. ENOTCONN means the peer is already gone.
-                if let Err(e) = socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-                    if e.kind() != io::ErrorKind::NotConnected {
-                        return Err(e);
-                    }
+        let eof = match pool.pipes.as_ref().filter(|_| splicing) {
+            Some(pipes) => match pipes.take() {
+                Ok(pipe) => {
+                    let drained = super::splice::drain(from, to, &pipe).await?;
+                    pipes.give(pipe);
+                    total += drained.moved;
+                    splicing = drained.moved >= pool.buffer_bytes as u64;
+                    drained.eof
                 }
-                return Ok(total);
+                Err(e) => {
+                    // Out of descriptors for a pipe: this direction copies instead.
+                    crate::log_limited!(
+                        warn!(error = %e, "cannot open a pipe for splice (out of descriptors?); this session direction copies instead")
+                    );
+                    splicing = false;
+                    continue;
+                }
+            },
+            None => {
+                let mut buf = pool.take();
+                let splice_on = pool.pipes.is_some();
+                let drained = drain(from, to, &mut buf, splice_on, &mut total).await;
+                pool.give(buf);
+                let drained = drained?;
+                splicing = drained == Drain::Busy;
+                drained == Drain::Eof
             }
-            Ok(false) => {}
-            Err(e) => return Err(e),
+        };
+        if eof {
+            // Carry the half-close across. ENOTCONN means the peer is already gone.
+            if let Err(e) = socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                if e.kind() != io::ErrorKind::NotConnected {
+                    return Err(e);
+                }
+            }
+            return Ok(total);
         }
     }
 }
 
-/// Reads and forwards until the source would block (false) or reaches EOF (true).
+/// How a copy drain ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Drain {
+    /// The source has nothing more now.
+    Dry,
+    /// A read filled the buffer and splice is on: the caller splices the rest.
+    Busy,
+    /// The source reached EOF.
+    Eof,
+}
+
+/// Reads and forwards until the source would block, reaches EOF, or (with splice on) a read
+/// fills the buffer.
 async fn drain(
     from: &TcpStream,
     to: &TcpStream,
     buf: &mut [u8],
+    splice_on: bool,
     total: &mut u64,
-) -> io::Result<bool> {
+) -> io::Result<Drain> {
     loop {
         match from.try_read(buf) {
-            Ok(0) => return Ok(true),
+            Ok(0) => return Ok(Drain::Eof),
             Ok(n) => {
                 let drained = n < buf.len();
                 if drained {
@@ -137,10 +185,13 @@ async fn drain(
                 write_all(to, &buf[..n]).await?;
                 *total += n as u64;
                 if drained {
-                    return Ok(false);
+                    return Ok(Drain::Dry);
+                }
+                if splice_on {
+                    return Ok(Drain::Busy);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Dry),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -211,15 +262,16 @@ pub struct Pools {
 
 impl Default for Pools {
     fn default() -> Self {
-        Self::new(PUMP_BUFFER_BYTES)
+        Self::new(PUMP_BUFFER_BYTES, SPLICE_PIPE_BYTES)
     }
 }
 
 impl Pools {
-    /// Pools whose busy-direction buffers are `buffer_bytes` long.
-    pub fn new(buffer_bytes: usize) -> Self {
+    /// Pools whose busy-direction buffers are `buffer_bytes` long; busy plaintext directions on
+    /// epoll splice through pipes of `splice_pipe_bytes` (0: they always copy).
+    pub fn new(buffer_bytes: usize, splice_pipe_bytes: usize) -> Self {
         Self {
-            epoll: BufferPool::new(buffer_bytes),
+            epoll: BufferPool::new(buffer_bytes).with_splice(splice_pipe_bytes),
             uring: crate::rt::uring::Buffers::new(buffer_bytes),
         }
     }
@@ -442,4 +494,118 @@ async fn tls_pump<D: OwnedIo, P: OwnedIo>(
         a_to_b: x?,
         b_to_a: y?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The epoll pump on loopback pairs `a_peer ⇄ a ⇄ pump ⇄ b ⇄ b_peer`, with and without
+    //! splice: every byte arrives in order, half-close is carried, and directions switch between
+    //! copying and splicing as they turn busy and quiet.
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.expect("connect"), s.expect("accept").0)
+    }
+
+    /// Deterministic bytes that catch reordering and loss.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u64 * 31 + seed as u64 % 251) as u8)
+            .collect()
+    }
+
+    fn run(pool: BufferPool, test: impl AsyncFnOnce(TcpStream, TcpStream)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async move {
+            let (a_peer, a) = pair().await;
+            let (b, b_peer) = pair().await;
+            let pumping =
+                tokio::task::spawn_local(async move { pump(&a, &b, &[], &[], &pool).await });
+            test(a_peer, b_peer).await;
+            let moved = pumping.await.expect("join").expect("pump");
+            assert!(moved.a_to_b > 0 || moved.b_to_a > 0);
+        });
+    }
+
+    /// Bulk one way, then small messages, then bulk again, both ways; then half-close.
+    async fn busy_quiet_busy(mut a_peer: TcpStream, mut b_peer: TcpStream) {
+        let bulk = pattern(6 << 20, 1);
+        let (sent, got) = tokio::join!(
+            async {
+                a_peer.write_all(&bulk).await.expect("write");
+            },
+            async {
+                let mut got = vec![0u8; bulk.len()];
+                b_peer.read_exact(&mut got).await.expect("read");
+                got
+            }
+        );
+        let () = sent;
+        assert!(got == bulk, "bulk bytes differ");
+        for i in 0..50u8 {
+            b_peer.write_all(&[i; 7]).await.expect("write");
+            let mut back = [0u8; 7];
+            a_peer.read_exact(&mut back).await.expect("read");
+            assert_eq!(back, [i; 7]);
+        }
+        let bulk2 = pattern(3 << 20, 2);
+        let (_, got) = tokio::join!(
+            async { b_peer.write_all(&bulk2).await.expect("write") },
+            async {
+                let mut got = vec![0u8; bulk2.len()];
+                a_peer.read_exact(&mut got).await.expect("read");
+                got
+            }
+        );
+        assert!(got == bulk2, "second bulk bytes differ");
+        // Half-close: a_peer's EOF reaches b_peer, which can still answer.
+        a_peer.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        b_peer.read_to_end(&mut rest).await.expect("eof");
+        assert!(rest.is_empty());
+        b_peer.write_all(b"last words").await.expect("write");
+        b_peer.shutdown().await.expect("shutdown");
+        let mut last = Vec::new();
+        a_peer.read_to_end(&mut last).await.expect("read");
+        assert_eq!(last, b"last words");
+    }
+
+    #[test]
+    fn copying_delivers_every_byte_and_the_half_close() {
+        run(BufferPool::new(16 * 1024), busy_quiet_busy);
+    }
+
+    #[test]
+    fn splicing_delivers_every_byte_and_the_half_close() {
+        run(
+            BufferPool::new(16 * 1024).with_splice(64 * 1024),
+            busy_quiet_busy,
+        );
+    }
+
+    #[test]
+    fn a_pipe_smaller_than_the_buffer_still_delivers_everything() {
+        run(
+            BufferPool::new(64 * 1024).with_splice(4096),
+            busy_quiet_busy,
+        );
+    }
+
+    #[test]
+    fn busy_directions_return_their_pipes() {
+        let pool = BufferPool::new(16 * 1024).with_splice(64 * 1024);
+        let pipes = pool.pipes.clone().expect("splice on");
+        run(pool, busy_quiet_busy);
+        let kept = pipes.free_count();
+        assert!((1..=2).contains(&kept), "{kept} pipes in the pool");
+    }
 }

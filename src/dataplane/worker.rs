@@ -42,6 +42,8 @@ pub struct WorkerSetup {
     pub max_frame_payload_bytes: usize,
     /// Size of a busy session direction's buffer.
     pub pump_buffer_bytes: usize,
+    /// Pipe size for busy plaintext directions on epoll (0: no splice).
+    pub splice_pipe_bytes: usize,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -128,6 +130,7 @@ pub async fn run(setup: WorkerSetup) {
         heartbeat_max_missed,
         max_frame_payload_bytes,
         pump_buffer_bytes,
+        splice_pipe_bytes,
         counters,
     } = setup;
     let worker = Rc::new(Worker {
@@ -138,7 +141,7 @@ pub async fn run(setup: WorkerSetup) {
         heartbeat_interval,
         heartbeat_max_missed,
         max_frame_payload_bytes,
-        buffers: Pools::new(pump_buffer_bytes),
+        buffers: Pools::new(pump_buffer_bytes, splice_pipe_bytes),
         state: RefCell::new(State::default()),
         waiters: RefCell::new(HashMap::new()),
         accepting: Cell::new(true),
