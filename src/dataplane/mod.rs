@@ -46,6 +46,8 @@ pub struct HandedConn {
     pub conn_id: ConnId,
     pub host_id: HostId,
     pub cluster: Arc<str>,
+    /// In non-blocking mode (as tokio's `into_std` leaves it): idle connections are probed and
+    /// written without waiting.
     pub stream: std::net::TcpStream,
     /// A MOSN agent without the ringtun extension: no session start frame, no heartbeat.
     pub legacy: bool,

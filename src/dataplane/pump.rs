@@ -198,7 +198,8 @@ async fn drain(
     }
 }
 
-/// Writes all of `data`, waiting for writability as needed.
+/// Writes all of `data`, waiting for writability as needed. For current-thread runtimes only
+/// (every runtime ringtun runs sockets on is one): it clears readiness it has just seen go stale.
 pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     loop {
         let sent = crate::rt::send_nonblocking(to, data)?;
@@ -244,7 +245,7 @@ impl Conn {
         }
     }
 
-    /// Shuts both directions down (done before every drop).
+    /// Shuts both directions down (before a drop that might leave an operation in flight).
     pub fn shutdown(&self) {
         let _ = match self {
             Conn::Epoll(s) => socket2::SockRef::from(s).shutdown(Shutdown::Both),
@@ -277,7 +278,7 @@ impl Pools {
     }
 }
 
-/// Pumps between two sockets of the same backend, then shuts both down.
+/// Pumps between two sockets of the same backend; when it fails, shuts both down.
 pub async fn pump_conns(
     a: &Conn,
     b: &Conn,
@@ -298,8 +299,13 @@ pub async fn pump_conns(
             "sockets of different I/O backends cannot be pumped together",
         )),
     };
-    a.shutdown();
-    b.shutdown();
+    if moved.is_err() {
+        // A failed pump may leave a direction mid-transfer (an io_uring read in flight): shutting
+        // both sockets down ends it before they are dropped. A pump that finished has already
+        // shut both write sides down and read both EOFs: two more calls would only fail.
+        a.shutdown();
+        b.shutdown();
+    }
     moved
 }
 
@@ -372,8 +378,11 @@ pub async fn pump_tls(
             "sockets of different I/O backends cannot be pumped together",
         )),
     };
-    data.shutdown();
-    plain.shutdown();
+    if moved.is_err() {
+        // As in `pump_conns`: only a failed pump can leave something in flight.
+        data.shutdown();
+        plain.shutdown();
+    }
     moved
 }
 

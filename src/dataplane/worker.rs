@@ -301,13 +301,6 @@ impl Worker {
     }
 
     fn adopt(&self, handed: super::HandedConn) {
-        if let Err(e) = handed.stream.set_nonblocking(true) {
-            warn!(worker = self.index, conn = handed.conn_id, error = %e, "cannot adopt data connection");
-            let _ = self.events.send(WorkerEvent::Closed {
-                conn_id: handed.conn_id,
-            });
-            return;
-        }
         let conn = IdleConn::new(
             handed.conn_id,
             handed.host_id,

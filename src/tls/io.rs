@@ -119,7 +119,8 @@ async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> Result<usize, TlsError
 
 /// A handshaken tunnel connection on the epoll side (control path, agent slots): a tokio
 /// `TcpStream`, with a [`TlsSession`] when TLS is on. Reads deliver plaintext, writes take
-/// plaintext; the TLS records stay inside.
+/// plaintext; the TLS records stay inside. For current-thread runtimes only (it clears readiness
+/// it has just seen go stale, as the pumps do).
 #[derive(Debug)]
 pub struct Channel {
     pub stream: TcpStream,
@@ -166,7 +167,17 @@ impl Channel {
             let read = SCRATCH.with(|scratch| {
                 let mut chunk = scratch.borrow_mut();
                 match self.stream.try_read(&mut chunk[..]) {
-                    Ok(n) => self.take_read(&chunk[..n], out),
+                    Ok(n) => {
+                        if n > 0 && n < chunk.len() {
+                            // A short read emptied the socket: clear its readiness so the next
+                            // read waits instead of paying a read that says EAGAIN (as the
+                            // pumps do; current-thread runtime, no newer readiness in between).
+                            let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
+                                Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+                            });
+                        }
+                        self.take_read(&chunk[..n], out)
+                    }
                     Err(e)
                         if e.kind() == io::ErrorKind::WouldBlock
                             || e.kind() == io::ErrorKind::Interrupted =>
