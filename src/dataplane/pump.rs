@@ -2,8 +2,10 @@
 //!
 //! Each direction waits for readiness *without* a buffer, takes one from the worker's pool only
 //! while bytes are flowing, and returns it when the socket runs dry: an idle session holds no
-//! buffer at all, a busy one reads and writes the same buffer with no copy in between. A read EOF
-//! becomes a write shutdown on the other socket (half-close); an error on either side ends both.
+//! buffer at all, a busy one reads and writes the same buffer with no copy in between. A
+//! direction whose read fills the buffer moves on with splice(2) through a pooled pipe (see
+//! `splice`), and copies again once quiet. A read EOF becomes a write shutdown on the other
+//! socket (half-close); an error on either side ends both.
 
 use std::cell::RefCell;
 use std::io;
