@@ -37,7 +37,7 @@ pub struct AgentConfig {
     /// Size of one pump buffer of a busy session direction, in bytes (4096 to 4194304). Default 65536.
     #[serde(default = "super::default_pump_buffer_bytes")]
     pub pump_buffer_bytes: usize,
-    /// Pipe a busy plaintext session direction splices through on the epoll backend, in bytes
+    /// Pipe a busy plaintext session direction splices through (either backend), in bytes
     /// (0 = never splice, else 4096 to 1048576). Default 1048576.
     #[serde(default = "super::default_splice_pipe_bytes")]
     pub splice_pipe_bytes: usize,

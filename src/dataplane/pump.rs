@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 /// Size of one pump buffer.
 pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
-/// Size of the pipe a busy plaintext direction splices through (epoll backend).
+/// Size of the pipe a busy plaintext direction splices through.
 pub const SPLICE_PIPE_BYTES: usize = 1024 * 1024;
 /// Buffers kept for reuse per worker; more are freed when returned.
 const POOL_KEEP: usize = 32;
@@ -271,11 +271,11 @@ impl Default for Pools {
 
 impl Pools {
     /// Pools whose busy-direction buffers are `buffer_bytes` long; busy plaintext directions on
-    /// epoll splice through pipes of `splice_pipe_bytes` (0: they always copy).
+    /// either backend splice through pipes of `splice_pipe_bytes` (0: they always copy).
     pub fn new(buffer_bytes: usize, splice_pipe_bytes: usize) -> Self {
         Self {
             epoll: BufferPool::new(buffer_bytes).with_splice(splice_pipe_bytes),
-            uring: crate::rt::uring::Buffers::new(buffer_bytes),
+            uring: crate::rt::uring::Buffers::new(buffer_bytes).with_splice(splice_pipe_bytes),
         }
     }
 }
@@ -609,6 +609,39 @@ mod tests {
             BufferPool::new(64 * 1024).with_splice(4096),
             busy_quiet_busy,
         );
+    }
+
+    /// The same traffic through the io_uring pump (tokio-uring runtime), with splice on or off.
+    fn run_uring(pools: Pools, test: impl AsyncFnOnce(TcpStream, TcpStream)) {
+        if let Err(why) = crate::rt::uring::probe() {
+            eprintln!("skipped: io_uring unavailable: {why}");
+            return;
+        }
+        let rt = crate::rt::uring::runtime(64).expect("io_uring runtime");
+        crate::rt::uring::block_on(&rt, async move {
+            let (a_peer, a) = pair().await;
+            let (b, b_peer) = pair().await;
+            let uring = crate::rt::Backend::Uring { entries: 64 };
+            let a = Conn::from_tokio(uring, a).expect("adopt");
+            let b = Conn::from_tokio(uring, b).expect("adopt");
+            let pumping = tokio::task::spawn_local(async move {
+                pump_conns(&a, &b, Vec::new(), Vec::new(), &pools).await
+            });
+            test(a_peer, b_peer).await;
+            let moved = pumping.await.expect("join").expect("pump");
+            assert!(moved.a_to_b > 0 && moved.b_to_a > 0);
+        });
+    }
+
+    #[test]
+    fn io_uring_copying_delivers_every_byte_and_the_half_close() {
+        run_uring(Pools::new(16 * 1024, 0), busy_quiet_busy);
+    }
+
+    #[test]
+    fn io_uring_splicing_delivers_every_byte_and_the_half_close() {
+        run_uring(Pools::new(16 * 1024, 64 * 1024), busy_quiet_busy);
+        run_uring(Pools::new(64 * 1024, 4096), busy_quiet_busy);
     }
 
     #[test]

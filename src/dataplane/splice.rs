@@ -4,9 +4,8 @@
 //! A direction holds a pipe only while it splices, and gives it back to its worker's pool when
 //! the socket runs dry, as the copy pump does with its buffers: an idle session holds no pipe (no
 //! descriptors, no pages). A pipe that may still hold bytes (an error mid-transfer) is closed,
-//! never reused. TLS sessions never come here (their bytes must pass through user space), and
-//! neither does the io_uring backend (io_uring runs every splice on a blocking kernel worker
-//! thread; see the README's Performance section).
+//! never reused. TLS sessions never come here (their bytes must pass through user space). The
+//! io_uring pump uses the same pipes with its own splice calls (`rt::uring`).
 
 use std::cell::RefCell;
 use std::io;
@@ -27,6 +26,21 @@ pub struct Pipe {
 }
 
 impl Pipe {
+    /// The end bytes are read from.
+    pub fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The end bytes are written to.
+    pub fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+
+    /// Most bytes it holds.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
     /// A non-blocking pipe, grown to `want_bytes` if the kernel allows it (a pipe is a page ring;
     /// pages are taken only while bytes sit in it). It keeps whatever size the kernel gives
     /// (`fs.pipe-max-size`, `fs.pipe-user-pages-soft`).

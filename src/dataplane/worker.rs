@@ -42,7 +42,7 @@ pub struct WorkerSetup {
     pub max_frame_payload_bytes: usize,
     /// Size of a busy session direction's buffer.
     pub pump_buffer_bytes: usize,
-    /// Pipe size for busy plaintext directions on epoll (0: no splice).
+    /// Pipe size for busy plaintext directions (0: no splice).
     pub splice_pipe_bytes: usize,
     pub counters: Arc<WorkerCounters>,
 }

@@ -6,6 +6,7 @@
 
 mod socket;
 pub mod uring;
+mod uring_splice;
 
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, send_nonblocking, ReadPoll,

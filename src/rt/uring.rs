@@ -124,12 +124,13 @@ pub const SMALL_BUFFER_BYTES: usize = 512;
 /// Buffers kept for reuse per worker and size.
 const POOL_KEEP: usize = 32;
 
-/// A worker's recycled owned buffers.
+/// A worker's recycled owned buffers, and its pipes when busy directions splice.
 #[derive(Clone)]
 pub struct Buffers {
     large_bytes: usize,
     small: Rc<RefCell<Vec<Vec<u8>>>>,
     large: Rc<RefCell<Vec<Vec<u8>>>>,
+    pipes: Option<crate::dataplane::splice::PipePool>,
 }
 
 impl Buffers {
@@ -139,7 +140,15 @@ impl Buffers {
             large_bytes: large_bytes.max(SMALL_BUFFER_BYTES * 2),
             small: Rc::default(),
             large: Rc::default(),
+            pipes: None,
         }
+    }
+
+    /// These buffers, with busy plaintext directions splicing through pipes of `pipe_bytes`
+    /// (0: never).
+    pub fn with_splice(mut self, pipe_bytes: usize) -> Self {
+        self.pipes = (pipe_bytes > 0).then(|| crate::dataplane::splice::PipePool::new(pipe_bytes));
+        self
     }
 
     fn take(&self, large: bool) -> Vec<u8> {
@@ -246,12 +255,79 @@ async fn one_way(
             }
         }
         total += n as u64;
+        if n == capacity && capacity >= buffers.large_bytes {
+            // A full large read: the direction is busy. Splice what is already queued, then go
+            // back to a ring read (which also sees EOF).
+            if let Some(pipes) = &buffers.pipes {
+                match splice_queued(from, to, pipes).await {
+                    Ok(moved) => total += moved,
+                    Err(e) => {
+                        buffers.give(buf);
+                        return Err(fail(e));
+                    }
+                }
+            }
+        }
         if n == capacity && capacity < buffers.large_bytes {
             buffers.give(std::mem::replace(&mut buf, buffers.take(true)));
         } else if n < SMALL_BUFFER_BYTES && capacity >= buffers.large_bytes {
             buffers.give(std::mem::replace(&mut buf, buffers.take(false)));
         }
     }
+}
+
+/// Splices `from` → `to` while `from` has bytes queued, through a pooled pipe; returns the bytes
+/// moved. Nothing here waits for `from` (see `uring_splice`). Without a pipe or a splice ring it
+/// moves nothing and the pump copies on.
+async fn splice_queued(
+    from: &Stream,
+    to: &Stream,
+    pipes: &crate::dataplane::splice::PipePool,
+) -> io::Result<u64> {
+    use super::uring_splice::{readable_bytes, splice_now, SpliceRing};
+    use std::os::fd::AsRawFd;
+    let ring = match SpliceRing::get() {
+        Ok(ring) => ring,
+        Err(why) => {
+            crate::log_limited!(
+                warn!(reason = %why, "io_uring splice unavailable; busy sessions copy instead")
+            );
+            return Ok(0);
+        }
+    };
+    let pipe = match pipes.take() {
+        Ok(p) => p,
+        Err(e) => {
+            crate::log_limited!(
+                warn!(error = %e, "cannot open a pipe for splice (out of descriptors?); this session direction copies instead")
+            );
+            return Ok(0);
+        }
+    };
+    let (from_fd, to_fd) = (from.0.as_raw_fd(), to.0.as_raw_fd());
+    let mut moved = 0u64;
+    loop {
+        let queued = readable_bytes(from_fd)?.min(pipe.capacity_bytes());
+        if queued == 0 {
+            break;
+        }
+        let n = splice_now(from_fd, pipe.write_fd(), queued)?;
+        if n == 0 {
+            break;
+        }
+        let mut left = n;
+        while left > 0 {
+            let len = u32::try_from(left).unwrap_or(u32::MAX);
+            match ring.splice(pipe.read_fd(), to_fd, len).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                m => left -= m,
+            }
+        }
+        moved += n as u64;
+    }
+    // Reached only with the pipe empty (errors return above and drop it).
+    pipes.give(pipe);
+    Ok(moved)
 }
 
 impl crate::dataplane::pump::OwnedIo for Stream {
