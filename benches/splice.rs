@@ -8,10 +8,11 @@
 //!
 //! - `epoll copy`: ringtun's epoll pump with splice off (`splice_pipe_bytes: 0`) — the baseline.
 //! - `epoll splice`: the same pump with its default pipe (busy directions splice).
-//! - `io_uring copy`: ringtun's io_uring pump (tokio-uring, owned buffers), as workers run it.
-//! - `io_uring splice`: IORING_OP_SPLICE through a pipe on a raw ring (the `io-uring` crate),
-//!   socket → pipe → socket one op at a time — its best case here, since tokio-uring has no splice
-//!   op and the kernel runs every io_uring splice on an io-wq worker thread.
+//! - `io_uring copy`: ringtun's io_uring pump (tokio-uring, owned buffers), splice off.
+//! - `io_uring splice`: the same pump with its default pipe: a busy direction splices what is
+//!   queued socket → pipe with a plain call and pipe → socket on a second ring.
+//! - `io_uring splice, raw ring`: both halves as IORING_OP_SPLICE on a raw ring (the `io-uring`
+//!   crate), one op at a time; the kernel runs each on an io-wq worker thread.
 //!
 //! Run: `cargo bench --bench splice` (release build; about a minute). `-- --bytes N --rounds N`
 //! change the transfer size and the rounds.
@@ -32,14 +33,16 @@ enum System {
     EpollSplice,
     UringCopy,
     UringSplice,
+    UringRawSplice,
 }
 
 impl System {
-    const ALL: [System; 4] = [
+    const ALL: [System; 5] = [
         System::EpollCopy,
         System::EpollSplice,
         System::UringCopy,
         System::UringSplice,
+        System::UringRawSplice,
     ];
 
     fn name(self) -> &'static str {
@@ -48,11 +51,15 @@ impl System {
             System::EpollSplice => "epoll splice",
             System::UringCopy => "io_uring copy",
             System::UringSplice => "io_uring splice",
+            System::UringRawSplice => "io_uring splice, raw ring",
         }
     }
 
     fn needs_uring(self) -> bool {
-        matches!(self, System::UringCopy | System::UringSplice)
+        matches!(
+            self,
+            System::UringCopy | System::UringSplice | System::UringRawSplice
+        )
     }
 }
 
@@ -72,8 +79,9 @@ fn run(system: System, bytes: usize) -> f64 {
     let (b, mut b_peer) = pair();
     let pumping = std::thread::spawn(move || match system {
         System::EpollCopy | System::EpollSplice => pump_epoll(a, b, system == System::EpollSplice),
-        System::UringCopy => pump_uring_copy(a, b),
-        System::UringSplice => pump_uring_splice(a, b),
+        System::UringCopy => pump_uring(a, b, false),
+        System::UringSplice => pump_uring(a, b, true),
+        System::UringRawSplice => pump_uring_raw_splice(a, b),
     });
     let start = Instant::now();
     let writer = std::thread::spawn(move || {
@@ -133,12 +141,13 @@ fn pump_epoll(a: TcpStream, b: TcpStream, splice: bool) {
     });
 }
 
-fn pump_uring_copy(a: TcpStream, b: TcpStream) {
+fn pump_uring(a: TcpStream, b: TcpStream, splice: bool) {
     let rt = ringtun::rt::uring::runtime(256).expect("io_uring runtime");
     ringtun::rt::uring::block_on(&rt, async move {
         let a = ringtun::rt::uring::Stream::from_std(a).expect("adopt");
         let b = ringtun::rt::uring::Stream::from_std(b).expect("adopt");
-        let buffers = ringtun::rt::uring::Buffers::new(PUMP_BUFFER_BYTES);
+        let buffers = ringtun::rt::uring::Buffers::new(PUMP_BUFFER_BYTES)
+            .with_splice(if splice { SPLICE_PIPE_BYTES } else { 0 });
         ringtun::rt::uring::pump(&a, &b, Vec::new(), Vec::new(), &buffers)
             .await
             .expect("pump");
@@ -148,7 +157,7 @@ fn pump_uring_copy(a: TcpStream, b: TcpStream) {
 }
 
 /// a → b with IORING_OP_SPLICE through a pipe, one op at a time, until a's EOF.
-fn pump_uring_splice(a: TcpStream, b: TcpStream) {
+fn pump_uring_raw_splice(a: TcpStream, b: TcpStream) {
     use io_uring::{opcode, types, IoUring};
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array for pipe2 to fill.
