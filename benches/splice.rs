@@ -146,8 +146,11 @@ fn pump_uring(a: TcpStream, b: TcpStream, splice: bool) {
     ringtun::rt::uring::block_on(&rt, async move {
         let a = ringtun::rt::uring::Stream::from_std(a).expect("adopt");
         let b = ringtun::rt::uring::Stream::from_std(b).expect("adopt");
-        let buffers = ringtun::rt::uring::Buffers::new(PUMP_BUFFER_BYTES)
-            .with_splice(if splice { SPLICE_PIPE_BYTES } else { 0 });
+        let buffers = ringtun::rt::uring::Buffers::new(PUMP_BUFFER_BYTES).with_splice(if splice {
+            SPLICE_PIPE_BYTES
+        } else {
+            0
+        });
         ringtun::rt::uring::pump(&a, &b, Vec::new(), Vec::new(), &buffers)
             .await
             .expect("pump");

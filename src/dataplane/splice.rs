@@ -1,5 +1,6 @@
-//! splice(2) through a pipe, for busy plaintext session directions on the epoll backend: bytes
-//! move socket → pipe → socket inside the kernel and are never copied into user space.
+//! splice(2) through a pipe, for busy plaintext session directions: the pipes both backends use,
+//! and the epoll drain. Bytes move socket → pipe → socket inside the kernel and are never copied
+//! into user space.
 //!
 //! A direction holds a pipe only while it splices, and gives it back to its worker's pool when
 //! the socket runs dry, as the copy pump does with its buffers: an idle session holds no pipe (no
@@ -14,6 +15,8 @@ use std::rc::Rc;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::rt::splice_nonblocking;
 
 /// Pipes kept for reuse per worker; more are closed when returned.
 const POOL_KEEP: usize = 32;
@@ -112,27 +115,6 @@ impl PipePool {
     }
 }
 
-/// One non-blocking splice(2) of up to `len` bytes from `from` to `to`.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: a system call on descriptors the caller keeps open for its duration, with null
-    // offsets (neither end is seekable).
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// How a splice drain ended.
 pub struct Drained {
     /// `from` reached EOF.
@@ -147,7 +129,7 @@ pub async fn drain(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<
     let mut moved = 0u64;
     loop {
         let read = from.try_io(Interest::READABLE, || {
-            splice(
+            splice_nonblocking(
                 from.as_raw_fd(),
                 pipe.write.as_raw_fd(),
                 pipe.capacity_bytes,
@@ -164,7 +146,7 @@ pub async fn drain(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<
         };
         let mut left = n;
         while left > 0 {
-            match splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left) {
+            match splice_nonblocking(pipe.read.as_raw_fd(), to.as_raw_fd(), left) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -9,7 +9,8 @@ pub mod uring;
 mod uring_splice;
 
 pub use socket::{
-    bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, send_nonblocking, ReadPoll,
+    bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, readable_bytes,
+    send_nonblocking, splice_nonblocking, ReadPoll,
 };
 
 use std::future::Future;

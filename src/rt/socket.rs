@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -111,4 +111,37 @@ pub fn send_nonblocking(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(sent)
+}
+
+/// One splice(2) of up to `len` bytes from `from` to `to` (one of them a pipe) that does not wait
+/// on the pipe (SPLICE_F_NONBLOCK). A socket end waits unless it is in non-blocking mode or, when
+/// read, holds the bytes asked for (`readable_bytes`).
+pub fn splice_nonblocking(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: a system call on descriptors the caller keeps open for its duration, with null
+    // offsets (neither end is seekable).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Bytes waiting in a socket's receive queue (`FIONREAD`).
+pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the valid pointer.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }

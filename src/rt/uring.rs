@@ -284,7 +284,8 @@ async fn splice_queued(
     to: &Stream,
     pipes: &crate::dataplane::splice::PipePool,
 ) -> io::Result<u64> {
-    use super::uring_splice::{readable_bytes, splice_now, SpliceRing};
+    use super::uring_splice::SpliceRing;
+    use super::{readable_bytes, splice_nonblocking};
     use std::os::fd::AsRawFd;
     let ring = match SpliceRing::get() {
         Ok(ring) => ring,
@@ -311,7 +312,8 @@ async fn splice_queued(
         if queued == 0 {
             break;
         }
-        let n = splice_now(from_fd, pipe.write_fd(), queued)?;
+        // The socket holds `queued` bytes, so this cannot wait even in blocking mode.
+        let n = splice_nonblocking(from_fd, pipe.write_fd(), queued)?;
         if n == 0 {
             break;
         }

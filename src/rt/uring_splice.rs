@@ -246,35 +246,3 @@ impl Drop for SpliceOp {
         }
     }
 }
-
-/// Bytes waiting in a socket's receive queue (`FIONREAD`).
-pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the valid pointer.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(usize::try_from(n).unwrap_or(0))
-}
-
-/// One splice(2) that cannot wait: SPLICE_F_NONBLOCK for the pipe; the caller asks a socket for
-/// no more than `FIONREAD` said it holds, so a blocking-mode socket has the bytes at hand.
-pub fn splice_now(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: a system call on descriptors the caller keeps open for its duration, with null
-    // offsets (neither end is seekable).
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
