@@ -287,14 +287,9 @@ async fn splice_queued(
     use super::uring_splice::SpliceRing;
     use super::{readable_bytes, splice_nonblocking};
     use std::os::fd::AsRawFd;
-    let ring = match SpliceRing::get() {
-        Ok(ring) => ring,
-        Err(why) => {
-            crate::log_limited!(
-                warn!(reason = %why, "io_uring splice unavailable; busy sessions copy instead")
-            );
-            return Ok(0);
-        }
+    // Without a splice ring (logged once per worker when it could not be made) it copies.
+    let Ok(ring) = SpliceRing::get() else {
+        return Ok(0);
     };
     let pipe = match pipes.take() {
         Ok(p) => p,

@@ -69,6 +69,10 @@ impl SpliceRing {
                 None => {}
             }
             let made = Self::make();
+            if let Err(why) = &made {
+                // Once per worker: its busy sessions copy from now on.
+                tracing::warn!(reason = %why, "io_uring splice unavailable; busy sessions copy instead");
+            }
             *cell = Some(made.clone());
             made
         })
