@@ -645,6 +645,42 @@ mod tests {
     }
 
     #[test]
+    fn an_io_uring_direction_quiet_after_bulk_pins_no_large_buffer() {
+        let pools = Pools::new(64 * 1024, 256 * 1024);
+        let uring = pools.uring.clone();
+        run_uring(pools, async move |mut a_peer, mut b_peer| {
+            let bulk = pattern(4 << 20, 3);
+            let (_, got) = tokio::join!(
+                async { a_peer.write_all(&bulk).await.expect("write") },
+                async {
+                    let mut got = vec![0u8; bulk.len()];
+                    b_peer.read_exact(&mut got).await.expect("read");
+                    got
+                }
+            );
+            assert!(got == bulk, "bulk bytes differ");
+            // Quiet now: the direction's one large buffer goes back to the pool while it waits.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while uring.large_free() == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(
+                uring.large_free(),
+                1,
+                "a quiet direction still holds a large buffer"
+            );
+            b_peer.write_all(b"x").await.expect("write");
+            let mut x = [0u8; 1];
+            a_peer.read_exact(&mut x).await.expect("read");
+            a_peer.shutdown().await.expect("shutdown");
+            b_peer.shutdown().await.expect("shutdown");
+            let mut rest = Vec::new();
+            b_peer.read_to_end(&mut rest).await.expect("eof");
+            a_peer.read_to_end(&mut rest).await.expect("eof");
+        });
+    }
+
+    #[test]
     fn busy_directions_return_their_pipes() {
         let pool = BufferPool::new(16 * 1024).with_splice(64 * 1024);
         let pipes = pool.pipes.clone().expect("splice on");

@@ -162,6 +162,12 @@ impl Buffers {
             .unwrap_or_else(|| Vec::with_capacity(size))
     }
 
+    /// Large buffers waiting in the pool.
+    #[cfg(test)]
+    pub(crate) fn large_free(&self) -> usize {
+        self.large.borrow().len()
+    }
+
     fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
         let pool = if buf.capacity() >= self.large_bytes {
@@ -260,7 +266,15 @@ async fn one_way(
             // back to a ring read (which also sees EOF).
             if let Some(pipes) = &buffers.pipes {
                 match splice_queued(from, to, pipes).await {
-                    Ok(moved) => total += moved,
+                    Ok(Some(moved)) => {
+                        total += moved;
+                        // The socket is empty now, so the next read waits: park a small buffer
+                        // (a burst fills it and moves the direction back to a large one), so a
+                        // session that goes quiet after bulk pins no large buffer.
+                        buffers.give(std::mem::replace(&mut buf, buffers.take(false)));
+                        continue;
+                    }
+                    Ok(None) => {}
                     Err(e) => {
                         buffers.give(buf);
                         return Err(fail(e));
@@ -270,26 +284,30 @@ async fn one_way(
         }
         if n == capacity && capacity < buffers.large_bytes {
             buffers.give(std::mem::replace(&mut buf, buffers.take(true)));
-        } else if n < SMALL_BUFFER_BYTES && capacity >= buffers.large_bytes {
+        } else if capacity >= buffers.large_bytes
+            && (n < SMALL_BUFFER_BYTES || buffers.pipes.is_some())
+        {
+            // Back to a small buffer for the wait. With splice on, any short read does it: the
+            // socket is empty, and a burst's bulk goes through the pipe, not this buffer.
             buffers.give(std::mem::replace(&mut buf, buffers.take(false)));
         }
     }
 }
 
 /// Splices `from` → `to` while `from` has bytes queued, through a pooled pipe; returns the bytes
-/// moved. Nothing here waits for `from` (see `uring_splice`). Without a pipe or a splice ring it
-/// moves nothing and the pump copies on.
+/// moved, with `from` empty. Nothing here waits for `from` (see `uring_splice`). Without a pipe or
+/// a splice ring it moves nothing and returns `None`: the pump copies on.
 async fn splice_queued(
     from: &Stream,
     to: &Stream,
     pipes: &crate::dataplane::splice::PipePool,
-) -> io::Result<u64> {
+) -> io::Result<Option<u64>> {
     use super::uring_splice::SpliceRing;
     use super::{readable_bytes, splice_nonblocking};
     use std::os::fd::AsRawFd;
     // Without a splice ring (logged once per worker when it could not be made) it copies.
     let Ok(ring) = SpliceRing::get() else {
-        return Ok(0);
+        return Ok(None);
     };
     let pipe = match pipes.take() {
         Ok(p) => p,
@@ -297,7 +315,7 @@ async fn splice_queued(
             crate::log_limited!(
                 warn!(error = %e, "cannot open a pipe for splice (out of descriptors?); this session direction copies instead")
             );
-            return Ok(0);
+            return Ok(None);
         }
     };
     let (from_fd, to_fd) = (from.0.as_raw_fd(), to.0.as_raw_fd());
@@ -324,7 +342,7 @@ async fn splice_queued(
     }
     // Reached only with the pipe empty (errors return above and drop it).
     pipes.give(pipe);
-    Ok(moved)
+    Ok(Some(moved))
 }
 
 impl crate::dataplane::pump::OwnedIo for Stream {
