@@ -7,6 +7,10 @@
 //! descriptors, no pages). A pipe that may still hold bytes (an error mid-transfer) is closed,
 //! never reused. TLS sessions never come here (their bytes must pass through user space). The
 //! io_uring pump uses the same pipes with its own splice calls (`rt::uring`).
+//!
+//! A splice into a socket whose peer has gone raises SIGPIPE (there is no MSG_NOSIGNAL for
+//! splice); Rust programs ignore SIGPIPE from the start, so it arrives as an EPIPE error. A
+//! program embedding this library must keep SIGPIPE ignored too.
 
 use std::cell::RefCell;
 use std::io;

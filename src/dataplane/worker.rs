@@ -47,15 +47,6 @@ pub struct WorkerSetup {
     pub counters: Arc<WorkerCounters>,
 }
 
-/// A leased TLS data connection's parts: socket, legacy, pending bytes, pings owed, session.
-type TlsLeased = (
-    std::net::TcpStream,
-    bool,
-    Vec<u8>,
-    u32,
-    Box<crate::tls::TlsSession>,
-);
-
 struct LocalCluster {
     snap: ClusterSnapshot,
     balancer: Balancer,
@@ -692,19 +683,17 @@ impl Worker {
         session_id: u64,
         setup: &SessionSetup,
     ) -> io::Result<super::pump::Moved> {
+        if conn.tls.is_some() {
+            // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
+            return Box::pin(self.run_tls_session(conn, frontend, client, session_id, setup)).await;
+        }
         let IdleConn {
             stream,
             legacy,
             pending,
             outstanding_pings,
-            tls,
             ..
         } = conn;
-        if let Some(tls) = tls {
-            // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
-            let conn = (stream, legacy, pending, outstanding_pings, tls);
-            return Box::pin(self.run_tls_session(conn, frontend, client, session_id, setup)).await;
-        }
         let (data, prefix_to_frontend) = if legacy {
             setup.started();
             (Conn::from_std(self.backend, stream)?, pending)
@@ -735,12 +724,21 @@ impl Worker {
     /// through its TLS session.
     async fn run_tls_session(
         &self,
-        (stream, legacy, pending, outstanding_pings, tls): TlsLeased,
+        conn: IdleConn,
         frontend: &Conn,
         client: SocketAddr,
         session_id: u64,
         setup: &SessionSetup,
     ) -> io::Result<super::pump::Moved> {
+        let IdleConn {
+            stream,
+            legacy,
+            pending,
+            outstanding_pings,
+            tls,
+            ..
+        } = conn;
+        let tls = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
         let start = Frame::SessionStart(SessionStart {
             session_id,
             client_addr: client.to_string(),

@@ -193,7 +193,7 @@ impl Channel {
         }
     }
 
-    /// Takes `n` freshly read bytes (`read`, empty at EOF) into `out`; `None` when they held no
+    /// Takes freshly read bytes (`read`, empty at EOF) into `out`; `None` when they held no
     /// plaintext yet (a partial TLS record).
     fn take_read(&mut self, read: &[u8], out: &mut Vec<u8>) -> io::Result<Option<usize>> {
         let Some(tls) = self.tls.as_mut() else {
