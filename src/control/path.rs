@@ -536,10 +536,21 @@ impl Control {
         self.stats.handshake(HandshakeOutcome::Success);
         drop(permit);
         let _ = stream.stream.set_nodelay(true);
-        info!(
-            %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-            conn = reg.conn_id, role = ?role, legacy, "tunnel connection registered"
-        );
+        // Every session's data connection is replaced by a new one: logging each at `info`
+        // would make the log grow with traffic. A host's first connection and aside
+        // connections are rare and worth seeing.
+        if reg.new_host || role == Role::Aside {
+            info!(
+                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                conn = reg.conn_id, role = ?role, legacy, new_host = reg.new_host,
+                "tunnel connection registered"
+            );
+        } else {
+            debug!(
+                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                conn = reg.conn_id, role = ?role, legacy, "tunnel connection registered"
+            );
+        }
         match role {
             Role::Data => self.hand_to_worker(
                 stream,
@@ -625,14 +636,23 @@ impl Control {
                             Frame::Pong(_) => outstanding = outstanding.saturating_sub(1),
                             Frame::WeightUpdate(w) => {
                                 let weight = w.weight.clamp(0, MAX_WEIGHT) as u32;
-                                info!(
-                                    conn = conn_id,
-                                    host = host_id,
-                                    weight,
-                                    "agent changed its weight"
-                                );
+                                // An aside connection announces its weight when it opens; only
+                                // a real change is worth an `info` line.
                                 if self.registry.borrow_mut().set_weight(host_id, weight) {
+                                    info!(
+                                        conn = conn_id,
+                                        host = host_id,
+                                        weight,
+                                        "agent changed its weight"
+                                    );
                                     self.publish();
+                                } else {
+                                    debug!(
+                                        conn = conn_id,
+                                        host = host_id,
+                                        weight,
+                                        "agent weight unchanged"
+                                    );
                                 }
                             }
                             Frame::GracefulClose(g) => {

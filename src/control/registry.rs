@@ -36,6 +36,8 @@ pub struct Registered {
     pub host_id: HostId,
     /// The snapshot must be republished (new host or weight change).
     pub snapshot_changed: bool,
+    /// This connection created its host (the agent's first connection to this cluster).
+    pub new_host: bool,
 }
 
 /// A host as the admin and tests see it.
@@ -181,6 +183,7 @@ impl Registry {
             .find(|(_, h)| h.identity == identity)
             .map(|(id, _)| *id);
         let mut snapshot_changed = false;
+        let new_host = existing.is_none();
         let host_id = match existing {
             Some(id) => id,
             None => {
@@ -241,6 +244,7 @@ impl Registry {
             conn_id,
             host_id,
             snapshot_changed,
+            new_host,
         })
     }
 
