@@ -420,6 +420,45 @@ both_backends!(
     }
 );
 
+both_backends!(
+    a_pool_grown_by_demand_stays_grown_while_it_is_used,
+    |backend| {
+        let echo = echo_backend();
+        // One worker: every idle connection is where every frontend is accepted.
+        let server = server(backend)
+            .cluster("c")
+            .workers(1)
+            .pool_wait_ms(5000)
+            .run();
+        let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+            .connection_num(2)
+            .run();
+        wait_registered(&server, "c", 1, 2);
+        let frontend = server.frontend_addr("c").unwrap();
+        let (ok, held) = hold_sessions(frontend, 6);
+        assert_eq!(ok, 6);
+        drop(held);
+        // The extra connections that carried sessions are replaced like the first two, so the
+        // pool keeps what the demand needed (until it idles for EXTRA_IDLE_RELEASE_MS).
+        let grown = wait_until(Duration::from_secs(10), || {
+            server
+                .hosts("c")
+                .first()
+                .is_some_and(|h| h.idle_connections >= 6)
+        });
+        assert!(grown, "pool did not stay grown: {:?}", server.hosts("c"));
+        let waits = server.counters().pool_waits_total;
+        let (ok, held) = hold_sessions(frontend, 6);
+        assert_eq!(ok, 6);
+        assert_eq!(
+            server.counters().pool_waits_total,
+            waits,
+            "the same demand again waited for connections"
+        );
+        drop(held);
+    }
+);
+
 both_backends!(max_connection_num_bounds_concurrent_sessions, |backend| {
     let echo = echo_backend();
     let server = server(backend).cluster("c").pool_wait_ms(500).run();

@@ -3,9 +3,10 @@
 //!
 //! A data slot keeps one idle data connection to its server: answers heartbeats, and on a session
 //! start connects the hosting listener's backend and pumps; when the session ends it dials a
-//! replacement at once. An extra data slot (asked for by a pool request) serves one session and
-//! is let go when idle. The aside slot keeps the per-server control connection: heartbeats,
-//! weight updates, graceful close, drain and pool requests.
+//! replacement at once. An extra data slot (asked for by a pool request) does the same, so a pool
+//! grown by demand stays grown while the demand lasts; its connection is let go, and the slot
+//! ends, once it idles for `EXTRA_IDLE_RELEASE_MS`. The aside slot keeps the per-server control
+//! connection: heartbeats, weight updates, graceful close, drain and pool requests.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,7 +32,8 @@ pub struct SlotSpec {
     pub peer: Arc<Peer>,
     pub role: Role,
     pub index: u32,
-    /// Started by a pool request: serves one session, let go when idle.
+    /// Started by a pool request: re-dials after each session, ends once its connection idles
+    /// for `EXTRA_IDLE_RELEASE_MS` (or is lost).
     pub extra: bool,
 }
 
@@ -126,11 +128,13 @@ pub async fn run(
                         _ = stop.changed() => return,
                     },
                 };
-                if spec.extra {
-                    return;
-                }
                 match ended {
+                    // An extra connection that carried a session is replaced like any other:
+                    // while demand stays above `connection_num`, a pool request per session
+                    // would add a round trip through the server to each one. A replacement
+                    // that then idles for EXTRA_IDLE_RELEASE_MS is let go, and the slot ends.
                     Ended::Session => continue,
+                    Ended::Lost(_) if spec.extra => return,
                     Ended::Lost(why) => {
                         debug!(peer = %peer.addr, role = ?spec.role, reason = %why, "tunnel connection lost; re-dialling");
                         // The first re-dial is immediate; repeated losses back off.
