@@ -662,6 +662,20 @@ mod tests {
     }
 
     #[test]
+    fn only_a_hosts_first_connection_is_new_host() {
+        let mut r = registry();
+        let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert!(a.new_host);
+        let b = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert!(!b.new_host);
+        assert!(!r.conn_closed(a.conn_id));
+        assert!(r.conn_closed(b.conn_id));
+        // Every connection gone: the next one creates the host again.
+        let c = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        assert!(c.new_host);
+    }
+
+    #[test]
     fn unknown_cluster_registers_nothing() {
         assert_eq!(
             registry().register("nope", id("a"), 1, Role::Data, PEER),
