@@ -262,6 +262,7 @@ fn full_agent() -> AgentConfig {
             enable: true,
             connection_num: 4,
             max_connection_num: Some(16),
+            extra_connection_idle_duration_ms: 10_000,
             cluster: "edge-web".into(),
             hosting_listener: "web".into(),
             server_list: vec!["127.0.0.1:7070".into()],

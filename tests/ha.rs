@@ -439,7 +439,7 @@ both_backends!(
         assert_eq!(ok, 6);
         drop(held);
         // The extra connections that carried sessions are replaced like the first two, so the
-        // pool keeps what the demand needed (until it idles for EXTRA_IDLE_RELEASE_MS).
+        // pool keeps what the demand needed (until it idles for `extra_connection_idle_duration_ms`).
         let grown = wait_until(Duration::from_secs(10), || {
             server
                 .hosts("c")
@@ -458,6 +458,27 @@ both_backends!(
         drop(held);
     }
 );
+
+both_backends!(a_grown_pool_shrinks_back_once_idle, |backend| {
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").pool_wait_ms(5000).run();
+    let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+        .connection_num(2)
+        .tunnel_field("extra_connection_idle_duration_ms", 300.into())
+        .run();
+    wait_registered(&server, "c", 1, 2);
+    let (ok, held) = hold_sessions(server.frontend_addr("c").unwrap(), 6);
+    assert_eq!(ok, 6);
+    drop(held);
+    // The connections beyond `connection_num` are let go once idle for 300 ms.
+    let shrunk = wait_until(Duration::from_secs(10), || {
+        server
+            .hosts("c")
+            .first()
+            .is_some_and(|h| h.idle_connections == 2 && h.data_connections == 2)
+    });
+    assert!(shrunk, "pool did not shrink back: {:?}", server.hosts("c"));
+});
 
 both_backends!(max_connection_num_bounds_concurrent_sessions, |backend| {
     let echo = echo_backend();

@@ -69,7 +69,7 @@ fn run(backend: IoBackend) {
     };
     // Warm up pools and allocator at the same concurrency, then take the baseline. Settling
     // includes extra connections (opened on pool requests) being let go after
-    // EXTRA_IDLE_RELEASE_MS (10 s) idle, so each wait allows well over that.
+    // `extra_connection_idle_duration_ms` (10 s by default) idle, so each wait allows well over that.
     short_sessions(frontend, 1_024);
     assert!(
         wait_until(Duration::from_secs(30), || settled(&server)),

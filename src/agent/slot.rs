@@ -5,7 +5,7 @@
 //! start connects the hosting listener's backend and pumps; when the session ends it dials a
 //! replacement at once. An extra data slot (asked for by a pool request) does the same, so a pool
 //! grown by demand stays grown while the demand lasts; its connection is let go, and the slot
-//! ends, once it idles for `EXTRA_IDLE_RELEASE_MS`. The aside slot keeps the per-server control
+//! ends, once it idles for `extra_connection_idle_duration_ms`. The aside slot keeps the per-server control
 //! connection: heartbeats, weight updates, graceful close, drain and pool requests.
 
 use std::sync::atomic::Ordering;
@@ -33,7 +33,7 @@ pub struct SlotSpec {
     pub role: Role,
     pub index: u32,
     /// Started by a pool request: re-dials after each session, ends once its connection idles
-    /// for `EXTRA_IDLE_RELEASE_MS` (or is lost).
+    /// for the tunnel's `extra_connection_idle_duration_ms` (or is lost).
     pub extra: bool,
 }
 
@@ -47,8 +47,6 @@ enum Ended {
 
 /// Heartbeats the agent may miss before it presumes the server dead (the server closes after 3).
 const SERVER_SILENCE_INTERVALS: u64 = 4;
-/// An extra data connection unused this long asks the server to let it go.
-pub const EXTRA_IDLE_RELEASE_MS: u64 = 10_000;
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -132,7 +130,8 @@ pub async fn run(
                     // An extra connection that carried a session is replaced like any other:
                     // while demand stays above `connection_num`, a pool request per session
                     // would add a round trip through the server to each one. A replacement
-                    // that then idles for EXTRA_IDLE_RELEASE_MS is let go, and the slot ends.
+                    // that then idles for `extra_connection_idle_duration_ms` is let go, and
+                    // the slot ends.
                     Ended::Session => continue,
                     Ended::Lost(_) if spec.extra => return,
                     Ended::Lost(why) => {
@@ -180,6 +179,9 @@ async fn serve_data(shared: &Shared, spec: &SlotSpec, conn: Dialed, pool: &Pools
         leftover,
         connection_id,
     } = conn;
+    let Some(tunnel) = shared.config.tunnels.get(spec.peer.tunnel) else {
+        return Ended::Lost("no such tunnel".into());
+    };
     let _up = shared.connection_up(spec.peer.tunnel, Role::Data);
     shared
         .stats
@@ -188,7 +190,10 @@ async fn serve_data(shared: &Shared, spec: &SlotSpec, conn: Dialed, pool: &Pools
     let silence = heartbeat_interval_ms
         .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
     let release = match (spec.extra, connection_id) {
-        (true, Some(id)) => Some((id, Duration::from_millis(EXTRA_IDLE_RELEASE_MS))),
+        (true, Some(id)) => Some((
+            id,
+            Duration::from_millis(tunnel.extra_connection_idle_duration_ms),
+        )),
         _ => None,
     };
     let waited = wait_for_session(&mut stream, leftover, silence, &spec.peer, release).await;

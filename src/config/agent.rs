@@ -79,10 +79,16 @@ pub struct TunnelConfig {
     /// Most data connections to one server (idle ones plus those carrying sessions), a count:
     /// the bound on this agent's concurrent sessions through that server. Beyond the
     /// `connection_num` kept idle, connections are opened when the server asks (pool request)
-    /// and let go when idle again. Default: the larger of 16384 and `connection_num`;
+    /// and let go once idle for `extra_connection_idle_duration_ms`. Default: the larger of 16384 and `connection_num`;
     /// `connection_num` to 65536.
     #[serde(default)]
     pub max_connection_num: Option<u32>,
+    /// How long a connection beyond `connection_num` (opened on a pool request) may wait idle
+    /// before the agent asks the server to let it go, in milliseconds. While sessions keep
+    /// arriving such a connection is replaced after each one like the others; this is how soon
+    /// a pool grown by a burst shrinks back. Default 10000; 100 to 3600000.
+    #[serde(default = "default_extra_connection_idle_duration_ms")]
+    pub extra_connection_idle_duration_ms: u64,
     /// The server-side cluster to join: 1 to 128 of `A-Z a-z 0-9 . _ -`. Required; no default.
     pub cluster: String,
     /// The `listeners[].name` that sessions are handed to. Required; no default.
@@ -200,6 +206,9 @@ fn default_reconnect_base_duration_ms() -> u64 {
 }
 fn default_reconnect_max_duration_ms() -> u64 {
     30_000
+}
+fn default_extra_connection_idle_duration_ms() -> u64 {
+    10_000
 }
 fn default_connect_timeout_duration_ms() -> u64 {
     5_000
@@ -383,6 +392,15 @@ impl AgentConfig {
                     format!(
                         "{} is outside reconnect_base_duration_ms..=3600000",
                         t.reconnect_max_duration_ms
+                    ),
+                );
+            }
+            if !(100..=3_600_000).contains(&t.extra_connection_idle_duration_ms) {
+                return err(
+                    at("extra_connection_idle_duration_ms"),
+                    format!(
+                        "{} is outside 100..=3600000",
+                        t.extra_connection_idle_duration_ms
                     ),
                 );
             }
