@@ -430,8 +430,10 @@ both_backends!(
             .workers(1)
             .pool_wait_ms(5000)
             .run();
+        // Released only after an hour idle: nothing here depends on how fast the test runs.
         let _agent = agent(backend, server.tunnel_addr(), echo.addr)
             .connection_num(2)
+            .tunnel_field("extra_connection_idle_duration_ms", 3_600_000.into())
             .run();
         wait_registered(&server, "c", 1, 2);
         let frontend = server.frontend_addr("c").unwrap();
@@ -439,7 +441,7 @@ both_backends!(
         assert_eq!(ok, 6);
         drop(held);
         // The extra connections that carried sessions are replaced like the first two, so the
-        // pool keeps what the demand needed (until it idles for `extra_connection_idle_duration_ms`).
+        // pool keeps what the demand needed.
         let grown = wait_until(Duration::from_secs(10), || {
             server
                 .hosts("c")
@@ -479,6 +481,54 @@ both_backends!(a_grown_pool_shrinks_back_once_idle, |backend| {
     });
     assert!(shrunk, "pool did not shrink back: {:?}", server.hosts("c"));
 });
+
+both_backends!(
+    a_grown_pool_shrinks_back_while_light_traffic_continues,
+    |backend| {
+        let echo = echo_backend();
+        let server = server(backend)
+            .cluster("c")
+            .workers(1)
+            .pool_wait_ms(5000)
+            .run();
+        let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+            .connection_num(2)
+            .tunnel_field("extra_connection_idle_duration_ms", 300.into())
+            .run();
+        wait_registered(&server, "c", 1, 2);
+        let frontend = server.frontend_addr("c").unwrap();
+        let (ok, held) = hold_sessions(frontend, 8);
+        assert_eq!(ok, 8);
+        drop(held);
+        // One session at a time, back to back: the server reuses its newest connection, so
+        // the ones nobody needs idle long enough to be let go.
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sessions = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(echo_roundtrip(frontend, b"light"), b"light");
+                    sessions += 1;
+                }
+                sessions
+            })
+        };
+        let shrunk = wait_until(Duration::from_secs(10), || {
+            server
+                .hosts("c")
+                .first()
+                .is_some_and(|h| h.data_connections <= 3)
+        });
+        stop.store(true, Ordering::Relaxed);
+        let sessions = traffic.join().unwrap();
+        assert!(
+            shrunk,
+            "pool did not shrink under light traffic ({sessions} sessions): {:?}",
+            server.hosts("c")
+        );
+    }
+);
 
 both_backends!(max_connection_num_bounds_concurrent_sessions, |backend| {
     let echo = echo_backend();

@@ -516,6 +516,12 @@ impl Control {
             }
         };
         if reg.snapshot_changed {
+            if !reg.new_host {
+                // Every init carries the agent's weight; one that changed it is the first to
+                // tell (the aside connection's update may arrive after it).
+                info!(conn = reg.conn_id, host = reg.host_id, weight, role = ?role,
+                    "agent changed its weight");
+            }
             self.publish();
         }
         let response = if legacy {
@@ -651,7 +657,7 @@ impl Control {
                                         conn = conn_id,
                                         host = host_id,
                                         weight,
-                                        "agent weight unchanged"
+                                        "agent weight update: the host's effective weight is unchanged"
                                     );
                                 }
                             }

@@ -324,7 +324,8 @@ impl Worker {
                 .chain(hosts_of_cluster.into_iter().flatten().map(|h| h.id));
             let mut found = None;
             for id in candidates {
-                if let Some(c) = pools.get_mut(&id).and_then(|p| p.idle.pop_back()) {
+                // The oldest: it was the least likely to be leased here.
+                if let Some(c) = pools.get_mut(&id).and_then(|p| p.idle.pop_front()) {
                     found = Some(c);
                     break;
                 }
@@ -508,7 +509,9 @@ impl Worker {
                 let Some(pool) = local.snap.hosts.get(i).and_then(|h| pools.get_mut(&h.id)) else {
                     break None;
                 };
-                let Some(mut conn) = pool.idle.pop_front() else {
+                // Newest first: connections nobody needs stay at the front and age, so an
+                // agent can let its extra ones go once idle (a rotating pool never would).
+                let Some(mut conn) = pool.idle.pop_back() else {
                     break None;
                 };
                 match conn.poll(self.max_frame_payload_bytes) {
