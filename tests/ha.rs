@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringtun::agent::AgentHandle;
+use ringtun::config::IoBackend;
+use ringtun::control::registry::HostStatus;
+use ringtun::server::ServerHandle;
 
 fn split(frontend: SocketAddr, sessions: usize) {
     for i in 0..sessions {
@@ -420,37 +424,49 @@ both_backends!(
     }
 );
 
+/// A one-worker server (every idle connection is where every frontend is accepted) and an agent
+/// keeping 2 idle connections, whose extra ones are let go after `extra_idle_ms`; `burst`
+/// sessions held at once, then closed, have grown its pool.
+fn grown_pool(
+    backend: IoBackend,
+    extra_idle_ms: u64,
+    burst: usize,
+) -> (ServerHandle, AgentHandle, EchoBackend) {
+    let echo = echo_backend();
+    let server = server(backend)
+        .cluster("c")
+        .workers(1)
+        .pool_wait_ms(5000)
+        .run();
+    let agent = agent(backend, server.tunnel_addr(), echo.addr)
+        .connection_num(2)
+        .tunnel_field("extra_connection_idle_duration_ms", extra_idle_ms.into())
+        .run();
+    wait_registered(&server, "c", 1, 2);
+    let (ok, held) = hold_sessions(server.frontend_addr("c").unwrap(), burst);
+    assert_eq!(ok, burst);
+    drop(held);
+    (server, agent, echo)
+}
+
+/// Waits (up to 10 s) until cluster `c`'s one host satisfies `cond`.
+fn wait_for_host(server: &ServerHandle, cond: impl Fn(&HostStatus) -> bool) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        server.hosts("c").first().is_some_and(&cond)
+    })
+}
+
 both_backends!(
     a_pool_grown_by_demand_stays_grown_while_it_is_used,
     |backend| {
-        let echo = echo_backend();
-        // One worker: every idle connection is where every frontend is accepted.
-        let server = server(backend)
-            .cluster("c")
-            .workers(1)
-            .pool_wait_ms(5000)
-            .run();
         // Released only after an hour idle: nothing here depends on how fast the test runs.
-        let _agent = agent(backend, server.tunnel_addr(), echo.addr)
-            .connection_num(2)
-            .tunnel_field("extra_connection_idle_duration_ms", 3_600_000.into())
-            .run();
-        wait_registered(&server, "c", 1, 2);
-        let frontend = server.frontend_addr("c").unwrap();
-        let (ok, held) = hold_sessions(frontend, 6);
-        assert_eq!(ok, 6);
-        drop(held);
+        let (server, _agent, _echo) = grown_pool(backend, 3_600_000, 6);
         // The extra connections that carried sessions are replaced like the first two, so the
         // pool keeps what the demand needed.
-        let grown = wait_until(Duration::from_secs(10), || {
-            server
-                .hosts("c")
-                .first()
-                .is_some_and(|h| h.idle_connections >= 6)
-        });
+        let grown = wait_for_host(&server, |h| h.idle_connections >= 6);
         assert!(grown, "pool did not stay grown: {:?}", server.hosts("c"));
         let waits = server.counters().pool_waits_total;
-        let (ok, held) = hold_sessions(frontend, 6);
+        let (ok, held) = hold_sessions(server.frontend_addr("c").unwrap(), 6);
         assert_eq!(ok, 6);
         assert_eq!(
             server.counters().pool_waits_total,
@@ -462,22 +478,10 @@ both_backends!(
 );
 
 both_backends!(a_grown_pool_shrinks_back_once_idle, |backend| {
-    let echo = echo_backend();
-    let server = server(backend).cluster("c").pool_wait_ms(5000).run();
-    let _agent = agent(backend, server.tunnel_addr(), echo.addr)
-        .connection_num(2)
-        .tunnel_field("extra_connection_idle_duration_ms", 300.into())
-        .run();
-    wait_registered(&server, "c", 1, 2);
-    let (ok, held) = hold_sessions(server.frontend_addr("c").unwrap(), 6);
-    assert_eq!(ok, 6);
-    drop(held);
+    let (server, _agent, _echo) = grown_pool(backend, 300, 6);
     // The connections beyond `connection_num` are let go once idle for 300 ms.
-    let shrunk = wait_until(Duration::from_secs(10), || {
-        server
-            .hosts("c")
-            .first()
-            .is_some_and(|h| h.idle_connections == 2 && h.data_connections == 2)
+    let shrunk = wait_for_host(&server, |h| {
+        h.idle_connections == 2 && h.data_connections == 2
     });
     assert!(shrunk, "pool did not shrink back: {:?}", server.hosts("c"));
 });
@@ -485,21 +489,8 @@ both_backends!(a_grown_pool_shrinks_back_once_idle, |backend| {
 both_backends!(
     a_grown_pool_shrinks_back_while_light_traffic_continues,
     |backend| {
-        let echo = echo_backend();
-        let server = server(backend)
-            .cluster("c")
-            .workers(1)
-            .pool_wait_ms(5000)
-            .run();
-        let _agent = agent(backend, server.tunnel_addr(), echo.addr)
-            .connection_num(2)
-            .tunnel_field("extra_connection_idle_duration_ms", 300.into())
-            .run();
-        wait_registered(&server, "c", 1, 2);
+        let (server, _agent, _echo) = grown_pool(backend, 300, 8);
         let frontend = server.frontend_addr("c").unwrap();
-        let (ok, held) = hold_sessions(frontend, 8);
-        assert_eq!(ok, 8);
-        drop(held);
         // One session at a time, back to back: the server reuses its newest connection, so
         // the ones nobody needs idle long enough to be let go.
         let stop = Arc::new(AtomicBool::new(false));
@@ -514,12 +505,7 @@ both_backends!(
                 sessions
             })
         };
-        let shrunk = wait_until(Duration::from_secs(10), || {
-            server
-                .hosts("c")
-                .first()
-                .is_some_and(|h| h.data_connections <= 3)
-        });
+        let shrunk = wait_for_host(&server, |h| h.data_connections <= 3);
         stop.store(true, Ordering::Relaxed);
         let sessions = traffic.join().unwrap();
         assert!(
