@@ -258,6 +258,9 @@ mod tests {
         new.tunnel_listener.handshake_timeout_ms += 1;
         assert_eq!(not_reloadable(&old, &new), Some("tunnel_listener"));
         let mut new = old.clone();
+        new.splice_pipe_bytes = 0;
+        assert_eq!(not_reloadable(&old, &new), Some("splice_pipe_bytes"));
+        let mut new = old.clone();
         new.drain_timeout_ms += 1;
         assert_eq!(not_reloadable(&old, &new), None);
     }

@@ -24,6 +24,7 @@ fn agent_defaults_are_documented_values() {
     assert_eq!(t.reconnect_max_duration_ms, 30000);
     assert_eq!(t.connect_timeout_duration_ms, 5000);
     assert_eq!(t.graceful_close_max_wait_duration_ms, 15000);
+    assert_eq!(t.extra_connection_idle_duration_ms, 10000);
 }
 
 #[test]

@@ -524,14 +524,33 @@ mod tests {
         (c.expect("connect"), s.expect("accept").0)
     }
 
-    /// Deterministic bytes that catch reordering and loss.
+    /// Deterministic bytes that catch reordering and loss: the period (251) divides no page or
+    /// buffer size, so a page lost, doubled or moved shows.
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
-            .map(|i| (i as u64 * 31 + seed as u64 % 251) as u8)
+            .map(|i| ((i * 31 + seed as usize) % 251) as u8)
             .collect()
     }
 
-    fn run(pool: BufferPool, test: impl AsyncFnOnce(TcpStream, TcpStream)) {
+    /// Sends `bytes` from `from` to `to` through the pump and checks they arrive whole.
+    async fn bulk(from: &mut TcpStream, to: &mut TcpStream, bytes: &[u8]) {
+        let (_, got) = tokio::join!(
+            async { from.write_all(bytes).await.expect("write") },
+            async {
+                let mut got = vec![0u8; bytes.len()];
+                to.read_exact(&mut got).await.expect("read");
+                got
+            }
+        );
+        assert!(got == bytes, "{} bulk bytes differ", bytes.len());
+    }
+
+    /// What a test moved through the pump: (a → b, b → a) bytes.
+    type Expected = (u64, u64);
+
+    /// Runs `test` against a pump `a_peer ⇄ a ⇄ pump ⇄ b ⇄ b_peer`; the pump must count exactly
+    /// the bytes the test says it moved.
+    fn run(pool: BufferPool, test: impl AsyncFnOnce(TcpStream, TcpStream) -> Expected) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -541,43 +560,22 @@ mod tests {
             let (b, b_peer) = pair().await;
             let pumping =
                 tokio::task::spawn_local(async move { pump(&a, &b, &[], &[], &pool).await });
-            test(a_peer, b_peer).await;
+            let expected = test(a_peer, b_peer).await;
             let moved = pumping.await.expect("join").expect("pump");
-            assert!(moved.a_to_b > 0 || moved.b_to_a > 0);
+            assert_eq!((moved.a_to_b, moved.b_to_a), expected, "bytes counted");
         });
     }
 
     /// Bulk one way, then small messages, then bulk again, both ways; then half-close.
-    async fn busy_quiet_busy(mut a_peer: TcpStream, mut b_peer: TcpStream) {
-        let bulk = pattern(6 << 20, 1);
-        let (sent, got) = tokio::join!(
-            async {
-                a_peer.write_all(&bulk).await.expect("write");
-            },
-            async {
-                let mut got = vec![0u8; bulk.len()];
-                b_peer.read_exact(&mut got).await.expect("read");
-                got
-            }
-        );
-        let () = sent;
-        assert!(got == bulk, "bulk bytes differ");
+    async fn busy_quiet_busy(mut a_peer: TcpStream, mut b_peer: TcpStream) -> Expected {
+        bulk(&mut a_peer, &mut b_peer, &pattern(6 << 20, 1)).await;
         for i in 0..50u8 {
             b_peer.write_all(&[i; 7]).await.expect("write");
             let mut back = [0u8; 7];
             a_peer.read_exact(&mut back).await.expect("read");
             assert_eq!(back, [i; 7]);
         }
-        let bulk2 = pattern(3 << 20, 2);
-        let (_, got) = tokio::join!(
-            async { b_peer.write_all(&bulk2).await.expect("write") },
-            async {
-                let mut got = vec![0u8; bulk2.len()];
-                a_peer.read_exact(&mut got).await.expect("read");
-                got
-            }
-        );
-        assert!(got == bulk2, "second bulk bytes differ");
+        bulk(&mut b_peer, &mut a_peer, &pattern(3 << 20, 2)).await;
         // Half-close: a_peer's EOF reaches b_peer, which can still answer.
         a_peer.shutdown().await.expect("shutdown");
         let mut rest = Vec::new();
@@ -588,6 +586,7 @@ mod tests {
         let mut last = Vec::new();
         a_peer.read_to_end(&mut last).await.expect("read");
         assert_eq!(last, b"last words");
+        (6 << 20, 50 * 7 + (3 << 20) + 10)
     }
 
     #[test]
@@ -612,7 +611,7 @@ mod tests {
     }
 
     /// The same traffic through the io_uring pump (tokio-uring runtime), with splice on or off.
-    fn run_uring(pools: Pools, test: impl AsyncFnOnce(TcpStream, TcpStream)) {
+    fn run_uring(pools: Pools, test: impl AsyncFnOnce(TcpStream, TcpStream) -> Expected) {
         if let Err(why) = crate::rt::uring::probe() {
             eprintln!("skipped: io_uring unavailable: {why}");
             return;
@@ -627,9 +626,9 @@ mod tests {
             let pumping = tokio::task::spawn_local(async move {
                 pump_conns(&a, &b, Vec::new(), Vec::new(), &pools).await
             });
-            test(a_peer, b_peer).await;
+            let expected = test(a_peer, b_peer).await;
             let moved = pumping.await.expect("join").expect("pump");
-            assert!(moved.a_to_b > 0 && moved.b_to_a > 0);
+            assert_eq!((moved.a_to_b, moved.b_to_a), expected, "bytes counted");
         });
     }
 
@@ -649,16 +648,7 @@ mod tests {
         let pools = Pools::new(64 * 1024, 256 * 1024);
         let uring = pools.uring.clone();
         run_uring(pools, async move |mut a_peer, mut b_peer| {
-            let bulk = pattern(4 << 20, 3);
-            let (_, got) = tokio::join!(
-                async { a_peer.write_all(&bulk).await.expect("write") },
-                async {
-                    let mut got = vec![0u8; bulk.len()];
-                    b_peer.read_exact(&mut got).await.expect("read");
-                    got
-                }
-            );
-            assert!(got == bulk, "bulk bytes differ");
+            bulk(&mut a_peer, &mut b_peer, &pattern(4 << 20, 3)).await;
             // Quiet now: the direction's one large buffer goes back to the pool while it waits.
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             while uring.large_free() == 0 && tokio::time::Instant::now() < deadline {
@@ -677,6 +667,7 @@ mod tests {
             let mut rest = Vec::new();
             b_peer.read_to_end(&mut rest).await.expect("eof");
             a_peer.read_to_end(&mut rest).await.expect("eof");
+            (4 << 20, 1)
         });
     }
 
