@@ -449,9 +449,11 @@ fn grown_pool(
     (server, agent, echo)
 }
 
-/// Waits (up to 10 s) until cluster `c`'s one host satisfies `cond`.
+/// Waits (up to 5 s: well over the 300 ms release the shrink tests set, and under the 10 s
+/// default, so a release that ignored the setting fails them) until cluster `c`'s one host
+/// satisfies `cond`.
 fn wait_for_host(server: &ServerHandle, cond: impl Fn(&HostStatus) -> bool) -> bool {
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(5), || {
         server.hosts("c").first().is_some_and(&cond)
     })
 }
