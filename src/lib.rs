@@ -16,6 +16,7 @@ pub mod demo;
 pub mod echo;
 pub mod log_limit;
 pub mod metrics;
+pub mod plane;
 pub mod protocol;
 pub mod reload;
 pub mod rt;

@@ -16,7 +16,7 @@ use crate::config::ServerConfig;
 use crate::control::path::{self, ControlCmd, ControlSetup};
 use crate::control::registry::{HostStatus, Registry};
 use crate::control::stats::ControlStats;
-use crate::dataplane::counters::{CounterTotals, WorkerCounters};
+use crate::plane::counters::{CounterTotals, WorkerCounters};
 use crate::dataplane::worker::{self, WorkerSetup};
 use crate::rt::{self, Backend, RtError};
 
@@ -102,7 +102,7 @@ impl ServerHandle {
         let snapshot = Arc::new(registry.snapshot());
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let mut worker_txs: Vec<mpsc::UnboundedSender<crate::dataplane::WorkerMsg>> =
+        let mut worker_txs: Vec<mpsc::UnboundedSender<crate::plane::WorkerMsg>> =
             Vec::with_capacity(workers);
         let mut counters = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers + 1);
@@ -132,7 +132,7 @@ impl ServerHandle {
                     Err(e) => {
                         // Stop the workers already running before reporting.
                         for tx in &worker_txs {
-                            let _ = tx.send(crate::dataplane::WorkerMsg::Shutdown);
+                            let _ = tx.send(crate::plane::WorkerMsg::Shutdown);
                         }
                         return Err(e.into());
                     }
@@ -173,7 +173,7 @@ impl ServerHandle {
                     Err(e) => {
                         tracing::error!(error = %e, "cannot build the control runtime");
                         for tx in &control.workers {
-                            let _ = tx.send(crate::dataplane::WorkerMsg::Shutdown);
+                            let _ = tx.send(crate::plane::WorkerMsg::Shutdown);
                         }
                         return;
                     }

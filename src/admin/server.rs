@@ -19,7 +19,7 @@ use super::{get_only, Handler, Request, Response};
 use crate::control::path::ControlCmd;
 use crate::control::registry::ClusterStatus;
 use crate::control::stats::{ControlStats, HandshakeOutcome};
-use crate::dataplane::counters::{sum_clusters, ClusterSummary, CounterTotals, WorkerCounters};
+use crate::plane::counters::{sum_clusters, ClusterSummary, CounterTotals, WorkerCounters};
 use crate::metrics::{self, Exposition, Kind};
 
 /// How long the admin waits for the control path to answer.

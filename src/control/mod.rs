@@ -12,7 +12,6 @@ pub mod harness;
 pub mod path;
 pub mod registry;
 pub mod replay;
-pub mod snapshot;
 pub mod stats;
 
 #[cfg(test)]

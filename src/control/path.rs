@@ -15,11 +15,11 @@ use tracing::{debug, info, warn};
 use super::auth;
 use super::handshake::{read_init_from, HandshakeError};
 use super::registry::{ClusterStatus, HostIdentity, HostStatus, RegisterError, Registry};
-use super::snapshot::{ConnId, HostId};
+use crate::plane::snapshot::{ConnId, HostId};
 use super::stats::{ControlStats, HandshakeOutcome};
 use crate::config::agent::MAX_WEIGHT;
 use crate::config::ServerConfig;
-use crate::dataplane::{HandedConn, WorkerEvent, WorkerMsg};
+use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::protocol::{self, ConnectionInitResponse, Decoded, Frame, Ping, Role, Status};
 use crate::tls::Channel;
 
@@ -80,7 +80,7 @@ pub struct ControlSetup {
     pub commands: mpsc::UnboundedReceiver<ControlCmd>,
     pub stats: Arc<ControlStats>,
     /// The workers' counters (a drain waits for their active sessions to end).
-    pub counters: Vec<Arc<crate::dataplane::counters::WorkerCounters>>,
+    pub counters: Vec<Arc<crate::plane::counters::WorkerCounters>>,
     /// The tunnel listener's TLS config (`tunnel_listener.tls_context`), loaded once at start.
     pub tls: Option<Arc<crate::tls::ServerConfig>>,
 }
@@ -192,7 +192,7 @@ pub async fn run(setup: ControlSetup) {
                 Some(ControlCmd::Shutdown) | None => break,
             },
             _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)), if drain_deadline.is_some() => {
-                let active = crate::dataplane::counters::CounterTotals::sum(counters.iter().map(|c| &**c)).active_sessions;
+                let active = crate::plane::counters::CounterTotals::sum(counters.iter().map(|c| &**c)).active_sessions;
                 if active == 0 {
                     info!("drain complete: every session finished");
                     break;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
+use crate::plane::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
 use crate::config::ClusterConfig;
 use crate::protocol::Role;
 

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 
-use crate::control::snapshot::{ConnId, HostId};
+use crate::plane::snapshot::{ConnId, HostId};
 use crate::protocol::{self, Decoded, Frame, Ping, HEADER_LEN};
 use crate::rt::{poll_readable_nonblocking, ReadPoll};
 

@@ -16,12 +16,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, trace, warn, Instrument};
 
-use super::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
+use crate::plane::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
 use super::idle::{IdleConn, IdleError};
 use super::pump::{pump_conns, pump_tls, Conn, Pools};
-use super::{WorkerEvent, WorkerMsg};
+use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::balancer::{Balancer, HostSpec, HostState};
-use crate::control::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
+use crate::plane::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
 use crate::protocol::{self, Decoded, Frame, SessionStart};
 use crate::rt::Backend;
 
@@ -291,7 +291,7 @@ impl Worker {
         );
     }
 
-    fn adopt(&self, handed: super::HandedConn) {
+    fn adopt(&self, handed: HandedConn) {
         let conn = IdleConn::new(
             handed.conn_id,
             handed.host_id,
@@ -339,7 +339,7 @@ impl Worker {
             });
             return;
         };
-        let handed = super::HandedConn {
+        let handed = HandedConn {
             conn_id: conn.conn_id,
             host_id: conn.host_id,
             cluster: cluster.clone(),
