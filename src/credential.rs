@@ -165,6 +165,14 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Seconds since the Unix epoch by the system clock (0 if the clock is before it). The one clock
+/// read of credentials: callers pass its value into `make` and `verify`-side checks, which stay pure.
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use crate::secret::Secret;
 pub fn init_credential(policy: &str, secret: Option<&Secret>, subject: &HmacSubject<'_>) -> Secret {
     match (policy, secret) {
         ("hmac", Some(secret)) => {
-            credential::make(secret, subject, crate::control::auth::unix_now(), nonce())
+            credential::make(secret, subject, crate::credential::unix_now_secs(), nonce())
                 .unwrap_or_default()
         }
         (_, secret) => secret.cloned().unwrap_or_default(),

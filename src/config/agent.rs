@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::server::{resolve_path, valid_name, TlsMinVersion};
-use super::{default_true, parse, read, AdminConfig, ConfigError, IoBackend};
+use super::{default_true, defaults, parse, read, AdminConfig, ConfigError, IoBackend};
 use crate::secret::Secret;
 
 /// `ringtun agent --config FILE`.
@@ -187,41 +187,41 @@ pub struct AgentTlsConfig {
 }
 
 fn default_weight() -> i64 {
-    10
+    defaults::AGENT_WEIGHT
 }
 fn default_agent_workers() -> usize {
-    1
+    defaults::AGENT_WORKERS
 }
 fn default_backend_connect_timeout_ms() -> u64 {
-    5_000
+    defaults::BACKEND_CONNECT_TIMEOUT_MS
 }
 fn default_connection_num() -> u32 {
-    4
+    defaults::CONNECTION_NUM
 }
 fn default_connect_retry_times() -> i64 {
-    -1
+    defaults::CONNECT_RETRY_TIMES
 }
 fn default_reconnect_base_duration_ms() -> u64 {
-    1_000
+    defaults::RECONNECT_BASE_DURATION_MS
 }
 fn default_reconnect_max_duration_ms() -> u64 {
-    30_000
+    defaults::RECONNECT_MAX_DURATION_MS
 }
 fn default_extra_connection_idle_duration_ms() -> u64 {
-    10_000
+    defaults::EXTRA_CONNECTION_IDLE_DURATION_MS
 }
 fn default_connect_timeout_duration_ms() -> u64 {
-    5_000
+    defaults::CONNECT_TIMEOUT_DURATION_MS
 }
 fn default_graceful_close_max_wait_duration_ms() -> u64 {
-    15_000
+    defaults::GRACEFUL_CLOSE_MAX_WAIT_DURATION_MS
 }
 fn default_refresh_interval_ms() -> u64 {
-    5_000
+    defaults::REFRESH_INTERVAL_MS
 }
 
 /// Default `max_connection_num` (when it is not below `connection_num`).
-pub const DEFAULT_MAX_CONNECTION_NUM: u32 = 16_384;
+pub const DEFAULT_MAX_CONNECTION_NUM: u32 = defaults::MAX_CONNECTION_NUM;
 
 /// Most a weight may be; keeps weighted balancing arithmetic small.
 pub const MAX_WEIGHT: i64 = 10_000;

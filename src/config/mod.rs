@@ -6,6 +6,7 @@
 //! This module reads files and checks them; it starts nothing.
 
 pub mod agent;
+pub mod defaults;
 mod error;
 mod server;
 
@@ -93,15 +94,15 @@ fn default_true() -> bool {
 }
 
 fn default_uring_entries() -> u32 {
-    crate::rt::DEFAULT_URING_ENTRIES
+    defaults::URING_ENTRIES
 }
 
 fn default_pump_buffer_bytes() -> usize {
-    64 * 1024
+    defaults::PUMP_BUFFER_BYTES
 }
 
 fn default_splice_pipe_bytes() -> usize {
-    crate::dataplane::pump::SPLICE_PIPE_BYTES
+    defaults::SPLICE_PIPE_BYTES
 }
 
 /// The rules shared by both files for `uring_entries`, `pump_buffer_bytes` and

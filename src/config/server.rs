@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{parse, read, AdminConfig, ConfigError, IoBackend};
+use super::{defaults, parse, read, AdminConfig, ConfigError, IoBackend};
 use crate::secret::Secret;
 
 /// `ringtun server --config FILE`.
@@ -205,34 +205,34 @@ impl CredentialPolicy {
 }
 
 fn default_heartbeat_interval_ms() -> u64 {
-    10_000
+    defaults::HEARTBEAT_INTERVAL_MS
 }
 fn default_max_concurrent_handshakes() -> usize {
-    4096
+    defaults::MAX_CONCURRENT_HANDSHAKES
 }
 fn default_max_data_connections_per_agent() -> u32 {
-    16_384
+    defaults::MAX_DATA_CONNECTIONS_PER_AGENT
 }
 fn default_max_data_connections() -> u32 {
-    65_536
+    defaults::MAX_DATA_CONNECTIONS
 }
 fn default_max_sessions() -> u64 {
-    100_000
+    defaults::MAX_SESSIONS
 }
 fn default_drain_timeout_ms() -> u64 {
-    15_000
+    defaults::DRAIN_TIMEOUT_MS
 }
 fn default_heartbeat_max_missed() -> u32 {
-    3
+    defaults::HEARTBEAT_MAX_MISSED
 }
 fn default_handshake_timeout_ms() -> u64 {
-    5_000
+    defaults::HANDSHAKE_TIMEOUT_MS
 }
 fn default_max_frame_payload_bytes() -> usize {
-    crate::protocol::DEFAULT_MAX_FRAME_PAYLOAD_BYTES
+    defaults::MAX_FRAME_PAYLOAD_BYTES
 }
 fn default_pool_wait_ms() -> u64 {
-    2_000
+    defaults::POOL_WAIT_MS
 }
 
 impl ServerConfig {

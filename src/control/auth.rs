@@ -116,13 +116,6 @@ fn decide_hmac(
     Decision::new(Status::SUCCESS, reason::OK)
 }
 
-/// Seconds since the unix epoch by the system clock (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,7 +320,7 @@ mod tests {
             },
         );
         assert_eq!(
-            decide(Some(&c), &i, unix_now(), &mut ReplayCache::new(4)).status,
+            decide(Some(&c), &i, crate::credential::unix_now_secs(), &mut ReplayCache::new(4)).status,
             Status::SUCCESS
         );
     }

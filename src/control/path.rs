@@ -459,7 +459,7 @@ impl Control {
         let decision = auth::decide(
             self.registry.borrow().cluster(&init.cluster_name),
             &init,
-            auth::unix_now(),
+            crate::credential::unix_now_secs(),
             &mut self.replay.borrow_mut(),
         );
         let status = decision.status;

@@ -16,9 +16,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Size of one pump buffer.
-pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
+pub const PUMP_BUFFER_BYTES: usize = crate::config::defaults::PUMP_BUFFER_BYTES;
 /// Size of the pipe a busy plaintext direction splices through.
-pub const SPLICE_PIPE_BYTES: usize = 1024 * 1024;
+pub const SPLICE_PIPE_BYTES: usize = crate::config::defaults::SPLICE_PIPE_BYTES;
 /// Buffers kept for reuse per worker; more are freed when returned.
 const POOL_KEEP: usize = 32;
 

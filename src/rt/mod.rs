@@ -37,7 +37,7 @@ impl Backend {
 }
 
 /// Default io_uring submission queue size per worker.
-pub const DEFAULT_URING_ENTRIES: u32 = 256;
+pub const DEFAULT_URING_ENTRIES: u32 = crate::config::defaults::URING_ENTRIES;
 
 /// Why a backend cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,41 @@
+//! Every default value of both config files and of the runtime options, in one place.
+//!
+//! The runtime (`rt`) and the data plane read their defaults from here, never the other way
+//! round; the config reference (`docs/config.md`) states the same numbers. This module holds
+//! constants only.
+
+// Runtime options (both files).
+/// io_uring submission queue entries per worker.
+pub const URING_ENTRIES: u32 = 256;
+/// Size of one busy session direction's pump buffer, bytes.
+pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
+/// Size of the pipe a busy plaintext direction splices through, bytes (0 turns splice off).
+pub const SPLICE_PIPE_BYTES: usize = 1024 * 1024;
+
+// Server.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 10_000;
+pub const HEARTBEAT_MAX_MISSED: u32 = 3;
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
+pub const MAX_DATA_CONNECTIONS_PER_AGENT: u32 = 16_384;
+pub const MAX_DATA_CONNECTIONS: u32 = 65_536;
+pub const MAX_SESSIONS: u64 = 100_000;
+pub const DRAIN_TIMEOUT_MS: u64 = 15_000;
+pub const MAX_FRAME_PAYLOAD_BYTES: usize = crate::protocol::DEFAULT_MAX_FRAME_PAYLOAD_BYTES;
+pub const POOL_WAIT_MS: u64 = 2_000;
+
+// Agent.
+pub const AGENT_WEIGHT: i64 = 10;
+pub const AGENT_WORKERS: usize = 1;
+pub const BACKEND_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const CONNECTION_NUM: u32 = 4;
+/// -1: retry forever.
+pub const CONNECT_RETRY_TIMES: i64 = -1;
+pub const RECONNECT_BASE_DURATION_MS: u64 = 1_000;
+pub const RECONNECT_MAX_DURATION_MS: u64 = 30_000;
+pub const EXTRA_CONNECTION_IDLE_DURATION_MS: u64 = 10_000;
+pub const CONNECT_TIMEOUT_DURATION_MS: u64 = 5_000;
+pub const GRACEFUL_CLOSE_MAX_WAIT_DURATION_MS: u64 = 15_000;
+pub const REFRESH_INTERVAL_MS: u64 = 5_000;
+/// `max_connection_num` when it is not below `connection_num`.
+pub const MAX_CONNECTION_NUM: u32 = 16_384;
