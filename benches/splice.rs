@@ -22,7 +22,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use ringtun::dataplane::pump::{pump, BufferPool, PUMP_BUFFER_BYTES, SPLICE_PIPE_BYTES};
+use ringtun::dataplane::pump::epoll::{pump, BufferPool};
+use ringtun::dataplane::pump::{PUMP_BUFFER_BYTES, SPLICE_PIPE_BYTES};
 
 /// What the writer writes at a time, and the reader reads at most.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -146,12 +147,9 @@ fn pump_uring(a: TcpStream, b: TcpStream, splice: bool) {
     ringtun::rt::uring::block_on(&rt, async move {
         let a = ringtun::rt::uring::Stream::from_std(a).expect("adopt");
         let b = ringtun::rt::uring::Stream::from_std(b).expect("adopt");
-        let buffers = ringtun::rt::uring::Buffers::new(PUMP_BUFFER_BYTES).with_splice(if splice {
-            SPLICE_PIPE_BYTES
-        } else {
-            0
-        });
-        ringtun::rt::uring::pump(&a, &b, Vec::new(), Vec::new(), &buffers)
+        let buffers = ringtun::dataplane::pump::uring::Buffers::new(PUMP_BUFFER_BYTES)
+            .with_splice(if splice { SPLICE_PIPE_BYTES } else { 0 });
+        ringtun::dataplane::pump::uring::pump(&a, &b, Vec::new(), Vec::new(), &buffers)
             .await
             .expect("pump");
         let _ = a.shutdown(std::net::Shutdown::Both);

@@ -115,7 +115,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                         ),
                     },
                     Signal::Stop(name) => {
-                        let grace_ms = server.config().map_or(ringtun::config::defaults::DRAIN_TIMEOUT_MS, |c| c.drain_timeout_ms);
+                        let grace_ms = server
+                            .config()
+                            .map_or(ringtun::config::defaults::DRAIN_TIMEOUT_MS, |c| {
+                                c.drain_timeout_ms
+                            });
                         tracing::info!(signal = name, grace_ms, "draining server");
                         server.drain(grace_ms);
                         return Ok(());

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ClusterConfig, ConfigError, ServerConfig};
 use crate::control::path::ControlCmd;
-use crate::server::{bind_frontends, ServerError, WorkerSockets};
+use crate::rt::{bind_frontends, BindError, FrontendSockets};
 
 /// How long a reload waits for the control path to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ pub enum ReloadError {
     #[error("{0} cannot change while the server runs; restart the server to apply it")]
     NotReloadable(&'static str),
     #[error(transparent)]
-    Bind(#[from] ServerError),
+    Bind(#[from] BindError),
     #[error("the control path did not apply the change")]
     ControlGone,
 }
@@ -165,7 +165,7 @@ impl Reloader {
             })
             .cloned()
             .collect();
-        let mut listeners: WorkerSockets = (0..self.workers).map(|_| Vec::new()).collect();
+        let mut listeners: FrontendSockets = (0..self.workers).map(|_| Vec::new()).collect();
         let mut bound: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         for (i, c) in new.clusters.iter().enumerate() {
             if summary.added.contains(&c.name) || rebind.contains(&c.name) {

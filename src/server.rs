@@ -16,21 +16,15 @@ use crate::config::ServerConfig;
 use crate::control::path::{self, ControlCmd, ControlSetup};
 use crate::control::registry::{HostStatus, Registry};
 use crate::control::stats::ControlStats;
-use crate::plane::counters::{CounterTotals, WorkerCounters};
 use crate::dataplane::worker::{self, WorkerSetup};
-use crate::rt::{self, Backend, RtError};
+use crate::plane::counters::{CounterTotals, WorkerCounters};
+use crate::rt::{self, bind_frontends, parse_addr, Backend, BindError, RtError};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("invalid address {field}: {value:?}")]
-    Address { field: String, value: String },
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        what: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] BindError),
     #[error(transparent)]
     Runtime(#[from] RtError),
     #[error("tunnel_listener.tls_context: {0}")]
@@ -71,12 +65,12 @@ impl ServerHandle {
             None => None,
         };
         let tunnel_addr = parse_addr("tunnel_listener.address", &config.tunnel_listener.address)?;
-        let tunnel = rt::bind_tunnel_listener(tunnel_addr).map_err(|source| ServerError::Bind {
+        let tunnel = rt::bind_tunnel_listener(tunnel_addr).map_err(|source| BindError::Bind {
             what: "tunnel listener".into(),
             addr: tunnel_addr,
             source,
         })?;
-        let tunnel_addr = tunnel.local_addr().map_err(|source| ServerError::Bind {
+        let tunnel_addr = tunnel.local_addr().map_err(|source| BindError::Bind {
             what: "tunnel listener".into(),
             addr: tunnel_addr,
             source,
@@ -381,42 +375,4 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Frontend sockets of one cluster, per worker.
-pub(crate) type WorkerSockets = Vec<Vec<(Arc<str>, std::net::TcpListener)>>;
-
-/// Binds a cluster's frontends: one SO_REUSEPORT socket per worker per frontend (port 0 is
-/// resolved by the first). Returns the sockets per worker and the bound addresses.
-pub(crate) fn bind_frontends(
-    index: usize,
-    cluster: &crate::config::ClusterConfig,
-    workers: usize,
-) -> Result<(WorkerSockets, Vec<SocketAddr>), ServerError> {
-    let name: Arc<str> = Arc::from(cluster.name.as_str());
-    let mut per_worker: WorkerSockets = (0..workers).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    for (fi, f) in cluster.frontends.iter().enumerate() {
-        let field = format!("clusters[{index}].frontends[{fi}].address");
-        let mut addr = parse_addr(&field, &f.address)?;
-        for sockets in per_worker.iter_mut() {
-            let bind_err = |source| ServerError::Bind {
-                what: format!("frontend of cluster {}", cluster.name),
-                addr,
-                source,
-            };
-            let listener = rt::bind_reuseport(addr).map_err(bind_err)?;
-            addr = listener.local_addr().map_err(bind_err)?;
-            sockets.push((name.clone(), listener));
-        }
-        addrs.push(addr);
-    }
-    Ok((per_worker, addrs))
-}
-
-fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ServerError> {
-    value.parse().map_err(|_| ServerError::Address {
-        field: field.to_string(),
-        value: value.to_string(),
-    })
 }

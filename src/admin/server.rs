@@ -19,8 +19,8 @@ use super::{get_only, Handler, Request, Response};
 use crate::control::path::ControlCmd;
 use crate::control::registry::ClusterStatus;
 use crate::control::stats::{ControlStats, HandshakeOutcome};
-use crate::plane::counters::{sum_clusters, ClusterSummary, CounterTotals, WorkerCounters};
 use crate::metrics::{self, Exposition, Kind};
+use crate::plane::counters::{sum_clusters, ClusterSummary, CounterTotals, WorkerCounters};
 
 /// How long the admin waits for the control path to answer.
 pub const CONTROL_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);

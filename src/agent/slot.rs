@@ -20,10 +20,11 @@ use super::backoff::Backoff;
 use super::dial::{dial, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
 use super::peer::{AsideCmd, Peer, SlotGuard};
 use super::Shared;
-use crate::dataplane::pump::{pump_conns, pump_tls, Conn, Pools};
+use crate::dataplane::pump::{pump_conns, pump_tls, Pools};
 use crate::protocol::{
     self, Decoded, Frame, GracefulCloseOnewayRequest, Pong, Role, SessionStart, WeightUpdate,
 };
+use crate::rt::Conn;
 use crate::tls::Channel;
 
 /// Which slot this is.

@@ -320,7 +320,13 @@ mod tests {
             },
         );
         assert_eq!(
-            decide(Some(&c), &i, crate::credential::unix_now_secs(), &mut ReplayCache::new(4)).status,
+            decide(
+                Some(&c),
+                &i,
+                crate::credential::unix_now_secs(),
+                &mut ReplayCache::new(4)
+            )
+            .status,
             Status::SUCCESS
         );
     }

@@ -15,10 +15,10 @@ use tracing::{debug, info, warn};
 use super::auth;
 use super::handshake::{read_init_from, HandshakeError};
 use super::registry::{ClusterStatus, HostIdentity, HostStatus, RegisterError, Registry};
-use crate::plane::snapshot::{ConnId, HostId};
 use super::stats::{ControlStats, HandshakeOutcome};
 use crate::config::agent::MAX_WEIGHT;
 use crate::config::ServerConfig;
+use crate::plane::snapshot::{ConnId, HostId};
 use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::protocol::{self, ConnectionInitResponse, Decoded, Frame, Ping, Role, Status};
 use crate::tls::Channel;
@@ -58,7 +58,7 @@ pub enum ControlCmd {
         clusters: Vec<crate::config::ClusterConfig>,
         removed: Vec<String>,
         stop_frontends: Vec<String>,
-        listeners: crate::server::WorkerSockets,
+        listeners: crate::rt::FrontendSockets,
         reply: tokio::sync::oneshot::Sender<()>,
     },
     Shutdown,
@@ -237,7 +237,7 @@ impl Control {
         clusters: &[crate::config::ClusterConfig],
         removed: &[String],
         stop_frontends: &[String],
-        listeners: crate::server::WorkerSockets,
+        listeners: crate::rt::FrontendSockets,
     ) {
         let stop: Vec<Arc<str>> = stop_frontends
             .iter()

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::plane::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
 use crate::config::ClusterConfig;
+use crate::plane::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
 use crate::protocol::Role;
 
 /// Who a connection says it belongs to.

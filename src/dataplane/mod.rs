@@ -8,5 +8,4 @@
 
 pub mod idle;
 pub mod pump;
-pub mod splice;
 pub mod worker;

@@ -16,14 +16,15 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, trace, warn, Instrument};
 
-use crate::plane::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
 use super::idle::{IdleConn, IdleError};
-use super::pump::{pump_conns, pump_tls, Conn, Pools};
-use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
+use super::pump::{pump_conns, pump_tls, Pools};
 use crate::balancer::{Balancer, HostSpec, HostState};
+use crate::plane::counters::{add, bump, drop_one, ClusterCounters, SessionSetup, WorkerCounters};
 use crate::plane::snapshot::{ClusterSnapshot, HostId, Snapshot, SnapshotHost};
+use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::protocol::{self, Decoded, Frame, SessionStart};
 use crate::rt::Backend;
+use crate::rt::Conn;
 
 /// While frontends wait for a connection, how often the worker asks the control path again.
 const REASK_MS: u64 = 50;

@@ -10,7 +10,6 @@ pub mod snapshot;
 
 use std::sync::Arc;
 
-
 use snapshot::{ConnId, HostId, Snapshot};
 
 /// Control path → worker.

@@ -1,13 +1,24 @@
-//! The runtime seam: which I/O backend a worker runs, worker threads, and listener sockets.
+//! The runtime seam: which I/O backend a worker runs, worker threads, sockets (binding,
+//! adoption on a backend, owned-buffer I/O, non-blocking probes), pipes, and the io_uring runtime.
 //!
 //! Everything above this module is shared by the backends. A worker is one OS thread with its own
 //! single-threaded runtime; connections reach it as `std::net::TcpStream`s and are adopted there.
 //! This module must not know about clusters, frames or sessions.
 
+mod conn;
+mod io;
+mod listen;
+mod pipe;
 mod socket;
 pub mod uring;
-mod uring_splice;
+pub mod uring_splice;
 
+pub use conn::Conn;
+pub(crate) use io::shutdown_write;
+pub use io::write_all;
+pub(crate) use io::OwnedIo;
+pub use listen::{bind_frontends, parse_addr, BindError, FrontendSockets};
+pub use pipe::{Pipe, PipePool};
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, readable_bytes,
     send_nonblocking, splice_nonblocking, ReadPoll,
@@ -35,6 +46,9 @@ impl Backend {
         }
     }
 }
+
+/// Objects (buffers, pipes) a worker keeps for reuse per pool; more are freed when returned.
+pub const POOL_KEEP: usize = 32;
 
 /// Default io_uring submission queue size per worker.
 pub const DEFAULT_URING_ENTRIES: u32 = crate::config::defaults::URING_ENTRIES;

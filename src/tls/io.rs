@@ -11,7 +11,7 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::net::TcpStream;
 
 use super::{TlsError, TlsSession};
-use crate::dataplane::pump::write_all;
+use crate::rt::write_all;
 
 /// Read chunk during the handshake; a TLS 1.3 flight is a few KiB.
 const HANDSHAKE_READ_BYTES: usize = 16 * 1024 + 512;

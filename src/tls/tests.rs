@@ -600,9 +600,7 @@ fn accept_and_connect_over_loopback() {
                 }
                 let mut out = Vec::new();
                 est.session.encrypt(b"world", &mut out).unwrap();
-                crate::dataplane::pump::write_all(&stream, &out)
-                    .await
-                    .unwrap();
+                crate::rt::write_all(&stream, &out).await.unwrap();
                 (est.plaintext, listener)
             })
         };
@@ -610,9 +608,7 @@ fn accept_and_connect_over_loopback() {
         let mut est = connect(&stream, client_cfg, name).await.unwrap();
         let mut out = Vec::new();
         est.session.encrypt(b"hello", &mut out).unwrap();
-        crate::dataplane::pump::write_all(&stream, &out)
-            .await
-            .unwrap();
+        crate::rt::write_all(&stream, &out).await.unwrap();
         let mut inbuf = vec![0u8; 4096];
         while est.plaintext.len() < 5 {
             stream.readable().await.unwrap();
@@ -633,9 +629,7 @@ fn accept_and_connect_over_loopback() {
             let init =
                 crate::protocol::encode_to_vec(&crate::protocol::Frame::Init(Default::default()))
                     .unwrap();
-            crate::dataplane::pump::write_all(&stream, &init)
-                .await
-                .unwrap();
+            crate::rt::write_all(&stream, &init).await.unwrap();
             stream
         });
         let (stream, _) = listener.accept().await.unwrap();

@@ -1,0 +1,227 @@
+//! The io_uring pump: session bytes both ways between two io_uring sockets, with owned buffers.
+//!
+//! A quiet direction parks a small ring read (io_uring learns of bytes only through a read); the
+//! direction policy moves it to a large buffer while bytes flow and, with splice on, splices what
+//! is queued after a full large read. tokio-uring's rules hold here: an in-flight read is never
+//! dropped to cancel it; on an error both sockets are shut down, which completes the other
+//! direction's read. It must not be used on epoll sockets.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use super::policy::{DirectionPolicy, Next, SMALL_BUFFER_BYTES};
+use crate::rt::uring::Stream;
+use crate::rt::uring_splice::SpliceRing;
+use crate::rt::{readable_bytes, shutdown_write, splice_nonblocking, PipePool, POOL_KEEP};
+
+/// A worker's recycled owned buffers (small and large), and its pipes when busy directions
+/// splice.
+#[derive(Clone)]
+pub struct Buffers {
+    policy: DirectionPolicy,
+    small: Rc<RefCell<Vec<Vec<u8>>>>,
+    large: Rc<RefCell<Vec<Vec<u8>>>>,
+    pipes: Option<PipePool>,
+}
+
+impl Buffers {
+    /// Pools with large buffers of `large_bytes`.
+    pub fn new(large_bytes: usize) -> Self {
+        Self {
+            policy: DirectionPolicy::new(large_bytes, false),
+            small: Rc::default(),
+            large: Rc::default(),
+            pipes: None,
+        }
+    }
+
+    /// These buffers, with busy plaintext directions splicing through pipes of `pipe_bytes`
+    /// (0: never).
+    pub fn with_splice(mut self, pipe_bytes: usize) -> Self {
+        self.pipes = (pipe_bytes > 0).then(|| PipePool::new(pipe_bytes));
+        self.policy = DirectionPolicy::new(self.policy.large_bytes(), self.pipes.is_some());
+        self
+    }
+
+    fn take(&self, large: bool) -> Vec<u8> {
+        let (pool, size) = if large {
+            (&self.large, self.policy.large_bytes())
+        } else {
+            (&self.small, SMALL_BUFFER_BYTES)
+        };
+        pool.borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(size))
+    }
+
+    /// Large buffers waiting in the pool.
+    #[cfg(test)]
+    pub(crate) fn large_free(&self) -> usize {
+        self.large.borrow().len()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let pool = if buf.capacity() >= self.policy.large_bytes() {
+            &self.large
+        } else {
+            &self.small
+        };
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_KEEP {
+            pool.push(buf);
+        }
+    }
+
+    /// Swaps `buf` for a buffer of the size `next` needs (if it is not that size already).
+    fn resize_for(&self, buf: &mut Vec<u8>, next: Next) {
+        let large = buf.capacity() >= self.policy.large_bytes();
+        let want_large = next == Next::ReadLarge;
+        if large != want_large {
+            self.give(std::mem::replace(buf, self.take(want_large)));
+        }
+    }
+}
+
+/// Pumps both ways until both directions saw EOF or either failed; returns bytes moved
+/// (a→b, b→a). On an error both sockets are shut down so the other direction's read completes.
+pub async fn pump(
+    a: &Stream,
+    b: &Stream,
+    prefix_to_a: Vec<u8>,
+    prefix_to_b: Vec<u8>,
+    buffers: &Buffers,
+) -> io::Result<(u64, u64)> {
+    let (x, y) = tokio::join!(
+        one_way(a, b, prefix_to_b, buffers),
+        one_way(b, a, prefix_to_a, buffers)
+    );
+    Ok((x?, y?))
+}
+
+async fn one_way(
+    from: &Stream,
+    to: &Stream,
+    prefix: Vec<u8>,
+    buffers: &Buffers,
+) -> io::Result<u64> {
+    let fail = |e: io::Error| {
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+        e
+    };
+    let mut total = 0u64;
+    if !prefix.is_empty() {
+        let len = prefix.len() as u64;
+        let (written, _) = to.write_all(prefix).await;
+        written.map_err(fail)?;
+        total += len;
+    }
+    let mut buf = buffers.take(false);
+    loop {
+        let (read, b) = from.read(buf).await;
+        buf = b;
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                buffers.give(buf);
+                return Err(fail(e));
+            }
+        };
+        if n == 0 {
+            buffers.give(buf);
+            return shutdown_write(to).map(|()| total).map_err(fail);
+        }
+        let capacity = buf.capacity();
+        // Most writes complete at once (the peer's receive window is open): one non-blocking
+        // send(2) saves a ring submission and completion per hop. What it cannot write goes
+        // through the ring.
+        let sent = match to.send_now(&buf) {
+            Ok(sent) => sent,
+            Err(e) => {
+                buffers.give(buf);
+                return Err(fail(e));
+            }
+        };
+        if sent < n {
+            let (written, b) = to.write_rest(buf, sent).await;
+            buf = b;
+            if let Err(e) = written {
+                buffers.give(buf);
+                return Err(fail(e));
+            }
+        }
+        total += n as u64;
+        let mut next = buffers.policy.after_read(n, capacity);
+        if next == Next::Splice {
+            // Splice what is already queued, then go back to a ring read (which also sees EOF).
+            // The socket is empty afterwards, so that read waits: it parks a small buffer (a
+            // burst fills it and turns the direction busy again), so a session that goes quiet
+            // after bulk pins no large buffer.
+            let spliced = match &buffers.pipes {
+                Some(pipes) => splice_queued(from, to, pipes).await,
+                None => Ok(None),
+            };
+            next = match spliced {
+                Ok(Some(moved)) => {
+                    total += moved;
+                    Next::Wait
+                }
+                // No pipe or no splice ring: copy on.
+                Ok(None) => Next::ReadLarge,
+                Err(e) => {
+                    buffers.give(buf);
+                    return Err(fail(e));
+                }
+            };
+        }
+        buffers.resize_for(&mut buf, next);
+    }
+}
+
+/// Splices `from` → `to` while `from` has bytes queued, through a pooled pipe; returns the bytes
+/// moved, with `from` empty. Nothing here waits for `from` (see `rt::uring_splice`). Without a
+/// pipe or a splice ring it moves nothing and returns `None`: the pump copies on.
+async fn splice_queued(from: &Stream, to: &Stream, pipes: &PipePool) -> io::Result<Option<u64>> {
+    // Without a splice ring (logged once per worker when it could not be made) it copies.
+    let Ok(ring) = SpliceRing::get() else {
+        return Ok(None);
+    };
+    let pipe = match pipes.take() {
+        Ok(p) => p,
+        Err(e) => {
+            crate::log_limited!(
+                warn!(error = %e, "cannot open a pipe for splice (out of descriptors?); this session direction copies instead")
+            );
+            return Ok(None);
+        }
+    };
+    let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut moved = 0u64;
+    loop {
+        let queued = readable_bytes(from_fd)?.min(pipe.capacity_bytes());
+        if queued == 0 {
+            break;
+        }
+        // The socket holds `queued` bytes, so this cannot wait even in blocking mode.
+        let n = splice_nonblocking(from_fd, pipe.write_fd(), queued)?;
+        if n == 0 {
+            break;
+        }
+        let mut left = n;
+        while left > 0 {
+            let len = u32::try_from(left).unwrap_or(u32::MAX);
+            match ring.splice(pipe.read_fd(), to_fd, len).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                m => left -= m,
+            }
+        }
+        moved += n as u64;
+    }
+    // Reached only with the pipe empty (errors return above and drop it).
+    pipes.give(pipe);
+    Ok(Some(moved))
+}

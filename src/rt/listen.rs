@@ -1,0 +1,61 @@
+//! Binding a cluster's frontend sockets: one SO_REUSEPORT listener per worker per frontend.
+//!
+//! Server start-up and reload both bind frontends here, so a reload needs nothing from the
+//! server's wiring. This module binds sockets; it accepts nothing and knows nothing of sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::ClusterConfig;
+
+/// Frontend listeners per worker: `sockets[worker]` holds `(cluster, listener)` pairs.
+pub type FrontendSockets = Vec<Vec<(Arc<str>, std::net::TcpListener)>>;
+
+/// Why a listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("invalid address {field}: {value:?}")]
+    Address { field: String, value: String },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds cluster number `index`'s frontends: one SO_REUSEPORT socket per worker per frontend
+/// (port 0 is resolved by the first). Returns the sockets per worker and the bound addresses.
+pub fn bind_frontends(
+    index: usize,
+    cluster: &ClusterConfig,
+    workers: usize,
+) -> Result<(FrontendSockets, Vec<SocketAddr>), BindError> {
+    let name: Arc<str> = Arc::from(cluster.name.as_str());
+    let mut per_worker: FrontendSockets = (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for (fi, f) in cluster.frontends.iter().enumerate() {
+        let field = format!("clusters[{index}].frontends[{fi}].address");
+        let mut addr = parse_addr(&field, &f.address)?;
+        for sockets in per_worker.iter_mut() {
+            let bind_err = |source| BindError::Bind {
+                what: format!("frontend of cluster {}", cluster.name),
+                addr,
+                source,
+            };
+            let listener = super::bind_reuseport(addr).map_err(bind_err)?;
+            addr = listener.local_addr().map_err(bind_err)?;
+            sockets.push((name.clone(), listener));
+        }
+        addrs.push(addr);
+    }
+    Ok((per_worker, addrs))
+}
+
+/// Parses a listen address of the config; the error names the field.
+pub fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, BindError> {
+    value.parse().map_err(|_| BindError::Address {
+        field: field.to_string(),
+        value: value.to_string(),
+    })
+}
