@@ -5,6 +5,7 @@
 //! single-threaded runtime; connections reach it as `std::net::TcpStream`s and are adopted there.
 //! This module must not know about clusters, frames or sessions.
 
+mod accept;
 mod conn;
 mod io;
 mod listen;
@@ -13,6 +14,7 @@ mod socket;
 pub mod uring;
 pub mod uring_splice;
 
+pub use accept::{AcceptStop, Listener};
 pub use conn::Conn;
 pub(crate) use io::shutdown_write;
 pub use io::write_all;

@@ -1,0 +1,106 @@
+//! Frontend accept loops: one per frontend listener, on the worker's backend, each accepted
+//! client served in its own task inside a session span. Stopped for a drain or a reload through
+//! `rt::AcceptStop`, which knows how each backend's accept is ended safely.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{warn, Instrument};
+
+use super::Worker;
+use crate::plane::counters::bump;
+use crate::rt::{AcceptStop, Conn, Listener};
+
+/// A running accept loop of one frontend listener.
+pub(super) struct AcceptLoop {
+    pub(super) cluster: Arc<str>,
+    task: tokio::task::JoinHandle<()>,
+    stop: AcceptStop,
+    /// Set before the listener is stopped, so the loop knows its accept error means "stop".
+    stopped: Rc<Cell<bool>>,
+}
+
+impl AcceptLoop {
+    pub(super) fn stop(self) {
+        self.stopped.set(true);
+        self.stop.stop(self.task);
+    }
+}
+
+impl Worker {
+    /// Starts an accept loop per listener.
+    pub(super) fn start_accepting(
+        self: &Rc<Self>,
+        listeners: Vec<(Arc<str>, std::net::TcpListener)>,
+        into: &mut Vec<AcceptLoop>,
+    ) {
+        for (cluster, listener) in listeners {
+            match Listener::from_std(self.backend, listener) {
+                Ok((listener, stop)) => {
+                    let stopped = Rc::new(Cell::new(false));
+                    let task = tokio::task::spawn_local(self.clone().accept_loop(
+                        cluster.clone(),
+                        listener,
+                        stopped.clone(),
+                    ));
+                    into.push(AcceptLoop {
+                        cluster,
+                        task,
+                        stop,
+                        stopped,
+                    });
+                }
+                Err(e) => {
+                    warn!(worker = self.index, %cluster, error = %e, "cannot adopt frontend listener")
+                }
+            }
+        }
+    }
+
+    /// Accepts until stopped. On io_uring it is never raced or dropped while an accept is in
+    /// flight: it ends when its listener is shut down.
+    async fn accept_loop(
+        self: Rc<Self>,
+        cluster: Arc<str>,
+        listener: Listener,
+        stopped: Rc<Cell<bool>>,
+    ) {
+        loop {
+            if stopped.get() {
+                return;
+            }
+            match listener.accept().await {
+                Ok((frontend, client)) => self.accepted(&cluster, frontend, client),
+                Err(e) => {
+                    if stopped.get() || !self.accepting.get() {
+                        return;
+                    }
+                    self.accept_failed(&cluster, &e).await;
+                }
+            }
+        }
+    }
+
+    /// Serves an accepted frontend in its own task, inside a session span.
+    fn accepted(self: &Rc<Self>, cluster: &Arc<str>, frontend: Conn, client: SocketAddr) {
+        bump(&self.counters.frontends_accepted_total);
+        let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
+        tokio::task::spawn_local(
+            self.clone()
+                .serve_frontend(cluster.clone(), frontend, client)
+                .instrument(span),
+        );
+    }
+
+    /// Out of descriptors and similar: log (rate-limited) and back off instead of spinning.
+    async fn accept_failed(&self, cluster: &str, e: &io::Error) {
+        crate::log_limited!(
+            warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

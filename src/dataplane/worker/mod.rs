@@ -1,0 +1,211 @@
+//! One worker: its snapshot, its idle pools, its frontend listeners and its sessions.
+//!
+//! All state is thread-local (`Rc`/`RefCell`); the only cross-thread traffic is the message
+//! channel from the control path and the event channel back to it (`crate::plane`). The parts:
+//! `pool` (idle connections per host, leasing order, donation, heartbeat sweep), `lease`
+//! (waiting for a connection, asking the control path for more, `max_sessions`), `accept`
+//! (frontend accept loops), `session` (one frontend's session from lease to close).
+//!
+//! Never hold a `RefCell` borrow of the worker's state across an `.await`; never drop an io_uring
+//! operation in flight (end it by shutting its socket down); never block on a peer.
+
+mod accept;
+mod lease;
+mod pool;
+mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tracing::trace;
+
+use self::accept::AcceptLoop;
+use self::pool::{LocalCluster, State};
+use super::idle::IdleConn;
+use super::pump::Pools;
+use crate::balancer::{Balancer, HostSpec};
+use crate::plane::counters::{add, bump, WorkerCounters};
+use crate::plane::snapshot::Snapshot;
+use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
+use crate::rt::Backend;
+
+/// Everything a worker needs to start.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub backend: Backend,
+    /// Its own SO_REUSEPORT listener per cluster frontend.
+    pub frontends: Vec<(Arc<str>, std::net::TcpListener)>,
+    pub snapshot: Arc<Snapshot>,
+    pub rx: mpsc::UnboundedReceiver<WorkerMsg>,
+    pub events: mpsc::UnboundedSender<WorkerEvent>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_max_missed: u32,
+    pub max_frame_payload_bytes: usize,
+    /// Size of a busy session direction's buffer.
+    pub pump_buffer_bytes: usize,
+    /// Pipe size for busy plaintext directions (0: no splice).
+    pub splice_pipe_bytes: usize,
+    pub counters: Arc<WorkerCounters>,
+}
+
+struct Worker {
+    index: usize,
+    backend: Backend,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    counters: Arc<WorkerCounters>,
+    heartbeat_interval: Duration,
+    heartbeat_max_missed: u32,
+    max_frame_payload_bytes: usize,
+    buffers: Pools,
+    state: RefCell<State>,
+    /// Frontends waiting for an idle connection, per cluster.
+    waiters: RefCell<HashMap<Arc<str>, Rc<Notify>>>,
+    /// Frontends waiting for a connection, per cluster.
+    waiting: RefCell<HashMap<Arc<str>, u32>>,
+    /// False once draining: accept loops end.
+    accepting: Cell<bool>,
+    /// Clusters for which a donation was asked and has not arrived yet.
+    starving: RefCell<std::collections::HashSet<Arc<str>>>,
+    next_session: Cell<u64>,
+}
+
+/// Runs a worker until it is told to shut down or the control path goes away.
+pub async fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        index,
+        backend,
+        frontends,
+        snapshot,
+        mut rx,
+        events,
+        heartbeat_interval,
+        heartbeat_max_missed,
+        max_frame_payload_bytes,
+        pump_buffer_bytes,
+        splice_pipe_bytes,
+        counters,
+    } = setup;
+    let worker = Rc::new(Worker {
+        index,
+        backend,
+        events,
+        counters,
+        heartbeat_interval,
+        heartbeat_max_missed,
+        max_frame_payload_bytes,
+        buffers: Pools::new(pump_buffer_bytes, splice_pipe_bytes),
+        state: RefCell::new(State::default()),
+        waiters: RefCell::new(HashMap::new()),
+        accepting: Cell::new(true),
+        waiting: RefCell::new(HashMap::new()),
+        starving: RefCell::new(Default::default()),
+        next_session: Cell::new(1),
+    });
+    worker.apply_snapshot(&snapshot);
+    // Accept loops, and the listener fds a drain or reload shuts down to end them.
+    let mut accepting: Vec<AcceptLoop> = Vec::new();
+    worker.start_accepting(frontends, &mut accepting);
+    tokio::task::spawn_local(worker.clone().heartbeat_loop());
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            WorkerMsg::Snapshot(s) => worker.apply_snapshot(&s),
+            WorkerMsg::DataConn(conn) => worker.adopt(conn),
+            WorkerMsg::CloseConns(ids) => worker.close_idle(&ids),
+            WorkerMsg::StopAccepting => {
+                worker.accepting.set(false);
+                for a in accepting.drain(..) {
+                    a.stop();
+                }
+            }
+            WorkerMsg::Frontends { stop, add } => {
+                let (gone, kept): (Vec<AcceptLoop>, Vec<AcceptLoop>) =
+                    accepting.drain(..).partition(|a| stop.contains(&a.cluster));
+                accepting = kept;
+                for a in gone {
+                    a.stop();
+                }
+                worker.start_accepting(add, &mut accepting);
+            }
+            WorkerMsg::Donate {
+                cluster,
+                host_id,
+                to,
+            } => worker.donate(&cluster, host_id, to),
+            WorkerMsg::Shutdown => break,
+        }
+    }
+    worker.close_all_idle();
+}
+
+impl Worker {
+    fn apply_snapshot(&self, snapshot: &Snapshot) {
+        self.apply_snapshot_inner(snapshot);
+        if let Some(at) = snapshot.published_at {
+            let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            bump(&self.counters.snapshots_applied_total);
+            add(&self.counters.snapshot_propagation_ns_total, ns);
+            self.counters
+                .snapshot_propagation_max_ns
+                .fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn apply_snapshot_inner(&self, snapshot: &Snapshot) {
+        let mut state = self.state.borrow_mut();
+        state.clusters = snapshot
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let specs: Vec<HostSpec> = c
+                    .hosts
+                    .iter()
+                    .map(|h| HostSpec {
+                        key: h.key,
+                        weight: h.weight,
+                    })
+                    .collect();
+                let seed = (self.index as u64) << 32 | snapshot.version;
+                (
+                    name.clone(),
+                    LocalCluster {
+                        snap: c.clone(),
+                        balancer: Balancer::new(c.lb_type, &specs, seed),
+                        stats: self.counters.clusters.get_or_create(name),
+                    },
+                )
+            })
+            .collect();
+        trace!(
+            worker = self.index,
+            version = snapshot.version,
+            "snapshot applied"
+        );
+    }
+
+    fn adopt(&self, handed: HandedConn) {
+        let conn = IdleConn::new(
+            handed.conn_id,
+            handed.host_id,
+            handed.stream,
+            handed.legacy,
+            handed.pending,
+            handed.outstanding_pings,
+            handed.tls,
+        );
+        self.state
+            .borrow_mut()
+            .pools
+            .entry(handed.host_id)
+            .or_default()
+            .idle
+            .push_back(conn);
+        self.starving.borrow_mut().remove(&handed.cluster);
+        if let Some(n) = self.waiters.borrow().get(&handed.cluster) {
+            n.notify_one();
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! A listener accepting on whichever backend the worker runs, and the rule for stopping it.
+//!
+//! An epoll accept can be cancelled by aborting its task; an io_uring accept in flight must
+//! complete, never be dropped (the accepted descriptor would leak), so it is ended by shutting
+//! the listener down. `AcceptStop` owns that rule, so callers never match on the backend. This
+//! module must not know about clusters or sessions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::{uring, Backend, Conn};
+
+/// A listener adopted on a backend.
+pub enum Listener {
+    Epoll(tokio::net::TcpListener),
+    Uring(uring::Listener),
+}
+
+impl Listener {
+    /// Adopts a bound listener on `backend`; `stop` is how to end the loop accepting on it.
+    pub fn from_std(
+        backend: Backend,
+        listener: std::net::TcpListener,
+    ) -> io::Result<(Self, AcceptStop)> {
+        let fd = listener.as_raw_fd();
+        let adopted = match backend {
+            Backend::Epoll => Listener::Epoll(tokio::net::TcpListener::from_std(listener)?),
+            Backend::Uring { .. } => Listener::Uring(uring::Listener::from_std(listener)?),
+        };
+        let stop = AcceptStop {
+            fd,
+            uring: matches!(backend, Backend::Uring { .. }),
+        };
+        Ok((adopted, stop))
+    }
+
+    /// Accepts one connection, with Nagle off. Never race this future on io_uring.
+    pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
+        match self {
+            Listener::Epoll(l) => {
+                let (stream, peer) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Conn::Epoll(stream), peer))
+            }
+            Listener::Uring(l) => {
+                let (stream, peer) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Conn::Uring(stream), peer))
+            }
+        }
+    }
+}
+
+/// How to end the task accepting on one listener.
+#[derive(Debug)]
+pub struct AcceptStop {
+    fd: RawFd,
+    uring: bool,
+}
+
+impl AcceptStop {
+    /// Ends `task`, the loop accepting on this listener. The loop must check its own stop flag
+    /// after every accept error, and be set to stop before this is called.
+    pub fn stop(self, task: tokio::task::JoinHandle<()>) {
+        if self.uring {
+            // Shutting the listener down completes the accept in flight with an error.
+            // SAFETY: the fd belongs to a listener owned by `task`, which is still alive: it
+            // exits only after its accept completes.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
+        } else {
+            task.abort();
+        }
+    }
+}
