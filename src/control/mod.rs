@@ -5,6 +5,7 @@
 //! as a `std::net::TcpStream` and the control path only hears about it again when it is leased or
 //! closed.
 
+pub mod api;
 pub mod auth;
 pub mod handshake;
 #[doc(hidden)]

@@ -1,0 +1,271 @@
+//! The control path's event loop: accept agents, keep the registry, publish snapshots, answer
+//! workers' events and the server handle's commands. The parts: `tunnel` (one tunnel
+//! connection's handshake and its hand-off to a worker), `aside` (an aside connection's frames),
+//! `pool_requests` (who is owed connections), `commands` (admin and reload requests).
+//!
+//! Single-threaded: the registry is owned here and changed only on this thread. Never hold a
+//! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (each connection
+//! has its own task).
+
+mod aside;
+mod commands;
+mod pool_requests;
+mod tunnel;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::auth;
+use super::handshake::{read_init_from, HandshakeError};
+use super::registry::{HostIdentity, RegisterError, Registry};
+use super::stats::{ControlStats, HandshakeOutcome};
+use crate::config::agent::MAX_WEIGHT;
+use crate::config::ServerConfig;
+use crate::plane::snapshot::{ConnId, HostId};
+use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
+use crate::protocol::{self, ConnectionInitResponse, Decoded, Frame, Ping, Role, Status};
+use crate::tls::Channel;
+
+pub use super::api::ControlCmd;
+use aside::send_frame;
+use tunnel::ShutdownStd;
+
+/// How often a draining control path checks whether sessions are done.
+const DRAIN_POLL_MS: u64 = 20;
+
+/// Everything the control path needs to start.
+pub struct ControlSetup {
+    pub listener: std::net::TcpListener,
+    pub config: ServerConfig,
+    pub registry: Registry,
+    pub workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
+    pub events: mpsc::UnboundedReceiver<WorkerEvent>,
+    pub commands: mpsc::UnboundedReceiver<ControlCmd>,
+    pub stats: Arc<ControlStats>,
+    /// The workers' counters (a drain waits for their active sessions to end).
+    pub counters: Vec<Arc<crate::plane::counters::WorkerCounters>>,
+    /// The tunnel listener's TLS config (`tunnel_listener.tls_context`), loaded once at start.
+    pub tls: Option<Arc<crate::tls::ServerConfig>>,
+}
+
+/// An aside connection's id and the queue of frames its task writes.
+pub(super) type AsideWriter = (ConnId, mpsc::UnboundedSender<Frame>);
+
+struct Control {
+    config: ServerConfig,
+    registry: RefCell<Registry>,
+    workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    stats: Arc<ControlStats>,
+    /// Writers of the aside connections, per host.
+    asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
+    /// Rotates pool requests over a cluster's hosts.
+    pool_request_turn: std::cell::Cell<usize>,
+    /// Per cluster, workers owed a connection by a pool request (and when it was asked), in
+    /// order asked.
+    wanted: RefCell<HashMap<String, std::collections::VecDeque<(usize, tokio::time::Instant)>>>,
+    /// Accepted `hmac` credentials, refused if seen again.
+    replay: RefCell<super::replay::ReplayCache>,
+    /// TLS on tunnel connections.
+    tls: Option<Arc<crate::tls::ServerConfig>>,
+}
+
+/// Runs until told to shut down.
+pub async fn run(setup: ControlSetup) {
+    let ControlSetup {
+        listener,
+        config,
+        registry,
+        workers,
+        mut events,
+        mut commands,
+        stats,
+        counters,
+        tls,
+    } = setup;
+    let mut listener = match TcpListener::from_std(listener) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, "cannot adopt tunnel listener");
+            return;
+        }
+    };
+    let handshake_slots = config.tunnel_listener.max_concurrent_handshakes;
+    let ctl = Rc::new(Control {
+        config,
+        registry: RefCell::new(registry),
+        workers,
+        handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
+        stats,
+        asides: RefCell::new(HashMap::new()),
+        pool_request_turn: std::cell::Cell::new(0),
+        wanted: RefCell::new(HashMap::new()),
+        replay: RefCell::default(),
+        tls,
+    });
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
+                Ok((stream, peer)) => {
+                    match ctl.handshakes.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, permit));
+                        }
+                        Err(_) => {
+                            ctl.stats.handshake(HandshakeOutcome::Overloaded);
+                            debug!(%peer, "too many handshakes in progress; closing tunnel connection");
+                        }
+                    }
+                }
+                Err(e) => {
+                    crate::log_limited!(warn!(error = %e, "tunnel accept failed"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(event) = events.recv() => ctl.on_worker_event(event),
+            cmd = commands.recv() => match cmd {
+                Some(ControlCmd::Hosts { cluster, reply }) => {
+                    let _ = reply.send(ctl.registry.borrow().hosts(&cluster));
+                }
+                Some(ControlCmd::Clusters { reply }) => {
+                    let _ = reply.send(ctl.registry.borrow().clusters());
+                }
+                Some(ControlCmd::SetWeight { cluster, host_name, weight, reply }) => {
+                    let _ = reply.send(ctl.admin_weight(&cluster, &host_name, weight));
+                }
+                Some(ControlCmd::DrainHost { cluster, host_name, reply }) => {
+                    let _ = reply.send(ctl.admin_drain_host(&cluster, &host_name));
+                }
+                Some(ControlCmd::Drain { grace_ms }) => {
+                    if drain_deadline.is_none() {
+                        info!(grace_ms, "draining: no new agents or frontends; waiting for sessions to finish");
+                        listener = None;
+                        for w in &ctl.workers {
+                            let _ = w.send(WorkerMsg::StopAccepting);
+                        }
+                        ctl.broadcast(&Frame::Drain(crate::protocol::Drain { grace_ms }));
+                        drain_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(grace_ms));
+                    }
+                }
+                Some(ControlCmd::Reload { clusters, removed, stop_frontends, listeners, reply }) => {
+                    ctl.apply_reload(&clusters, &removed, &stop_frontends, listeners);
+                    let _ = reply.send(());
+                }
+                Some(ControlCmd::Shutdown) | None => break,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)), if drain_deadline.is_some() => {
+                let active = crate::plane::counters::CounterTotals::sum(counters.iter().map(|c| &**c)).active_sessions;
+                if active == 0 {
+                    info!("drain complete: every session finished");
+                    break;
+                }
+                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    warn!(sessions = active, "drain grace time is up; closing the remaining sessions");
+                    break;
+                }
+            }
+        }
+    }
+    for w in &ctl.workers {
+        let _ = w.send(WorkerMsg::Shutdown);
+    }
+}
+
+impl Control {
+    /// Sends `frame` on every aside connection.
+    pub(super) fn broadcast(&self, frame: &Frame) {
+        for conns in self.asides.borrow().values() {
+            for (_, tx) in conns {
+                let _ = tx.send(frame.clone());
+            }
+        }
+    }
+
+    /// Closes idle connections on the workers holding them.
+    pub(super) fn close_on_workers(&self, close: Vec<(usize, ConnId)>) {
+        let mut by_worker: HashMap<usize, Vec<ConnId>> = HashMap::new();
+        for (w, id) in close {
+            by_worker.entry(w).or_default().push(id);
+        }
+        for (w, ids) in by_worker {
+            if let Some(tx) = self.workers.get(w) {
+                let _ = tx.send(WorkerMsg::CloseConns(ids));
+            }
+        }
+    }
+
+    pub(super) fn publish(&self) {
+        let snapshot = Arc::new(self.registry.borrow_mut().snapshot());
+        for w in &self.workers {
+            let _ = w.send(WorkerMsg::Snapshot(snapshot.clone()));
+        }
+    }
+
+    pub(super) fn on_worker_event(&self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Leased { conn_id } => self.registry.borrow_mut().conn_leased(conn_id),
+            WorkerEvent::Closed { conn_id } => self.conn_closed(conn_id),
+            WorkerEvent::Starving {
+                worker,
+                cluster,
+                waiting,
+            } => {
+                let donor = self.registry.borrow().donor_for(&cluster, worker);
+                match donor.and_then(|(host_id, from)| Some((host_id, self.workers.get(from)?))) {
+                    Some((host_id, tx)) => {
+                        let _ = tx.send(WorkerMsg::Donate {
+                            cluster,
+                            host_id,
+                            to: worker,
+                        });
+                    }
+                    None => {
+                        let more = self.owe(&cluster, worker, waiting);
+                        if more > 0 {
+                            self.request_pool(&cluster, more);
+                        }
+                    }
+                }
+            }
+            WorkerEvent::DonateFailed { to, cluster } => {
+                // The registry's idle counts lagged; ask an agent instead.
+                debug!(worker = to, %cluster, "donation found nothing; asking for a new connection");
+                if self.owe(&cluster, to, 1) > 0 {
+                    self.request_pool(&cluster, 1);
+                }
+            }
+            WorkerEvent::Donated { to, conn } => {
+                let conn_id = conn.conn_id;
+                if self.registry.borrow().is_closing(conn_id) {
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    self.conn_closed(conn_id);
+                    return;
+                }
+                self.registry.borrow_mut().reassign(conn_id, to);
+                let sent = self
+                    .workers
+                    .get(to)
+                    .map(|tx| tx.send(WorkerMsg::DataConn(conn)));
+                if !matches!(sent, Some(Ok(()))) {
+                    self.conn_closed(conn_id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn conn_closed(&self, conn_id: ConnId) {
+        let host_removed = self.registry.borrow_mut().conn_closed(conn_id);
+        if host_removed {
+            self.publish();
+        }
+    }
+}

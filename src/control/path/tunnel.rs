@@ -1,0 +1,255 @@
+//! One tunnel connection: optional TLS, the init frame, credentials, registration, the response,
+//! and then the hand-off of a data connection to a worker (or the aside task).
+
+use super::*;
+
+impl Control {
+    pub(super) async fn tunnel_conn(
+        self: Rc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
+        let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let (mut stream, first) = match &self.tls {
+            None => (Channel::plain(stream), Vec::new()),
+            Some(config) => {
+                // Boxed: the handshake's state is large, and plaintext agents should not carry it.
+                let accepted = Box::pin(crate::tls::accept(
+                    &stream,
+                    config.clone(),
+                    Duration::from_millis(timeout_ms),
+                ))
+                .await;
+                match accepted {
+                    Ok(est) => (
+                        Channel::new(stream, Some(Box::new(est.session))),
+                        est.plaintext,
+                    ),
+                    Err(e) => {
+                        // `accept` has sent the alert telling the agent why (best effort).
+                        self.stats.handshake(match e {
+                            crate::tls::TlsError::Timeout(_) => HandshakeOutcome::Timeout,
+                            _ => HandshakeOutcome::TlsError,
+                        });
+                        crate::log_limited!(
+                            warn!(%peer, reason = %e, "TLS handshake with agent failed; connection closed")
+                        );
+                        let _ = stream.shutdown_std();
+                        return;
+                    }
+                }
+            }
+        };
+        let read =
+            tokio::time::timeout_at(deadline, read_init_from(&mut stream, first, max_payload))
+                .await
+                .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
+        let (init, leftover) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.handshake(match e {
+                    HandshakeError::Timeout(_) => HandshakeOutcome::Timeout,
+                    _ => HandshakeOutcome::ProtocolError,
+                });
+                crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
+                let _ = stream.stream.shutdown_std();
+                return;
+            }
+        };
+        let decision = auth::decide(
+            self.registry.borrow().cluster(&init.cluster_name),
+            &init,
+            crate::credential::unix_now_secs(),
+            &mut self.replay.borrow_mut(),
+        );
+        let status = decision.status;
+        let ext = init.ringtun().cloned();
+        if status != Status::SUCCESS {
+            self.stats.handshake(HandshakeOutcome::of_status(status));
+            crate::log_limited!(warn!(
+                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                status = status.0, reason = decision.reason, "agent refused: {}", status.meaning()
+            ));
+            let _ = send_frame(
+                &mut stream,
+                &Frame::InitResponse(ConnectionInitResponse::status(status)),
+            )
+            .await;
+            let _ = stream.stream.shutdown_std();
+            return;
+        }
+        let legacy = ext.is_none();
+        let role = ext.as_ref().map_or(Role::Data, |e| e.role);
+        let identity = HostIdentity {
+            host_name: init.host_name.clone(),
+            agent_id: ext
+                .as_ref()
+                .map_or_else(|| format!("mosn@{}", peer.ip()), |e| e.agent_id.clone()),
+            legacy,
+        };
+        let weight = match init.weight {
+            w if w <= 0 && legacy => 10,
+            w => w.clamp(0, MAX_WEIGHT) as u32,
+        };
+        let registered =
+            self.registry
+                .borrow_mut()
+                .register(&init.cluster_name, identity, weight, role, peer);
+        let reg = match registered {
+            Ok(reg) => reg,
+            Err(RegisterError::NoCluster) => {
+                // The cluster vanished between the check and now (reload).
+                self.stats.handshake(HandshakeOutcome::ClusterNotExist);
+                let response = ConnectionInitResponse::status(Status::CLUSTER_NOT_EXIST);
+                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
+                return;
+            }
+            Err(limit) => {
+                self.stats.handshake(HandshakeOutcome::OverLimit);
+                crate::log_limited!(warn!(
+                    %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                    "data connection refused (status 0): {limit}"
+                ));
+                let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
+                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
+                return;
+            }
+        };
+        if reg.snapshot_changed {
+            if !reg.new_host {
+                // Every init carries the agent's weight; one that changed it is the first to
+                // tell (the aside connection's update may arrive after it).
+                info!(conn = reg.conn_id, host = reg.host_id, weight, role = ?role,
+                    "agent changed its weight");
+            }
+            self.publish();
+        }
+        let response = if legacy {
+            ConnectionInitResponse::status(Status::SUCCESS)
+        } else {
+            ConnectionInitResponse {
+                status: Status::SUCCESS,
+                connection_id: Some(reg.conn_id),
+                heartbeat_interval_ms: Some(self.config.heartbeat_interval_ms),
+            }
+        };
+        if let Err(e) = send_frame(&mut stream, &Frame::InitResponse(response)).await {
+            self.stats.handshake(HandshakeOutcome::ProtocolError);
+            debug!(%peer, error = %e, "agent went away during handshake");
+            self.conn_closed(reg.conn_id);
+            return;
+        }
+        self.stats.handshake(HandshakeOutcome::Success);
+        drop(permit);
+        let _ = stream.stream.set_nodelay(true);
+        // Every session's data connection is replaced by a new one: logging each at `info`
+        // would make the log grow with traffic. A host's first connection and aside
+        // connections are rare and worth seeing.
+        if reg.new_host || role == Role::Aside {
+            info!(
+                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                conn = reg.conn_id, role = ?role, legacy, new_host = reg.new_host,
+                "tunnel connection registered"
+            );
+        } else {
+            debug!(
+                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
+                conn = reg.conn_id, role = ?role, legacy, "tunnel connection registered"
+            );
+        }
+        match role {
+            Role::Data => self.hand_to_worker(
+                stream,
+                reg.conn_id,
+                reg.host_id,
+                &init.cluster_name,
+                legacy,
+                leftover,
+            ),
+            // Boxed: data connections' handshakes should not carry the aside loop's state.
+            Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
+        }
+    }
+
+    pub(super) fn hand_to_worker(
+        &self,
+        stream: Channel,
+        conn_id: ConnId,
+        host_id: HostId,
+        cluster: &str,
+        legacy: bool,
+        pending: Vec<u8>,
+    ) {
+        let (stream, tls) = stream.into_parts();
+        let std_stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(conn = conn_id, error = %e, "cannot hand data connection to a worker");
+                self.conn_closed(conn_id);
+                return;
+            }
+        };
+        // A worker whose frontends asked for a connection of this cluster gets it first.
+        let wanted = self
+            .wanted
+            .borrow_mut()
+            .get_mut(cluster)
+            .and_then(std::collections::VecDeque::pop_front)
+            .map(|(w, _)| w);
+        let worker = self
+            .registry
+            .borrow_mut()
+            .assign_worker_preferring(conn_id, wanted);
+        let sent = worker.and_then(|w| self.workers.get(w)).map(|tx| {
+            tx.send(WorkerMsg::DataConn(HandedConn {
+                conn_id,
+                host_id,
+                cluster: Arc::from(cluster),
+                stream: std_stream,
+                legacy,
+                pending,
+                outstanding_pings: 0,
+                tls,
+            }))
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            self.conn_closed(conn_id);
+        }
+    }
+}
+
+pub(super) trait ShutdownStd {
+    fn shutdown_std(&self) -> std::io::Result<()>;
+}
+
+impl ShutdownStd for TcpStream {
+    fn shutdown_std(&self) -> std::io::Result<()> {
+        socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both)
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+
+    /// Every connection an agent opens runs one handshake task here; a storm of pool requests
+    /// runs thousands at once, so its future must stay small (TLS and aside state are boxed).
+    #[test]
+    fn a_handshake_task_stays_small() {
+        fn future_bytes<A, F>(_: impl Fn(A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let handshake = future_bytes(
+            |(c, s, p, q): (
+                Rc<Control>,
+                TcpStream,
+                SocketAddr,
+                tokio::sync::OwnedSemaphorePermit,
+            )| { c.tunnel_conn(s, p, q) },
+        );
+        assert!(handshake <= 2048, "tunnel_conn future is {handshake} bytes");
+    }
+}
