@@ -1,0 +1,423 @@
+//! The registry: clusters, their hosts, and every handshaken tunnel connection. Owned by the
+//! control path alone; workers learn about it only through snapshots and hand-offs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::ClusterConfig;
+use crate::plane::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
+use crate::protocol::Role;
+
+mod placement;
+mod publish;
+mod status;
+
+pub use publish::host_key;
+pub use status::{ClusterStatus, HostStatus};
+
+/// Who a connection says it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    pub host_name: String,
+    /// ringtun agents send one; legacy MOSN agents are identified by source IP.
+    pub agent_id: String,
+    pub legacy: bool,
+}
+
+/// Why a connection was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("no such cluster")]
+    NoCluster,
+    #[error("the agent already holds max_data_connections_per_agent ({0}) data connections in this cluster")]
+    AgentLimit(u32),
+    #[error("the cluster already holds max_data_connections ({0}) data connections")]
+    ClusterLimit(u32),
+}
+
+/// What `register` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    pub conn_id: ConnId,
+    pub host_id: HostId,
+    /// The snapshot must be republished (new host or weight change).
+    pub snapshot_changed: bool,
+    /// This connection created its host (the agent's first connection to this cluster).
+    pub new_host: bool,
+}
+
+#[derive(Debug)]
+struct HostRecord {
+    identity: HostIdentity,
+    weight: u32,
+    /// Drained by the server's admin: never picked (published with weight 0).
+    drained: bool,
+    /// Set by the server's admin; wins over the weight the agent announces.
+    weight_override: Option<u32>,
+    /// Data connections registered for this host.
+    data_conns: u32,
+    conns: BTreeSet<ConnId>,
+    idle_per_worker: Vec<u32>,
+}
+
+impl HostRecord {
+    /// The weight the balancer uses.
+    fn effective_weight(&self) -> u32 {
+        if self.drained {
+            0
+        } else {
+            self.weight_override.unwrap_or(self.weight)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClusterState {
+    config: ClusterConfig,
+    name: Arc<str>,
+    hosts: BTreeMap<HostId, HostRecord>,
+    /// Data connections registered in this cluster.
+    data_conns: u32,
+    /// Frontend sessions now, over all workers (they count it; `max_sessions` bounds it).
+    sessions: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug)]
+struct ConnRecord {
+    cluster: Arc<str>,
+    host: HostId,
+    role: Role,
+    /// Named by a graceful close or a drain: never lease it again.
+    closing: bool,
+    /// Worker holding it while idle.
+    idle_on: Option<usize>,
+    /// Worker running its session, once leased.
+    active_on: Option<usize>,
+    #[allow(dead_code)]
+    peer: SocketAddr,
+}
+
+/// Clusters → hosts → connections.
+#[derive(Debug)]
+pub struct Registry {
+    clusters: BTreeMap<Arc<str>, ClusterState>,
+    conns: HashMap<ConnId, ConnRecord>,
+    workers: usize,
+    next_conn_id: ConnId,
+    next_host_id: HostId,
+    version: u64,
+}
+
+impl Registry {
+    pub fn new(clusters: &[ClusterConfig], workers: usize) -> Self {
+        Self {
+            clusters: clusters
+                .iter()
+                .map(|c| {
+                    let name: Arc<str> = Arc::from(c.name.as_str());
+                    (
+                        name.clone(),
+                        ClusterState {
+                            config: c.clone(),
+                            name,
+                            hosts: BTreeMap::new(),
+                            data_conns: 0,
+                            sessions: Default::default(),
+                        },
+                    )
+                })
+                .collect(),
+            conns: HashMap::new(),
+            workers: workers.max(1),
+            next_conn_id: 1,
+            next_host_id: 1,
+            version: 0,
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.get(name).map(|c| &c.config)
+    }
+
+    /// Records a connection that completed its handshake.
+    pub fn register(
+        &mut self,
+        cluster: &str,
+        identity: HostIdentity,
+        weight: u32,
+        role: Role,
+        peer: SocketAddr,
+    ) -> Result<Registered, RegisterError> {
+        let state = self
+            .clusters
+            .get_mut(cluster)
+            .ok_or(RegisterError::NoCluster)?;
+        if role == Role::Data && state.data_conns >= state.config.max_data_connections {
+            return Err(RegisterError::ClusterLimit(
+                state.config.max_data_connections,
+            ));
+        }
+        let existing = state
+            .hosts
+            .iter()
+            .find(|(_, h)| h.identity == identity)
+            .map(|(id, _)| *id);
+        let mut snapshot_changed = false;
+        let new_host = existing.is_none();
+        let host_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.next_host_id;
+                self.next_host_id += 1;
+                state.hosts.insert(
+                    id,
+                    HostRecord {
+                        identity,
+                        weight,
+                        drained: false,
+                        weight_override: None,
+                        data_conns: 0,
+                        conns: BTreeSet::new(),
+                        idle_per_worker: vec![0; self.workers],
+                    },
+                );
+                snapshot_changed = true;
+                id
+            }
+        };
+        let Some(host) = state.hosts.get_mut(&host_id) else {
+            return Err(RegisterError::NoCluster);
+        };
+        if role == Role::Data && host.data_conns >= state.config.max_data_connections_per_agent {
+            if host.conns.is_empty() {
+                state.hosts.remove(&host_id);
+            }
+            return Err(RegisterError::AgentLimit(
+                state.config.max_data_connections_per_agent,
+            ));
+        }
+        if role == Role::Data {
+            host.data_conns += 1;
+            state.data_conns += 1;
+        }
+        let before = host.effective_weight();
+        host.weight = weight;
+        if host.effective_weight() != before {
+            snapshot_changed = true;
+        }
+        let conn_id = self.next_conn_id;
+        self.next_conn_id += 1;
+        host.conns.insert(conn_id);
+        self.conns.insert(
+            conn_id,
+            ConnRecord {
+                cluster: state.name.clone(),
+                host: host_id,
+                role,
+                closing: false,
+                idle_on: None,
+                active_on: None,
+                peer,
+            },
+        );
+        Ok(Registered {
+            conn_id,
+            host_id,
+            snapshot_changed,
+            new_host,
+        })
+    }
+
+    /// A reloaded configuration: clusters not in `clusters` leave (their idle connections are
+    /// returned for closing, with the worker holding each, and their host ids so their aside
+    /// connections can be closed; sessions in flight finish); new ones are added; kept ones take
+    /// the new settings and keep their hosts.
+    pub fn replace_clusters(
+        &mut self,
+        clusters: &[ClusterConfig],
+    ) -> (Vec<(usize, ConnId)>, Vec<HostId>) {
+        let gone: Vec<Arc<str>> = self
+            .clusters
+            .keys()
+            .filter(|k| !clusters.iter().any(|c| c.name.as_str() == &***k))
+            .cloned()
+            .collect();
+        let mut close = Vec::new();
+        let mut hosts = Vec::new();
+        for name in gone {
+            let Some(state) = self.clusters.remove(&name) else {
+                continue;
+            };
+            for (host_id, host) in state.hosts {
+                hosts.push(host_id);
+                for id in host.conns {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.closing = true;
+                        if let Some(w) = c.idle_on.take() {
+                            close.push((w, id));
+                        }
+                    }
+                }
+            }
+        }
+        for c in clusters {
+            match self.clusters.get_mut(c.name.as_str()) {
+                Some(state) => state.config = c.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(c.name.as_str());
+                    self.clusters.insert(
+                        name.clone(),
+                        ClusterState {
+                            config: c.clone(),
+                            name,
+                            hosts: BTreeMap::new(),
+                            data_conns: 0,
+                            sessions: Default::default(),
+                        },
+                    );
+                }
+            }
+        }
+        (close, hosts)
+    }
+
+    /// The host a connection belongs to.
+    pub fn host_of(&self, conn_id: ConnId) -> Option<HostId> {
+        self.conns.get(&conn_id).map(|c| c.host)
+    }
+
+    /// The weight the agent announces now (weight update); true when the effective weight
+    /// changed (republish).
+    pub fn set_weight(&mut self, host_id: HostId, weight: u32) -> bool {
+        self.update_host(host_id, |h| h.weight = weight)
+    }
+
+    /// The server admin's weight for a host, winning over the agent's; `None` gives the agent's
+    /// back. True when the effective weight changed.
+    pub fn override_weight(&mut self, host_id: HostId, weight: Option<u32>) -> bool {
+        self.update_host(host_id, |h| h.weight_override = weight)
+    }
+
+    fn update_host(&mut self, host_id: HostId, f: impl FnOnce(&mut HostRecord)) -> bool {
+        let Some(h) = self
+            .clusters
+            .values_mut()
+            .find_map(|c| c.hosts.get_mut(&host_id))
+        else {
+            return false;
+        };
+        let before = h.effective_weight();
+        f(h);
+        before != h.effective_weight()
+    }
+
+    /// Graceful close asked by `host_id`'s own aside connection: of `ids`, those that are this
+    /// host's data connections are never leased again. Returns the idle ones to close now, with
+    /// the worker holding each; leased ones end with their session. Ids of other hosts are
+    /// ignored (a host may only close its own connections).
+    pub fn graceful_close(&mut self, host_id: HostId, ids: &[ConnId]) -> Vec<(usize, ConnId)> {
+        let mut close = Vec::new();
+        for id in ids {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if c.host != host_id || c.role != Role::Data {
+                continue;
+            }
+            c.closing = true;
+            if let Some(w) = c.idle_on {
+                close.push((w, *id));
+            }
+        }
+        close
+    }
+
+    /// Whether a graceful close named this connection (it must not be leased).
+    pub fn is_closing(&self, conn_id: ConnId) -> bool {
+        self.conns.get(&conn_id).is_some_and(|c| c.closing)
+    }
+
+    /// Finds a host by cluster and host name (admin).
+    pub fn find_host(&self, cluster: &str, host_name: &str) -> Vec<HostId> {
+        self.clusters
+            .get(cluster)
+            .map(|c| {
+                c.hosts
+                    .iter()
+                    .filter(|(_, h)| h.identity.host_name == host_name)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Admin drain of a host: it is never picked again (its idle connections are returned for
+    /// closing); sessions in flight finish. True when the host exists.
+    pub fn drain_host(&mut self, host_id: HostId) -> Option<Vec<(usize, ConnId)>> {
+        let host = self
+            .clusters
+            .values_mut()
+            .find_map(|c| c.hosts.get_mut(&host_id))?;
+        host.drained = true;
+        let ids: Vec<ConnId> = host.conns.iter().copied().collect();
+        Some(self.graceful_close(host_id, &ids))
+    }
+
+    /// An idle data connection was taken by a session.
+    pub fn conn_leased(&mut self, conn_id: ConnId) {
+        let worker = self.conns.get(&conn_id).and_then(|c| c.idle_on);
+        self.leave_idle(conn_id);
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.active_on = worker;
+        }
+    }
+
+    fn leave_idle(&mut self, conn_id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Some(worker) = conn.idle_on.take() else {
+            return;
+        };
+        if let Some(host) = self
+            .clusters
+            .get_mut(&conn.cluster)
+            .and_then(|c| c.hosts.get_mut(&conn.host))
+        {
+            if let Some(n) = host.idle_per_worker.get_mut(worker) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A connection closed. Returns true when its host had no connection left and was removed
+    /// (the snapshot must be republished).
+    pub fn conn_closed(&mut self, conn_id: ConnId) -> bool {
+        self.leave_idle(conn_id);
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return false;
+        };
+        let Some(cluster) = self.clusters.get_mut(&conn.cluster) else {
+            return false;
+        };
+        if conn.role == Role::Data {
+            cluster.data_conns = cluster.data_conns.saturating_sub(1);
+        }
+        let Some(host) = cluster.hosts.get_mut(&conn.host) else {
+            return false;
+        };
+        host.conns.remove(&conn_id);
+        if conn.role == Role::Data {
+            host.data_conns = host.data_conns.saturating_sub(1);
+        }
+        if host.conns.is_empty() {
+            cluster.hosts.remove(&conn.host);
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests;

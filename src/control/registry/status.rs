@@ -1,0 +1,98 @@
+//! The registry as the admin endpoint and tests see it: hosts and clusters with their
+//! connections per worker (never credentials).
+
+use super::*;
+
+/// A host as the admin and tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub id: HostId,
+    pub host_name: String,
+    pub agent_id: String,
+    pub weight: u32,
+    pub legacy: bool,
+    pub data_connections: usize,
+    pub aside_connections: usize,
+    pub idle_connections: usize,
+    pub idle_per_worker: Vec<u32>,
+    /// Data connections leased to a session, per worker that leased them.
+    pub active_per_worker: Vec<u32>,
+}
+
+/// A cluster as the admin sees it: its settings (never its credentials) and its hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub lb_type: crate::config::LbType,
+    pub credential_policy: crate::config::CredentialPolicy,
+    pub pool_wait_ms: u64,
+    pub hosts: Vec<HostStatus>,
+}
+
+impl Registry {
+    /// The hosts of a cluster, for status queries.
+    pub fn hosts(&self, cluster: &str) -> Vec<HostStatus> {
+        let Some(state) = self.clusters.get(cluster) else {
+            return Vec::new();
+        };
+        self.host_statuses(state)
+    }
+
+    fn host_statuses(&self, state: &ClusterState) -> Vec<HostStatus> {
+        state
+            .hosts
+            .iter()
+            .map(|(id, h)| {
+                let count = |role| {
+                    h.conns
+                        .iter()
+                        .filter(|c| self.conns.get(c).is_some_and(|r| r.role == role))
+                        .count()
+                };
+                HostStatus {
+                    id: *id,
+                    host_name: h.identity.host_name.clone(),
+                    agent_id: h.identity.agent_id.clone(),
+                    weight: h.effective_weight(),
+                    legacy: h.identity.legacy,
+                    data_connections: count(Role::Data),
+                    aside_connections: count(Role::Aside),
+                    idle_connections: h.idle_per_worker.iter().map(|n| *n as usize).sum(),
+                    idle_per_worker: h.idle_per_worker.clone(),
+                    active_per_worker: {
+                        let mut per = vec![0u32; self.workers];
+                        for w in h
+                            .conns
+                            .iter()
+                            .filter_map(|c| self.conns.get(c).and_then(|r| r.active_on))
+                        {
+                            if let Some(n) = per.get_mut(w) {
+                                *n += 1;
+                            }
+                        }
+                        per
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Every cluster with its hosts, ordered by name, for the admin endpoint.
+    pub fn clusters(&self) -> Vec<ClusterStatus> {
+        self.clusters
+            .values()
+            .map(|c| ClusterStatus {
+                name: c.name.to_string(),
+                lb_type: c.config.lb_type,
+                credential_policy: c.config.credential_policy,
+                pool_wait_ms: c.config.pool_wait_ms,
+                hosts: self.host_statuses(c),
+            })
+            .collect()
+    }
+
+    /// Names of all clusters.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().map(|k| k.to_string()).collect()
+    }
+}

@@ -1,0 +1,190 @@
+use super::*;
+
+fn registry() -> Registry {
+    let cluster: ClusterConfig = serde_json::from_str(r#"{"name":"c"}"#).unwrap();
+    Registry::new(&[cluster], 2)
+}
+
+fn id(name: &str) -> HostIdentity {
+    HostIdentity {
+        host_name: name.into(),
+        agent_id: format!("{name}-id"),
+        legacy: false,
+    }
+}
+
+const PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    1,
+));
+
+#[test]
+fn host_lives_while_it_has_connections() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert!(a.snapshot_changed);
+    let b = r.register("c", id("a"), 1, Role::Aside, PEER).unwrap();
+    assert!(!b.snapshot_changed);
+    assert_eq!(a.host_id, b.host_id);
+    assert!(!r.conn_closed(a.conn_id));
+    assert_eq!(r.hosts("c").len(), 1);
+    assert!(r.conn_closed(b.conn_id));
+    assert!(r.hosts("c").is_empty());
+}
+
+#[test]
+fn only_a_hosts_first_connection_is_new_host() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert!(a.new_host);
+    let b = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert!(!b.new_host);
+    assert!(!r.conn_closed(a.conn_id));
+    assert!(r.conn_closed(b.conn_id));
+    // Every connection gone: the next one creates the host again.
+    let c = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert!(c.new_host);
+}
+
+#[test]
+fn unknown_cluster_registers_nothing() {
+    assert_eq!(
+        registry().register("nope", id("a"), 1, Role::Data, PEER),
+        Err(RegisterError::NoCluster)
+    );
+}
+
+#[test]
+fn idle_connections_spread_over_workers() {
+    let mut r = registry();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let reg = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+        workers.push(r.assign_worker(reg.conn_id).unwrap());
+    }
+    workers.sort();
+    assert_eq!(workers, vec![0, 0, 1, 1]);
+    assert_eq!(r.hosts("c")[0].idle_connections, 4);
+}
+
+#[test]
+fn donor_is_the_fullest_other_worker() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert_eq!(r.assign_worker(a.conn_id), Some(0));
+    assert_eq!(r.donor_for("c", 1), Some((a.host_id, 0)));
+    assert_eq!(r.donor_for("c", 0), None);
+    r.reassign(a.conn_id, 1);
+    assert_eq!(r.hosts("c")[0].idle_per_worker, vec![0, 1]);
+    assert_eq!(r.donor_for("c", 0), Some((a.host_id, 1)));
+}
+
+#[test]
+fn leased_connections_count_as_active_on_their_worker() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let b = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert_eq!(r.assign_worker(a.conn_id), Some(0));
+    assert_eq!(r.assign_worker(b.conn_id), Some(1));
+    r.conn_leased(b.conn_id);
+    let h = &r.clusters()[0].hosts[0];
+    assert_eq!(h.idle_per_worker, vec![1, 0]);
+    assert_eq!(h.active_per_worker, vec![0, 1]);
+    r.conn_closed(b.conn_id);
+    assert_eq!(r.clusters()[0].hosts[0].active_per_worker, vec![0, 0]);
+}
+
+#[test]
+fn graceful_close_names_only_the_hosts_own_idle_data_connections() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let a2 = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let b = r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+    r.assign_worker(a.conn_id);
+    r.assign_worker(a2.conn_id);
+    r.assign_worker(b.conn_id);
+    r.conn_leased(a2.conn_id);
+    let close = r.graceful_close(a.host_id, &[a.conn_id, a2.conn_id, b.conn_id]);
+    assert_eq!(
+        close.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        vec![a.conn_id]
+    );
+    assert!(r.is_closing(a2.conn_id));
+    assert!(!r.is_closing(b.conn_id));
+}
+
+#[test]
+fn admin_weight_wins_until_cleared_and_drain_publishes_zero() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 4, Role::Data, PEER).unwrap();
+    assert!(r.override_weight(a.host_id, Some(9)));
+    // A re-dial announcing the agent's weight does not undo the admin's.
+    assert!(
+        !r.register("c", id("a"), 4, Role::Data, PEER)
+            .unwrap()
+            .snapshot_changed
+    );
+    assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 9);
+    assert!(!r.set_weight(a.host_id, 5));
+    assert!(r.override_weight(a.host_id, None));
+    assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 5);
+    r.drain_host(a.host_id).unwrap();
+    assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 0);
+}
+
+#[test]
+fn reload_keeps_unchanged_clusters_and_empties_removed_ones() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    r.assign_worker(a.conn_id);
+    let d: ClusterConfig = serde_json::from_str(r#"{"name":"d"}"#).unwrap();
+    let c: ClusterConfig = serde_json::from_str(r#"{"name":"c","pool_wait_ms":7}"#).unwrap();
+    let (close, hosts) = r.replace_clusters(&[c.clone(), d.clone()]);
+    assert!(close.is_empty() && hosts.is_empty());
+    assert_eq!(r.cluster("c").unwrap().pool_wait_ms, 7);
+    assert_eq!(r.hosts("c").len(), 1);
+    let (close, hosts) = r.replace_clusters(&[d]);
+    assert_eq!(close, vec![(0, a.conn_id)]);
+    assert_eq!(hosts, vec![a.host_id]);
+    assert!(r.cluster("c").is_none());
+    assert!(!r.conn_closed(a.conn_id));
+}
+
+#[test]
+fn data_connection_limits_per_agent_and_per_cluster() {
+    let cluster: ClusterConfig = serde_json::from_str(
+        r#"{"name":"c","max_data_connections_per_agent":2,"max_data_connections":3}"#,
+    )
+    .unwrap();
+    let mut r = Registry::new(&[cluster], 1);
+    r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let a2 = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert_eq!(
+        r.register("c", id("a"), 1, Role::Data, PEER),
+        Err(RegisterError::AgentLimit(2))
+    );
+    // Aside connections are not data connections.
+    r.register("c", id("a"), 1, Role::Aside, PEER).unwrap();
+    r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+    assert_eq!(
+        r.register("c", id("b"), 1, Role::Data, PEER),
+        Err(RegisterError::ClusterLimit(3))
+    );
+    // A host refused its first connection is not left behind.
+    assert_eq!(
+        r.register("c", id("z"), 1, Role::Data, PEER),
+        Err(RegisterError::ClusterLimit(3))
+    );
+    assert_eq!(r.hosts("c").len(), 2);
+    r.conn_closed(a2.conn_id);
+    r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+}
+
+#[test]
+fn weight_change_republishes() {
+    let mut r = registry();
+    r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let again = r.register("c", id("a"), 5, Role::Data, PEER).unwrap();
+    assert!(again.snapshot_changed);
+    assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 5);
+}
