@@ -9,9 +9,6 @@
 //! The admin must never run on a worker or on the control path, never block them (it asks the
 //! control path over its command channel with a timeout) and never render a secret.
 
-pub mod agent;
-pub mod server;
-
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

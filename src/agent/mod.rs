@@ -4,25 +4,30 @@
 //! their sessions on its own runtime. Every slot has its own retry loop, so connections come up
 //! (and fail) independently. This module wires threads; `slot` holds the per-connection logic.
 
+mod admin;
 pub mod backoff;
 pub mod credential;
 pub mod dial;
 pub mod discovery;
 pub mod peer;
+mod shared;
 pub mod slot;
+mod stats;
+
+pub use shared::Shared;
+pub use stats::{AgentStats, AgentStatus, ConnectionUp, TunnelGauges};
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::admin::{self, AdminError, AdminServer};
-use crate::config::{AgentConfig, HostingListenerConfig};
+use crate::admin::{AdminError, AdminServer};
+use crate::config::AgentConfig;
 use crate::dataplane::pump::Pools;
-use crate::protocol::Role;
 use crate::rt::{self, RtError};
 use backoff::Backoff;
 use peer::Peer;
@@ -44,179 +49,8 @@ pub enum AgentError {
     },
 }
 
-/// Agent-wide counters and gauges (connection events only, never per byte).
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    /// Data connections handshaken and waiting for a session.
-    pub idle_data_connections: AtomicU64,
-    /// Aside connections up.
-    pub aside_connections: AtomicU64,
-    /// Failed dials (connect errors, refusals, timeouts).
-    pub dial_failures_total: AtomicU64,
-    /// Sessions started by servers.
-    pub sessions_total: AtomicU64,
-    /// Sessions whose backend could not be reached.
-    pub backend_failures_total: AtomicU64,
-    /// Sessions pumping now.
-    pub active_sessions: AtomicU64,
-    pub bytes_to_backend_total: AtomicU64,
-    pub bytes_from_backend_total: AtomicU64,
-}
-
-/// A plain copy of the stats.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct AgentStatus {
-    pub idle_data_connections: u64,
-    pub aside_connections: u64,
-    pub dial_failures_total: u64,
-    pub sessions_total: u64,
-    pub backend_failures_total: u64,
-    pub active_sessions: u64,
-}
-
-/// Connections of one tunnel that are up (handshaken), idle or in a session.
-#[derive(Debug, Default)]
-pub struct TunnelGauges {
-    pub data_connections: AtomicU64,
-    pub aside_connections: AtomicU64,
-}
-
-/// Decrements a [`TunnelGauges`] gauge when the connection it counts ends.
-pub struct ConnectionUp<'a>(&'a AtomicU64);
-
-impl Drop for ConnectionUp<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// State shared by every slot of the agent (read-only but for the atomics).
-pub struct Shared {
-    pub config: AgentConfig,
-    /// The I/O backend sessions run on.
-    pub backend: rt::Backend,
-    pub agent_id: String,
-    pub stats: AgentStats,
-    /// One per `config.tunnels` entry.
-    pub tunnels: Vec<TunnelGauges>,
-    /// Per `config.tunnels` entry: its TLS client config, loaded once at start.
-    pub tls: Vec<Option<dial::TlsDial>>,
-    /// False once the agent is stopping (admin `/ready`).
-    pub running: AtomicBool,
-    /// The weight announced in inits and weight updates; aside connections watch it.
-    pub weight: watch::Sender<i64>,
-    /// Every peer ever started (stopped ones stay, finished).
-    peers: Mutex<Vec<Arc<Peer>>>,
-    /// Task queues of the worker threads, to start slots on.
-    tasks: OnceLock<Vec<mpsc::UnboundedSender<Task>>>,
-    next_worker: AtomicUsize,
-}
-
-impl Shared {
-    /// Counts a handshaken connection of `tunnel` until the returned guard is dropped.
-    pub fn connection_up(&self, tunnel: usize, role: Role) -> Option<ConnectionUp<'_>> {
-        let t = self.tunnels.get(tunnel)?;
-        let gauge = match role {
-            Role::Data => &t.data_connections,
-            Role::Aside => &t.aside_connections,
-        };
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Some(ConnectionUp(gauge))
-    }
-
-    /// True when every enabled tunnel has at least one data connection up.
-    pub fn ready(&self) -> bool {
-        self.running.load(Ordering::Acquire)
-            && self
-                .config
-                .tunnels
-                .iter()
-                .zip(&self.tunnels)
-                .filter(|(t, _)| t.enable)
-                .all(|(_, g)| g.data_connections.load(Ordering::Relaxed) > 0)
-    }
-
-    /// Starts a slot on the next worker thread.
-    fn spawn_slot(&self, spec: SlotSpec) {
-        let Some(tasks) = self.tasks.get() else {
-            return;
-        };
-        let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        if let Some(tx) = tasks.get(n % tasks.len().max(1)) {
-            let _ = tx.send(Task::Slot(spec));
-        }
-    }
-
-    /// Starts a peer's `connection_num` data slots and its aside slot.
-    fn start_peer(&self, peer: Arc<Peer>) {
-        let Some(t) = self.config.tunnels.get(peer.tunnel) else {
-            return;
-        };
-        info!(cluster = %t.cluster, peer = %peer.addr, connections = t.connection_num, dynamic = peer.dynamic, "dialling server");
-        if let Ok(mut peers) = self.peers.lock() {
-            peers.push(peer.clone());
-        }
-        for index in 0..t.connection_num {
-            self.spawn_slot(SlotSpec {
-                peer: peer.clone(),
-                role: Role::Data,
-                index,
-                extra: false,
-            });
-        }
-        self.spawn_slot(SlotSpec {
-            peer,
-            role: Role::Aside,
-            index: 0,
-            extra: false,
-        });
-    }
-
-    /// A server asked for `count` more data connections: open up to `max_connection_num` in all.
-    pub fn extra_slots(&self, peer: &Arc<Peer>, count: u32) {
-        let Some(t) = self.config.tunnels.get(peer.tunnel) else {
-            return;
-        };
-        if peer.stopping() {
-            return;
-        }
-        let alive = peer.data_slots.load(Ordering::Acquire);
-        let room = t.max_connections().saturating_sub(alive);
-        let start = count.min(room);
-        debug!(peer = %peer.addr, asked = count, starting = start, "pool request");
-        for index in 0..start {
-            // Counted now, not when the task runs, so the next request sees these.
-            peer::SlotGuard::reserve(peer, true);
-            self.spawn_slot(SlotSpec {
-                peer: peer.clone(),
-                role: Role::Data,
-                index,
-                extra: true,
-            });
-        }
-    }
-
-    /// Peers that are not stopping, of one tunnel.
-    pub fn running_peers(&self, tunnel: usize) -> Vec<Arc<Peer>> {
-        self.peers
-            .lock()
-            .map(|p| {
-                p.iter()
-                    .filter(|p| p.tunnel == tunnel && !p.stopping())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn listener_of(&self, tunnel: usize) -> Option<&HostingListenerConfig> {
-        let name = &self.config.tunnels.get(tunnel)?.hosting_listener;
-        self.config.listeners.iter().find(|l| &l.name == name)
-    }
-}
-
 /// Work for an agent worker thread.
-enum Task {
+pub(crate) enum Task {
     /// Resolve `server_list[server]` of a tunnel and start its slots.
     Resolve {
         tunnel: usize,
@@ -253,7 +87,7 @@ impl AgentHandle {
                     .address
                     .parse()
                     .map_err(|_| AgentError::AdminAddress(a.address.clone()))?;
-                Some(admin::bind(addr)?)
+                Some(crate::admin::bind(addr)?)
             }
             None => None,
         };
@@ -337,7 +171,7 @@ impl AgentHandle {
         }
         let admin = match admin_listener {
             Some(listener) => {
-                let handler = admin::agent::AgentAdmin {
+                let handler = admin::AgentAdmin {
                     shared: shared.clone(),
                     backend: backend.name(),
                 };

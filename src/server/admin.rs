@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{get_only, Handler, Request, Response};
-use crate::control::path::ControlCmd;
+use crate::admin::{get_only, Handler, Request, Response};
+use crate::control::api::ControlCmd;
 use crate::control::registry::ClusterStatus;
 use crate::control::stats::{ControlStats, HandshakeOutcome};
 use crate::metrics::{self, Exposition, Kind};

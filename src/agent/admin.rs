@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{get_only, Handler, Request, Response};
-use crate::agent::Shared;
+use super::Shared;
+use crate::admin::{get_only, Handler, Request, Response};
 use crate::metrics::{self, Exposition, Kind};
 
 /// What the agent's admin handler reads.

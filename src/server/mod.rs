@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::admin::{self, AdminError, AdminServer};
+use crate::admin::{AdminError, AdminServer};
+mod admin;
+
 use crate::config::ServerConfig;
 use crate::control::path::{self, ControlCmd, ControlSetup};
 use crate::control::registry::{HostStatus, Registry};
@@ -77,7 +79,10 @@ impl ServerHandle {
         })?;
 
         let admin_listener = match &config.admin {
-            Some(a) => Some(admin::bind(parse_addr("admin.address", &a.address)?)?),
+            Some(a) => Some(crate::admin::bind(parse_addr(
+                "admin.address",
+                &a.address,
+            )?)?),
             None => None,
         };
 
@@ -179,7 +184,7 @@ impl ServerHandle {
         let ready = Arc::new(AtomicBool::new(false));
         let admin = match admin_listener {
             Some(listener) => {
-                let handler = admin::server::ServerAdmin {
+                let handler = admin::ServerAdmin {
                     commands: commands_tx.clone(),
                     counters: counters.clone(),
                     control: control_stats.clone(),
