@@ -1,0 +1,190 @@
+//! A data slot's connection: idle until a session start (answering heartbeats), then the
+//! session: connect the hosting listener's backend and pump; a legacy or TLS connection the same
+//! way through its channel.
+
+use super::*;
+
+pub(super) async fn serve_data(
+    shared: &Shared,
+    spec: &SlotSpec,
+    conn: Dialed,
+    pool: &Pools,
+) -> Ended {
+    let Dialed {
+        mut stream,
+        heartbeat_interval_ms,
+        leftover,
+        connection_id,
+    } = conn;
+    let Some(tunnel) = shared.config.tunnels.get(spec.peer.tunnel) else {
+        return Ended::Lost("no such tunnel".into());
+    };
+    let _up = shared.connection_up(spec.peer.tunnel, Role::Data);
+    shared
+        .stats
+        .idle_data_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let silence = heartbeat_interval_ms
+        .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
+    let release = match (spec.extra, connection_id) {
+        (true, Some(id)) => Some((
+            id,
+            Duration::from_millis(tunnel.extra_connection_idle_duration_ms),
+        )),
+        _ => None,
+    };
+    let waited = wait_for_session(&mut stream, leftover, silence, &spec.peer, release).await;
+    shared
+        .stats
+        .idle_data_connections
+        .fetch_sub(1, Ordering::Relaxed);
+    match waited {
+        Ok((start, rest)) => {
+            spec.peer.conn_down(connection_id);
+            let span =
+                tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
+            // Boxed: only a session pays for its pump's state, not every idle connection.
+            Box::pin(run_session(
+                shared,
+                spec.peer.tunnel,
+                stream,
+                start,
+                rest,
+                pool,
+            ))
+            .instrument(span)
+            .await;
+            Ended::Session
+        }
+        Err(why) => Ended::Lost(why),
+    }
+}
+
+/// Answers pings until a session starts; returns it and the session bytes already read. An
+/// extra connection asks once, after `release`'s delay, to be let go. Bytes live in `buf` across
+/// waits (a cancelled `read` loses none), so timers can be raced against reads safely.
+pub(super) async fn wait_for_session(
+    stream: &mut Channel,
+    mut buf: Vec<u8>,
+    silence: Option<Duration>,
+    peer: &Peer,
+    mut release: Option<(u64, Duration)>,
+) -> Result<(SessionStart, Vec<u8>), String> {
+    let started = tokio::time::Instant::now();
+    let mut last_heard = started;
+    let far = Duration::from_secs(86_400 * 365);
+    loop {
+        match protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
+            Ok(Decoded::Frame(frame, used)) => {
+                buf.drain(..used);
+                match frame {
+                    Frame::Ping(p) => {
+                        let pong = Frame::Pong(Pong { seq: p.seq });
+                        send(stream, &pong).await?;
+                    }
+                    Frame::SessionStart(s) => return Ok((s, buf)),
+                    other => {
+                        return Err(format!(
+                            "unexpected {} frame on a data connection",
+                            other.flag().name()
+                        ))
+                    }
+                }
+                continue;
+            }
+            Ok(Decoded::NeedMore(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let silent_at = last_heard + silence.unwrap_or(far);
+        let release_at = release.map_or(started + far, |(_, after)| started + after);
+        tokio::select! {
+            read = stream.read_into(&mut buf) => match read {
+                Ok(0) => return Err("server closed the connection".into()),
+                Ok(_) => {
+                    last_heard = tokio::time::Instant::now();
+                }
+                Err(e) => return Err(format!("read failed: {e}")),
+            },
+            _ = tokio::time::sleep_until(silent_at) => {
+                return Err(format!("server silent for {} ms (missed heartbeats)", silence.unwrap_or(far).as_millis()));
+            }
+            _ = tokio::time::sleep_until(release_at), if release.is_some() => {
+                if let Some((id, _)) = release.take() {
+                    peer.release(id);
+                }
+            }
+        }
+    }
+}
+
+/// Serves the aside connection: heartbeats, weight changes, graceful close, drain, pool requests.
+
+pub(super) async fn run_session(
+    shared: &Shared,
+    tunnel: usize,
+    data: Channel,
+    start: SessionStart,
+    prefix: Vec<u8>,
+    pool: &Pools,
+) {
+    let stats = &shared.stats;
+    stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+    let Some(listener) = shared.listener_of(tunnel) else {
+        return;
+    };
+    // Boxed: name resolution makes the connect future large, and the pump does not need it.
+    let connect = Box::pin(tokio::time::timeout(
+        Duration::from_millis(listener.connect_timeout_ms),
+        TcpStream::connect(listener.backend.as_str()),
+    ))
+    .await;
+    let backend = match connect {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
+            warn!(session = start.session_id, client = %start.client_addr, backend = %listener.backend,
+                "cannot connect to backend: {e}; closing the session");
+            return;
+        }
+        Err(_) => {
+            stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
+            warn!(session = start.session_id, backend = %listener.backend,
+                "backend connect timed out after {} ms; closing the session", listener.connect_timeout_ms);
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let (data, tls) = data.into_parts();
+    let adopted = Conn::from_tokio(shared.backend, data)
+        .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));
+    let (data, backend) = match adopted {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(
+                session = start.session_id,
+                "cannot adopt session sockets: {e}"
+            );
+            return;
+        }
+    };
+    stats.active_sessions.fetch_add(1, Ordering::Relaxed);
+    let moved = match tls {
+        // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
+        Some(session) => {
+            Box::pin(pump_tls(&data, &backend, session, prefix, Vec::new(), pool)).await
+        }
+        None => pump_conns(&data, &backend, Vec::new(), prefix, pool).await,
+    };
+    stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
+    match moved {
+        Ok(m) => {
+            stats
+                .bytes_to_backend_total
+                .fetch_add(m.a_to_b, Ordering::Relaxed);
+            stats
+                .bytes_from_backend_total
+                .fetch_add(m.b_to_a, Ordering::Relaxed);
+        }
+        Err(e) => debug!(session = start.session_id, error = %e, "session ended with error"),
+    }
+}
