@@ -1,8 +1,9 @@
 //! ringtun: a reverse tunnel for cloud–edge networks.
 //!
 //! An agent at the edge dials out to cloud servers; clients that reach a server's frontend port are
-//! carried over those agent-initiated connections to the edge backend. See `README.md` for the map
-//! of modules and `DESIGN.md` for the wire protocol.
+//! carried over those agent-initiated connections to the edge backend. `docs/architecture.md`
+//! describes the wire protocol, the lifecycles, the threads and the layers of these modules
+//! (each depends only on lower layers; `tests/layers.rs` keeps it so).
 
 pub mod admin;
 pub mod agent;

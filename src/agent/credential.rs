@@ -67,4 +67,42 @@ mod tests {
         let b = init_credential("hmac", Some(&secret), &SUBJECT);
         assert_ne!(a, b);
     }
+
+    /// What this side makes, the server's `decide` accepts (the two sides share nothing else).
+    #[test]
+    fn hmac_from_this_side_is_accepted_by_the_server() {
+        use crate::control::auth::decide;
+        use crate::control::replay::ReplayCache;
+        use crate::protocol::{
+            ConnectionInitInfo, InitExtra, RingtunInit, Role, Status, EXTENSION_VERSION,
+        };
+        let mut c: crate::config::ClusterConfig =
+            serde_json::from_str(r#"{"name":"c"}"#).expect("cluster");
+        c.credential_policy = crate::config::CredentialPolicy::Hmac;
+        c.credentials = vec![Secret::new("s")];
+        let subject = HmacSubject {
+            cluster: "c",
+            host_name: "edge-01",
+            agent_id: "agent-1",
+        };
+        let init = ConnectionInitInfo {
+            cluster_name: "c".into(),
+            host_name: "edge-01".into(),
+            credential_policy: "hmac".into(),
+            credential: init_credential("hmac", Some(&Secret::new("s")), &subject),
+            extra: Some(InitExtra {
+                ringtun: Some(RingtunInit {
+                    version: EXTENSION_VERSION,
+                    role: Role::Data,
+                    agent_id: "agent-1".into(),
+                    max_connection_num: None,
+                }),
+                other: Default::default(),
+            }),
+            ..Default::default()
+        };
+        let now = crate::credential::unix_now_secs();
+        let decision = decide(Some(&c), &init, now, &mut ReplayCache::new(4));
+        assert_eq!(decision.status, Status::SUCCESS);
+    }
 }

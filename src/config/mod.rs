@@ -1,5 +1,5 @@
-//! Server and agent configuration: the JSON file contract of DESIGN.md, its defaults, and its
-//! validation.
+//! Server and agent configuration: the JSON file contract (`docs/config.md`), its defaults
+//! (`defaults`), and its validation.
 //!
 //! Field names are user interface and must not change. Unknown fields are errors. Every error names
 //! the file and the field (`agent.json: tunnels[0].hosting_listener: "web2" names no listener`).

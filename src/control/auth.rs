@@ -305,29 +305,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    fn hmac_from_the_agent_side_function_is_accepted() {
-        let c = cluster(CredentialPolicy::Hmac, &["s"]);
-        let mut i = init("hmac", "");
-        i.credential = crate::agent::credential::init_credential(
-            "hmac",
-            Some(&Secret::new("s")),
-            &HmacSubject {
-                cluster: "c",
-                host_name: "edge-01",
-                agent_id: "agent-1",
-            },
-        );
-        assert_eq!(
-            decide(
-                Some(&c),
-                &i,
-                crate::credential::unix_now_secs(),
-                &mut ReplayCache::new(4)
-            )
-            .status,
-            Status::SUCCESS
-        );
-    }
 }

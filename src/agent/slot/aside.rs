@@ -3,6 +3,7 @@
 
 use super::*;
 
+/// Serves the aside connection: heartbeats, weight changes, graceful close, drain, pool requests.
 pub(super) async fn serve_aside(
     shared: &Shared,
     spec: &SlotSpec,

@@ -117,8 +117,6 @@ pub(super) async fn wait_for_session(
     }
 }
 
-/// Serves the aside connection: heartbeats, weight changes, graceful close, drain, pool requests.
-
 pub(super) async fn run_session(
     shared: &Shared,
     tunnel: usize,
