@@ -1,5 +1,6 @@
-"""Shared helpers of perf/compare and perf/profile: process supervision, free ports, backends and
-the tunnel systems under test (ringtun on both I/O backends, rathole, bore) on loopback.
+"""Shared helpers of perf/compare, perf/profile, perf/cost and perf/realworld: process
+supervision, free ports, tool installs (cargo, apt-get), the bench backends and the tunnel systems
+under test (ringtun on both I/O backends, rathole, bore) on loopback, for any set of services.
 
 Every process is started in its own session with PR_SET_PDEATHSIG=SIGKILL, registered, and killed
 by `Procs.kill_all()` (called from atexit and from the SIGINT/SIGTERM/SIGHUP handlers), so nothing
@@ -230,6 +231,41 @@ def ensure_cargo_tool(binary, install_args, allow_install=True):
     return p, None
 
 
+_APT_UPDATED = False
+
+
+def ensure_apt_tool(binary, package, allow_install=True):
+    """Returns (path, None) or (None, reason); installs Debian's `package` with apt-get when
+    `binary` is missing (as root; `apt-get update` once per run; services are not started)."""
+    global _APT_UPDATED
+
+    def which():
+        return shutil.which(binary) or next(
+            (c for c in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.access(c, os.X_OK)),
+            None)
+
+    p = which()
+    if p:
+        return p, None
+    if not allow_install:
+        return None, f"`{binary}` not installed (--no-install)"
+    if os.geteuid() != 0:
+        return None, f"`{binary}` missing; install Debian's {package} (apt-get needs root)"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if not _APT_UPDATED:
+        log("apt-get update")
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        _APT_UPDATED = True
+    log(f"installing {binary}: apt-get install -y {package}")
+    r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+                       capture_output=True, text=True, env=env)
+    p = which()
+    if r.returncode != 0 or not p:
+        tail = (r.stderr or r.stdout or "").strip().splitlines()[-1:] or ["?"]
+        return None, f"`apt-get install {package}` failed: {tail[0][:160]}"
+    return p, None
+
+
 def tool_version(path):
     """`NAME VERSION` from `--version` (rathole prints its version on a later line)."""
     name = os.path.basename(path)
@@ -308,9 +344,14 @@ def probe_sink(ringtun, addr, timeout=20.0):
 
 
 class Backends:
-    """One echo and one sink backend (ringtun bench echo / sink), shared by every system."""
+    """One echo and one sink backend (ringtun bench echo / sink), shared by every system.
+
+    What a system needs of its backends (perf/realworld has its own): `services`, an ordered
+    {name: backend address} that each system tunnels one frontend to, and `probe(system)`, which
+    waits until every one of the system's frontends (`system.fronts`) carries traffic."""
 
     def __init__(self, ringtun, logdir):
+        self.ringtun = ringtun
         self.echo_proc = PROCS.start(
             "echo",
             [ringtun, "bench", "echo", "--listen", "127.0.0.1:0"],
@@ -327,6 +368,11 @@ class Backends:
         self.sink = read_line_matching(self.sink_proc, r"listening on (\S+)", 10).group(1)
         drain_to_file(self.echo_proc, os.path.join(logdir, "backend-echo.log"))
         drain_to_file(self.sink_proc, os.path.join(logdir, "backend-sink.log"))
+        self.services = {"echo": self.echo, "sink": self.sink}
+
+    def probe(self, system):
+        probe_echo(system.fronts["echo"])
+        probe_sink(self.ringtun, system.fronts["sink"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,12 +416,14 @@ def tls_material(workdir):
 
 
 class System:
-    """A running tunnel (or none): where the echo and sink frontends are, and its processes."""
+    """A running tunnel (or none): where its frontends are ({service: address}, one per service of
+    the backends; `echo` and `sink` name those of the bench backends), and its processes."""
 
     name = "?"
     label = "?"
 
     def __init__(self):
+        self.fronts = {}
         self.echo = None
         self.sink = None
         self.procs = []
@@ -397,13 +445,17 @@ class System:
                     pass
                 raise RuntimeError(f"{p.name} exited with {p.returncode}: {tail[:200]}")
 
-    def ready(self, ringtun):
-        """Waits until both frontends carry traffic to the backends."""
+    def set_fronts(self, fronts):
+        self.fronts = dict(fronts)
+        self.echo = self.fronts.get("echo")
+        self.sink = self.fronts.get("sink")
+
+    def ready(self, backends):
+        """Waits until every frontend carries traffic to its backend."""
         time.sleep(0.2)
         self.check_alive()
         try:
-            probe_echo(self.echo)
-            probe_sink(ringtun, self.sink)
+            backends.probe(self)
         except RuntimeError:
             self.check_alive()
             raise
@@ -419,11 +471,12 @@ class Direct(System):
     label = "direct (no tunnel)"
 
     def start(self, backends, workdir):
-        self.echo, self.sink = backends.echo, backends.sink
+        self.set_fronts(backends.services)
 
 
 class Ringtun(System):
-    """ringtun server + agent; two clusters (echo, sink), one agent serving both."""
+    """ringtun server + agent; one cluster per service (echo and sink for perf/compare), one
+    agent serving them all."""
 
     def __init__(self, ringtun, io_backend, connection_num=8, workers=0, tls=False, splice=True):
         super().__init__()
@@ -440,12 +493,12 @@ class Ringtun(System):
         self.server = None
         self.agent = None
 
-    def configs(self, backends, tunnel, front_echo, front_sink):
+    def configs(self, services, tunnel, fronts):
+        """Server and agent configuration: `services` {name: backend address}, `fronts` {name:
+        frontend port}."""
         clusters, listeners, tunnels = [], [], []
-        for svc, front, backend in (
-            ("echo", front_echo, backends.echo),
-            ("sink", front_sink, backends.sink),
-        ):
+        for svc, backend in services.items():
+            front = fronts[svc]
             clusters.append(
                 {
                     "name": f"perf-{svc}",
@@ -497,8 +550,9 @@ class Ringtun(System):
     def start(self, backends, workdir):
         if self.tls:
             self.tls_files = tls_material(workdir)
-        tunnel, front_echo, front_sink = free_port(), free_port(), free_port()
-        server, agent = self.configs(backends, tunnel, front_echo, front_sink)
+        tunnel = free_port()
+        fronts = {svc: free_port() for svc in backends.services}
+        server, agent = self.configs(backends.services, tunnel, fronts)
         sp = os.path.join(workdir, f"{self.name}-server.json")
         ap = os.path.join(workdir, f"{self.name}-agent.json")
         with open(sp, "w") as f:
@@ -520,9 +574,8 @@ class Ringtun(System):
         )
         self.procs = [self.agent, self.server]
         self.pids = [self.server.pid, self.agent.pid]
-        self.echo = f"127.0.0.1:{front_echo}"
-        self.sink = f"127.0.0.1:{front_sink}"
-        self.ready(self.ringtun)
+        self.set_fronts({svc: f"127.0.0.1:{port}" for svc, port in fronts.items()})
+        self.ready(backends)
 
 
 class Rathole(System):
@@ -539,7 +592,8 @@ class Rathole(System):
             self.label = "rathole TLS"
 
     def start(self, backends, workdir):
-        control, front_echo, front_sink = free_port(), free_port(), free_port()
+        control = free_port()
+        fronts = {svc: free_port() for svc in backends.services}
         server_tls, client_tls = [], []
         if self.tls:
             files = tls_material(workdir)
@@ -564,27 +618,19 @@ class Rathole(System):
             f'bind_addr = "127.0.0.1:{control}"',
             "",
             *server_tls,
-            "[server.services.echo]",
-            f'token = "{TOKEN}"',
-            f'bind_addr = "127.0.0.1:{front_echo}"',
-            "",
-            "[server.services.sink]",
-            f'token = "{TOKEN}"',
-            f'bind_addr = "127.0.0.1:{front_sink}"',
         ]
+        for svc, port in fronts.items():
+            server += [f"[server.services.{svc}]", f'token = "{TOKEN}"',
+                       f'bind_addr = "127.0.0.1:{port}"', ""]
         client = [
             "[client]",
             f'remote_addr = "127.0.0.1:{control}"',
             "",
             *client_tls,
-            "[client.services.echo]",
-            f'token = "{TOKEN}"',
-            f'local_addr = "{backends.echo}"',
-            "",
-            "[client.services.sink]",
-            f'token = "{TOKEN}"',
-            f'local_addr = "{backends.sink}"',
         ]
+        for svc, backend in backends.services.items():
+            client += [f"[client.services.{svc}]", f'token = "{TOKEN}"',
+                       f'local_addr = "{backend}"', ""]
         sp = os.path.join(workdir, f"{self.name}-server.toml")
         cp = os.path.join(workdir, f"{self.name}-client.toml")
         with open(sp, "w") as f:
@@ -593,22 +639,21 @@ class Rathole(System):
             f.write("\n".join(client) + "\n")
         env = dict(os.environ, RUST_LOG="warn")
         s = PROCS.start(
-            "rathole-server",
+            f"{self.name}-server",
             [self.binary, "--server", sp],
-            os.path.join(workdir, "rathole-server.log"),
+            os.path.join(workdir, f"{self.name}-server.log"),
             env=env,
         )
         c = PROCS.start(
-            "rathole-client",
+            f"{self.name}-client",
             [self.binary, "--client", cp],
-            os.path.join(workdir, "rathole-client.log"),
+            os.path.join(workdir, f"{self.name}-client.log"),
             env=env,
         )
         self.procs = [c, s]
         self.pids = [s.pid, c.pid]
-        self.echo = f"127.0.0.1:{front_echo}"
-        self.sink = f"127.0.0.1:{front_sink}"
-        self.ready(self.ringtun)
+        self.set_fronts({svc: f"127.0.0.1:{port}" for svc, port in fronts.items()})
+        self.ready(backends)
 
 
 BORE_CONTROL_PORT = 7835  # fixed in bore (bore_cli::shared::CONTROL_PORT); cannot be changed
@@ -645,8 +690,8 @@ class Bore(System):
         deadline = time.time() + 10
         while port_is_free(BORE_CONTROL_PORT) and time.time() < deadline:
             time.sleep(0.05)
-        fronts = []
-        for svc, backend in (("echo", backends.echo), ("sink", backends.sink)):
+        fronts = {}
+        for svc, backend in backends.services.items():
             _, lport = backend.rsplit(":", 1)
             logp = os.path.join(workdir, f"bore-local-{svc}.log")
             argv = [self.binary, "local", lport, "--local-host", "127.0.0.1", "--to", "127.0.0.1"]
@@ -669,9 +714,9 @@ class Bore(System):
                 PROCS.stop([c])
             self.procs.insert(0, c)
             self.pids.append(c.pid)
-            fronts.append(f"127.0.0.1:{port}")
-        self.echo, self.sink = fronts
-        self.ready(self.ringtun)
+            fronts[svc] = f"127.0.0.1:{port}"
+        self.set_fronts(fronts)
+        self.ready(backends)
 
     def _bind_args(self):
         # --bind-addr exists in newer bore (0.5.1+); keep the server on loopback when it does.
