@@ -1,0 +1,279 @@
+//! Issue 15, "MOSN interop that survives real use, in both directions": what ringtun must do
+//! with MOSN peers (tests/mosn_peers) that it does not do yet. These tests fail on today's
+//! ringtun, so each returns at once unless `RINGTUN_MOSN_PENDING=1` is set; the fix for issue
+//! 15 removes that guard. Each failure message says which MOSN behaviour is at stake (see
+//! /work/notes/mosn-behaviour.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod mosn_peers;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use mosn_peers::{mosn_agent, mosn_server, GracefulClose};
+
+/// True (and says why) unless the pending tests were asked for.
+fn skip(test: &str) -> bool {
+    if std::env::var("RINGTUN_MOSN_PENDING").as_deref() == Ok("1") {
+        return false;
+    }
+    println!("skipping {test}: pending issue 15 (set RINGTUN_MOSN_PENDING=1 to run it)");
+    true
+}
+
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(wait_until(Duration::from_secs(10), cond), "never: {what}");
+}
+
+/// One request/response on a fresh frontend connection (no half-close), then close.
+fn try_request(frontend: SocketAddr, msg: &[u8]) -> Result<(), String> {
+    let mut c = TcpStream::connect(frontend).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(msg).map_err(|e| format!("write: {e}"))?;
+    let mut back = Vec::with_capacity(msg.len());
+    let mut chunk = [0u8; 4096];
+    while back.len() < msg.len() {
+        match c.read(&mut chunk) {
+            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&back))),
+            Ok(n) => back.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                return Err(format!(
+                    "read after {:?}: {e}",
+                    String::from_utf8_lossy(&back)
+                ))
+            }
+        }
+    }
+    if back != msg {
+        return Err(format!("got {:?}", String::from_utf8_lossy(&back)));
+    }
+    Ok(())
+}
+
+/// A backend that speaks first (like SMTP or SSH), then echoes.
+fn banner_backend(banner: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                if s.write_all(banner).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+// MOSN agent → ringtun server.
+
+both_backends!(burst_of_8_clients_by_5_rounds_all_served, |backend| {
+    if skip("burst_of_8_clients_by_5_rounds_all_served") {
+        return;
+    }
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").pool_wait_ms(5000).run();
+    let agent = mosn_agent(server.tunnel_addr(), echo.addr)
+        .connection_num(8)
+        .start();
+    wait_registered(&server, "c", 1, 8);
+    wait_for("eight handshakes", || agent.counts().handshakes == 8);
+    let frontend = server.frontend_addr("c").unwrap();
+    let mut failures = Vec::new();
+    // Rounds back to back: clients of a round wait for the connections the last round used,
+    // and a connection leased the moment it registers gets session bytes right after its
+    // response, which MOSN reads together with it and never drains from the slot's buffer.
+    for round in 0..5 {
+        let clients: Vec<_> = (0..8)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    try_request(frontend, format!("round {round} client {i}").as_bytes())
+                })
+            })
+            .collect();
+        for (i, c) in clients.into_iter().enumerate() {
+            if let Err(e) = c.join().unwrap() {
+                failures.push(format!("round {round} client {i}: {e}"));
+            }
+        }
+    }
+    let c = agent.counts();
+    assert!(
+        failures.is_empty() && c.dead_slots == 0,
+        "{} of 40 requests failed: {failures:?}\nMOSN agent: {c:?}\n(stale_handoffs: handshakes \
+         whose read carried session bytes after the response; MOSN keeps them in the slot's \
+         buffer, so that slot's next handshake cannot decode its response)",
+        failures.len()
+    );
+});
+
+both_backends!(
+    banner_backend_causes_no_reconnect_storm_on_the_aside,
+    |backend| {
+        if skip("banner_backend_causes_no_reconnect_storm_on_the_aside") {
+            return;
+        }
+        let banner = banner_backend(b"220 edge ready\r\n");
+        let server = server(backend).cluster("c").run();
+        // tcp_proxy hosting connects the backend for the aside too: its first bytes are the banner.
+        let agent = mosn_agent(server.tunnel_addr(), banner)
+            .connection_num(2)
+            .start();
+        wait_registered(&server, "c", 1, 2);
+        wait_for("the aside connection", || {
+            agent.counts().aside_connects >= 1
+        });
+        let before = agent.counts();
+        // An observation window: a storm is a rate.
+        std::thread::sleep(Duration::from_secs(3));
+        let after = agent.counts();
+        drop(agent);
+        let redials = after.aside_redials - before.aside_redials;
+        assert!(
+            redials <= 1,
+            "the MOSN agent's aside connection was re-dialled {redials} times in 3 s \
+         (each one a backend connection too)\nMOSN agent: {after:?}"
+        );
+    }
+);
+
+both_backends!(
+    silent_aside_survives_10_s_with_at_most_one_redial,
+    |backend| {
+        if skip("silent_aside_survives_10_s_with_at_most_one_redial") {
+            return;
+        }
+        let echo = echo_backend();
+        let server = server(backend)
+            .cluster("c")
+            .handshake_timeout_ms(2000)
+            .run();
+        let agent = mosn_agent(server.tunnel_addr(), echo.addr)
+            .connection_num(1)
+            .start();
+        wait_registered(&server, "c", 1, 1);
+        wait_for("the aside connection", || {
+            agent.counts().aside_connects >= 1
+        });
+        // An observation window: MOSN's aside connection never sends anything, by design.
+        std::thread::sleep(Duration::from_secs(10));
+        let c = agent.counts();
+        assert!(
+            c.aside_redials <= 1,
+            "the silent MOSN aside connection was closed and re-dialled {} times in 10 s \
+         (handshake_timeout_ms 2000)\nMOSN agent: {c:?}",
+            c.aside_redials
+        );
+        try_request(server.frontend_addr("c").unwrap(), b"still served").unwrap();
+    }
+);
+
+both_backends!(mosn_graceful_close_is_honoured, |backend| {
+    if skip("mosn_graceful_close_is_honoured") {
+        return;
+    }
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").pool_wait_ms(200).run();
+    let agent = mosn_agent(server.tunnel_addr(), echo.addr)
+        .connection_num(4)
+        .start();
+    wait_registered(&server, "c", 1, 4);
+    wait_for("the aside connection", || {
+        agent.counts().aside_connects >= 1
+    });
+    let sent = agent.graceful_close();
+    assert!(
+        matches!(&sent, GracefulClose::Sent(a) if a.len() == 4),
+        "the MOSN agent could not send its graceful close: {sent:?}"
+    );
+    // MOSN's own server removes those hosts at once; the agent closes them 15 s later.
+    let stopped = wait_until(Duration::from_secs(3), || {
+        server.hosts("c").iter().all(|h| h.idle_connections == 0)
+    });
+    assert!(
+        stopped,
+        "3 s after MOSN's graceful close (addresses {sent:?}), ringtun still leases its \
+         connections: {:?}",
+        server.hosts("c")
+    );
+    assert!(
+        try_request(server.frontend_addr("c").unwrap(), b"late").is_err(),
+        "a new session was given a connection of an agent that is closing"
+    );
+    assert_eq!(agent.counts().redials, 0);
+});
+
+// ringtun agent → MOSN server.
+
+both_backends!(
+    ringtun_agent_behind_mosn_server_serves_100_sequential_requests,
+    |backend| {
+        if skip("ringtun_agent_behind_mosn_server_serves_100_sequential_requests") {
+            return;
+        }
+        let echo = echo_backend();
+        let mosn = mosn_server().cluster("c").start();
+        let agent = agent(backend, mosn.tunnel_addr(), echo.addr)
+            .connection_num(4)
+            .run();
+        wait_for("four hosts on the MOSN server", || {
+            mosn.idle_hosts("c") >= 4
+        });
+        for i in 0..100 {
+            if let Err(e) = try_request(mosn.frontend_addr("c"), format!("request {i}").as_bytes())
+            {
+                panic!(
+                "request {i} through a MOSN server failed: {e}\nMOSN server: {:?}\nringtun agent: {:?}",
+                mosn.counts(),
+                agent.status()
+            );
+            }
+        }
+    }
+);
+
+both_backends!(
+    ringtun_agent_behind_mosn_server_serves_16_concurrent_requests,
+    |backend| {
+        if skip("ringtun_agent_behind_mosn_server_serves_16_concurrent_requests") {
+            return;
+        }
+        let echo = echo_backend();
+        let mosn = mosn_server().cluster("c").start();
+        let agent = agent(backend, mosn.tunnel_addr(), echo.addr)
+            .connection_num(16)
+            .run();
+        wait_for("sixteen hosts on the MOSN server", || {
+            mosn.idle_hosts("c") >= 16
+        });
+        let frontend = mosn.frontend_addr("c");
+        let clients: Vec<_> = (0..16)
+            .map(|i| {
+                std::thread::spawn(move || try_request(frontend, format!("client {i}").as_bytes()))
+            })
+            .collect();
+        let failures: Vec<String> = clients
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.join().unwrap().err().map(|e| format!("client {i}: {e}")))
+            .collect();
+        assert!(
+        failures.is_empty(),
+        "{} of 16 concurrent requests through a MOSN server failed: {failures:?}\nMOSN server: {:?}\nringtun agent: {:?}",
+        failures.len(),
+        mosn.counts(),
+        agent.status()
+    );
+    }
+);
