@@ -23,7 +23,9 @@ pub struct RegisterReport {
     pub latency: Percentiles,
     pub before_cpu: Vec<u64>,
     pub registered_cpu: Vec<u64>,
-    /// After `--tail-secs` more (empty without `--pids`).
+    /// Until the server was quiet after the last agent registered (None without `--pids`).
+    pub tail: Option<Settled>,
+    /// At the end of `tail` (empty without `--pids`).
     pub tail_cpu: Vec<u64>,
     pub before_rss: Vec<u64>,
     pub registered_rss: Vec<u64>,
@@ -208,7 +210,8 @@ pub fn outcome(
         "first_errors": tally.first_errors(),
         "handshake_us": r.latency,
         "server": servers,
-        "tail_secs": plan.tail.as_secs_f64(),
+        "quiet_after_last_joined_secs": r.tail.as_ref().map(|t| t.secs),
+        "quiet_after_last_joined": r.tail.as_ref().map(|t| t.quiet),
         "one_more": join.as_ref().map(|j| serde_json::json!({
             "joined": j.joined,
             "joined_ms": j.joined_ms,
@@ -291,14 +294,17 @@ fn table(
     for srv in j["server"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "  server pid {}: CPU {:.0} µs over registration ({:.1} µs/agent), {} in the {:.0} s after; RSS {:.2} KiB/agent",
+            "  server pid {}: CPU {:.0} µs over registration ({:.1} µs/agent), {} after the last joined ({}); RSS {:.2} KiB/agent",
             srv["pid"],
             f(srv, "cpu_registration_us"),
             f(srv, "cpu_per_agent_us"),
             srv["cpu_after_last_joined_us"]
                 .as_f64()
                 .map_or("–".to_string(), |v| format!("{v:.0} µs")),
-            plan.tail.as_secs_f64(),
+            match (r.tail.as_ref(), plan.tail.as_secs_f64()) {
+                (Some(t), _) if t.quiet => format!("quiet {:.2} s after", t.secs),
+                (_, cap) => format!("still busy after {cap:.0} s"),
+            },
             f(srv, "rss_per_agent_kib")
         );
     }

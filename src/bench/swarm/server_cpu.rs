@@ -155,7 +155,7 @@ pub struct Settled {
     pub cpu_ns: u64,
     /// From before the action until the first of the quiet windows.
     pub secs: f64,
-    /// False when the processes were still busy when `MAX_SETTLE` ran out.
+    /// False when the processes were still busy when the wait ran out.
     pub quiet: bool,
 }
 
@@ -165,8 +165,6 @@ const WINDOW: Duration = Duration::from_millis(50);
 const QUIET_WINDOWS: u32 = 3;
 /// CPU a window may use beyond the idle rate and still count as quiet.
 const QUIET_SLACK_NS: u64 = 20_000;
-/// Longest wait for quiet.
-const MAX_SETTLE: Duration = Duration::from_secs(20);
 
 /// The idle CPU rate of the processes, in nanoseconds per second, over `over`.
 pub async fn idle_rate(procs: &Procs, over: Duration) -> Result<f64, BenchError> {
@@ -178,12 +176,13 @@ pub async fn idle_rate(procs: &Procs, over: Duration) -> Result<f64, BenchError>
 }
 
 /// Waits until `QUIET_WINDOWS` windows in a row use no more than the idle rate (plus a slack),
-/// counting from `cpu_before` / `t_before` (sampled before the action).
+/// or `max` after `t_before`, counting from `cpu_before` / `t_before` (sampled before the action).
 pub async fn settle(
     procs: &Procs,
     idle_ns_per_sec: f64,
     cpu_before: u64,
     t_before: tokio::time::Instant,
+    max: Duration,
 ) -> Result<Settled, BenchError> {
     let allowance = (idle_ns_per_sec * WINDOW.as_secs_f64()) as u64 + QUIET_SLACK_NS;
     let mut prev = procs.total_cpu_ns()?;
@@ -203,7 +202,7 @@ pub async fn settle(
         }
         prev = now_cpu;
         let quiet = quiet_run >= QUIET_WINDOWS;
-        if quiet || now.duration_since(t_before) > MAX_SETTLE {
+        if quiet || now.duration_since(t_before) > max {
             let secs = busy_until.duration_since(t_before).as_secs_f64();
             let idle = (idle_ns_per_sec * secs) as u64;
             return Ok(Settled {
