@@ -59,7 +59,7 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Load generator and latency profiler (throughput, latency, connect, idle, sink, echo).
+    /// Load generator and latency profiler (throughput, latency, connect, idle, sink, echo, swarm).
     Bench(ringtun::bench::BenchArgs),
 }
 

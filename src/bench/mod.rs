@@ -1,11 +1,12 @@
 //! `ringtun bench`: a load generator and latency profiler for any TCP service, reached directly or
 //! through a tunnel. Modes: `throughput` (byte streams, every byte verified), `latency`
 //! (request/response percentiles, closed or open loop), `connect` (a connection per request),
-//! `idle` (many held sessions and the memory they cost a process), and two far ends: `sink` (for
-//! one-way throughput) and `echo` (a backend to measure against).
+//! `idle` (many held sessions and the memory they cost a process), two far ends: `sink` (for
+//! one-way throughput) and `echo` (a backend to measure against), and `swarm` (many emulated
+//! agents against a ringtun server, the only mode that speaks the tunnel protocol).
 //!
-//! It speaks plain TCP only: it does not start tunnels or other processes (`perf/compare` does)
-//! and knows nothing of the tunnel protocol. Every wait is bounded by `--connect-timeout-ms` or
+//! The other modes speak plain TCP only. None starts tunnels or other processes (`perf/compare`
+//! and `perf/swarm` do). Every wait is bounded by `--connect-timeout-ms` or
 //! `--io-timeout-ms`, so a dead target ends a run with an error instead of a hang. Results go to
 //! stdout (a table, or one JSON document with `--json`); progress goes to stderr.
 
@@ -27,9 +28,11 @@ pub mod plot;
 mod progress;
 pub mod sink;
 pub mod stats;
+mod swarm;
 mod throughput;
 
 pub use error::BenchError;
+pub use swarm::SwarmArgs;
 
 /// `ringtun bench`: load generator and latency profiler.
 #[derive(Args, Debug, Clone)]
@@ -87,6 +90,8 @@ pub enum Mode {
     Sink(SinkArgs),
     /// A TCP echo backend for the other modes (passes EOF on as a write shutdown).
     Echo(EchoArgs),
+    /// N emulated ringtun agents against a server: registration time, handshakes/s, server CPU/RSS.
+    Swarm(Box<SwarmArgs>),
 }
 
 /// Whether throughput bytes come back.
@@ -216,6 +221,9 @@ pub fn run(args: &BenchArgs) -> Result<Outcome, BenchError> {
         }
     }
     raise_fd_limit();
+    if let Mode::Swarm(a) = &args.mode {
+        return swarm::run(&args.common, a);
+    }
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -236,6 +244,11 @@ pub fn run(args: &BenchArgs) -> Result<Outcome, BenchError> {
             Mode::Idle(a) => idle::run(&Ctx::new(common, "idle")?, a).await,
             Mode::Sink(a) => sink::run(common, a).await,
             Mode::Echo(a) => echo::run(common, a).await,
+            // Dispatched above: it runs on runtimes of its own.
+            Mode::Swarm(a) => Err(BenchError::InvalidArgument(format!(
+                "swarm of {} agents cannot run on the shared runtime",
+                a.agents
+            ))),
         }
     })
 }

@@ -1,0 +1,223 @@
+//! The phases of a swarm run, on the calling thread while the agents run on theirs: wait for
+//! every agent to register, sample the server around it, `--one-more`, then hold or wait for a
+//! reconnect. Waits poll the shared counters every few milliseconds and are all bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::conn::{self, Cmd};
+use super::plan::Plan;
+use super::report::{JoinReport, Phases, ReconnectReport, RegisterReport};
+use super::server_cpu::{self, Procs};
+use super::{slots_of, Swarm};
+use crate::bench::BenchError;
+use crate::protocol::Role;
+
+/// How often the phases look at the counters.
+const POLL: Duration = Duration::from_millis(2);
+/// Longest wait for the server to go quiet after one join or weight change.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// A progress line on stderr once a second, until aborted.
+fn progress(
+    sw: &Arc<Swarm>,
+    expected: usize,
+    enabled: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let sw = sw.clone();
+    enabled.then(|| {
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let c = sw.tally.counts();
+                eprintln!(
+                    "[{:>5.1}s] {} agents registered (of {expected}), {} handshakes/s, {} failed, {} lost",
+                    sw.tally.start().elapsed().as_secs_f64(),
+                    sw.tally.agents_up(),
+                    c.handshakes - last,
+                    c.failures,
+                    c.lost
+                );
+                last = c.handshakes;
+            }
+        })
+    })
+}
+
+/// Waits until `done` holds or `deadline` passes; returns whether it held.
+async fn wait_for(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub(super) async fn phases(
+    sw: &Arc<Swarm>,
+    plan: &Plan,
+    procs: &Procs,
+    before_cpu: Vec<u64>,
+    before_rss: Vec<u64>,
+) -> Result<Phases, BenchError> {
+    let tally = &sw.tally;
+    let n = plan.agents;
+    let ticker = progress(sw, n, plan.progress);
+    let start = tally.start();
+    let all = wait_for(start + plan.register_timeout, || {
+        tally.agents_up() >= n || tally.agents_up() + tally.agents_dead() >= n
+    })
+    .await;
+    let all = all && tally.agents_up() >= n;
+    let registered_cpu = procs.cpu_ns()?;
+    let registered_rss = procs.rss_kib()?;
+    let counts = tally.counts();
+    let latency = tally.latency();
+    let secs = if all {
+        tally.secs(tally.last_complete_ns())
+    } else {
+        start.elapsed().as_secs_f64()
+    };
+    eprintln!(
+        "swarm: {} of {n} agents registered in {secs:.3} s ({} handshakes, {} failed)",
+        tally.agents_up(),
+        counts.handshakes,
+        counts.failures
+    );
+    // The server may go on working (publishing snapshots) after the last agent has its answer.
+    let (tail, tail_cpu, tail_rss) = if procs.is_empty() {
+        (None, Vec::new(), Vec::new())
+    } else {
+        let before: u64 = registered_cpu.iter().sum();
+        let t_before = tokio::time::Instant::now();
+        let tail = server_cpu::settle(procs, 0.0, before, t_before, plan.tail).await?;
+        (Some(tail), procs.cpu_ns()?, procs.rss_kib()?)
+    };
+    let register = RegisterReport {
+        all,
+        agents_up: tally.agents_up(),
+        secs,
+        counts,
+        latency: crate::bench::stats::Percentiles::of(&latency),
+        before_cpu,
+        registered_cpu,
+        tail,
+        tail_cpu,
+        before_rss,
+        registered_rss,
+        tail_rss,
+    };
+    let mut expected = n;
+    let join = if plan.one_more && all {
+        let j = one_more(sw, plan, procs).await?;
+        if j.joined {
+            expected += 1;
+        }
+        Some(j)
+    } else {
+        None
+    };
+    let before_hold = tally.counts();
+    let reconnect = if sw.reconnect {
+        Some(reconnect(sw, plan, expected).await)
+    } else {
+        tokio::time::sleep(plan.hold).await;
+        None
+    };
+    let hold = tally.counts().since(&before_hold);
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    Ok(Phases {
+        register,
+        join,
+        hold,
+        reconnect,
+    })
+}
+
+/// Joins agent N (one more than the swarm), then changes its weight on its aside connection;
+/// the server's CPU is measured for each until it is quiet.
+async fn one_more(sw: &Arc<Swarm>, plan: &Plan, procs: &Procs) -> Result<JoinReport, BenchError> {
+    let idle_ns_per_sec = server_cpu::idle_rate(procs, Duration::from_secs(1)).await?;
+    let agent = plan.agents;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut rx = Some(rx);
+    let cpu_before = procs.total_cpu_ns()?;
+    let t_before = tokio::time::Instant::now();
+    for slot in slots_of(plan, agent) {
+        let cmds = if slot.role == Role::Aside {
+            rx.take()
+        } else {
+            None
+        };
+        tokio::spawn(conn::run(sw.clone(), slot, cmds));
+    }
+    let limit = Instant::now() + sw.connect_timeout * 2 + Duration::from_secs(1);
+    let joined = wait_for(limit, || sw.tally.agent_complete(agent)).await;
+    let joined_ms = t_before.elapsed().as_secs_f64() * 1e3;
+    let join = server_cpu::settle(procs, idle_ns_per_sec, cpu_before, t_before, SETTLE_MAX).await?;
+    let weight = if joined && plan.aside {
+        let cpu_before = procs.total_cpu_ns()?;
+        let t_before = tokio::time::Instant::now();
+        let _ = tx.send(Cmd::Weight(sw.weight + 1));
+        Some(server_cpu::settle(procs, idle_ns_per_sec, cpu_before, t_before, SETTLE_MAX).await?)
+    } else {
+        None
+    };
+    // The aside connection keeps serving after its commands end.
+    drop(tx);
+    eprintln!(
+        "swarm: one more agent {} in {joined_ms:.1} ms, server CPU {:.0} µs",
+        if joined { "joined" } else { "did not join" },
+        join.cpu_ns as f64 / 1e3
+    );
+    Ok(JoinReport {
+        joined,
+        joined_ms,
+        idle_ns_per_sec,
+        join,
+        weight,
+    })
+}
+
+/// Waits for the server to go away and every agent to be back, within the hold time.
+async fn reconnect(sw: &Arc<Swarm>, plan: &Plan, expected: usize) -> ReconnectReport {
+    let tally = &sw.tally;
+    let deadline = Instant::now() + plan.hold;
+    // An outage under way already (the server went away during the measurements) counts from
+    // its first loss.
+    if tally.agents_up() >= expected {
+        tally.reset_first_loss();
+    }
+    let before = tally.counts();
+    eprintln!(
+        "swarm: waiting up to {:.0} s for the server to go away and every agent to come back (--reconnect)",
+        plan.hold.as_secs_f64()
+    );
+    let outage = wait_for(deadline, || tally.agents_up() < expected).await;
+    let first_loss = tally.first_loss_ns();
+    let back = outage && wait_for(deadline, || tally.agents_up() >= expected).await;
+    let back_in_secs = match (back, first_loss) {
+        (true, Some(lost)) => Some(tally.secs(tally.last_complete_ns().saturating_sub(lost))),
+        _ => None,
+    };
+    if let Some(s) = back_in_secs {
+        eprintln!("swarm: all {expected} agents back {s:.3} s after the first loss");
+    }
+    ReconnectReport {
+        outage,
+        back,
+        back_in_secs,
+        agents_up: tally.agents_up(),
+        expected,
+        counts: tally.counts().since(&before),
+    }
+}
