@@ -123,20 +123,44 @@ impl Stream {
         self.0.read(buf).await
     }
 
-    /// Writes `buf[from..]` through the ring (the part a non-blocking send could not take).
-    pub async fn write_rest(&self, buf: Vec<u8>, from: usize) -> (io::Result<()>, Vec<u8>) {
+    /// Writes `buf[from..]` through the ring (the part a non-blocking send could not take);
+    /// callers pass `from < buf.len()`. The future is the ring write itself, nothing more, so a
+    /// session's pump future stays small.
+    pub fn write_rest(
+        &self,
+        buf: Vec<u8>,
+        from: usize,
+    ) -> WriteRest<impl Future<Output = (io::Result<()>, tokio_uring::buf::Slice<Vec<u8>>)> + '_>
+    {
         let len = buf.len();
-        if from >= len {
-            return (Ok(()), buf);
-        }
-        let (written, slice) = self.0.write_all(buf.slice(from..len)).await;
-        (written, slice.into_inner())
+        WriteRest(self.0.write_all(buf.slice(from.min(len)..len)))
     }
 
     /// Writes what the socket takes now without waiting; returns how many bytes. Callers
     /// serialise writes to one socket, so no ring write is in flight on it meanwhile.
     pub fn send_now(&self, data: &[u8]) -> io::Result<usize> {
         super::send_nonblocking(&self.0, data)
+    }
+}
+
+/// The future of `Stream::write_rest`: the ring write, giving the whole buffer back.
+pub struct WriteRest<F>(F);
+
+impl<F> Future for WriteRest<F>
+where
+    F: Future<Output = (io::Result<()>, tokio_uring::buf::Slice<Vec<u8>>)>,
+{
+    type Output = (io::Result<()>, Vec<u8>);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // SAFETY: the inner future is never moved out of the pinned wrapper.
+        let inner = unsafe { self.map_unchecked_mut(|w| &mut w.0) };
+        inner
+            .poll(cx)
+            .map(|(written, slice)| (written, slice.into_inner()))
     }
 }
 
@@ -157,6 +181,9 @@ impl super::OwnedIo for Stream {
             Ok(sent) => sent,
             Err(e) => return (Err(e), buf),
         };
+        if sent == buf.len() {
+            return (Ok(()), buf);
+        }
         self.write_rest(buf, sent).await
     }
 
