@@ -46,7 +46,7 @@ pub(super) async fn serve_data(
         Ok((start, rest)) => {
             spec.peer.conn_down(connection_id);
             let span = tracing::debug_span!("session", id = start.session_id,
-                client = %start.client_addr, frontend = start.frontend_addr.as_deref().unwrap_or("-"));
+                client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
             // Boxed: only a session pays for its pump's state, not every idle connection.
             Box::pin(run_session(
                 shared,
