@@ -1,9 +1,9 @@
 //! PROXY protocol refusals at a frontend with `accept_proxy_protocol`, both backends: an untrusted
 //! source is closed, a header cut in half then silent is closed after its timeout, oversized
 //! headers at once, and 1,000 garbage headers leave a session in flight intact; every refusal
-//! is counted by reason on /metrics. And the client address a header names shows in the
-//! server's session logs (debug) and in the agent's session span. The real peers (nginx,
-//! HAProxy) are in tests/proxy_protocol.rs.
+//! is counted by reason on /metrics. And the client address a header names is the session's:
+//! `client_ip_hash` balances on it, and it shows in the server's session logs (debug) and in the
+//! agent's session span. The real peers (nginx, HAProxy) are in tests/proxy_protocol.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -110,6 +110,64 @@ both_backends!(client_address_in_session_logs_and_the_agent_span, |io| {
     let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
     let near: Vec<&str> = text.lines().filter(|l| l.contains("backend")).collect();
     assert!(ok, "{near:#?}");
+});
+
+both_backends!(client_ip_hash_balances_on_the_header_address, |io| {
+    // One worker, and every host back at its idle count before each session: the hash's pick
+    // always has a connection, so nothing falls back to another host.
+    let server = server(io)
+        .workers(1)
+        .cluster("c")
+        .lb("client_ip_hash")
+        .frontend_field("accept_proxy_protocol", json!(true))
+        .frontend_field("trusted_proxies", json!(["127.0.0.1"]))
+        .run();
+    let backends = [echo_backend(), echo_backend()];
+    let _agents: Vec<_> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            agent(io, server.tunnel_addr(), b.addr)
+                .host_name(&format!("edge-{i}"))
+                .connection_num(2)
+                .run()
+        })
+        .collect();
+    wait_registered(&server, "c", 2, 2);
+    let frontend = server.frontend_addr("c").unwrap();
+    let session = |source: &str| {
+        wait_registered(&server, "c", 2, 2);
+        let header = format!("PROXY TCP4 {source} 127.0.0.1 5000 80\r\nping");
+        let mut s = connect_from(addr("127.0.0.1:0"), frontend);
+        s.write_all(header.as_bytes()).unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+    };
+    let counts = || {
+        backends
+            .iter()
+            .map(|b| b.accepted.load(std::sync::atomic::Ordering::SeqCst))
+            .collect::<Vec<u64>>()
+    };
+    // One client address (from one proxy address) always reaches the same host ...
+    for _ in 0..8 {
+        session("198.51.100.77");
+    }
+    let one = counts();
+    assert!(
+        one.contains(&0) && one.contains(&8),
+        "one client spread: {one:?}"
+    );
+    // ... and many client addresses (all from that same proxy address) reach both.
+    for i in 1..=24 {
+        session(&format!("203.0.113.{i}"));
+    }
+    let many = counts();
+    assert!(
+        many[0] > one[0] && many[1] > one[1],
+        "24 clients behind one proxy all on one host: {many:?}"
+    );
 });
 
 // ---- refusals ----

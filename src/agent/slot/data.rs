@@ -200,10 +200,12 @@ pub(super) async fn run_session(
 }
 
 /// What the PROXY header to the backend names: the frontend client and the address it connected
-/// to. A server that sends no `frontend_addr` (an older one) gives the unspecified address of the
-/// client's family, port 0; a client address that does not parse gives v1 UNKNOWN / v2 LOCAL.
+/// to, IPv4-mapped IPv6 addresses (from a dual-stack frontend) as IPv4. A server that sends no
+/// `frontend_addr` (an older one) gives the unspecified address of the client's family, port 0;
+/// a client address that does not parse gives v1 UNKNOWN / v2 LOCAL.
 fn proxy_header_of(start: &SessionStart) -> ProxyHeader {
-    let Ok(source) = start.client_addr.parse::<SocketAddr>() else {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let Ok(source) = start.client_addr.parse::<SocketAddr>().map(canonical) else {
         debug!(session = start.session_id, client = %start.client_addr,
             "client address is not ip:port; PROXY header without addresses");
         return ProxyHeader::Local;
@@ -212,6 +214,7 @@ fn proxy_header_of(start: &SessionStart) -> ProxyHeader {
         .frontend_addr
         .as_deref()
         .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(canonical)
         .unwrap_or_else(|| {
             let ip = if source.is_ipv4() {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -223,5 +226,59 @@ fn proxy_header_of(start: &SessionStart) -> ProxyHeader {
     ProxyHeader::Proxy {
         source,
         destination,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(client: &str, frontend: Option<&str>) -> SessionStart {
+        SessionStart {
+            session_id: 1,
+            client_addr: client.into(),
+            frontend_addr: frontend.map(str::to_string),
+        }
+    }
+
+    fn proxy(source: &str, destination: &str) -> ProxyHeader {
+        ProxyHeader::Proxy {
+            source: source.parse().unwrap(),
+            destination: destination.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_backend_header_names_client_and_frontend() {
+        assert_eq!(
+            proxy_header_of(&start("127.0.0.2:4000", Some("127.0.0.1:80"))),
+            proxy("127.0.0.2:4000", "127.0.0.1:80")
+        );
+        assert_eq!(
+            proxy_header_of(&start("[::1]:4000", Some("[::1]:80"))),
+            proxy("[::1]:4000", "[::1]:80")
+        );
+        // A dual-stack frontend's IPv4 clients are IPv4 to the backend.
+        assert_eq!(
+            proxy_header_of(&start(
+                "[::ffff:10.0.0.9]:4000",
+                Some("[::ffff:10.0.0.1]:80")
+            )),
+            proxy("10.0.0.9:4000", "10.0.0.1:80")
+        );
+        // An older server sends no frontend address.
+        assert_eq!(
+            proxy_header_of(&start("10.0.0.9:4000", None)),
+            proxy("10.0.0.9:4000", "0.0.0.0:0")
+        );
+        assert_eq!(
+            proxy_header_of(&start("[2001:db8::1]:4000", Some("not an address"))),
+            proxy("[2001:db8::1]:4000", "[::]:0")
+        );
+        assert_eq!(proxy_header_of(&start("", None)), ProxyHeader::Local);
+        assert_eq!(
+            proxy_header_of(&start("edge.example:80", None)),
+            ProxyHeader::Local
+        );
     }
 }
