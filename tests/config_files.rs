@@ -13,7 +13,8 @@ use std::process::Command;
 use ringtun::config::{
     load_any, AdminConfig, AgentConfig, AgentTlsConfig, AnyConfig, ClusterConfig, CredentialPolicy,
     DynamicServerListConfig, FrontendConfig, HostingListenerConfig, IoBackend, LbType,
-    ServerConfig, ServerTlsConfig, TlsMinVersion, TunnelConfig, TunnelListenerConfig,
+    SendProxyProtocol, ServerConfig, ServerTlsConfig, TlsMinVersion, TunnelConfig,
+    TunnelListenerConfig,
 };
 use ringtun::secret::Secret;
 use serde_json::{json, Value};
@@ -107,6 +108,25 @@ fn two_clusters_example_shows_both_weighted_and_plain_round_robin() {
     let lb: Vec<LbType> = server.clusters.iter().map(|c| c.lb_type).collect();
     assert!(lb.contains(&LbType::RoundRobin));
     assert!(lb.contains(&LbType::WeightedRoundRobin));
+}
+
+#[test]
+fn proxy_protocol_examples_accept_and_send_headers() {
+    let server = load_server("server-proxy-protocol.json");
+    let frontends = &server.clusters[0].frontends;
+    assert!(!frontends[0].accept_proxy_protocol);
+    assert!(frontends[1].accept_proxy_protocol);
+    assert_eq!(frontends[1].trusted_proxies.len(), 3);
+    let agent = load_agent("agent-proxy-protocol.json");
+    assert_eq!(
+        agent.listeners[0].send_proxy_protocol,
+        SendProxyProtocol::V2
+    );
+    assert_eq!(
+        agent.listeners[1].send_proxy_protocol,
+        SendProxyProtocol::V1
+    );
+    assert_eq!(agent.tunnels[0].cluster, server.clusters[0].name);
 }
 
 #[test]
@@ -230,6 +250,9 @@ fn full_server() -> ServerConfig {
             credentials: vec![Secret::new("change-me")],
             frontends: vec![FrontendConfig {
                 address: "0.0.0.0:8080".into(),
+                accept_proxy_protocol: true,
+                trusted_proxies: vec!["10.0.0.0/8".into()],
+                proxy_protocol_timeout_ms: 5_000,
             }],
             pool_wait_ms: 2_000,
             max_data_connections_per_agent: 16_384,
@@ -257,6 +280,7 @@ fn full_agent() -> AgentConfig {
             name: "web".into(),
             backend: "127.0.0.1:9000".into(),
             connect_timeout_ms: 5_000,
+            send_proxy_protocol: SendProxyProtocol::V2,
         }],
         tunnels: vec![TunnelConfig {
             enable: true,
@@ -511,6 +535,20 @@ fn tls_min_versions() -> Vec<TlsMinVersion> {
     all
 }
 
+fn send_proxy_protocols() -> Vec<SendProxyProtocol> {
+    let all = vec![
+        SendProxyProtocol::None,
+        SendProxyProtocol::V1,
+        SendProxyProtocol::V2,
+    ];
+    for v in &all {
+        match v {
+            SendProxyProtocol::None | SendProxyProtocol::V1 | SendProxyProtocol::V2 => {}
+        }
+    }
+    all
+}
+
 #[test]
 fn docs_list_every_enum_value_in_its_row() {
     let server = doc_rows("Server file");
@@ -550,6 +588,13 @@ fn docs_list_every_enum_value_in_its_row() {
             v.clone(),
         );
         expect(&agent, "tunnels[].tls_context.min_version", v);
+    }
+    for v in send_proxy_protocols() {
+        expect(
+            &agent,
+            "listeners[].send_proxy_protocol",
+            serde_json::to_value(v).unwrap(),
+        );
     }
     for lister in ["", "dns", "file"] {
         expect(

@@ -64,6 +64,10 @@ pub struct HostingListenerConfig {
     /// Time to connect to the backend, in milliseconds. Default 5000; 1 to 600000.
     #[serde(default = "default_backend_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// PROXY protocol header written to the backend before each session's bytes, naming the
+    /// frontend client and the frontend: `""` (default, none), `"v1"` or `"v2"`.
+    #[serde(default)]
+    pub send_proxy_protocol: super::SendProxyProtocol,
 }
 
 /// MOSN's `AgentBootstrapConfig`, with ringtun's additions.

@@ -23,6 +23,8 @@ pub const MAX_SESSIONS: u64 = 100_000;
 pub const DRAIN_TIMEOUT_MS: u64 = 15_000;
 pub const MAX_FRAME_PAYLOAD_BYTES: usize = crate::protocol::DEFAULT_MAX_FRAME_PAYLOAD_BYTES;
 pub const POOL_WAIT_MS: u64 = 2_000;
+/// Time a frontend connection has to send its PROXY header (`accept_proxy_protocol`).
+pub const PROXY_PROTOCOL_TIMEOUT_MS: u64 = 5_000;
 
 // Agent.
 pub const AGENT_WEIGHT: i64 = 10;

@@ -8,12 +8,14 @@
 pub mod agent;
 pub mod defaults;
 mod error;
+mod proxy;
 mod server;
 
 pub use agent::{
     AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, TunnelConfig,
 };
 pub use error::ConfigError;
+pub use proxy::{trusted_networks, SendProxyProtocol};
 pub use server::{
     ClusterConfig, CredentialPolicy, FrontendConfig, LbType, ServerConfig, ServerTlsConfig,
     TlsMinVersion, TunnelListenerConfig,

@@ -163,6 +163,22 @@ pub struct FrontendConfig {
     /// `ip:port` to listen on; port 0 picks a free port. Must not overlap another listen address
     /// of this server. Required; no default.
     pub address: String,
+    /// Read a PROXY protocol header (v1 or v2, detected) from each connection before its
+    /// bytes; its source becomes the session's client address. Default false.
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
+    /// Networks (CIDR, or a bare IP for one host) whose connections may send that header; any
+    /// other connection is closed. Required (non-empty) with `accept_proxy_protocol`, else empty.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Time a connection has to send its whole PROXY header, in milliseconds. Default 5000;
+    /// 100 to 600000.
+    #[serde(default = "default_proxy_protocol_timeout_ms")]
+    pub proxy_protocol_timeout_ms: u64,
+}
+
+fn default_proxy_protocol_timeout_ms() -> u64 {
+    defaults::PROXY_PROTOCOL_TIMEOUT_MS
 }
 
 /// Host selection strategy.
@@ -405,6 +421,7 @@ impl ServerConfig {
                 let field = at(&format!("frontends[{j}].address"));
                 let addr = socket_addr(path, &field, &f.address)?;
                 check_overlap(path, &mut bound, field, addr)?;
+                super::proxy::validate_frontend(path, &at(&format!("frontends[{j}]")), f)?;
             }
         }
         Ok(())

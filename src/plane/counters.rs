@@ -78,6 +78,18 @@ counters! {
     snapshot_propagation_ns_total,
     /// Longest such time seen, in ns.
     snapshot_propagation_max_ns,
+    /// PROXY headers read and taken (a LOCAL one included) on `accept_proxy_protocol` frontends.
+    proxy_headers_accepted_total,
+    /// Connections to such frontends closed: their source is not in `trusted_proxies`.
+    proxy_headers_refused_untrusted_total,
+    /// ... their header is not a valid PROXY v1 or v2 header.
+    proxy_headers_refused_malformed_total,
+    /// ... their header is longer than the bound.
+    proxy_headers_refused_oversized_total,
+    /// ... their header did not arrive within `proxy_protocol_timeout_ms`.
+    proxy_headers_refused_timeout_total,
+    /// ... they closed (or failed) before their header was whole.
+    proxy_headers_refused_closed_total,
 }
 
 counters! {

@@ -32,7 +32,7 @@ pub enum WorkerMsg {
     /// Reload: close the frontends of the `stop` clusters and start accepting on `add`.
     Frontends {
         stop: Vec<Arc<str>>,
-        add: Vec<(Arc<str>, std::net::TcpListener)>,
+        add: Vec<crate::rt::FrontendSocket>,
     },
     /// Stop: close listeners and connections and return.
     Shutdown,

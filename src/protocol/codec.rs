@@ -257,6 +257,7 @@ mod tests {
         let mut bytes = encode_to_vec(&Frame::SessionStart(SessionStart {
             session_id: 7,
             client_addr: "127.0.0.1:5555".into(),
+            frontend_addr: None,
         }))
         .unwrap();
         let frame_len = bytes.len();
@@ -265,6 +266,26 @@ mod tests {
             Decoded::Frame(Frame::SessionStart(s), used) => {
                 assert_eq!(s.session_id, 7);
                 assert_eq!(used, frame_len);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_start_frontend_addr_is_optional_both_ways() {
+        let old = encode_to_vec(&Frame::SessionStart(SessionStart {
+            session_id: 1,
+            client_addr: "[::1]:9".into(),
+            frontend_addr: None,
+        }))
+        .unwrap();
+        assert_eq!(&old[8..], br#"{"session_id":1,"client_addr":"[::1]:9"}"#);
+        let new = br#"{"session_id":1,"client_addr":"[::1]:9","frontend_addr":"[::1]:80"}"#;
+        let mut bytes = vec![0x20, 0x88, 0x01, 0x10, 0x01, 0x00, 0x00, new.len() as u8];
+        bytes.extend_from_slice(new);
+        match decode(&bytes, MAX).unwrap() {
+            Decoded::Frame(Frame::SessionStart(s), _) => {
+                assert_eq!(s.frontend_addr.as_deref(), Some("[::1]:80"))
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -229,8 +229,13 @@ pub struct GracefulCloseOnewayRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionStart {
     pub session_id: u64,
-    /// The frontend client's address, `ip:port`.
+    /// The frontend client's address, `ip:port` (the one a trusted PROXY header named, if any).
     pub client_addr: String,
+    /// The address the client connected to, `ip:port` (the frontend's, or what a PROXY header
+    /// named): the destination of the PROXY header an agent writes to its backend. Absent from
+    /// older servers; not written when unknown, so older agents see the frame they know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend_addr: Option<String>,
 }
 
 /// Heartbeat probe.

@@ -1,8 +1,10 @@
-//! The frame decoder's fuzz harness, shared by `fuzz/fuzz_targets/frame_decoder.rs` and the
-//! property tests (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
+//! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`) and of the
+//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`), shared with the property tests
+//! (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
 //!
 //! Panics only when an invariant of the codec is broken; that is what the fuzzer looks for.
 
+use super::proxy::{decode_proxy_header, encode_proxy_header, ProxyDecoded};
 use super::{decode, encode_to_vec, Decoded, EncodeError, MAX_WIRE_PAYLOAD_BYTES};
 
 /// Decodes `data` frame after frame under a limit taken from its first byte; every decoded frame
@@ -44,5 +46,34 @@ pub fn decode_round_trip(data: &[u8]) {
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Decodes `data[1..]` as a PROXY header under a limit taken from `data[0]`. No input may panic
+/// the decoder; a decoded header must re-encode and decode back to itself, and every prefix of
+/// the bytes it used must be "need more" (so reading it in pieces gives the same answer).
+pub fn proxy_header_round_trip(data: &[u8]) {
+    let Some((&limit_byte, rest)) = data.split_first() else {
+        return;
+    };
+    let max = usize::from(limit_byte) * 16;
+    match decode_proxy_header(rest, max) {
+        Ok(ProxyDecoded::NeedMore(n)) => assert!(n >= 1, "NeedMore(0)"),
+        Ok(ProxyDecoded::Header(header, version, used)) => {
+            assert!(used >= 15 && used <= rest.len(), "used {used}");
+            for cut in 0..used {
+                match decode_proxy_header(&rest[..cut], max) {
+                    Ok(ProxyDecoded::NeedMore(n)) => assert!(n >= 1 && cut + n <= used),
+                    other => panic!("prefix of {cut} of {used} bytes gave {other:?}"),
+                }
+            }
+            let bytes = encode_proxy_header(version, &header);
+            assert_eq!(
+                decode_proxy_header(&bytes, max),
+                Ok(ProxyDecoded::Header(header, version, bytes.len())),
+                "re-encoded header does not decode to itself"
+            );
+        }
+        Err(_) => {}
     }
 }

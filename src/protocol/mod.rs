@@ -4,11 +4,16 @@
 //! length) followed by a JSON payload. This module only turns frames into bytes and bytes into
 //! frames: it does no I/O, reads no clock and keeps no state, so it can be tested on literal bytes
 //! and fuzzed. "Need more bytes" is a normal answer of the decoder, not an error.
+//!
+//! Beside the frames: the PROXY protocol header (`proxy`) a frontend may be sent and a backend
+//! may be written, and the CIDR networks (`cidr`) that say who may send one. Both as pure.
 
+pub mod cidr;
 mod codec;
 mod frame;
 #[doc(hidden)]
 pub mod harness;
+pub mod proxy;
 
 pub use codec::{decode, encode, encode_to_vec, DecodeError, Decoded, EncodeError};
 pub use frame::{

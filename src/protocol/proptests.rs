@@ -1,4 +1,5 @@
-//! Property tests: every frame round-trips, and no byte string makes the decoder panic.
+//! Property tests: every frame and every PROXY header round-trips, and no byte string makes
+//! either decoder panic.
 
 use proptest::prelude::*;
 
@@ -67,10 +68,13 @@ fn frame() -> impl Strategy<Value = Frame> {
                     connection_ids: ids,
                 })
             ),
-        (any::<u64>(), text()).prop_map(|(id, addr)| Frame::SessionStart(SessionStart {
-            session_id: id,
-            client_addr: addr
-        })),
+        (any::<u64>(), text(), proptest::option::of(text())).prop_map(|(id, addr, front)| {
+            Frame::SessionStart(SessionStart {
+                session_id: id,
+                client_addr: addr,
+                frontend_addr: front,
+            })
+        }),
         any::<u64>().prop_map(|seq| Frame::Ping(Ping { seq })),
         any::<u64>().prop_map(|seq| Frame::Pong(Pong { seq })),
         (text(), any::<i64>()).prop_map(|(c, w)| Frame::WeightUpdate(WeightUpdate {
@@ -140,5 +144,131 @@ proptest! {
         }
         data.extend_from_slice(&tail);
         harness::decode_round_trip(&data);
+    }
+}
+
+mod proxy_header {
+    use std::net::{IpAddr, SocketAddr};
+
+    use proptest::prelude::*;
+
+    use crate::protocol::harness;
+    use crate::protocol::proxy::*;
+
+    fn endpoints() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
+        prop_oneof![
+            (
+                any::<[u8; 4]>(),
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, d, sp, dp)| (
+                    SocketAddr::new(IpAddr::from(s), sp),
+                    SocketAddr::new(IpAddr::from(d), dp)
+                )),
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 16]>(),
+                any::<u16>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, d, sp, dp)| (
+                    SocketAddr::new(IpAddr::from(s), sp),
+                    SocketAddr::new(IpAddr::from(d), dp)
+                )),
+        ]
+    }
+
+    fn header() -> impl Strategy<Value = ProxyHeader> {
+        prop_oneof![
+            Just(ProxyHeader::Local),
+            endpoints().prop_map(|(source, destination)| ProxyHeader::Proxy {
+                source,
+                destination
+            }),
+        ]
+    }
+
+    fn version() -> impl Strategy<Value = ProxyVersion> {
+        prop_oneof![Just(ProxyVersion::V1), Just(ProxyVersion::V2)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn every_header_round_trips(
+            h in header(),
+            v in version(),
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut bytes = encode_proxy_header(v, &h);
+            let len = bytes.len();
+            prop_assert!(len <= V1_MAX_LEN);
+            bytes.extend_from_slice(&tail);
+            prop_assert_eq!(
+                decode_proxy_header(&bytes, DEFAULT_MAX_PROXY_HEADER_BYTES),
+                Ok(ProxyDecoded::Header(h, v, len))
+            );
+        }
+
+        #[test]
+        fn any_bytes_give_a_header_need_more_or_an_error(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            max in 0usize..4096,
+        ) {
+            match decode_proxy_header(&bytes, max) {
+                Ok(ProxyDecoded::NeedMore(n)) => prop_assert!(n >= 1),
+                Ok(ProxyDecoded::Header(_, _, used)) => prop_assert!(used <= bytes.len()),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        /// Signatures followed by random bytes reach the deeper paths of both versions.
+        #[test]
+        fn valid_starts_with_random_bodies_never_panic(
+            v2 in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut bytes = if v2 { V2_SIGNATURE.to_vec() } else { b"PROXY ".to_vec() };
+            bytes.extend_from_slice(&body);
+            let _ = decode_proxy_header(&bytes, DEFAULT_MAX_PROXY_HEADER_BYTES);
+        }
+
+        /// The `proxy_header` fuzz target's harness on random bytes ...
+        #[test]
+        fn fuzz_harness_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            harness::proxy_header_round_trip(&bytes);
+        }
+
+        /// ... and on valid headers with random bytes after them.
+        #[test]
+        fn fuzz_harness_on_valid_headers(
+            limit in any::<u8>(),
+            h in header(),
+            v in version(),
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut data = vec![limit];
+            data.extend(encode_proxy_header(v, &h));
+            data.extend_from_slice(&tail);
+            harness::proxy_header_round_trip(&data);
+        }
+
+        /// v2 headers with TLVs and random version/family bytes.
+        #[test]
+        fn fuzz_harness_on_v2_shapes(
+            ver_cmd in prop_oneof![Just(0x20u8), Just(0x21u8), any::<u8>()],
+            fam in prop_oneof![Just(0x11u8), Just(0x21u8), Just(0x00u8), any::<u8>()],
+            body in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let mut data = vec![255];
+            data.extend_from_slice(&V2_SIGNATURE);
+            data.extend_from_slice(&[ver_cmd, fam]);
+            data.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            data.extend_from_slice(&body);
+            harness::proxy_header_round_trip(&data);
+        }
     }
 }

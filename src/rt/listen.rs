@@ -5,11 +5,29 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::ClusterConfig;
+use crate::protocol::cidr::Cidr;
 
-/// Frontend listeners per worker: `sockets[worker]` holds `(cluster, listener)` pairs.
-pub type FrontendSockets = Vec<Vec<(Arc<str>, std::net::TcpListener)>>;
+/// Frontend listeners per worker: `sockets[worker]` holds that worker's sockets.
+pub type FrontendSockets = Vec<Vec<FrontendSocket>>;
+
+/// One worker's listener of one frontend.
+#[derive(Debug)]
+pub struct FrontendSocket {
+    pub cluster: Arc<str>,
+    pub listener: std::net::TcpListener,
+    /// Set when the frontend reads a PROXY header first (`accept_proxy_protocol`).
+    pub proxy: Option<Arc<ProxyAccept>>,
+}
+
+/// A frontend's PROXY protocol acceptance: who may send a header, and how long it may take.
+#[derive(Debug)]
+pub struct ProxyAccept {
+    pub trusted: Vec<Cidr>,
+    pub timeout: Duration,
+}
 
 /// Why a listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +55,12 @@ pub fn bind_frontends(
     for (fi, f) in cluster.frontends.iter().enumerate() {
         let field = format!("clusters[{index}].frontends[{fi}].address");
         let mut addr = parse_addr(&field, &f.address)?;
+        let proxy = f.accept_proxy_protocol.then(|| {
+            Arc::new(ProxyAccept {
+                trusted: crate::config::trusted_networks(f),
+                timeout: Duration::from_millis(f.proxy_protocol_timeout_ms),
+            })
+        });
         for sockets in per_worker.iter_mut() {
             let bind_err = |source| BindError::Bind {
                 what: format!("frontend of cluster {}", cluster.name),
@@ -45,7 +69,11 @@ pub fn bind_frontends(
             };
             let listener = super::bind_reuseport(addr).map_err(bind_err)?;
             addr = listener.local_addr().map_err(bind_err)?;
-            sockets.push((name.clone(), listener));
+            sockets.push(FrontendSocket {
+                cluster: name.clone(),
+                listener,
+                proxy: proxy.clone(),
+            });
         }
         addrs.push(addr);
     }

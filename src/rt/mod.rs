@@ -15,11 +15,13 @@ pub mod uring;
 pub mod uring_splice;
 
 pub use accept::{AcceptStop, Listener};
-pub use conn::Conn;
+pub use conn::{Conn, ReadyView};
 pub(crate) use io::shutdown_write;
 pub use io::write_all;
 pub(crate) use io::OwnedIo;
-pub use listen::{bind_frontends, parse_addr, BindError, FrontendSockets};
+pub use listen::{
+    bind_frontends, parse_addr, BindError, FrontendSocket, FrontendSockets, ProxyAccept,
+};
 pub use pipe::{Pipe, PipePool};
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, readable_bytes,

@@ -439,6 +439,34 @@ impl ServerAdmin {
             totals.sessions_over_limit_total,
         );
         e.family(
+            "ringtun_proxy_headers_accepted_total",
+            Kind::Counter,
+            "PROXY protocol headers read and taken on accept_proxy_protocol frontends (LOCAL ones included).",
+        )
+        .sample_u64(
+            "ringtun_proxy_headers_accepted_total",
+            &[],
+            totals.proxy_headers_accepted_total,
+        );
+        e.family(
+            "ringtun_proxy_headers_refused_total",
+            Kind::Counter,
+            "Connections to accept_proxy_protocol frontends closed before their session, by reason.",
+        );
+        for (reason, n) in [
+            ("untrusted", totals.proxy_headers_refused_untrusted_total),
+            ("malformed", totals.proxy_headers_refused_malformed_total),
+            ("oversized", totals.proxy_headers_refused_oversized_total),
+            ("timeout", totals.proxy_headers_refused_timeout_total),
+            ("closed", totals.proxy_headers_refused_closed_total),
+        ] {
+            e.sample_u64(
+                "ringtun_proxy_headers_refused_total",
+                &[("reason", reason)],
+                n,
+            );
+        }
+        e.family(
             "ringtun_snapshots_applied_total",
             Kind::Counter,
             "Snapshots (clusters, hosts, weights) applied by workers, summed over workers.",

@@ -86,8 +86,7 @@ impl ServerHandle {
             None => None,
         };
 
-        let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
-            (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: rt::FrontendSockets = (0..workers).map(|_| Vec::new()).collect();
         let mut frontends: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         for (ci, cluster) in config.clusters.iter().enumerate() {
             let (sockets, addrs) = bind_frontends(ci, cluster, workers)?;

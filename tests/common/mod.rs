@@ -65,6 +65,8 @@ pub struct ClusterSpec {
     pub pool_wait_ms: u64,
     /// `credential_policy` when `tokens` is not empty: `token` unless [`ServerBuilder::hmac`].
     pub hmac: bool,
+    /// `frontends[0]` fields set on top of `address` (which they may replace).
+    pub frontend: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Builder for a test server.
@@ -103,7 +105,14 @@ impl ServerBuilder {
             tokens: vec![],
             pool_wait_ms: 2000,
             hmac: false,
+            frontend: serde_json::Map::new(),
         });
+        self
+    }
+    /// Sets a field of the last cluster's frontend (`address`, `accept_proxy_protocol`, ...).
+    pub fn frontend_field(mut self, key: &str, value: serde_json::Value) -> Self {
+        let c = self.clusters.last_mut().unwrap();
+        c.frontend.insert(key.to_string(), value);
         self
     }
     pub fn lb(mut self, lb: &'static str) -> Self {
@@ -159,6 +168,10 @@ impl ServerBuilder {
             .clusters
             .iter()
             .map(|c| {
+                let mut frontend = serde_json::json!({"address": "127.0.0.1:0"});
+                for (k, v) in &c.frontend {
+                    frontend[k] = v.clone();
+                }
                 serde_json::json!({
                     "name": c.name,
                     "lb_type": c.lb_type,
@@ -168,7 +181,7 @@ impl ServerBuilder {
                         (false, true) => "hmac",
                     },
                     "credentials": c.tokens,
-                    "frontends": [{"address": "127.0.0.1:0"}],
+                    "frontends": [frontend],
                     "pool_wait_ms": c.pool_wait_ms,
                 })
             })
@@ -214,6 +227,8 @@ pub struct AgentBuilder {
     admin: bool,
     /// `tunnels[0]` fields set on top of the defaults (listers, grace, limits).
     extra: serde_json::Map<String, serde_json::Value>,
+    /// `listeners[0]` fields set on top of the defaults.
+    listener: serde_json::Map<String, serde_json::Value>,
 }
 
 pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> AgentBuilder {
@@ -230,6 +245,7 @@ pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> Agen
         reconnect_max_ms: 1000,
         admin: false,
         extra: serde_json::Map::new(),
+        listener: serde_json::Map::new(),
     }
 }
 
@@ -276,6 +292,12 @@ impl AgentBuilder {
         self
     }
 
+    /// Sets a `listeners[0]` field (e.g. `send_proxy_protocol`).
+    pub fn listener_field(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.listener.insert(key.to_string(), value);
+        self
+    }
+
     /// Discovers servers from a `file` lister instead of `server_list`.
     pub fn file_lister(self, path: &Path, refresh_ms: u64) -> Self {
         self.tunnel_field("server_list", serde_json::json!([])).tunnel_field(
@@ -301,12 +323,16 @@ impl AgentBuilder {
         for (k, v) in &self.extra {
             tunnel[k] = v.clone();
         }
+        let mut listener = serde_json::json!({"name": "backend", "backend": self.backend_addr.to_string(), "connect_timeout_ms": 1000});
+        for (k, v) in &self.listener {
+            listener[k] = v.clone();
+        }
         let mut json = serde_json::json!({
             "host_name": self.host_name,
             "weight": self.weight,
             "workers": 1,
             "io_backend": self.backend,
-            "listeners": [{"name": "backend", "backend": self.backend_addr.to_string(), "connect_timeout_ms": 1000}],
+            "listeners": [listener],
             "tunnels": [tunnel],
         });
         if self.admin {

@@ -1,8 +1,12 @@
 //! A data slot's connection: idle until a session start (answering heartbeats), then the
 //! session: connect the hosting listener's backend and pump; a legacy or TLS connection the same
-//! way through its channel.
+//! way through its channel. A listener with `send_proxy_protocol` writes the PROXY header
+//! (the session start's client and frontend addresses) to the backend before any session byte.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::*;
+use crate::protocol::proxy::{encode_proxy_header, ProxyHeader};
 
 pub(super) async fn serve_data(
     shared: &Shared,
@@ -41,8 +45,8 @@ pub(super) async fn serve_data(
     match waited {
         Ok((start, rest)) => {
             spec.peer.conn_down(connection_id);
-            let span =
-                tracing::debug_span!("session", id = start.session_id, client = %start.client_addr);
+            let span = tracing::debug_span!("session", id = start.session_id,
+                client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
             // Boxed: only a session pays for its pump's state, not every idle connection.
             Box::pin(run_session(
                 shared,
@@ -152,6 +156,14 @@ pub(super) async fn run_session(
         }
     };
     let _ = backend.set_nodelay(true);
+    let prefix = match listener.send_proxy_protocol.version() {
+        Some(version) => {
+            let mut header = encode_proxy_header(version, &proxy_header_of(&start));
+            header.extend_from_slice(&prefix);
+            header
+        }
+        None => prefix,
+    };
     let (data, tls) = data.into_parts();
     let adopted = Conn::from_tokio(shared.backend, data)
         .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));
@@ -184,5 +196,89 @@ pub(super) async fn run_session(
                 .fetch_add(m.b_to_a, Ordering::Relaxed);
         }
         Err(e) => debug!(session = start.session_id, error = %e, "session ended with error"),
+    }
+}
+
+/// What the PROXY header to the backend names: the frontend client and the address it connected
+/// to, IPv4-mapped IPv6 addresses (from a dual-stack frontend) as IPv4. A server that sends no
+/// `frontend_addr` (an older one) gives the unspecified address of the client's family, port 0;
+/// a client address that does not parse gives v1 UNKNOWN / v2 LOCAL.
+fn proxy_header_of(start: &SessionStart) -> ProxyHeader {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let Ok(source) = start.client_addr.parse::<SocketAddr>().map(canonical) else {
+        debug!(session = start.session_id, client = %start.client_addr,
+            "client address is not ip:port; PROXY header without addresses");
+        return ProxyHeader::Local;
+    };
+    let destination = start
+        .frontend_addr
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(canonical)
+        .unwrap_or_else(|| {
+            let ip = if source.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            };
+            SocketAddr::new(ip, 0)
+        });
+    ProxyHeader::Proxy {
+        source,
+        destination,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(client: &str, frontend: Option<&str>) -> SessionStart {
+        SessionStart {
+            session_id: 1,
+            client_addr: client.into(),
+            frontend_addr: frontend.map(str::to_string),
+        }
+    }
+
+    fn proxy(source: &str, destination: &str) -> ProxyHeader {
+        ProxyHeader::Proxy {
+            source: source.parse().unwrap(),
+            destination: destination.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_backend_header_names_client_and_frontend() {
+        assert_eq!(
+            proxy_header_of(&start("127.0.0.2:4000", Some("127.0.0.1:80"))),
+            proxy("127.0.0.2:4000", "127.0.0.1:80")
+        );
+        assert_eq!(
+            proxy_header_of(&start("[::1]:4000", Some("[::1]:80"))),
+            proxy("[::1]:4000", "[::1]:80")
+        );
+        // A dual-stack frontend's IPv4 clients are IPv4 to the backend.
+        assert_eq!(
+            proxy_header_of(&start(
+                "[::ffff:10.0.0.9]:4000",
+                Some("[::ffff:10.0.0.1]:80")
+            )),
+            proxy("10.0.0.9:4000", "10.0.0.1:80")
+        );
+        // An older server sends no frontend address.
+        assert_eq!(
+            proxy_header_of(&start("10.0.0.9:4000", None)),
+            proxy("10.0.0.9:4000", "0.0.0.0:0")
+        );
+        assert_eq!(
+            proxy_header_of(&start("[2001:db8::1]:4000", Some("not an address"))),
+            proxy("[2001:db8::1]:4000", "[::]:0")
+        );
+        assert_eq!(proxy_header_of(&start("", None)), ProxyHeader::Local);
+        assert_eq!(
+            proxy_header_of(&start("edge.example:80", None)),
+            ProxyHeader::Local
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Frontend accept loops: one per frontend listener, on the worker's backend, each accepted
-//! client served in its own task inside a session span. Stopped for a drain or a reload through
-//! `rt::AcceptStop`, which knows how each backend's accept is ended safely.
+//! client served in its own task inside a session span (after its PROXY header, on a frontend
+//! that accepts one: `proxy`). Stopped for a drain or a reload through `rt::AcceptStop`, which
+//! knows how each backend's accept is ended safely.
 
 use std::cell::Cell;
 use std::io;
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 use tracing::{warn, Instrument};
 
+use super::proxy::Client;
 use super::Worker;
 use crate::plane::counters::bump;
-use crate::rt::{AcceptStop, Conn, Listener};
+use crate::rt::{AcceptStop, Conn, FrontendSocket, Listener, ProxyAccept};
 
 /// A running accept loop of one frontend listener.
 pub(super) struct AcceptLoop {
@@ -35,16 +37,22 @@ impl Worker {
     /// Starts an accept loop per listener.
     pub(super) fn start_accepting(
         self: &Rc<Self>,
-        listeners: Vec<(Arc<str>, std::net::TcpListener)>,
+        listeners: Vec<FrontendSocket>,
         into: &mut Vec<AcceptLoop>,
     ) {
-        for (cluster, listener) in listeners {
+        for FrontendSocket {
+            cluster,
+            listener,
+            proxy,
+        } in listeners
+        {
             match Listener::from_std(self.backend, listener) {
                 Ok((listener, stop)) => {
                     let stopped = Rc::new(Cell::new(false));
                     let task = tokio::task::spawn_local(self.clone().accept_loop(
                         cluster.clone(),
                         listener,
+                        proxy,
                         stopped.clone(),
                     ));
                     into.push(AcceptLoop {
@@ -67,6 +75,7 @@ impl Worker {
         self: Rc<Self>,
         cluster: Arc<str>,
         listener: Listener,
+        proxy: Option<Arc<ProxyAccept>>,
         stopped: Rc<Cell<bool>>,
     ) {
         loop {
@@ -74,7 +83,18 @@ impl Worker {
                 return;
             }
             match listener.accept().await {
-                Ok((frontend, client)) => self.accepted(&cluster, frontend, client),
+                Ok((frontend, client)) => match &proxy {
+                    None => self.accepted(&cluster, frontend, client),
+                    Some(policy) => {
+                        bump(&self.counters.frontends_accepted_total);
+                        tokio::task::spawn_local(self.clone().serve_proxied(
+                            cluster.clone(),
+                            frontend,
+                            client,
+                            policy.clone(),
+                        ));
+                    }
+                },
                 Err(e) => {
                     if stopped.get() || !self.accepting.get() {
                         return;
@@ -91,7 +111,7 @@ impl Worker {
         let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
         tokio::task::spawn_local(
             self.clone()
-                .serve_frontend(cluster.clone(), frontend, client)
+                .serve_frontend(cluster.clone(), frontend, Client::direct(client))
                 .instrument(span),
         );
     }

@@ -4,7 +4,8 @@
 //! channel from the control path and the event channel back to it (`crate::plane`). The parts:
 //! `pool` (idle connections per host, leasing order, donation, heartbeat sweep), `lease`
 //! (waiting for a connection, asking the control path for more, `max_sessions`), `accept`
-//! (frontend accept loops), `session` (one frontend's session from lease to close).
+//! (frontend accept loops), `proxy` (a frontend's PROXY header, read before its session),
+//! `session` (one frontend's session from lease to close).
 //!
 //! Never hold a `RefCell` borrow of the worker's state across an `.await`; never drop an io_uring
 //! operation in flight (end it by shutting its socket down); never block on a peer.
@@ -12,6 +13,7 @@
 mod accept;
 mod lease;
 mod pool;
+mod proxy;
 mod session;
 
 use std::cell::{Cell, RefCell};
@@ -38,7 +40,7 @@ pub struct WorkerSetup {
     pub index: usize,
     pub backend: Backend,
     /// Its own SO_REUSEPORT listener per cluster frontend.
-    pub frontends: Vec<(Arc<str>, std::net::TcpListener)>,
+    pub frontends: Vec<crate::rt::FrontendSocket>,
     pub snapshot: Arc<Snapshot>,
     pub rx: mpsc::UnboundedReceiver<WorkerMsg>,
     pub events: mpsc::UnboundedSender<WorkerEvent>,

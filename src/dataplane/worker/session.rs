@@ -1,9 +1,9 @@
 //! One frontend's session: a `max_sessions` slot, a leased data connection, the session start
 //! frame (pongs still due are stripped first), the pump (plaintext or TLS), and the accounting
 //! when it ends. A legacy (MOSN) connection gets no start frame: the raw bytes begin at once.
+//! The session's client is the frontend's peer, or what its PROXY header named (`proxy`).
 
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
+use super::proxy::Client;
 use super::Worker;
 use crate::dataplane::idle::IdleConn;
 use crate::dataplane::pump::{pump_conns, pump_tls, Moved};
@@ -24,22 +25,22 @@ impl Worker {
         self: Rc<Self>,
         cluster: Arc<str>,
         frontend: Conn,
-        client: SocketAddr,
+        mut client: Client,
     ) {
         let setup = SessionSetup::start(self.cluster_stats(&cluster));
         let stats = &*setup.stats;
         bump(&stats.frontends_accepted_total);
         let Some(_slot) = self.session_slot(&cluster) else {
             bump(&self.counters.sessions_over_limit_total);
-            crate::log_limited!(warn!(worker = self.index, %cluster, %client,
+            crate::log_limited!(warn!(worker = self.index, %cluster, client = %client.addr,
                 "frontend refused: the cluster is at max_sessions"));
             frontend.shutdown();
             return;
         };
-        let Some(conn) = self.lease(&cluster, client).await else {
+        let Some(conn) = self.lease(&cluster, client.addr).await else {
             bump(&self.counters.pool_exhausted_total);
             bump(&stats.pool_exhausted_total);
-            debug!(worker = self.index, %cluster, %client, "no idle data connection within pool_wait_ms; closing frontend");
+            debug!(worker = self.index, %cluster, client = %client.addr, "no idle data connection within pool_wait_ms; closing frontend");
             frontend.shutdown();
             return;
         };
@@ -53,7 +54,7 @@ impl Worker {
         self.next_session.set(self.next_session.get() + 1);
         tracing::Span::current().record("id", session_id);
         let result = self
-            .run_session(conn, &frontend, client, session_id, &setup)
+            .run_session(conn, &frontend, &mut client, session_id, &setup)
             .await;
         match result {
             Ok(moved) => {
@@ -71,7 +72,7 @@ impl Worker {
             Err(e) => {
                 bump(&self.counters.session_errors_total);
                 bump(&stats.session_errors_total);
-                debug!(session = session_id, %cluster, %client, error = %e, "session ended with error");
+                debug!(session = session_id, %cluster, client = %client.addr, error = %e, "session ended with error");
             }
         }
         bump(&self.counters.sessions_ended_total);
@@ -87,7 +88,7 @@ impl Worker {
         &self,
         conn: IdleConn,
         frontend: &Conn,
-        client: SocketAddr,
+        client: &mut Client,
         session_id: u64,
         setup: &SessionSetup,
     ) -> io::Result<Moved> {
@@ -106,11 +107,7 @@ impl Worker {
             setup.started();
             (Conn::from_std(self.backend, stream)?, pending)
         } else {
-            let start = Frame::SessionStart(SessionStart {
-                session_id,
-                client_addr: client.to_string(),
-            });
-            let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+            let frame = session_start(session_id, client, frontend)?;
             let adopted = self
                 .start_session(stream, &frame, pending, outstanding_pings)
                 .await?;
@@ -121,7 +118,7 @@ impl Worker {
             frontend,
             &data,
             prefix_to_frontend,
-            Vec::new(),
+            client.take_early(),
             &self.buffers,
         )
         .await;
@@ -134,7 +131,7 @@ impl Worker {
         &self,
         conn: IdleConn,
         frontend: &Conn,
-        client: SocketAddr,
+        client: &mut Client,
         session_id: u64,
         setup: &SessionSetup,
     ) -> io::Result<Moved> {
@@ -147,11 +144,7 @@ impl Worker {
             ..
         } = conn;
         let tls = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
-        let start = Frame::SessionStart(SessionStart {
-            session_id,
-            client_addr: client.to_string(),
-        });
-        let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+        let frame = session_start(session_id, client, frontend)?;
         let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, Some(tls));
         let rest = if legacy {
             pending
@@ -164,7 +157,15 @@ impl Worker {
         let (stream, tls) = channel.into_parts();
         let data = Conn::from_tokio(self.backend, stream)?;
         let session = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
-        let moved = pump_tls(&data, frontend, session, rest, Vec::new(), &self.buffers).await;
+        let moved = pump_tls(
+            &data,
+            frontend,
+            session,
+            rest,
+            client.take_early(),
+            &self.buffers,
+        )
+        .await;
         // (to the frontend, to the agent) → (a = frontend, b = data).
         moved.map(|m| Moved {
             a_to_b: m.b_to_a,
@@ -243,7 +244,18 @@ impl Worker {
     }
 }
 
-#[cfg(test)]
+/// The session start frame: the client, and where it connected to (what its PROXY header
+/// named, else the frontend socket's own address).
+fn session_start(session_id: u64, client: &Client, frontend: &Conn) -> io::Result<Vec<u8>> {
+    let to = client.frontend().or_else(|| frontend.local_addr().ok());
+    let start = Frame::SessionStart(SessionStart {
+        session_id,
+        client_addr: client.addr.to_string(),
+        frontend_addr: to.map(|a| a.to_string()),
+    });
+    protocol::encode_to_vec(&start).map_err(io::Error::other)
+}
+
 #[cfg(test)]
 mod future_sizes {
     //! What an idle session costs in memory is mostly its task's future: these bounds keep a
@@ -258,7 +270,7 @@ mod future_sizes {
 
     #[test]
     fn a_server_session_task_stays_small() {
-        let session = future_bytes(|(w, c, f, a): (Rc<Worker>, Arc<str>, Conn, SocketAddr)| {
+        let session = future_bytes(|(w, c, f, a): (Rc<Worker>, Arc<str>, Conn, Client)| {
             w.serve_frontend(c, f, a)
         });
         assert!(session <= 2048, "serve_frontend future is {session} bytes");
