@@ -112,6 +112,10 @@ pub async fn run(setup: ControlSetup) {
         tls,
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Created once: a timer re-created each iteration would be starved by any event arriving
+    // more often than it fires, and the drain would never end.
+    let mut drain_poll = tokio::time::interval(Duration::from_millis(DRAIN_POLL_MS));
+    drain_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
@@ -162,7 +166,7 @@ pub async fn run(setup: ControlSetup) {
                 }
                 Some(ControlCmd::Shutdown) | None => break,
             },
-            _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)), if drain_deadline.is_some() => {
+            _ = drain_poll.tick(), if drain_deadline.is_some() => {
                 let active = crate::plane::counters::CounterTotals::sum(counters.iter().map(|c| &**c)).active_sessions;
                 if active == 0 {
                     info!("drain complete: every session finished");
