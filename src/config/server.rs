@@ -71,6 +71,11 @@ pub struct TunnelListenerConfig {
     /// `overloaded`). Default 4096; 1 to 1000000.
     #[serde(default = "default_max_concurrent_handshakes")]
     pub max_concurrent_handshakes: usize,
+    /// Accepted `hmac` credentials remembered (each until its timestamp is out of the clock
+    /// skew, at most about 10 minutes) to refuse replays; when full, new `hmac` handshakes are
+    /// refused with status 0 rather than forgetting a live one. Default 1048576; 1 to 16777216.
+    #[serde(default = "default_hmac_replay_cache_entries")]
+    pub hmac_replay_cache_entries: usize,
     /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
@@ -210,6 +215,9 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_max_concurrent_handshakes() -> usize {
     defaults::MAX_CONCURRENT_HANDSHAKES
 }
+fn default_hmac_replay_cache_entries() -> usize {
+    defaults::HMAC_REPLAY_CACHE_ENTRIES
+}
 fn default_max_data_connections_per_agent() -> u32 {
     defaults::MAX_DATA_CONNECTIONS_PER_AGENT
 }
@@ -297,6 +305,12 @@ impl ServerConfig {
             return err(
                 "tunnel_listener.max_concurrent_handshakes".into(),
                 format!("{} is outside 1..=1000000", tl.max_concurrent_handshakes),
+            );
+        }
+        if !(1..=16_777_216).contains(&tl.hmac_replay_cache_entries) {
+            return err(
+                "tunnel_listener.hmac_replay_cache_entries".into(),
+                format!("{} is outside 1..=16777216", tl.hmac_replay_cache_entries),
             );
         }
         if !(100..=600_000).contains(&tl.handshake_timeout_ms) {

@@ -99,6 +99,7 @@ pub async fn run(setup: ControlSetup) {
         }
     };
     let handshake_slots = config.tunnel_listener.max_concurrent_handshakes;
+    let replay_entries = config.tunnel_listener.hmac_replay_cache_entries;
     let ctl = Rc::new(Control {
         config,
         registry: RefCell::new(registry),
@@ -108,7 +109,7 @@ pub async fn run(setup: ControlSetup) {
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
         wanted: RefCell::new(HashMap::new()),
-        replay: RefCell::default(),
+        replay: RefCell::new(super::replay::ReplayCache::new(replay_entries)),
         tls,
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
