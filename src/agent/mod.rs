@@ -361,6 +361,6 @@ async fn resolve(
         }
     };
     for addr in addrs {
-        shared.start_peer(Peer::new(tunnel, addr, false));
+        shared.start_peer(Peer::new(tunnel, addr, name.clone(), false));
     }
 }

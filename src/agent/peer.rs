@@ -31,6 +31,10 @@ pub enum AsideCmd {
 pub struct Peer {
     pub tunnel: usize,
     pub addr: SocketAddr,
+    /// The configured `host:port` that `addr` was resolved from (a `server_list` entry, a
+    /// `dns_name` or a file lister's entry): TLS verifies the server against its host when
+    /// `tls_context.server_name` is unset.
+    pub name: String,
     /// Found by a dynamic lister (removed when the lister stops listing it).
     pub dynamic: bool,
     state: watch::Sender<PeerState>,
@@ -45,11 +49,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(tunnel: usize, addr: SocketAddr, dynamic: bool) -> Arc<Self> {
+    pub fn new(tunnel: usize, addr: SocketAddr, name: String, dynamic: bool) -> Arc<Self> {
         let (aside_tx, aside_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             tunnel,
             addr,
+            name,
             dynamic,
             state: watch::channel(PeerState::Running).0,
             conn_ids: Mutex::new(BTreeSet::new()),
@@ -161,7 +166,12 @@ mod tests {
 
     #[test]
     fn stopping_sends_one_graceful_close_with_every_live_id() {
-        let p = Peer::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let p = Peer::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1".into(),
+            false,
+        );
         let mut rx = p.take_aside_commands().unwrap();
         p.conn_up(Some(3));
         p.conn_up(Some(5));
@@ -177,7 +187,12 @@ mod tests {
 
     #[test]
     fn finished_when_the_last_data_slot_ends() {
-        let p = Peer::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let p = Peer::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1".into(),
+            false,
+        );
         let a = SlotGuard::new(p.clone(), false);
         let b = SlotGuard::new(p.clone(), true);
         assert_eq!(p.extra_slots.load(Ordering::Relaxed), 1);

@@ -170,7 +170,8 @@ pub struct AgentTlsConfig {
     #[serde(default)]
     pub ca_file: Option<String>,
     /// Name to verify the server certificate against (SNI). Default: none (the host of the
-    /// server address).
+    /// configured server address — `server_list` entry, `dns_name` or file entry — not the
+    /// address it resolves to).
     #[serde(default)]
     pub server_name: Option<String>,
     /// PEM file of the agent's client certificate chain (path). Default: none (no client

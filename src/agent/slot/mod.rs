@@ -101,6 +101,7 @@ pub async fn run(
             role: spec.role,
             max_connection_num: tunnel.max_connections(),
             tls: shared.tls.get(peer.tunnel).and_then(Option::as_ref),
+            server_name: &peer.name,
         };
         let dialed = tokio::select! {
             // Boxed, like each phase below: the slot's own future stays small while it idles.
