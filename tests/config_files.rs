@@ -223,6 +223,8 @@ fn full_server() -> ServerConfig {
         },
         admin: Some(AdminConfig {
             address: "127.0.0.1:9901".into(),
+            token: Some(Secret::new("admin-token")),
+            token_file: Some("admin.token".into()),
         }),
         clusters: vec![ClusterConfig {
             name: "edge-web".into(),
@@ -253,6 +255,8 @@ fn full_agent() -> AgentConfig {
         splice_pipe_bytes: 1_048_576,
         admin: Some(AdminConfig {
             address: "127.0.0.1:9902".into(),
+            token: Some(Secret::new("admin-token")),
+            token_file: Some("admin.token".into()),
         }),
         listeners: vec![HostingListenerConfig {
             name: "web".into(),

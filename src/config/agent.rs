@@ -242,6 +242,9 @@ impl AgentConfig {
         }
         config.validate(path)?;
         config.resolve_credentials(path)?;
+        if let Some(admin) = &mut config.admin {
+            admin.resolve(path)?;
+        }
         Ok(config)
     }
 
@@ -282,6 +285,7 @@ impl AgentConfig {
             );
         }
         if let Some(admin) = &self.admin {
+            admin.validate(path)?;
             super::server::socket_addr(path, "admin.address", &admin.address)?;
         }
         let mut names = HashSet::new();

@@ -253,6 +253,9 @@ impl ServerConfig {
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let mut config: Self = parse(path, text)?;
         config.validate(path)?;
+        if let Some(admin) = &mut config.admin {
+            admin.resolve(path)?;
+        }
         if let Some(tls) = &mut config.tunnel_listener.tls_context {
             resolve_path(path, &mut tls.cert_chain_file);
             resolve_path(path, &mut tls.private_key_file);
@@ -340,6 +343,7 @@ impl ServerConfig {
             }
         }
         if let Some(admin) = &self.admin {
+            admin.validate(path)?;
             let addr = socket_addr(path, "admin.address", &admin.address)?;
             check_overlap(path, &mut bound, "admin.address".into(), addr)?;
         }
