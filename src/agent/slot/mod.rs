@@ -21,7 +21,7 @@ mod data;
 
 use super::backoff::Backoff;
 use super::dial::{dial, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
-use super::peer::{AsideCmd, Peer, SlotGuard};
+use super::peer::{AsideCmd, AsideCommands, Peer, SlotGuard};
 use super::Shared;
 use crate::dataplane::pump::{pump_conns, pump_tls, Pools};
 use crate::protocol::{

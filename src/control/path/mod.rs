@@ -57,7 +57,28 @@ pub struct ControlSetup {
 }
 
 /// An aside connection's id and the queue of frames its task writes.
-pub(super) type AsideWriter = (ConnId, mpsc::UnboundedSender<Frame>);
+pub(super) type AsideWriter = (ConnId, mpsc::Sender<Frame>);
+
+/// Frames queued at most for one aside connection. A full queue means the agent stopped
+/// reading: further frames are dropped (counted in the log) and the connection closes at its
+/// write timeout.
+const ASIDE_QUEUE_FRAMES: usize = 64;
+
+/// Queues `frame` for an aside connection without waiting; false when its queue is full or
+/// its task is gone.
+pub(super) fn offer(tx: &mpsc::Sender<Frame>, frame: Frame) -> bool {
+    match tx.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            crate::log_limited!(warn!(
+                frame = frame.flag().name(),
+                "aside connection's queue is full (the agent is not reading); frame dropped"
+            ));
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
 
 struct Control {
     config: ServerConfig,
@@ -190,7 +211,7 @@ impl Control {
     pub(super) fn broadcast(&self, frame: &Frame) {
         for conns in self.asides.borrow().values() {
             for (_, tx) in conns {
-                let _ = tx.send(frame.clone());
+                offer(tx, frame.clone());
             }
         }
     }
