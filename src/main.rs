@@ -54,6 +54,8 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         sessions: usize,
     },
+    /// Say whether the io_uring backend can be used here (exit 0) or why not (exit 1).
+    UringProbe,
     /// Run a TCP echo backend.
     Echo {
         #[arg(long)]
@@ -168,6 +170,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Demo { once, sessions } => demo(once, sessions),
+        Command::UringProbe => match ringtun::rt::uring::probe() {
+            Ok(()) => {
+                println!("io_uring: available");
+                Ok(())
+            }
+            Err(why) => anyhow::bail!("io_uring: unavailable: {why}"),
+        },
         Command::Bench(args) => Ok(ringtun::bench::run_cli(&args)?),
     }
 }

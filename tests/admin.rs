@@ -259,15 +259,29 @@ both_backends!(health_readiness_and_bad_requests, |backend| {
         "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
         "a".repeat(70_000)
     );
-    assert_eq!(http_raw(admin, &huge).0, 413);
+    assert_eq!(http_raw(admin, &huge).0, 431);
+    let many = format!("GET /metrics HTTP/1.1{}\r\n\r\n", "\r\nX: y".repeat(100));
+    assert_eq!(http_raw(admin, &many).0, 431);
+    // A length that overflowed an addition (and panicked the handler) is answered 413, as is
+    // every length over the limit, even one too long for 64 bits.
+    for length in [
+        "99999999",
+        "18446744073709551615",
+        "18446744073709551614",
+        "99999999999999999999999999",
+    ] {
+        let request = format!("POST /reload HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
+        assert_eq!(http_raw(admin, &request).0, 413, "{length}");
+    }
     assert_eq!(
         http_raw(
             admin,
-            "POST /healthz HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"
+            "POST /reload HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
         )
         .0,
-        413
+        400
     );
+    assert_eq!(http(admin, "GET", "/healthz").0, 200, "still serving");
 
     // The agent is ready once its tunnel has a data connection up.
     let agent = agent(backend, server.tunnel_addr(), echo.addr)
@@ -342,3 +356,88 @@ fn no_admin_unless_configured() {
     assert_eq!(server.admin_addr(), None);
     server.shutdown();
 }
+
+/// One request with `Authorization: <auth>` (when given); returns status, head and body.
+fn http_auth(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+) -> (u16, String, String) {
+    let header = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    http_raw(
+        addr,
+        &format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{header}\r\n"),
+    )
+}
+
+both_backends!(admin_token_is_required_except_on_probes, |backend| {
+    const ADMIN_TOKEN: &str = "admin-t0ken-do-not-log";
+    let echo = echo_backend();
+    // Server: the token inline.
+    let mut config = server(backend).cluster("c").admin().config();
+    config.admin.as_mut().unwrap().token = Some(ringtun::secret::Secret::new(ADMIN_TOKEN));
+    let server = ringtun::server::ServerHandle::start(config).unwrap();
+    let admin = server.admin_addr().unwrap();
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    for path in ["/healthz", "/ready"] {
+        assert_eq!(http_auth(admin, "GET", path, None).0, 200, "{path}");
+    }
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("GET", "/clusters"),
+        ("HEAD", "/metrics"),
+        ("POST", "/reload"),
+        ("POST", "/hosts/drain"),
+        ("GET", "/nope"),
+    ] {
+        let (status, head, body) = http_auth(admin, method, path, None);
+        assert_eq!(status, 401, "{method} {path}");
+        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+        assert!(!body.contains(ADMIN_TOKEN));
+        for wrong in [
+            "Bearer wrong",
+            "Bearer admin-t0ken-do-not-lo",
+            ADMIN_TOKEN,
+            "Basic YWRtaW4=",
+        ] {
+            assert_eq!(
+                http_auth(admin, method, path, Some(wrong)).0,
+                401,
+                "{method} {path} {wrong}"
+            );
+        }
+    }
+    assert_eq!(http_auth(admin, "GET", "/metrics", Some(&bearer)).0, 200);
+    assert_eq!(http_auth(admin, "GET", "/clusters", Some(&bearer)).0, 200);
+    assert_eq!(http_auth(admin, "GET", "/nope", Some(&bearer)).0, 404);
+
+    // Agent: the token from a file (trimmed), relative to the config file.
+    let dir = std::env::temp_dir().join(format!(
+        "ringtun-admin-token-{}-{backend:?}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let mut json = agent(backend, server.tunnel_addr(), echo.addr)
+        .admin()
+        .json();
+    json["admin"]["token_file"] = "admin.token".into();
+    let config =
+        ringtun::config::AgentConfig::from_str(&dir.join("agent.json"), &json.to_string()).unwrap();
+    let agent = ringtun::agent::AgentHandle::start(config).unwrap();
+    let agent_admin = agent.admin_addr().unwrap();
+    assert_eq!(http_auth(agent_admin, "GET", "/healthz", None).0, 200);
+    assert_eq!(http_auth(agent_admin, "GET", "/metrics", None).0, 401);
+    assert_eq!(
+        http_auth(agent_admin, "POST", "/weight", Some("Bearer nope")).0,
+        401
+    );
+    assert_eq!(
+        http_auth(agent_admin, "GET", "/metrics", Some(&bearer)).0,
+        200
+    );
+    agent.shutdown();
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+});

@@ -1,5 +1,6 @@
 //! io_uring made unavailable to the process (a seccomp filter answering EPERM to io_uring_setup,
-//! as Docker's default profile does): `auto` serves on epoll, `uring` refuses to start.
+//! as Docker's default profile does): `auto` serves on epoll, `uring` refuses to start, and a
+//! test's io_uring run skips with its marker line, or fails under `RINGTUN_REQUIRE_URING=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -26,6 +27,12 @@ fn server_without_io_uring(config: &std::path::Path) -> Command {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    forbid_io_uring(&mut cmd);
+    cmd
+}
+
+/// Makes io_uring_setup fail with EPERM in the child `cmd` starts.
+fn forbid_io_uring(cmd: &mut Command) {
     // SAFETY: runs in the forked child before exec; only async-signal-safe calls (prctl).
     unsafe {
         cmd.pre_exec(|| {
@@ -76,7 +83,6 @@ fn server_without_io_uring(config: &std::path::Path) -> Command {
             Ok(())
         });
     }
-    cmd
 }
 
 fn write_config(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
@@ -162,4 +168,50 @@ fn auto_falls_back_to_epoll_and_uring_refuses_without_io_uring() {
     let _ = child.wait();
     let _ = drain.join();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Does nothing: the io_uring run the next test starts without io_uring.
+both_backends!(skip_target, |_backend| {});
+
+#[test]
+fn an_io_uring_run_without_io_uring_skips_with_its_marker_or_fails_when_required() {
+    let run = |require: bool| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["skip_target::uring", "--exact"])
+            .env_remove("RINGTUN_REQUIRE_URING")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if require {
+            cmd.env("RINGTUN_REQUIRE_URING", "1");
+        }
+        forbid_io_uring(&mut cmd);
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (passed, text) = run(false);
+    assert!(passed, "{text}");
+    let markers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("RINGTUN-SKIP io_uring:"))
+        .collect();
+    assert_eq!(markers.len(), 1, "one marker line, uncaptured:\n{text}");
+    assert!(
+        markers[0].contains("skip_target::uring: io_uring_setup is not permitted"),
+        "{text}"
+    );
+    let (passed, text) = run(true);
+    assert!(
+        !passed,
+        "RINGTUN_REQUIRE_URING=1 and still skipped:\n{text}"
+    );
+    assert!(
+        text.contains("RINGTUN_REQUIRE_URING=1 but io_uring is unavailable"),
+        "{text}"
+    );
+    assert!(!text.contains("RINGTUN-SKIP io_uring:"), "{text}");
 }

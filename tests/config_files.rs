@@ -233,6 +233,7 @@ fn full_server() -> ServerConfig {
             handshake_timeout_ms: 5_000,
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
+            hmac_replay_cache_entries: 1_048_576,
             tls_context: Some(ServerTlsConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),
@@ -242,6 +243,8 @@ fn full_server() -> ServerConfig {
         },
         admin: Some(AdminConfig {
             address: "127.0.0.1:9901".into(),
+            token: Some(Secret::new("admin-token")),
+            token_file: Some("admin.token".into()),
         }),
         clusters: vec![ClusterConfig {
             name: "edge-web".into(),
@@ -275,6 +278,8 @@ fn full_agent() -> AgentConfig {
         splice_pipe_bytes: 1_048_576,
         admin: Some(AdminConfig {
             address: "127.0.0.1:9902".into(),
+            token: Some(Secret::new("admin-token")),
+            token_file: Some("admin.token".into()),
         }),
         listeners: vec![HostingListenerConfig {
             name: "web".into(),

@@ -275,6 +275,52 @@ both_backends!(
 );
 
 both_backends!(
+    server_drain_ends_at_its_deadline_while_events_keep_arriving,
+    |backend| {
+        const GRACE_MS: u64 = 500;
+        let echo = echo_backend();
+        let server = server(backend).cluster("c").run();
+        let agent = agent(backend, server.tunnel_addr(), echo.addr).run();
+        wait_registered(&server, "c", 1, 4);
+        // A session that outlives the grace time, so only the deadline can end the drain.
+        let mut in_flight = TcpStream::connect(server.frontend_addr("c").unwrap()).unwrap();
+        in_flight
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        in_flight.write_all(b"before").unwrap();
+        let mut buf = [0u8; 6];
+        in_flight.read_exact(&mut buf).unwrap();
+        // Control-path events every 2 ms (as admin scrapes or ending sessions would be), until
+        // the control path is gone or 10 s passed.
+        let commands = server.commands();
+        let events = std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                let (reply, _rx) = std::sync::mpsc::channel();
+                let cmd = ringtun::control::api::ControlCmd::Hosts {
+                    cluster: "c".into(),
+                    reply,
+                };
+                if commands.send(cmd).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let t = Instant::now();
+        server.drain(GRACE_MS);
+        let took = t.elapsed();
+        events.join().unwrap();
+        assert!(
+            took < Duration::from_millis(GRACE_MS + 1000),
+            "a {GRACE_MS} ms drain took {took:?} while events kept arriving"
+        );
+        drop(in_flight);
+        drop(agent);
+    }
+);
+
+both_backends!(
     waiting_frontends_make_the_agent_open_more_connections,
     |backend| {
         let echo = echo_backend();

@@ -137,6 +137,32 @@ both_backends!(hmac_right_wrong_missing_replayed_and_skewed, |backend| {
     assert_eq!(handshake_status(tunnel, &init_frame("c", "s1", true)), 3);
 });
 
+both_backends!(
+    full_hmac_replay_cache_refuses_new_credentials_not_old_replays,
+    |backend| {
+        let mut config = server(backend).cluster("c").token("s1").hmac().config();
+        config.tunnel_listener.hmac_replay_cache_entries = 2;
+        let server = ringtun::server::ServerHandle::start(config).unwrap();
+        let tunnel = server.tunnel_addr();
+        let now = ringtun::credential::unix_now_secs();
+        let (a, b) = (hmac_init_frame("s1", now, 1), hmac_init_frame("s1", now, 2));
+        assert_eq!(handshake_status(tunnel, &a), 1);
+        assert_eq!(handshake_status(tunnel, &b), 1);
+        // Full of live credentials: a new one is refused with status 0 and counted ...
+        for nonce in 3..20 {
+            assert_eq!(
+                handshake_status(tunnel, &hmac_init_frame("s1", now, nonce)),
+                0
+            );
+        }
+        let full = ringtun::control::stats::HandshakeOutcome::ReplayCacheFull;
+        assert_eq!(server.control_stats().handshakes(full), 17);
+        // ... and the accepted ones stay replays.
+        assert_eq!(handshake_status(tunnel, &a), 2, "replayed");
+        assert_eq!(handshake_status(tunnel, &b), 2, "replayed");
+    }
+);
+
 /// A server that refuses every init with `status`, recording when each data-slot attempt came.
 fn refusing_server(status: i64) -> (SocketAddr, std::sync::mpsc::Receiver<Instant>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -208,3 +208,78 @@ both_backends!(
         assert_eq!(&buf[..5], b"hello");
     }
 );
+
+both_backends!(
+    agent_leaves_a_server_that_stops_reading_its_aside,
+    |backend| {
+        // A server that answers every init (200 ms heartbeats), then floods the aside connection
+        // with pings and never reads it: the agent's pongs fill the socket and block its write.
+        const HEARTBEAT_MS: u64 = 200;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Accepted connections receive little (inherited), so the agent's pongs back up soon.
+        socket2::SockRef::from(&listener)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (asides_tx, asides) = std::sync::mpsc::channel::<Instant>();
+        std::thread::spawn(move || {
+            for (n, s) in listener.incoming().enumerate() {
+                let Ok(mut s) = s else { continue };
+                let asides_tx = asides_tx.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    let init = loop {
+                        match protocol::decode(&buf, 65535) {
+                            Ok(Decoded::Frame(Frame::Init(i), _)) => break i,
+                            Ok(Decoded::NeedMore(_)) => {}
+                            _ => return,
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let ok = ConnectionInitResponse {
+                        status: Status::SUCCESS,
+                        connection_id: Some(n as u64 + 1),
+                        heartbeat_interval_ms: Some(HEARTBEAT_MS),
+                    };
+                    let mut out = protocol::encode_to_vec(&Frame::InitResponse(ok)).unwrap();
+                    if init.ringtun().map(|r| r.role) != Some(protocol::Role::Aside) {
+                        let _ = s.write_all(&out);
+                        while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
+                        return;
+                    }
+                    let _ = asides_tx.send(Instant::now());
+                    // More pongs (about 5 MiB) than the agent's largest send buffer (4 MiB,
+                    // tcp_wmem) and our receive buffer hold.
+                    for seq in 1..=250_000u64 {
+                        protocol::encode(&Frame::Ping(protocol::Ping { seq }), &mut out).unwrap();
+                    }
+                    // Blocks once the agent stops reading; fails once it closes.
+                    let _ = s.write_all(&out);
+                    // Keep the socket (and its unread pongs) open: only the agent may end it.
+                    loop {
+                        std::thread::park();
+                    }
+                });
+            }
+        });
+        let agent = agent(backend, addr, closed_port()).connection_num(1).run();
+        let first = asides
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no aside connection");
+        // The agent gives up its blocked write at its silence deadline (4 heartbeats) and
+        // re-dials: a second aside connection arrives.
+        let second = asides
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the agent stayed blocked writing to a server that stopped reading");
+        let took = second - first;
+        assert!(
+            took >= Duration::from_millis(4 * HEARTBEAT_MS),
+            "re-dialled after {took:?}"
+        );
+        drop(agent);
+    }
+);

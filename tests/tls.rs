@@ -224,6 +224,40 @@ both_backends!(tls_echo_one_mebibyte, |backend| {
     assert_eq!(tls_failures(&server), 0);
 });
 
+// Without `server_name`, the agent verifies the host of its configured server address: a
+// name (here `localhost`, in a certificate naming nothing else) or an IP literal.
+both_backends!(
+    without_server_name_the_configured_host_is_verified,
+    |backend| {
+        let pki = pki();
+        for (cert_name, host) in [("localhost", "localhost"), ("127.0.0.1", "127.0.0.1")] {
+            let (chain, key) = leaf(
+                &pki.dir,
+                &pki.ca,
+                &format!("only-{cert_name}"),
+                &[cert_name],
+                ExtendedKeyUsagePurpose::ServerAuth,
+                false,
+            );
+            let echo = echo_backend();
+            let server = server(backend)
+                .cluster("c")
+                .tls(json!({"cert_chain_file": chain, "private_key_file": key}))
+                .run();
+            let port = server.tunnel_addr().port();
+            let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+                .tls(json!({ "ca_file": pki.ca.file }))
+                .tunnel_field("server_list", json!([format!("{host}:{port}")]))
+                .connection_num(1)
+                .run();
+            wait_registered(&server, "c", 1, 1);
+            let back = echo_roundtrip(server.frontend_addr("c").unwrap(), b"named");
+            assert_eq!(back, b"named");
+            assert_eq!(tls_failures(&server), 0, "{host}");
+        }
+    }
+);
+
 both_backends!(mutual_tls_echo_one_mebibyte, |backend| {
     let pki = pki();
     let echo = echo_backend();
@@ -471,6 +505,7 @@ fn dial_error_names_the_certificate() {
         role: ringtun::protocol::Role::Data,
         max_connection_num: 1,
         tls: Some(&dial_tls),
+        server_name: "127.0.0.1:1",
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,9 +2,14 @@
 //! its own tokio current-thread runtime, and the handlers of each side (`server`, `agent`).
 //!
 //! One request per connection (`Connection: close`), `GET`/`HEAD`/`POST` with an optional
-//! `Content-Length` body; requests are bounded to [`MAX_REQUEST_BYTES`] and [`READ_TIMEOUT`], and at
-//! most [`MAX_CONNECTIONS`] are served at once. Malformed requests get 400, unknown paths 404,
-//! wrong methods 405.
+//! `Content-Length` body; the head is bounded to [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] (431
+//! beyond), the body to [`MAX_BODY_BYTES`] (413 beyond, checked before any of it is read), the
+//! whole request to [`READ_TIMEOUT`] (408), and at most [`MAX_CONNECTIONS`] are served at once.
+//! Malformed requests get 400, unknown paths 404, wrong methods 405.
+//!
+//! With a token (`admin.token` / `admin.token_file`), every request except
+//! [`UNAUTHENTICATED_PATHS`] must carry `Authorization: Bearer <token>` (compared in constant
+//! time) or is answered 401. The token is a [`Secret`]: never logged or echoed.
 //!
 //! The admin must never run on a worker or on the control path, never block them (it asks the
 //! control path over its command channel with a timeout) and never render a secret.
@@ -22,8 +27,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info};
 
-/// Largest request (head and body) accepted, in bytes.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+use crate::secret::Secret;
+
+mod auth;
+pub use auth::{authorized, UNAUTHENTICATED_PATHS};
+
+/// Largest request head (request line and headers) accepted, in bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header lines accepted.
+pub const MAX_HEADERS: usize = 64;
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Time a client has to send its whole request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to write the response.
@@ -52,6 +67,8 @@ pub struct Request {
     pub path: String,
     pub query: String,
     pub body: Vec<u8>,
+    /// The `Authorization` header's value (redacted in `Debug`).
+    pub authorization: Option<Secret>,
 }
 
 /// A response to write.
@@ -62,6 +79,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Methods allowed (405 answers).
     pub allow: Option<&'static str>,
+    /// `WWW-Authenticate` challenge (401 answers).
+    pub challenge: Option<&'static str>,
 }
 
 impl Response {
@@ -72,6 +91,7 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: body.into().into_bytes(),
             allow: None,
+            challenge: None,
         }
     }
 
@@ -84,12 +104,23 @@ impl Response {
             content_type: "application/json",
             body,
             allow: None,
+            challenge: None,
         }
     }
 
     /// 404.
     pub fn not_found(path: &str) -> Self {
         Self::text(404, format!("no such endpoint: {path}\n"))
+    }
+
+    /// 401 with a `WWW-Authenticate: Bearer` challenge.
+    pub fn unauthorized() -> Self {
+        let mut r = Self::text(
+            401,
+            "unauthorized: send the admin token as Authorization: Bearer <token>\n",
+        );
+        r.challenge = Some("Bearer realm=\"ringtun-admin\"");
+        r
     }
 
     /// 405 with an `Allow` header.
@@ -131,11 +162,13 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AdminError> {
 }
 
 impl AdminServer {
-    /// Serves `handler` on `listener` from a new thread named `thread_name`.
+    /// Serves `handler` on `listener` from a new thread named `thread_name`; with `token`, every
+    /// request but [`UNAUTHENTICATED_PATHS`] must present it (see [`authorized`]).
     pub fn start<H: Handler + Send>(
         thread_name: &str,
         listener: std::net::TcpListener,
         handler: H,
+        token: Option<Secret>,
     ) -> Result<Self, AdminError> {
         let addr = listener.local_addr().map_err(AdminError::LocalAddr)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -147,7 +180,7 @@ impl AdminServer {
             .name(thread_name.into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve(listener, Rc::new(handler), stop_rx));
+                local.block_on(&runtime, serve(listener, Rc::new(handler), token, stop_rx));
             })
             .map_err(AdminError::Thread)?;
         info!(admin = %addr, "admin endpoint listening");
@@ -183,8 +216,10 @@ impl Drop for AdminServer {
 async fn serve<H: Handler>(
     listener: std::net::TcpListener,
     handler: Rc<H>,
+    token: Option<Secret>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let token = Rc::new(token);
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -203,8 +238,9 @@ async fn serve<H: Handler>(
                         continue;
                     };
                     let handler = handler.clone();
+                    let token = token.clone();
                     tokio::task::spawn_local(async move {
-                        if let Err(e) = connection(stream, &*handler).await {
+                        if let Err(e) = connection(stream, peer, &*handler, token.as_ref().as_ref()).await {
                             debug!(%peer, error = %e, "admin connection failed");
                         }
                         drop(permit);
@@ -224,8 +260,10 @@ async fn serve<H: Handler>(
 enum ReadError {
     #[error("malformed request: {0}")]
     Malformed(&'static str),
-    #[error("request larger than {MAX_REQUEST_BYTES} bytes")]
-    TooLarge,
+    #[error("request head larger than {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers")]
+    HeadTooLarge,
+    #[error("request body larger than {MAX_BODY_BYTES} bytes")]
+    BodyTooLarge,
     #[error("request not received within {} s", READ_TIMEOUT.as_secs())]
     Timeout,
     #[error("connection closed before the request was complete")]
@@ -234,11 +272,21 @@ enum ReadError {
     Io(#[from] io::Error),
 }
 
-async fn connection<H: Handler>(mut stream: TcpStream, handler: &H) -> io::Result<()> {
+async fn connection<H: Handler>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: &H,
+    token: Option<&Secret>,
+) -> io::Result<()> {
     let read = tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream))
         .await
         .unwrap_or(Err(ReadError::Timeout));
     let (response, head_only) = match read {
+        Ok(req) if !authorized(token, &req) => {
+            crate::log_limited!(warn!(%peer, path = %req.path, method = %req.method,
+                "admin request refused (401): missing or wrong bearer token"));
+            (Response::unauthorized(), req.method == "HEAD")
+        }
         Ok(req) => {
             let head_only = req.method == "HEAD";
             (handler.handle(req).await, head_only)
@@ -246,7 +294,8 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: &H) -> io::Resul
         Err(ReadError::Closed) => return Ok(()),
         Err(ReadError::Io(e)) => return Err(e),
         Err(e @ ReadError::Malformed(_)) => (Response::text(400, format!("{e}\n")), false),
-        Err(e @ ReadError::TooLarge) => (Response::text(413, format!("{e}\n")), false),
+        Err(e @ ReadError::HeadTooLarge) => (Response::text(431, format!("{e}\n")), false),
+        Err(e @ ReadError::BodyTooLarge) => (Response::text(413, format!("{e}\n")), false),
         Err(e @ ReadError::Timeout) => (Response::text(408, format!("{e}\n")), false),
     };
     let bytes = encode_response(&response, head_only);
@@ -265,8 +314,8 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
             break i;
         }
-        if buf.len() >= MAX_REQUEST_BYTES {
-            return Err(ReadError::TooLarge);
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Err(ReadError::HeadTooLarge);
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -278,19 +327,26 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let (mut req, content_length) = parse_head(&buf[..head_end])?;
-    let body_start = head_end + 4;
-    if body_start + content_length > MAX_REQUEST_BYTES {
-        return Err(ReadError::TooLarge);
+    if head_end > MAX_HEAD_BYTES {
+        return Err(ReadError::HeadTooLarge);
     }
-    while buf.len() < body_start + content_length {
+    let (mut req, content_length) = parse_head(&buf[..head_end])?;
+    // `parse_head` bounds the length, so the end cannot overflow; checked all the same.
+    let body_start = head_end + 4;
+    let body_end = body_start
+        .checked_add(content_length)
+        .ok_or(ReadError::BodyTooLarge)?;
+    while buf.len() < body_end {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(ReadError::Malformed("body shorter than Content-Length"));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    req.body = buf[body_start..body_start + content_length].to_vec();
+    req.body = buf
+        .get(body_start..body_end)
+        .ok_or(ReadError::Malformed("body shorter than Content-Length"))?
+        .to_vec();
     Ok(req)
 }
 
@@ -314,16 +370,34 @@ fn parse_head(head: &[u8]) -> Result<(Request, usize), ReadError> {
     if !target.starts_with('/') {
         return Err(ReadError::Malformed("target is not an absolute path"));
     }
-    let mut content_length = 0usize;
-    for line in lines {
+    let mut content_length: Option<usize> = None;
+    let mut authorization = None;
+    for (i, line) in lines.enumerate() {
+        if i >= MAX_HEADERS {
+            return Err(ReadError::HeadTooLarge);
+        }
         let Some((name, value)) = line.split_once(':') else {
             return Err(ReadError::Malformed("header without a colon"));
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = value
-                .parse()
-                .map_err(|_| ReadError::Malformed("bad Content-Length"))?;
+            if content_length.is_some() {
+                return Err(ReadError::Malformed("more than one Content-Length"));
+            }
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ReadError::Malformed("bad Content-Length"));
+            }
+            // Digits only: a value too long for u64 is too large, not malformed.
+            let length = value.parse::<u64>().unwrap_or(u64::MAX);
+            if length > MAX_BODY_BYTES as u64 {
+                return Err(ReadError::BodyTooLarge);
+            }
+            content_length = usize::try_from(length).ok();
+        } else if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return Err(ReadError::Malformed("more than one Authorization"));
+            }
+            authorization = Some(Secret::new(value));
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ReadError::Malformed("Transfer-Encoding is not supported"));
         }
@@ -335,8 +409,9 @@ fn parse_head(head: &[u8]) -> Result<(Request, usize), ReadError> {
             path: path.to_string(),
             query: query.to_string(),
             body: Vec::new(),
+            authorization,
         },
-        content_length,
+        content_length.unwrap_or(0),
     ))
 }
 
@@ -348,10 +423,12 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -371,6 +448,11 @@ fn encode_response(r: &Response, head_only: bool) -> Vec<u8> {
         out.push_str(allow);
         out.push_str("\r\n");
     }
+    if let Some(challenge) = r.challenge {
+        out.push_str("WWW-Authenticate: ");
+        out.push_str(challenge);
+        out.push_str("\r\n");
+    }
     out.push_str("\r\n");
     let mut bytes = out.into_bytes();
     if !head_only {
@@ -380,45 +462,4 @@ fn encode_response(r: &Response, head_only: bool) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_request_head() {
-        let (req, len) =
-            parse_head(b"POST /reload?x=1 HTTP/1.1\r\nHost: a\r\ncontent-length: 3").unwrap();
-        assert_eq!(req.method, "POST");
-        assert_eq!(req.path, "/reload");
-        assert_eq!(req.query, "x=1");
-        assert_eq!(len, 3);
-    }
-
-    #[test]
-    fn rejects_malformed_heads() {
-        for head in [
-            &b"GET /\r\n"[..],
-            b"GET / HTTP/2",
-            b"get / HTTP/1.1",
-            b"GET x HTTP/1.1",
-            b"GET / HTTP/1.1\r\nno-colon",
-            b"GET / HTTP/1.1\r\nContent-Length: -1",
-            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked",
-            b"GET / HTTP/1.1 extra",
-            b"\xff / HTTP/1.1",
-        ] {
-            assert!(
-                matches!(parse_head(head), Err(ReadError::Malformed(_))),
-                "{head:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn encodes_allow_and_omits_body_for_head() {
-        let r = Response::method_not_allowed("GET, HEAD");
-        let text = String::from_utf8(encode_response(&r, true)).unwrap();
-        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
-        assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
-        assert!(text.ends_with("\r\n\r\n"));
-    }
-}
+mod tests;

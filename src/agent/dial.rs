@@ -88,6 +88,10 @@ pub struct InitParams<'a> {
     pub max_connection_num: u32,
     /// The tunnel's TLS client config, when it has a `tls_context`.
     pub tls: Option<&'a TlsDial>,
+    /// The configured `host:port` of the server ([`super::peer::Peer::name`]): without
+    /// `tls_context.server_name`, the certificate is verified against its host (a name, or an
+    /// IP literal), never against the address it resolved to.
+    pub server_name: &'a str,
 }
 
 /// A tunnel's TLS settings, loaded once at agent start.
@@ -107,7 +111,7 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
         None => (Channel::plain(stream), Vec::new()),
         Some(t) => {
             let tls = |source| DialError::Tls { peer, source };
-            let name = crate::tls::server_name(&t.tls, &peer.to_string()).map_err(tls)?;
+            let name = crate::tls::server_name(&t.tls, params.server_name).map_err(tls)?;
             // Boxed: the handshake's state is large, and plaintext dials should not carry it.
             let est = Box::pin(crate::tls::connect(&stream, t.config.clone(), name))
                 .await

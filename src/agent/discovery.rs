@@ -4,7 +4,7 @@
 //! changes). New servers are dialled; servers no longer listed are closed gracefully. Peers from
 //! the static `server_list` are never touched. A failed lookup keeps the current servers.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -49,8 +49,9 @@ pub fn parse_list(path: &str, text: &str) -> Result<Vec<String>, ListError> {
     Ok(entries)
 }
 
-async fn resolve_all(names: &[String]) -> Result<BTreeSet<SocketAddr>, ListError> {
-    let mut out = BTreeSet::new();
+/// Every address of `names`, each with the name it was resolved from (the first that gave it).
+async fn resolve_all(names: &[String]) -> Result<BTreeMap<SocketAddr, String>, ListError> {
+    let mut out = BTreeMap::new();
     for name in names {
         let addrs =
             tokio::net::lookup_host(name.as_str())
@@ -59,7 +60,9 @@ async fn resolve_all(names: &[String]) -> Result<BTreeSet<SocketAddr>, ListError
                     name: name.clone(),
                     reason: e.to_string(),
                 })?;
-        out.extend(addrs);
+        for addr in addrs {
+            out.entry(addr).or_insert_with(|| name.clone());
+        }
     }
     Ok(out)
 }
@@ -128,16 +131,16 @@ pub async fn run(shared: Arc<Shared>, tunnel: usize, mut stop: watch::Receiver<b
 }
 
 /// Starts peers for new addresses and gracefully stops dynamic peers no longer listed.
-fn reconcile(shared: &Shared, tunnel: usize, listed: &BTreeSet<SocketAddr>) {
+fn reconcile(shared: &Shared, tunnel: usize, listed: &BTreeMap<SocketAddr, String>) {
     let running = shared.running_peers(tunnel);
-    for addr in listed {
+    for (addr, name) in listed {
         if !running.iter().any(|p| p.addr == *addr) {
-            shared.start_peer(Peer::new(tunnel, *addr, true));
+            shared.start_peer(Peer::new(tunnel, *addr, name.clone(), true));
         }
     }
     for peer in running
         .iter()
-        .filter(|p| p.dynamic && !listed.contains(&p.addr))
+        .filter(|p| p.dynamic && !listed.contains_key(&p.addr))
     {
         info!(peer = %peer.addr, "server no longer listed; closing its connections gracefully");
         peer.begin_stop();

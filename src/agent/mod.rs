@@ -175,7 +175,8 @@ impl AgentHandle {
                     shared: shared.clone(),
                     backend: backend.name(),
                 };
-                match AdminServer::start("ringtun-agent-admin", listener, handler) {
+                let token = shared.config.admin.as_ref().and_then(|a| a.token.clone());
+                match AdminServer::start("ringtun-agent-admin", listener, handler, token) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         let _ = stop_tx.send(true);
@@ -361,6 +362,6 @@ async fn resolve(
         }
     };
     for addr in addrs {
-        shared.start_peer(Peer::new(tunnel, addr, false));
+        shared.start_peer(Peer::new(tunnel, addr, name.clone(), false));
     }
 }

@@ -5,13 +5,17 @@
 //! `Stopping`: the aside connection asks the server to stop leasing this agent's connections
 //! (graceful close, by the connection ids the server issued), data slots serve whatever session
 //! still arrives but dial no replacement, and the peer is done when its last data slot ends.
+//!
+//! The ids the aside connection is to name in graceful closes are coalesced in one set (bounded
+//! by this peer's connections), not queued frame by frame: a server that reads slowly cannot make
+//! the queue grow.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 
 /// Lifecycle of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +31,61 @@ pub enum AsideCmd {
     GracefulClose(Vec<u64>),
 }
 
+/// Connection ids named in one graceful close at most (keeps its payload under the server's
+/// default 16 KiB frame limit even with 20-digit ids).
+pub const MAX_IDS_PER_GRACEFUL_CLOSE: usize = 512;
+
+/// Connection ids waiting to be named in a graceful close, and the wake-up of the aside slot.
+#[derive(Default)]
+struct PendingClose {
+    ids: Mutex<BTreeSet<u64>>,
+    wake: Notify,
+}
+
+/// The aside slot's end of the commands: what is pending, coalesced.
+pub struct AsideCommands {
+    pending: Arc<PendingClose>,
+}
+
+impl AsideCommands {
+    /// The next command: the ids pending (at most [`MAX_IDS_PER_GRACEFUL_CLOSE`]), once there
+    /// are any. Cancel-safe: ids are taken only when this returns.
+    pub async fn recv(&mut self) -> Option<AsideCmd> {
+        loop {
+            if let Some(cmd) = self.try_recv() {
+                return Some(cmd);
+            }
+            self.pending.wake.notified().await;
+        }
+    }
+
+    /// The next command if one is pending now.
+    pub fn try_recv(&mut self) -> Option<AsideCmd> {
+        let mut ids = self.pending.ids.lock().ok()?;
+        if ids.is_empty() {
+            return None;
+        }
+        let mut taken = Vec::with_capacity(ids.len().min(MAX_IDS_PER_GRACEFUL_CLOSE));
+        while taken.len() < MAX_IDS_PER_GRACEFUL_CLOSE {
+            let Some(id) = ids.pop_first() else { break };
+            taken.push(id);
+        }
+        if !ids.is_empty() {
+            // More than one frame's worth: come back for the rest.
+            self.pending.wake.notify_one();
+        }
+        Some(AsideCmd::GracefulClose(taken))
+    }
+}
+
 /// Shared state of one (tunnel, server address).
 pub struct Peer {
     pub tunnel: usize,
     pub addr: SocketAddr,
+    /// The configured `host:port` that `addr` was resolved from (a `server_list` entry, a
+    /// `dns_name` or a file lister's entry): TLS verifies the server against its host when
+    /// `tls_context.server_name` is unset.
+    pub name: String,
     /// Found by a dynamic lister (removed when the lister stops listing it).
     pub dynamic: bool,
     state: watch::Sender<PeerState>,
@@ -40,23 +95,22 @@ pub struct Peer {
     pub data_slots: AtomicU32,
     /// Extra data slots alive (started by pool requests).
     pub extra_slots: AtomicU32,
-    aside_tx: mpsc::UnboundedSender<AsideCmd>,
-    aside_rx: Mutex<Option<mpsc::UnboundedReceiver<AsideCmd>>>,
+    /// Ids the aside connection is to name in a graceful close.
+    pending_close: Arc<PendingClose>,
 }
 
 impl Peer {
-    pub fn new(tunnel: usize, addr: SocketAddr, dynamic: bool) -> Arc<Self> {
-        let (aside_tx, aside_rx) = mpsc::unbounded_channel();
+    pub fn new(tunnel: usize, addr: SocketAddr, name: String, dynamic: bool) -> Arc<Self> {
         Arc::new(Self {
             tunnel,
             addr,
+            name,
             dynamic,
             state: watch::channel(PeerState::Running).0,
             conn_ids: Mutex::new(BTreeSet::new()),
             data_slots: AtomicU32::new(0),
             extra_slots: AtomicU32::new(0),
-            aside_tx,
-            aside_rx: Mutex::new(Some(aside_rx)),
+            pending_close: Arc::default(),
         })
     }
 
@@ -69,9 +123,19 @@ impl Peer {
         self.state.subscribe()
     }
 
-    /// The command receiver, taken once by the aside slot.
-    pub fn take_aside_commands(&self) -> Option<mpsc::UnboundedReceiver<AsideCmd>> {
-        self.aside_rx.lock().ok()?.take()
+    /// The command receiver of the aside slot.
+    pub fn take_aside_commands(&self) -> Option<AsideCommands> {
+        Some(AsideCommands {
+            pending: self.pending_close.clone(),
+        })
+    }
+
+    /// Asks the aside connection to name `ids` in a graceful close.
+    fn request_close(&self, ids: impl IntoIterator<Item = u64>) {
+        if let Ok(mut pending) = self.pending_close.ids.lock() {
+            pending.extend(ids);
+        }
+        self.pending_close.wake.notify_one();
     }
 
     /// A data connection with this id is up. While stopping, the server is asked at once not
@@ -82,7 +146,7 @@ impl Peer {
             ids.insert(id);
         }
         if self.stopping() {
-            let _ = self.aside_tx.send(AsideCmd::GracefulClose(vec![id]));
+            self.request_close([id]);
         }
     }
 
@@ -96,7 +160,7 @@ impl Peer {
 
     /// Asks the server not to lease this one connection (an extra connection idle too long).
     pub fn release(&self, id: u64) {
-        let _ = self.aside_tx.send(AsideCmd::GracefulClose(vec![id]));
+        self.request_close([id]);
     }
 
     /// Starts the graceful stop: no more re-dials; the server is asked to stop leasing every
@@ -110,7 +174,7 @@ impl Peer {
             .lock()
             .map(|ids| ids.iter().copied().collect())
             .unwrap_or_default();
-        let _ = self.aside_tx.send(AsideCmd::GracefulClose(ids));
+        self.request_close(ids);
     }
 
     /// Every data slot has ended.
@@ -161,7 +225,12 @@ mod tests {
 
     #[test]
     fn stopping_sends_one_graceful_close_with_every_live_id() {
-        let p = Peer::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let p = Peer::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1".into(),
+            false,
+        );
         let mut rx = p.take_aside_commands().unwrap();
         p.conn_up(Some(3));
         p.conn_up(Some(5));
@@ -169,15 +238,44 @@ mod tests {
         p.begin_stop();
         p.begin_stop();
         assert_eq!(rx.try_recv().unwrap(), AsideCmd::GracefulClose(vec![5]));
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
         // A connection that comes up while stopping is named at once.
         p.conn_up(Some(9));
         assert_eq!(rx.try_recv().unwrap(), AsideCmd::GracefulClose(vec![9]));
     }
 
     #[test]
+    fn pending_closes_coalesce_and_split_into_bounded_frames() {
+        let p = Peer::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1".into(),
+            false,
+        );
+        let mut rx = p.take_aside_commands().unwrap();
+        // The same id asked many times while the aside is busy is one entry.
+        for _ in 0..10_000 {
+            p.release(7);
+        }
+        for id in 0..1000 {
+            p.release(id);
+        }
+        let mut named = Vec::new();
+        while let Some(AsideCmd::GracefulClose(ids)) = rx.try_recv() {
+            assert!(ids.len() <= MAX_IDS_PER_GRACEFUL_CLOSE);
+            named.extend(ids);
+        }
+        assert_eq!(named, (0..1000).collect::<Vec<u64>>());
+    }
+
+    #[test]
     fn finished_when_the_last_data_slot_ends() {
-        let p = Peer::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let p = Peer::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1".into(),
+            false,
+        );
         let a = SlotGuard::new(p.clone(), false);
         let b = SlotGuard::new(p.clone(), true);
         assert_eq!(p.extra_slots.load(Ordering::Relaxed), 1);

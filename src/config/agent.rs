@@ -174,7 +174,8 @@ pub struct AgentTlsConfig {
     #[serde(default)]
     pub ca_file: Option<String>,
     /// Name to verify the server certificate against (SNI). Default: none (the host of the
-    /// server address).
+    /// configured server address — `server_list` entry, `dns_name` or file entry — not the
+    /// address it resolves to).
     #[serde(default)]
     pub server_name: Option<String>,
     /// PEM file of the agent's client certificate chain (path). Default: none (no client
@@ -245,6 +246,9 @@ impl AgentConfig {
         }
         config.validate(path)?;
         config.resolve_credentials(path)?;
+        if let Some(admin) = &mut config.admin {
+            admin.resolve(path)?;
+        }
         Ok(config)
     }
 
@@ -285,6 +289,7 @@ impl AgentConfig {
             );
         }
         if let Some(admin) = &self.admin {
+            admin.validate(path)?;
             super::server::socket_addr(path, "admin.address", &admin.address)?;
         }
         let mut names = HashSet::new();

@@ -17,6 +17,8 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 10_000;
 pub const HEARTBEAT_MAX_MISSED: u32 = 3;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
+/// Accepted `hmac` credentials remembered at once (about 64 MiB when full).
+pub const HMAC_REPLAY_CACHE_ENTRIES: usize = 1024 * 1024;
 pub const MAX_DATA_CONNECTIONS_PER_AGENT: u32 = 16_384;
 pub const MAX_DATA_CONNECTIONS: u32 = 65_536;
 pub const MAX_SESSIONS: u64 = 100_000;

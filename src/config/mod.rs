@@ -5,12 +5,14 @@
 //! the file and the field (`agent.json: tunnels[0].hosting_listener: "web2" names no listener`).
 //! This module reads files and checks them; it starts nothing.
 
+mod admin;
 pub mod agent;
 pub mod defaults;
 mod error;
 mod proxy;
 mod server;
 
+pub use admin::AdminConfig;
 pub use agent::{
     AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, TunnelConfig,
 };
@@ -36,15 +38,6 @@ pub enum IoBackend {
     Uring,
     /// epoll (a tokio current-thread runtime per worker).
     Epoll,
-}
-
-/// The admin HTTP endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// `ip:port` to listen on, e.g. `127.0.0.1:9901` (server) / `127.0.0.1:9902` (agent); port 0
-    /// picks a free port. Required when `admin` is set; no default.
-    pub address: String,
 }
 
 /// Either kind of config file, as `ringtun check` sees it.

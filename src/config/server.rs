@@ -71,6 +71,11 @@ pub struct TunnelListenerConfig {
     /// `overloaded`). Default 4096; 1 to 1000000.
     #[serde(default = "default_max_concurrent_handshakes")]
     pub max_concurrent_handshakes: usize,
+    /// Accepted `hmac` credentials remembered (each until its timestamp is out of the clock
+    /// skew, at most about 10 minutes) to refuse replays; when full, new `hmac` handshakes are
+    /// refused with status 0 rather than forgetting a live one. Default 1048576; 1 to 16777216.
+    #[serde(default = "default_hmac_replay_cache_entries")]
+    pub hmac_replay_cache_entries: usize,
     /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
@@ -226,6 +231,9 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_max_concurrent_handshakes() -> usize {
     defaults::MAX_CONCURRENT_HANDSHAKES
 }
+fn default_hmac_replay_cache_entries() -> usize {
+    defaults::HMAC_REPLAY_CACHE_ENTRIES
+}
 fn default_max_data_connections_per_agent() -> u32 {
     defaults::MAX_DATA_CONNECTIONS_PER_AGENT
 }
@@ -261,6 +269,9 @@ impl ServerConfig {
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let mut config: Self = parse(path, text)?;
         config.validate(path)?;
+        if let Some(admin) = &mut config.admin {
+            admin.resolve(path)?;
+        }
         if let Some(tls) = &mut config.tunnel_listener.tls_context {
             resolve_path(path, &mut tls.cert_chain_file);
             resolve_path(path, &mut tls.private_key_file);
@@ -315,6 +326,12 @@ impl ServerConfig {
                 format!("{} is outside 1..=1000000", tl.max_concurrent_handshakes),
             );
         }
+        if !(1..=16_777_216).contains(&tl.hmac_replay_cache_entries) {
+            return err(
+                "tunnel_listener.hmac_replay_cache_entries".into(),
+                format!("{} is outside 1..=16777216", tl.hmac_replay_cache_entries),
+            );
+        }
         if !(100..=600_000).contains(&tl.handshake_timeout_ms) {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
@@ -342,6 +359,7 @@ impl ServerConfig {
             }
         }
         if let Some(admin) = &self.admin {
+            admin.validate(path)?;
             let addr = socket_addr(path, "admin.address", &admin.address)?;
             check_overlap(path, &mut bound, "admin.address".into(), addr)?;
         }

@@ -2,7 +2,7 @@
 //! policy the *server's* cluster config names? Pure: no I/O, no clock (the caller passes the
 //! time), no logging (the caller logs the [`Decision`]'s reason, never a credential).
 
-use super::replay::{ReplayCache, ReplayKey};
+use super::replay::{Insert, ReplayCache, ReplayKey};
 use crate::config::{ClusterConfig, CredentialPolicy};
 use crate::credential::{self, HmacSubject};
 use crate::protocol::{ConnectionInitInfo, Status};
@@ -35,6 +35,8 @@ pub mod reason {
     pub const HMAC_MISMATCH: &str =
         "the hmac does not match (wrong secret, or cluster, host_name or agent id altered)";
     pub const HMAC_REPLAY: &str = "the hmac credential was already used (replay)";
+    pub const HMAC_REPLAY_CACHE_FULL: &str =
+        "the hmac replay cache is full (tunnel_listener.hmac_replay_cache_entries): refused rather than forget a live credential";
 }
 
 /// The status to answer `init` with, given the cluster it names (None: no such cluster), the
@@ -110,10 +112,12 @@ fn decide_hmac(
     let mut key: ReplayKey = [0; 16];
     key.copy_from_slice(&cred.mac[..16]);
     let expires_at = cred.timestamp.saturating_add(HMAC_MAX_SKEW_SECS + 1);
-    if !replay.insert_new(key, now_secs, expires_at) {
-        return refused(reason::HMAC_REPLAY);
+    match replay.insert_new(key, now_secs, expires_at) {
+        Insert::New => Decision::new(Status::SUCCESS, reason::OK),
+        Insert::Replay => refused(reason::HMAC_REPLAY),
+        // Not an authentication failure: the agent retries with backoff (status 0).
+        Insert::Full => Decision::new(Status::UNKNOWN_FAILURE, reason::HMAC_REPLAY_CACHE_FULL),
     }
-    Decision::new(Status::SUCCESS, reason::OK)
 }
 
 #[cfg(test)]
@@ -279,6 +283,45 @@ mod tests {
         assert_eq!(
             decide(Some(&c), &first, NOW + 301, &mut cache).reason,
             reason::HMAC_SKEW
+        );
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_new_hmac_credentials_and_every_replay_stays_refused() {
+        let c = cluster(CredentialPolicy::Hmac, &["s"]);
+        let mut cache = ReplayCache::new(4);
+        let inits: Vec<_> = (0..4).map(|n| hmac_init("s", NOW, n)).collect();
+        for init in &inits {
+            assert_eq!(
+                decide(Some(&c), init, NOW, &mut cache).status,
+                Status::SUCCESS
+            );
+        }
+        // Full of live entries: a new credential is refused (status 0, not an auth failure) ...
+        assert_eq!(
+            decide(Some(&c), &hmac_init("s", NOW, 99), NOW + 1, &mut cache),
+            Decision::new(Status::UNKNOWN_FAILURE, reason::HMAC_REPLAY_CACHE_FULL)
+        );
+        // ... and every accepted one is still a replay, however many new ones were tried.
+        for n in 100..200 {
+            decide(Some(&c), &hmac_init("s", NOW, n), NOW + 2, &mut cache);
+        }
+        for init in &inits {
+            assert_eq!(
+                decide(Some(&c), init, NOW + 3, &mut cache),
+                Decision::new(Status::AUTH_FAILED, reason::HMAC_REPLAY)
+            );
+        }
+        // Room comes back once the entries are out of the window.
+        assert_eq!(
+            decide(
+                Some(&c),
+                &hmac_init("s", NOW + 301, 7),
+                NOW + 301,
+                &mut cache
+            )
+            .status,
+            Status::SUCCESS
         );
     }
 

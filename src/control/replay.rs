@@ -1,6 +1,8 @@
 //! The replay cache of `hmac` credentials: remembers each accepted credential until its timestamp
 //! is outside the accepted clock skew (after which it would be refused anyway), so the same value
-//! cannot register twice. Bounded: when full, the entry closest to expiry is forgotten first.
+//! cannot register twice. Bounded, and fails closed: a live entry is never forgotten early, so
+//! when the cache is full of unexpired entries a new credential is refused ([`Insert::Full`])
+//! rather than remembered at the cost of making an accepted one replayable.
 //!
 //! Owned by the control path (one thread); no clock of its own (the caller passes `now`), no I/O.
 
@@ -10,6 +12,18 @@ use std::collections::{BTreeSet, HashMap};
 /// concern, and entries stay small).
 pub type ReplayKey = [u8; 16];
 
+/// What [`ReplayCache::insert_new`] did with a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// Not seen before: remembered until it expires.
+    New,
+    /// Already remembered and not expired: a replay.
+    Replay,
+    /// Not seen before, but the cache is full of unexpired entries: not remembered, so the
+    /// credential must be refused.
+    Full,
+}
+
 /// Accepted credentials not yet expired.
 #[derive(Debug)]
 pub struct ReplayCache {
@@ -18,13 +32,12 @@ pub struct ReplayCache {
     /// (expiry, key), oldest expiry first.
     by_expiry: BTreeSet<(u64, ReplayKey)>,
     capacity: usize,
-    evicted: u64,
+    refused_full: u64,
 }
 
 impl ReplayCache {
-    /// Entries kept at most by default (about 16 MiB): at the full 10-minute lifetime of an
-    /// entry, about 400 new hmac connections per second before the oldest are forgotten early.
-    pub const DEFAULT_CAPACITY: usize = 256 * 1024;
+    /// Entries kept at most by default (`tunnel_listener.hmac_replay_cache_entries`).
+    pub const DEFAULT_CAPACITY: usize = crate::config::defaults::HMAC_REPLAY_CACHE_ENTRIES;
 
     /// An empty cache holding at most `capacity` (at least 1) entries.
     pub fn new(capacity: usize) -> Self {
@@ -32,27 +45,25 @@ impl ReplayCache {
             expiry_of: HashMap::new(),
             by_expiry: BTreeSet::new(),
             capacity: capacity.max(1),
-            evicted: 0,
+            refused_full: 0,
         }
     }
 
-    /// Records `key` until `expires_at` (unix seconds). False, and nothing changes, when `key` is
-    /// already remembered and not expired at `now`: a replay.
-    pub fn insert_new(&mut self, key: ReplayKey, now: u64, expires_at: u64) -> bool {
+    /// Records `key` until `expires_at` (unix seconds) when it is new and there is room.
+    /// Nothing changes for a replay (`key` remembered and not expired at `now`) or when the
+    /// cache is full of unexpired entries (never forgotten early).
+    pub fn insert_new(&mut self, key: ReplayKey, now: u64, expires_at: u64) -> Insert {
         self.forget_expired(now);
         if self.expiry_of.contains_key(&key) {
-            return false;
+            return Insert::Replay;
         }
-        while self.expiry_of.len() >= self.capacity {
-            let Some(oldest) = self.by_expiry.pop_first() else {
-                break;
-            };
-            self.expiry_of.remove(&oldest.1);
-            self.evicted += 1;
+        if self.expiry_of.len() >= self.capacity {
+            self.refused_full += 1;
+            return Insert::Full;
         }
         self.expiry_of.insert(key, expires_at);
         self.by_expiry.insert((expires_at, key));
-        true
+        Insert::New
     }
 
     fn forget_expired(&mut self, now: u64) {
@@ -75,9 +86,9 @@ impl ReplayCache {
         self.expiry_of.is_empty()
     }
 
-    /// Entries forgotten before their expiry because the cache was full.
-    pub fn evicted(&self) -> u64 {
-        self.evicted
+    /// New credentials refused because the cache was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full
     }
 }
 
@@ -98,32 +109,40 @@ mod tests {
     #[test]
     fn a_key_is_refused_until_it_expires() {
         let mut cache = ReplayCache::new(10);
-        assert!(cache.insert_new(key(1), 100, 400));
-        assert!(!cache.insert_new(key(1), 200, 500));
-        assert!(!cache.insert_new(key(1), 399, 700));
-        assert!(cache.insert_new(key(1), 400, 700), "expired at 400");
+        assert_eq!(cache.insert_new(key(1), 100, 400), Insert::New);
+        assert_eq!(cache.insert_new(key(1), 200, 500), Insert::Replay);
+        assert_eq!(cache.insert_new(key(1), 399, 700), Insert::Replay);
+        assert_eq!(
+            cache.insert_new(key(1), 400, 700),
+            Insert::New,
+            "expired at 400"
+        );
         assert_eq!(cache.len(), 1);
     }
 
     #[test]
-    fn full_cache_forgets_the_entry_closest_to_expiry() {
+    fn a_full_cache_refuses_new_keys_and_still_refuses_every_replay() {
         let mut cache = ReplayCache::new(2);
-        assert!(cache.insert_new(key(1), 0, 300));
-        assert!(cache.insert_new(key(2), 0, 200));
-        assert!(cache.insert_new(key(3), 0, 400));
+        assert_eq!(cache.insert_new(key(1), 0, 300), Insert::New);
+        assert_eq!(cache.insert_new(key(2), 0, 200), Insert::New);
+        assert_eq!(cache.insert_new(key(3), 0, 400), Insert::Full);
         assert_eq!(cache.len(), 2);
-        assert_eq!(cache.evicted(), 1);
-        assert!(cache.insert_new(key(2), 0, 200), "key 2 was evicted");
-        assert!(!cache.insert_new(key(3), 0, 400));
+        assert_eq!(cache.refused_full(), 1);
+        // Nothing accepted was forgotten: both are still replays.
+        assert_eq!(cache.insert_new(key(2), 0, 200), Insert::Replay);
+        assert_eq!(cache.insert_new(key(1), 199, 300), Insert::Replay);
+        // Room comes back as entries expire.
+        assert_eq!(cache.insert_new(key(3), 200, 400), Insert::New);
+        assert_eq!(cache.insert_new(key(1), 250, 300), Insert::Replay);
     }
 
     #[test]
     fn expired_entries_are_dropped_as_time_passes() {
         let mut cache = ReplayCache::new(100);
         for n in 0..50 {
-            assert!(cache.insert_new(key(n), 0, u64::from(n)));
+            assert_eq!(cache.insert_new(key(n), 0, u64::from(n)), Insert::New);
         }
-        assert!(cache.insert_new(key(200), 25, 1000));
+        assert_eq!(cache.insert_new(key(200), 25, 1000), Insert::New);
         assert_eq!(cache.len(), 25, "keys 0..=25 expired");
         assert!(!cache.is_empty());
     }

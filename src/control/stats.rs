@@ -31,11 +31,14 @@ pub enum HandshakeOutcome {
     OverLimit,
     /// The TLS handshake failed (certificate refused, plaintext to a TLS port, ...).
     TlsError,
+    /// Answered status 0: the hmac replay cache is full of live credentials, so a new one
+    /// cannot be remembered and is refused (`tunnel_listener.hmac_replay_cache_entries`).
+    ReplayCacheFull,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [HandshakeOutcome; 10] = [
+    pub const ALL: [HandshakeOutcome; 11] = [
         HandshakeOutcome::Success,
         HandshakeOutcome::UnknownFailure,
         HandshakeOutcome::AuthFailed,
@@ -46,6 +49,7 @@ impl HandshakeOutcome {
         HandshakeOutcome::Overloaded,
         HandshakeOutcome::OverLimit,
         HandshakeOutcome::TlsError,
+        HandshakeOutcome::ReplayCacheFull,
     ];
 
     /// The `status` label value.
@@ -61,6 +65,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::Overloaded => "overloaded",
             HandshakeOutcome::OverLimit => "over_limit",
             HandshakeOutcome::TlsError => "tls_error",
+            HandshakeOutcome::ReplayCacheFull => "replay_cache_full",
         }
     }
 

@@ -12,6 +12,8 @@ mod listen;
 mod pipe;
 mod socket;
 pub mod uring;
+#[doc(hidden)]
+pub mod uring_gate;
 pub mod uring_splice;
 
 pub use accept::{AcceptStop, Listener};

@@ -85,6 +85,7 @@ impl ServerHandle {
             )?)?),
             None => None,
         };
+        let admin_token = config.admin.as_ref().and_then(|a| a.token.clone());
 
         let mut per_worker: rt::FrontendSockets = (0..workers).map(|_| Vec::new()).collect();
         let mut frontends: HashMap<String, Vec<SocketAddr>> = HashMap::new();
@@ -194,7 +195,7 @@ impl ServerHandle {
                     reloader: reloader.clone(),
                     reload_path: reload_path.clone(),
                 };
-                match AdminServer::start("ringtun-admin", listener, handler) {
+                match AdminServer::start("ringtun-admin", listener, handler, admin_token) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         let _ = commands_tx.send(ControlCmd::Shutdown);

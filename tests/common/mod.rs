@@ -13,8 +13,9 @@ use ringtun::agent::AgentHandle;
 use ringtun::config::{AgentConfig, IoBackend, ServerConfig};
 use ringtun::server::ServerHandle;
 
-/// Runs a test body once per I/O backend: `name::epoll` and `name::uring`. The io_uring run
-/// prints why it skips where io_uring cannot be used.
+/// Runs a test body once per I/O backend: `name::epoll` and `name::uring`. Where io_uring cannot
+/// be used the io_uring run prints a `RINGTUN-SKIP io_uring:` line saying why and passes, or
+/// fails when `RINGTUN_REQUIRE_URING=1` (see `ringtun::rt::uring_gate`).
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:expr) => {
@@ -28,11 +29,7 @@ macro_rules! both_backends {
             }
             #[test]
             fn uring() {
-                if let Err(reason) = ringtun::rt::resolve(ringtun::config::IoBackend::Uring) {
-                    println!(
-                        "skipping the io_uring run of {}: {reason}",
-                        stringify!($name)
-                    );
+                if !ringtun::rt::uring_gate::available_for_test() {
                     return;
                 }
                 let f: fn(ringtun::config::IoBackend) = $body;

@@ -1,5 +1,9 @@
 //! The aside slot's connection: heartbeats, weight changes, graceful close, drain and pool
 //! requests between this agent and one server.
+//!
+//! Every write must finish before the server's silence deadline (the last time it was heard
+//! from plus 4 heartbeat intervals): a server that stops reading cannot hold the slot in a write
+//! past the point where its silence would have closed the connection anyway.
 
 use super::*;
 
@@ -8,7 +12,7 @@ pub(super) async fn serve_aside(
     shared: &Shared,
     spec: &SlotSpec,
     conn: Dialed,
-    mut commands: Option<&mut tokio::sync::mpsc::UnboundedReceiver<AsideCmd>>,
+    mut commands: Option<&mut AsideCommands>,
 ) -> Ended {
     let Dialed {
         mut stream,
@@ -35,6 +39,9 @@ pub(super) async fn serve_aside(
     let mut state = peer.subscribe();
     let mut buf = leftover;
     let mut last_heard = tokio::time::Instant::now();
+    let silence_deadline = |last_heard: tokio::time::Instant| {
+        last_heard + silence.min(Duration::from_secs(86_400 * 365))
+    };
     let ended = 'conn: loop {
         loop {
             match protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
@@ -60,7 +67,10 @@ pub(super) async fn serve_aside(
                         }
                     };
                     if let Some(reply) = reply {
-                        if let Err(e) = send(&mut stream, &reply).await {
+                        if let Err(e) =
+                            send_by(&mut stream, &reply, silence_deadline(last_heard), silence)
+                                .await
+                        {
                             break 'conn Ended::Lost(e);
                         }
                     }
@@ -71,7 +81,7 @@ pub(super) async fn serve_aside(
         if peer.stopping() && peer.finished() {
             break Ended::Lost("peer stopped".into());
         }
-        let deadline = last_heard + silence.min(Duration::from_secs(86_400 * 365));
+        let deadline = silence_deadline(last_heard);
         tokio::select! {
             read = stream.read_into(&mut buf) => match read {
                 Ok(0) => break Ended::Lost("server closed the aside connection".into()),
@@ -87,7 +97,7 @@ pub(super) async fn serve_aside(
                 if changed.is_err() { continue; }
                 let w = *weight.borrow_and_update();
                 let update = Frame::WeightUpdate(WeightUpdate { cluster_name: tunnel.cluster.clone(), weight: w });
-                if let Err(e) = send(&mut stream, &update).await {
+                if let Err(e) = send_by(&mut stream, &update, deadline, silence).await {
                     break Ended::Lost(e);
                 }
                 info!(peer = %peer.addr, cluster = %tunnel.cluster, weight = w, "weight update sent");
@@ -99,7 +109,7 @@ pub(super) async fn serve_aside(
                     cluster_name: tunnel.cluster.clone(),
                     connection_ids: ids,
                 });
-                if let Err(e) = send(&mut stream, &request).await {
+                if let Err(e) = send_by(&mut stream, &request, deadline, silence).await {
                     break Ended::Lost(e);
                 }
             }
@@ -113,4 +123,21 @@ pub(super) async fn serve_aside(
         .aside_connections
         .fetch_sub(1, Ordering::Relaxed);
     ended
+}
+
+/// [`send`], given up at `deadline` (the server's silence deadline).
+async fn send_by(
+    stream: &mut Channel,
+    frame: &Frame,
+    deadline: tokio::time::Instant,
+    silence: Duration,
+) -> Result<(), String> {
+    tokio::time::timeout_at(deadline, send(stream, frame))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "write blocked until the server was silent for {} ms (it stopped reading)",
+                silence.as_millis()
+            ))
+        })
 }

@@ -21,7 +21,7 @@ mod data;
 
 use super::backoff::Backoff;
 use super::dial::{dial, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
-use super::peer::{AsideCmd, Peer, SlotGuard};
+use super::peer::{AsideCmd, AsideCommands, Peer, SlotGuard};
 use super::Shared;
 use crate::dataplane::pump::{pump_conns, pump_tls, Pools};
 use crate::protocol::{
@@ -101,6 +101,7 @@ pub async fn run(
             role: spec.role,
             max_connection_num: tunnel.max_connections(),
             tls: shared.tls.get(peer.tunnel).and_then(Option::as_ref),
+            server_name: &peer.name,
         };
         let dialed = tokio::select! {
             // Boxed, like each phase below: the slot's own future stays small while it idles.

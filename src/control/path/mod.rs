@@ -57,7 +57,28 @@ pub struct ControlSetup {
 }
 
 /// An aside connection's id and the queue of frames its task writes.
-pub(super) type AsideWriter = (ConnId, mpsc::UnboundedSender<Frame>);
+pub(super) type AsideWriter = (ConnId, mpsc::Sender<Frame>);
+
+/// Frames queued at most for one aside connection. A full queue means the agent stopped
+/// reading: further frames are dropped (counted in the log) and the connection closes at its
+/// write timeout.
+const ASIDE_QUEUE_FRAMES: usize = 64;
+
+/// Queues `frame` for an aside connection without waiting; false when its queue is full or
+/// its task is gone.
+pub(super) fn offer(tx: &mpsc::Sender<Frame>, frame: Frame) -> bool {
+    match tx.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            crate::log_limited!(warn!(
+                frame = frame.flag().name(),
+                "aside connection's queue is full (the agent is not reading); frame dropped"
+            ));
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
 
 struct Control {
     config: ServerConfig,
@@ -99,6 +120,7 @@ pub async fn run(setup: ControlSetup) {
         }
     };
     let handshake_slots = config.tunnel_listener.max_concurrent_handshakes;
+    let replay_entries = config.tunnel_listener.hmac_replay_cache_entries;
     let ctl = Rc::new(Control {
         config,
         registry: RefCell::new(registry),
@@ -108,10 +130,14 @@ pub async fn run(setup: ControlSetup) {
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
         wanted: RefCell::new(HashMap::new()),
-        replay: RefCell::default(),
+        replay: RefCell::new(super::replay::ReplayCache::new(replay_entries)),
         tls,
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Created once: a timer re-created each iteration would be starved by any event arriving
+    // more often than it fires, and the drain would never end.
+    let mut drain_poll = tokio::time::interval(Duration::from_millis(DRAIN_POLL_MS));
+    drain_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
@@ -162,7 +188,7 @@ pub async fn run(setup: ControlSetup) {
                 }
                 Some(ControlCmd::Shutdown) | None => break,
             },
-            _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)), if drain_deadline.is_some() => {
+            _ = drain_poll.tick(), if drain_deadline.is_some() => {
                 let active = crate::plane::counters::CounterTotals::sum(counters.iter().map(|c| &**c)).active_sessions;
                 if active == 0 {
                     info!("drain complete: every session finished");
@@ -185,7 +211,7 @@ impl Control {
     pub(super) fn broadcast(&self, frame: &Frame) {
         for conns in self.asides.borrow().values() {
             for (_, tx) in conns {
-                let _ = tx.send(frame.clone());
+                offer(tx, frame.clone());
             }
         }
     }

@@ -35,9 +35,11 @@ impl Control {
             .map(|h| h.id)
             .collect();
         let asides = self.asides.borrow();
-        let candidates: Vec<&mpsc::UnboundedSender<Frame>> = hosts
+        // A host whose aside queue is full is not reading it: ask another.
+        let candidates: Vec<&mpsc::Sender<Frame>> = hosts
             .iter()
             .filter_map(|h| asides.get(h).and_then(|v| v.first()).map(|(_, tx)| tx))
+            .filter(|tx| tx.capacity() > 0)
             .collect();
         if candidates.is_empty() {
             return;
@@ -48,7 +50,7 @@ impl Control {
             cluster_name: cluster.to_string(),
             count: count.max(1),
         });
-        let _ = candidates[turn % candidates.len()].send(request);
+        offer(candidates[turn % candidates.len()], request);
         debug!(%cluster, "asked an agent for another data connection");
     }
 }

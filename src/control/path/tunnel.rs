@@ -68,7 +68,12 @@ impl Control {
         let status = decision.status;
         let ext = init.ringtun().cloned();
         if status != Status::SUCCESS {
-            self.stats.handshake(HandshakeOutcome::of_status(status));
+            self.stats
+                .handshake(if decision.reason == auth::reason::HMAC_REPLAY_CACHE_FULL {
+                    HandshakeOutcome::ReplayCacheFull
+                } else {
+                    HandshakeOutcome::of_status(status)
+                });
             crate::log_limited!(warn!(
                 %peer, cluster = %init.cluster_name, host_name = %init.host_name,
                 status = status.0, reason = decision.reason, "agent refused: {}", status.meaning()
