@@ -213,6 +213,7 @@ fn full_server() -> ServerConfig {
             handshake_timeout_ms: 5_000,
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
+            legacy_lease_delay_ms: 200,
             tls_context: Some(ServerTlsConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),

@@ -79,9 +79,6 @@ fn banner_backend(banner: &'static [u8]) -> SocketAddr {
 // MOSN agent → ringtun server.
 
 both_backends!(burst_of_8_clients_by_5_rounds_all_served, |backend| {
-    if skip("burst_of_8_clients_by_5_rounds_all_served") {
-        return;
-    }
     let echo = echo_backend();
     let server = server(backend).cluster("c").pool_wait_ms(5000).run();
     let agent = mosn_agent(server.tunnel_addr(), echo.addr)

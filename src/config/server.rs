@@ -71,6 +71,13 @@ pub struct TunnelListenerConfig {
     /// `overloaded`). Default 4096; 1 to 1000000.
     #[serde(default = "default_max_concurrent_handshakes")]
     pub max_concurrent_handshakes: usize,
+    /// Time a legacy (MOSN) agent's data connection waits after its `{"status":1}` before it
+    /// can be leased, in milliseconds; it ends early once the agent sends a byte (MOSN only
+    /// writes after it read the response). Keeps session bytes out of the read in which MOSN
+    /// takes the response (MOSN never drains them from the slot's buffer). Default 200;
+    /// 0 to 10000.
+    #[serde(default = "default_legacy_lease_delay_ms")]
+    pub legacy_lease_delay_ms: u64,
     /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
@@ -228,6 +235,9 @@ fn default_heartbeat_max_missed() -> u32 {
 fn default_handshake_timeout_ms() -> u64 {
     defaults::HANDSHAKE_TIMEOUT_MS
 }
+fn default_legacy_lease_delay_ms() -> u64 {
+    defaults::LEGACY_LEASE_DELAY_MS
+}
 fn default_max_frame_payload_bytes() -> usize {
     defaults::MAX_FRAME_PAYLOAD_BYTES
 }
@@ -303,6 +313,12 @@ impl ServerConfig {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
                 format!("{} is outside 100..=600000", tl.handshake_timeout_ms),
+            );
+        }
+        if tl.legacy_lease_delay_ms > 10_000 {
+            return err(
+                "tunnel_listener.legacy_lease_delay_ms".into(),
+                format!("{} is outside 0..=10000", tl.legacy_lease_delay_ms),
             );
         }
         if !(256..=crate::protocol::MAX_WIRE_PAYLOAD_BYTES).contains(&tl.max_frame_payload_bytes) {

@@ -161,17 +161,41 @@ impl Control {
             );
         }
         match role {
-            Role::Data => self.hand_to_worker(
-                stream,
-                reg.conn_id,
-                reg.host_id,
-                &init.cluster_name,
-                legacy,
-                leftover,
-            ),
+            Role::Data => {
+                if legacy && !self.settled(&stream, reg.conn_id).await {
+                    return;
+                }
+                self.hand_to_worker(
+                    stream,
+                    reg.conn_id,
+                    reg.host_id,
+                    &init.cluster_name,
+                    legacy,
+                    leftover,
+                );
+            }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
             Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
         }
+    }
+
+    /// A MOSN agent reads its response and whatever follows it in one read, and keeps the
+    /// bytes after the response in its slot's buffer for good (the slot never handshakes
+    /// again). So its data connection is leasable only after `legacy_lease_delay_ms`, or as
+    /// soon as it sends a byte or closes: MOSN writes only once it has read the response and
+    /// hosted the connection. False when the connection was named by a graceful close (or its
+    /// cluster removed) meanwhile; it is then closed here.
+    async fn settled(&self, stream: &Channel, conn_id: ConnId) -> bool {
+        let delay = Duration::from_millis(self.config.tunnel_listener.legacy_lease_delay_ms);
+        if !delay.is_zero() {
+            let _ = tokio::time::timeout(delay, stream.stream.readable()).await;
+        }
+        if self.registry.borrow().is_closing(conn_id) {
+            let _ = stream.stream.shutdown_std();
+            self.conn_closed(conn_id);
+            return false;
+        }
+        true
     }
 
     pub(super) fn hand_to_worker(
