@@ -214,6 +214,7 @@ fn full_server() -> ServerConfig {
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
             legacy_lease_delay_ms: 200,
+            max_legacy_asides_per_ip: 16,
             tls_context: Some(ServerTlsConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),

@@ -118,9 +118,6 @@ both_backends!(burst_of_8_clients_by_5_rounds_all_served, |backend| {
 both_backends!(
     banner_backend_causes_no_reconnect_storm_on_the_aside,
     |backend| {
-        if skip("banner_backend_causes_no_reconnect_storm_on_the_aside") {
-            return;
-        }
         let banner = banner_backend(b"220 edge ready\r\n");
         let server = server(backend).cluster("c").run();
         // tcp_proxy hosting connects the backend for the aside too: its first bytes are the banner.
@@ -148,9 +145,6 @@ both_backends!(
 both_backends!(
     silent_aside_survives_10_s_with_at_most_one_redial,
     |backend| {
-        if skip("silent_aside_survives_10_s_with_at_most_one_redial") {
-            return;
-        }
         let echo = echo_backend();
         let server = server(backend)
             .cluster("c")
@@ -177,9 +171,6 @@ both_backends!(
 );
 
 both_backends!(mosn_graceful_close_is_honoured, |backend| {
-    if skip("mosn_graceful_close_is_honoured") {
-        return;
-    }
     let echo = echo_backend();
     let server = server(backend).cluster("c").pool_wait_ms(200).run();
     let agent = mosn_agent(server.tunnel_addr(), echo.addr)
@@ -210,6 +201,40 @@ both_backends!(mosn_graceful_close_is_honoured, |backend| {
     );
     assert_eq!(agent.counts().redials, 0);
 });
+
+both_backends!(
+    mosn_graceful_close_from_another_ip_changes_nothing,
+    |backend| {
+        let echo = echo_backend();
+        let server = server(backend).cluster("c").run();
+        let agent = mosn_agent(server.tunnel_addr(), echo.addr)
+            .connection_num(2)
+            .start();
+        wait_registered(&server, "c", 1, 2);
+        let addrs: Vec<String> = agent
+            .data_local_addrs()
+            .into_iter()
+            .map(|a| a.unwrap().to_string())
+            .collect();
+        // The agent's own addresses, sent from another IP (127.0.0.2 is loopback too).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.connect(&server.tunnel_addr().into()).unwrap();
+        let mut c: TcpStream = socket.into();
+        c.write_all(&mosn_peers::wire::graceful_close_frame(&addrs, "c"))
+            .unwrap();
+        // The server closes the connection once it has handled the frame.
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(c.read(&mut buf).unwrap(), 0);
+        let hosts = server.hosts("c");
+        assert_eq!(hosts[0].idle_connections, 2, "{hosts:?}");
+        try_request(server.frontend_addr("c").unwrap(), b"still leased").unwrap();
+    }
+);
 
 // ringtun agent → MOSN server.
 

@@ -19,6 +19,8 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
 /// Settle time of a legacy (MOSN) data connection before it can be leased.
 pub const LEGACY_LEASE_DELAY_MS: u64 = 200;
+/// MOSN aside connections parked per source IP.
+pub const MAX_LEGACY_ASIDES_PER_IP: usize = 16;
 pub const MAX_DATA_CONNECTIONS_PER_AGENT: u32 = 16_384;
 pub const MAX_DATA_CONNECTIONS: u32 = 65_536;
 pub const MAX_SESSIONS: u64 = 100_000;

@@ -78,6 +78,11 @@ pub struct TunnelListenerConfig {
     /// 0 to 10000.
     #[serde(default = "default_legacy_lease_delay_ms")]
     pub legacy_lease_delay_ms: u64,
+    /// Connections parked as MOSN aside connections (silent, no init) per source IP, a count:
+    /// a silent connection from an IP with a registered legacy host holds no handshake permit
+    /// but one of these. Default 16; 1 to 4096.
+    #[serde(default = "default_max_legacy_asides_per_ip")]
+    pub max_legacy_asides_per_ip: usize,
     /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
@@ -235,6 +240,9 @@ fn default_heartbeat_max_missed() -> u32 {
 fn default_handshake_timeout_ms() -> u64 {
     defaults::HANDSHAKE_TIMEOUT_MS
 }
+fn default_max_legacy_asides_per_ip() -> usize {
+    defaults::MAX_LEGACY_ASIDES_PER_IP
+}
 fn default_legacy_lease_delay_ms() -> u64 {
     defaults::LEGACY_LEASE_DELAY_MS
 }
@@ -313,6 +321,12 @@ impl ServerConfig {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
                 format!("{} is outside 100..=600000", tl.handshake_timeout_ms),
+            );
+        }
+        if !(1..=4096).contains(&tl.max_legacy_asides_per_ip) {
+            return err(
+                "tunnel_listener.max_legacy_asides_per_ip".into(),
+                format!("{} is outside 1..=4096", tl.max_legacy_asides_per_ip),
             );
         }
         if tl.legacy_lease_delay_ms > 10_000 {

@@ -31,11 +31,15 @@ pub enum HandshakeOutcome {
     OverLimit,
     /// The TLS handshake failed (certificate refused, plaintext to a TLS port, ...).
     TlsError,
+    /// Silent past `handshake_timeout_ms` from a MOSN agent's address: parked as its aside.
+    LegacyAside,
+    /// A MOSN graceful close (by address) as the first frame, with no init.
+    LegacyGracefulClose,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [HandshakeOutcome; 10] = [
+    pub const ALL: [HandshakeOutcome; 12] = [
         HandshakeOutcome::Success,
         HandshakeOutcome::UnknownFailure,
         HandshakeOutcome::AuthFailed,
@@ -46,6 +50,8 @@ impl HandshakeOutcome {
         HandshakeOutcome::Overloaded,
         HandshakeOutcome::OverLimit,
         HandshakeOutcome::TlsError,
+        HandshakeOutcome::LegacyAside,
+        HandshakeOutcome::LegacyGracefulClose,
     ];
 
     /// The `status` label value.
@@ -61,6 +67,8 @@ impl HandshakeOutcome {
             HandshakeOutcome::Overloaded => "overloaded",
             HandshakeOutcome::OverLimit => "over_limit",
             HandshakeOutcome::TlsError => "tls_error",
+            HandshakeOutcome::LegacyAside => "legacy_aside",
+            HandshakeOutcome::LegacyGracefulClose => "legacy_graceful_close",
         }
     }
 

@@ -43,19 +43,52 @@ impl Control {
                 }
             }
         };
-        let read =
-            tokio::time::timeout_at(deadline, read_init_from(&mut stream, first, max_payload))
-                .await
-                .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
+        let mut permit = Some(permit);
+        let mut buf = first;
+        let read = tokio::time::timeout_at(
+            deadline,
+            read_first_from(&mut stream, &mut buf, max_payload),
+        )
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
         let (init, leftover) = match read {
-            Ok(x) => x,
-            Err(e) => {
-                self.stats.handshake(match e {
-                    HandshakeError::Timeout(_) => HandshakeOutcome::Timeout,
-                    _ => HandshakeOutcome::ProtocolError,
-                });
-                crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
+            Ok(First::Init(init, leftover)) => (init, leftover),
+            Ok(First::GracefulClose(g)) => {
+                // MOSN's aside connection, opened just to send it.
+                drop(permit.take());
+                self.stats.handshake(HandshakeOutcome::LegacyGracefulClose);
+                self.legacy_graceful_close(peer, &g);
                 let _ = stream.stream.shutdown_std();
+                return;
+            }
+            Err(HandshakeError::Timeout(_)) if buf.is_empty() => {
+                // Silent from the start: from a MOSN agent's address, its aside connection.
+                if let Some(slot) = self.park_slot(peer.ip()) {
+                    drop(permit.take());
+                    self.stats.handshake(HandshakeOutcome::LegacyAside);
+                    debug!(%peer, "silent tunnel connection from a MOSN agent's address: parked as its aside connection");
+                    Box::pin(self.parked(stream, peer, slot)).await;
+                    return;
+                }
+                self.refuse_early(&stream, peer, &HandshakeError::Timeout(timeout_ms));
+                return;
+            }
+            Err(e @ HandshakeError::Decode(crate::protocol::DecodeError::WrongMagic(_))) => {
+                // Not a frame: closing at once would make a MOSN aside hosted on a banner
+                // backend re-dial at once, forever. From a MOSN agent's address it holds no
+                // handshake permit meanwhile.
+                let slot = self.park_slot(peer.ip());
+                if slot.is_some() {
+                    drop(permit.take());
+                }
+                self.refuse_early(&stream, peer, &e);
+                Box::pin(self.hold(&mut stream, deadline)).await;
+                drop(slot);
+                let _ = stream.stream.shutdown_std();
+                return;
+            }
+            Err(e) => {
+                self.refuse_early(&stream, peer, &e);
                 return;
             }
         };
@@ -143,7 +176,7 @@ impl Control {
             return;
         }
         self.stats.handshake(HandshakeOutcome::Success);
-        drop(permit);
+        drop(permit.take());
         let _ = stream.stream.set_nodelay(true);
         // Every session's data connection is replaced by a new one: logging each at `info`
         // would make the log grow with traffic. A host's first connection and aside
@@ -176,6 +209,22 @@ impl Control {
             }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
             Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
+        }
+    }
+
+    /// Counts and logs a connection that produced no init, and closes it unless it is held
+    /// (wrong magic: the caller closes it at the handshake deadline).
+    fn refuse_early(&self, stream: &Channel, peer: SocketAddr, e: &HandshakeError) {
+        self.stats.handshake(match e {
+            HandshakeError::Timeout(_) => HandshakeOutcome::Timeout,
+            _ => HandshakeOutcome::ProtocolError,
+        });
+        crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
+        if !matches!(
+            e,
+            HandshakeError::Decode(crate::protocol::DecodeError::WrongMagic(_))
+        ) {
+            let _ = stream.stream.shutdown_std();
         }
     }
 
