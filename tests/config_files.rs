@@ -215,6 +215,7 @@ fn full_server() -> ServerConfig {
             max_concurrent_handshakes: 4096,
             legacy_lease_delay_ms: 200,
             max_legacy_asides_per_ip: 16,
+            legacy_idle_timeout_ms: 90_000,
             tls_context: Some(ServerTlsConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),

@@ -236,6 +236,35 @@ both_backends!(
     }
 );
 
+both_backends!(
+    idle_legacy_connections_are_closed_at_legacy_idle_timeout_ms,
+    |backend| {
+        let echo = echo_backend();
+        let mut config = server(backend)
+            .cluster("c")
+            .heartbeat_ms(200)
+            .handshake_timeout_ms(500)
+            .config();
+        config.tunnel_listener.legacy_idle_timeout_ms = 1000;
+        let server = ringtun::server::ServerHandle::start(config).unwrap();
+        // A MOSN agent whose hosting listener never closes idle connections itself.
+        let agent = mosn_agent(server.tunnel_addr(), echo.addr)
+            .connection_num(1)
+            .idle_timeout(None)
+            .start();
+        wait_registered(&server, "c", 1, 1);
+        // Both the idle data connection and the parked aside are closed, and re-dialled.
+        wait_for("the idle data connection closed by the server", || {
+            agent.counts().redials >= 1
+        });
+        wait_for("the parked aside closed by the server", || {
+            agent.counts().aside_redials >= 1
+        });
+        wait_registered(&server, "c", 1, 1);
+        try_request(server.frontend_addr("c").unwrap(), b"after idle").unwrap();
+    }
+);
+
 // ringtun agent → MOSN server.
 
 both_backends!(

@@ -83,9 +83,23 @@ pub struct TunnelListenerConfig {
     /// but one of these. Default 16; 1 to 4096.
     #[serde(default = "default_max_legacy_asides_per_ip")]
     pub max_legacy_asides_per_ip: usize,
+    /// A legacy (MOSN) connection, idle data connection or parked aside, that carries nothing
+    /// this long is closed (MOSN's own server: 90 s), in milliseconds; `0` = never. Legacy
+    /// connections get no heartbeat; TCP keepalive finds dead peers. Default 90000; 0, or 1000
+    /// to 86400000.
+    #[serde(default = "default_legacy_idle_timeout_ms")]
+    pub legacy_idle_timeout_ms: u64,
     /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
+}
+
+impl TunnelListenerConfig {
+    /// `legacy_idle_timeout_ms` as a bound (`None`: never).
+    pub fn legacy_idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.legacy_idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.legacy_idle_timeout_ms))
+    }
 }
 
 /// Server-side TLS files.
@@ -240,6 +254,9 @@ fn default_heartbeat_max_missed() -> u32 {
 fn default_handshake_timeout_ms() -> u64 {
     defaults::HANDSHAKE_TIMEOUT_MS
 }
+fn default_legacy_idle_timeout_ms() -> u64 {
+    defaults::LEGACY_IDLE_TIMEOUT_MS
+}
 fn default_max_legacy_asides_per_ip() -> usize {
     defaults::MAX_LEGACY_ASIDES_PER_IP
 }
@@ -321,6 +338,17 @@ impl ServerConfig {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
                 format!("{} is outside 100..=600000", tl.handshake_timeout_ms),
+            );
+        }
+        if tl.legacy_idle_timeout_ms != 0
+            && !(1000..=86_400_000).contains(&tl.legacy_idle_timeout_ms)
+        {
+            return err(
+                "tunnel_listener.legacy_idle_timeout_ms".into(),
+                format!(
+                    "{} is neither 0 nor within 1000..=86400000",
+                    tl.legacy_idle_timeout_ms
+                ),
             );
         }
         if !(1..=4096).contains(&tl.max_legacy_asides_per_ip) {

@@ -2,7 +2,7 @@
 //! sends an init; the only frame it ever writes is its graceful close, by address. Here:
 //! - a connection silent past `handshake_timeout_ms` from an IP with a registered legacy host is
 //!   parked (no handshake permit, at most `max_legacy_asides_per_ip` per source IP, logged at
-//!   debug) until it closes or sends its graceful close;
+//!   debug) until it closes, sends its graceful close, or idles `legacy_idle_timeout_ms`;
 //! - a connection whose first bytes are not a frame (wrong magic: a hosted aside forwarding a
 //!   server-speaks-first backend's banner) is held, its bytes discarded, until
 //!   `handshake_timeout_ms`, then closed: MOSN re-dials at once, so closing at once is a storm;
@@ -64,7 +64,14 @@ impl Control {
     pub(super) async fn parked(&self, mut stream: Channel, peer: SocketAddr, _slot: ParkedSlot) {
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let mut buf = Vec::new();
-        let reason = match read_first_from(&mut stream, &mut buf, max_payload).await {
+        let read = read_first_from(&mut stream, &mut buf, max_payload);
+        let read = match self.config.tunnel_listener.legacy_idle_timeout() {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or(Err(HandshakeError::Timeout(limit.as_millis() as u64))),
+            None => read.await,
+        };
+        let reason = match read {
             Ok(First::GracefulClose(g)) => {
                 self.stats.handshake(HandshakeOutcome::LegacyGracefulClose);
                 self.legacy_graceful_close(peer, &g);

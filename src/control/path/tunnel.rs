@@ -10,6 +10,7 @@ impl Control {
         peer: SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
+        keepalive(&stream);
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -292,6 +293,17 @@ impl Control {
             self.conn_closed(conn_id);
         }
     }
+}
+
+/// TCP keepalive on a tunnel connection: legacy (MOSN) connections get no heartbeat, and a
+/// black-holed agent must not leave connections that are leased and hang.
+fn keepalive(stream: &TcpStream) {
+    use crate::config::defaults as d;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(d::TUNNEL_KEEPALIVE_IDLE_SECS))
+        .with_interval(Duration::from_secs(d::TUNNEL_KEEPALIVE_INTERVAL_SECS))
+        .with_retries(d::TUNNEL_KEEPALIVE_RETRIES);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
 }
 
 pub(super) trait ShutdownStd {

@@ -203,9 +203,9 @@ impl Worker {
                     let mut i = 0;
                     while i < pool.idle.len() {
                         let conn = &mut pool.idle[i];
-                        let result = conn
-                            .poll(self.max_frame_payload_bytes)
-                            .and_then(|()| conn.heartbeat(self.heartbeat_max_missed));
+                        let result = conn.poll(self.max_frame_payload_bytes).and_then(|()| {
+                            conn.heartbeat(self.heartbeat_max_missed, self.legacy_idle_timeout)
+                        });
                         match result {
                             Ok(()) => i += 1,
                             Err(e) => {
