@@ -13,7 +13,7 @@ use std::process::Command;
 use ringtun::config::{
     load_any, AdminConfig, AgentConfig, AgentTlsConfig, AnyConfig, ClusterConfig, CredentialPolicy,
     DynamicServerListConfig, FrontendConfig, HostingListenerConfig, IoBackend, LbType,
-    ServerConfig, ServerTlsConfig, TlsMinVersion, TunnelConfig, TunnelListenerConfig,
+    ServerConfig, ServerTlsConfig, ServerType, TlsMinVersion, TunnelConfig, TunnelListenerConfig,
 };
 use ringtun::secret::Secret;
 use serde_json::{json, Value};
@@ -291,6 +291,7 @@ fn full_agent() -> AgentConfig {
                 private_key_file: Some("agent.key".into()),
                 min_version: TlsMinVersion::V1_2,
             }),
+            server_type: ServerType::Auto,
         }],
     }
 }

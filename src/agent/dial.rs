@@ -97,13 +97,17 @@ pub struct TlsDial {
     pub tls: crate::config::AgentTlsConfig,
 }
 
-/// Connects and handshakes; the caller bounds it in time.
-pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, DialError> {
+/// TCP connect and, with a `tls_context`, the TLS handshake; returns the connection and any
+/// plaintext already received. Nothing is written: a MOSN aside connection is only this.
+pub async fn open(
+    peer: SocketAddr,
+    tls: Option<&TlsDial>,
+) -> Result<(Channel, Vec<u8>), DialError> {
     let stream = TcpStream::connect(peer)
         .await
         .map_err(|source| DialError::Connect { peer, source })?;
     let _ = stream.set_nodelay(true);
-    let (mut stream, first) = match params.tls {
+    Ok(match tls {
         None => (Channel::plain(stream), Vec::new()),
         Some(t) => {
             let tls = |source| DialError::Tls { peer, source };
@@ -117,8 +121,11 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
                 est.plaintext,
             )
         }
-    };
-    let init = Frame::Init(ConnectionInitInfo {
+    })
+}
+
+fn init_frame(params: &InitParams<'_>) -> Frame {
+    Frame::Init(ConnectionInitInfo {
         cluster_name: params.cluster.to_string(),
         weight: params.weight,
         host_name: params.host_name.to_string(),
@@ -141,7 +148,13 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
             }),
             other: Default::default(),
         }),
-    });
+    })
+}
+
+/// Connects and handshakes; the caller bounds it in time.
+pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, DialError> {
+    let (mut stream, first) = Box::pin(open(peer, params.tls)).await?;
+    let init = init_frame(params);
     let bytes = protocol::encode_to_vec(&init).map_err(|e| DialError::Io {
         peer,
         source: io::Error::other(e),

@@ -11,7 +11,8 @@ mod error;
 mod server;
 
 pub use agent::{
-    AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, TunnelConfig,
+    AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, ServerType,
+    TunnelConfig,
 };
 pub use error::ConfigError;
 pub use server::{

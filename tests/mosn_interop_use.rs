@@ -1,8 +1,8 @@
-//! Issue 15, "MOSN interop that survives real use, in both directions": what ringtun must do
-//! with MOSN peers (tests/mosn_peers) that it does not do yet. These tests fail on today's
-//! ringtun, so each returns at once unless `RINGTUN_MOSN_PENDING=1` is set; the fix for issue
-//! 15 removes that guard. Each failure message says which MOSN behaviour is at stake (see
-//! /work/notes/mosn-behaviour.md).
+//! Issue 15, "MOSN interop that survives real use, in both directions", against the scripted
+//! MOSN peers (tests/mosn_peers): a MOSN agent through bursts, a banner backend, its silent aside
+//! and its graceful close with a ringtun server; idle legacy connections bounded; a ringtun agent
+//! serving through a MOSN server and stopping with MOSN's graceful close. Each failure message
+//! says which MOSN behaviour is at stake (see /work/notes/mosn-behaviour.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,15 +14,6 @@ use std::time::Duration;
 
 use common::*;
 use mosn_peers::{mosn_agent, mosn_server, GracefulClose};
-
-/// True (and says why) unless the pending tests were asked for.
-fn skip(test: &str) -> bool {
-    if std::env::var("RINGTUN_MOSN_PENDING").as_deref() == Ok("1") {
-        return false;
-    }
-    println!("skipping {test}: pending issue 15 (set RINGTUN_MOSN_PENDING=1 to run it)");
-    true
-}
 
 fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     assert!(wait_until(Duration::from_secs(10), cond), "never: {what}");
@@ -270,9 +261,6 @@ both_backends!(
 both_backends!(
     ringtun_agent_behind_mosn_server_serves_100_sequential_requests,
     |backend| {
-        if skip("ringtun_agent_behind_mosn_server_serves_100_sequential_requests") {
-            return;
-        }
         let echo = echo_backend();
         let mosn = mosn_server().cluster("c").start();
         let agent = agent(backend, mosn.tunnel_addr(), echo.addr)
@@ -297,9 +285,6 @@ both_backends!(
 both_backends!(
     ringtun_agent_behind_mosn_server_serves_16_concurrent_requests,
     |backend| {
-        if skip("ringtun_agent_behind_mosn_server_serves_16_concurrent_requests") {
-            return;
-        }
         let echo = echo_backend();
         let mosn = mosn_server().cluster("c").start();
         let agent = agent(backend, mosn.tunnel_addr(), echo.addr)
@@ -326,5 +311,58 @@ both_backends!(
         mosn.counts(),
         agent.status()
     );
+    }
+);
+
+both_backends!(
+    ringtun_agent_stopping_sends_mosns_graceful_close_to_a_mosn_server,
+    |backend| {
+        let echo = echo_backend();
+        let mosn = mosn_server().cluster("c").start();
+        let agent = agent(backend, mosn.tunnel_addr(), echo.addr)
+            .connection_num(4)
+            .tunnel_field(
+                "graceful_close_max_wait_duration_ms",
+                serde_json::json!(5000),
+            )
+            .run();
+        wait_for("four hosts on the MOSN server", || {
+            mosn.idle_hosts("c") >= 4
+        });
+        // The aside sent nothing: no host for it, no frame decoded.
+        let c = mosn.counts();
+        assert_eq!(
+            (c.inits, c.decode_errors, c.graceful_closes),
+            (4, 0, 0),
+            "{c:?}"
+        );
+        try_request(mosn.frontend_addr("c"), b"before stop").unwrap();
+        wait_for("the used connection re-dialled", || {
+            mosn.counts().inits == 5 && mosn.idle_hosts("c") >= 4
+        });
+        let stopping = std::thread::spawn(move || agent.shutdown_graceful());
+        wait_for("MOSN's graceful close removing the agent's hosts", || {
+            mosn.counts().graceful_closes == 1 && mosn.idle_hosts("c") == 0
+        });
+        let c = mosn.counts();
+        assert!(c.hosts_removed_by_graceful_close >= 4, "{c:?}");
+        stopping.join().unwrap();
+    }
+);
+
+both_backends!(
+    ringtun_agent_with_server_type_mosn_serves_through_a_mosn_server,
+    |backend| {
+        let echo = echo_backend();
+        let mosn = mosn_server().cluster("c").start();
+        let _agent = agent(backend, mosn.tunnel_addr(), echo.addr)
+            .connection_num(2)
+            .tunnel_field("server_type", serde_json::json!("mosn"))
+            .run();
+        wait_for("two hosts on the MOSN server", || mosn.idle_hosts("c") >= 2);
+        for i in 0..10 {
+            try_request(mosn.frontend_addr("c"), format!("forced {i}").as_bytes()).unwrap();
+        }
+        assert_eq!(mosn.counts().decode_errors, 0);
     }
 );
