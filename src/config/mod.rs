@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod defaults;
 mod error;
+pub mod mosn;
 mod server;
 
 pub use agent::{
@@ -66,6 +67,12 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigError> {
         AgentConfig::from_str(path, &text).map(AnyConfig::Agent)
     } else if object.contains_key("clusters") || object.contains_key("tunnel_listener") {
         ServerConfig::from_str(path, &text).map(AnyConfig::Server)
+    } else if object.contains_key("extends") || object.contains_key("servers") {
+        Err(ConfigError::new(
+            path,
+            "",
+            "a MOSN config, not a ringtun one: convert its `tunnel_agent` block with `ringtun import-mosn FILE`",
+        ))
     } else {
         Err(ConfigError::new(
             path,
