@@ -161,6 +161,47 @@ both_backends!(
     }
 );
 
+both_backends!(a_parked_mosn_aside_holds_no_handshake_permit, |backend| {
+    let echo = echo_backend();
+    let mut config = server(backend)
+        .cluster("c")
+        .handshake_timeout_ms(300)
+        .config();
+    // One handshake at a time: a parked aside holding it would refuse everyone else.
+    config.tunnel_listener.max_concurrent_handshakes = 1;
+    let server = ringtun::server::ServerHandle::start(config).unwrap();
+    let mosn = mosn_agent(server.tunnel_addr(), echo.addr)
+        .connection_num(1)
+        .start();
+    wait_for("the MOSN aside parked", || {
+        server
+            .control_stats()
+            .handshakes(ringtun::control::stats::HandshakeOutcome::LegacyAside)
+            == 1
+    });
+    // Another agent (and the MOSN agent's own re-dials) still handshake.
+    let _ringtun = agent(backend, server.tunnel_addr(), echo.addr)
+        .host_name("edge-2")
+        .connection_num(2)
+        .run();
+    wait_for("both agents registered", || {
+        server
+            .hosts("c")
+            .iter()
+            .map(|h| h.idle_connections)
+            .sum::<usize>()
+            == 3
+    });
+    try_request(server.frontend_addr("c").unwrap(), b"with the aside parked").unwrap();
+    // (The ringtun agent's own concurrent dials may be refused at accept and retried: the
+    // limit is 1.) The aside is still the one parked.
+    let parked = server
+        .control_stats()
+        .handshakes(ringtun::control::stats::HandshakeOutcome::LegacyAside);
+    assert_eq!(parked, 1);
+    assert_eq!(mosn.counts().aside_redials, 0);
+});
+
 both_backends!(mosn_graceful_close_is_honoured, |backend| {
     let echo = echo_backend();
     let server = server(backend).cluster("c").pool_wait_ms(200).run();
