@@ -45,6 +45,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Convert a MOSN config's `tunnel_agent` extend block into a ringtun agent config (stdout).
+    ImportMosn {
+        /// The MOSN config file (or a file holding just the extend block).
+        file: PathBuf,
+        /// `host:port` of the hosting listener's backend, when the MOSN file does not say.
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// Server, agent and echo backend in one process on loopback, with traffic and a report.
     Demo {
         /// Exit after the traffic report instead of waiting for Ctrl-C.
@@ -99,6 +107,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ringtun::config::AnyConfig::Agent(_) => "agent",
             };
             println!("{}: valid {kind} config", config.display());
+            Ok(())
+        }
+        Command::ImportMosn { file, backend } => {
+            let imported = ringtun::config::mosn::import_mosn(&file, backend.as_deref())?;
+            for note in &imported.notes {
+                eprintln!("note: {note}");
+            }
+            println!("{}", serde_json::to_string_pretty(&imported.config)?);
             Ok(())
         }
         Command::Server { config: path } => {

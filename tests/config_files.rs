@@ -13,7 +13,7 @@ use std::process::Command;
 use ringtun::config::{
     load_any, AdminConfig, AgentConfig, AgentTlsConfig, AnyConfig, ClusterConfig, CredentialPolicy,
     DynamicServerListConfig, FrontendConfig, HostingListenerConfig, IoBackend, LbType,
-    SendProxyProtocol, ServerConfig, ServerTlsConfig, TlsMinVersion, TunnelConfig,
+    SendProxyProtocol, ServerConfig, ServerTlsConfig, ServerType, TlsMinVersion, TunnelConfig,
     TunnelListenerConfig,
 };
 use ringtun::secret::Secret;
@@ -203,6 +203,38 @@ fn check_rejects_an_invalid_file_with_a_one_line_reason() {
 }
 
 #[test]
+fn import_mosn_converts_the_mosn_example_into_the_shipped_agent_config() {
+    // config/mosn/agent_config.json is a MOSN config (a tcp_proxy hosting listener and its
+    // tunnel_agent extend block); config/agent-from-mosn.json is what `import-mosn` makes of it.
+    let out = ringtun(&["import-mosn", "config/mosn/agent_config.json"]);
+    assert!(out.status.success(), "{out:?}");
+    let converted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("config/agent-from-mosn.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(converted, shipped);
+    let agent = load_agent("agent-from-mosn.json");
+    let t = &agent.tunnels[0];
+    assert_eq!(
+        (
+            t.reconnect_base_duration_ms,
+            t.connect_timeout_duration_ms,
+            t.connection_num
+        ),
+        (3_000, 15_000, 4)
+    );
+    assert_eq!(agent.listeners[0].backend, "127.0.0.1:9000");
+    // `check` on the MOSN file says what to do with it.
+    let out = ringtun(&["check", "--config", "config/mosn/agent_config.json"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ringtun import-mosn FILE"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn check_rejects_a_missing_file() {
     let out = ringtun(&["check", "--config", "config/no-such-file.json"]);
     assert!(!out.status.success(), "{out:?}");
@@ -234,6 +266,9 @@ fn full_server() -> ServerConfig {
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
             hmac_replay_cache_entries: 1_048_576,
+            legacy_lease_delay_ms: 200,
+            max_legacy_asides_per_ip: 16,
+            legacy_idle_timeout_ms: 90_000,
             tls_context: Some(ServerTlsConfig {
                 cert_chain_file: "server.crt".into(),
                 private_key_file: "server.key".into(),
@@ -317,6 +352,7 @@ fn full_agent() -> AgentConfig {
                 private_key_file: Some("agent.key".into()),
                 min_version: TlsMinVersion::V1_2,
             }),
+            server_type: ServerType::Auto,
         }],
     }
 }

@@ -2,7 +2,8 @@
 //! MOSN's source: a MOSN agent registering with a ringtun server and carrying sessions, MOSN's
 //! statuses and dead slots, a banner on a data connection, a ringtun agent registering with a
 //! MOSN server, and the peers' own fidelity (frames, decode order, agent ↔ server).
-//! What issue 15 still has to fix is in mosn_interop_pending.rs.
+//! Issue 15's tests (bursts, banner, silent aside, graceful close, ringtun agent through a MOSN
+//! server) are in mosn_interop_use.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -101,17 +101,23 @@ pub struct TlsDial {
     pub tls: crate::config::AgentTlsConfig,
 }
 
-/// Connects and handshakes; the caller bounds it in time.
-pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, DialError> {
+/// TCP connect and, with a `tls_context`, the TLS handshake (verifying `tls_context.server_name`,
+/// or else `configured_host`, the host the peer was configured by); returns the connection and
+/// any plaintext already received. Nothing is written: a MOSN aside connection is only this.
+pub async fn open(
+    peer: SocketAddr,
+    configured_host: &str,
+    tls: Option<&TlsDial>,
+) -> Result<(Channel, Vec<u8>), DialError> {
     let stream = TcpStream::connect(peer)
         .await
         .map_err(|source| DialError::Connect { peer, source })?;
     let _ = stream.set_nodelay(true);
-    let (mut stream, first) = match params.tls {
+    Ok(match tls {
         None => (Channel::plain(stream), Vec::new()),
         Some(t) => {
             let tls = |source| DialError::Tls { peer, source };
-            let name = crate::tls::server_name(&t.tls, params.server_name).map_err(tls)?;
+            let name = crate::tls::server_name(&t.tls, configured_host).map_err(tls)?;
             // Boxed: the handshake's state is large, and plaintext dials should not carry it.
             let est = Box::pin(crate::tls::connect(&stream, t.config.clone(), name))
                 .await
@@ -121,8 +127,11 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
                 est.plaintext,
             )
         }
-    };
-    let init = Frame::Init(ConnectionInitInfo {
+    })
+}
+
+fn init_frame(params: &InitParams<'_>) -> Frame {
+    Frame::Init(ConnectionInitInfo {
         cluster_name: params.cluster.to_string(),
         weight: params.weight,
         host_name: params.host_name.to_string(),
@@ -145,7 +154,13 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
             }),
             other: Default::default(),
         }),
-    });
+    })
+}
+
+/// Connects and handshakes; the caller bounds it in time.
+pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, DialError> {
+    let (mut stream, first) = Box::pin(open(peer, params.server_name, params.tls)).await?;
+    let init = init_frame(params);
     let bytes = protocol::encode_to_vec(&init).map_err(|e| DialError::Io {
         peer,
         source: io::Error::other(e),

@@ -24,6 +24,16 @@ pub enum PeerState {
     Stopping,
 }
 
+/// What a peer turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Not known yet (`server_type: auto` before the first data connection's answer).
+    Unknown,
+    Ringtun,
+    /// A MOSN tunnel server: raw sessions, a silent aside, graceful close by address.
+    Mosn,
+}
+
 /// What the aside connection is asked to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AsideCmd {
@@ -91,6 +101,10 @@ pub struct Peer {
     state: watch::Sender<PeerState>,
     /// Server-issued ids of this peer's data connections that are up now.
     conn_ids: Mutex<BTreeSet<u64>>,
+    /// Local addresses of this peer's data connections that are up now (a MOSN server's
+    /// graceful close names them).
+    local_addrs: Mutex<BTreeSet<SocketAddr>>,
+    kind: watch::Sender<ServerKind>,
     /// Data slots alive (regular and extra).
     pub data_slots: AtomicU32,
     /// Extra data slots alive (started by pool requests).
@@ -108,6 +122,8 @@ impl Peer {
             dynamic,
             state: watch::channel(PeerState::Running).0,
             conn_ids: Mutex::new(BTreeSet::new()),
+            local_addrs: Mutex::new(BTreeSet::new()),
+            kind: watch::channel(ServerKind::Unknown).0,
             data_slots: AtomicU32::new(0),
             extra_slots: AtomicU32::new(0),
             pending_close: Arc::default(),
@@ -175,6 +191,43 @@ impl Peer {
             .map(|ids| ids.iter().copied().collect())
             .unwrap_or_default();
         self.request_close(ids);
+    }
+
+    /// Records what the server is (from a data connection's answer, or the config).
+    pub fn set_kind(&self, kind: ServerKind) {
+        self.kind
+            .send_if_modified(|k| std::mem::replace(k, kind) != kind);
+    }
+
+    /// What the server is, once known (waits while it is `Unknown`).
+    pub async fn kind(&self) -> ServerKind {
+        let mut rx = self.kind.subscribe();
+        let kind = match rx.wait_for(|k| *k != ServerKind::Unknown).await {
+            Ok(k) => *k,
+            Err(_) => ServerKind::Unknown,
+        };
+        kind
+    }
+
+    /// A data connection with this local address is up (MOSN servers know it by that).
+    pub fn local_up(&self, addr: SocketAddr) {
+        if let Ok(mut a) = self.local_addrs.lock() {
+            a.insert(addr);
+        }
+    }
+
+    pub fn local_down(&self, addr: SocketAddr) {
+        if let Ok(mut a) = self.local_addrs.lock() {
+            a.remove(&addr);
+        }
+    }
+
+    /// Local addresses of the data connections up now.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs
+            .lock()
+            .map(|a| a.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Every data slot has ended.

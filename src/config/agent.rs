@@ -143,6 +143,25 @@ pub struct TunnelConfig {
     /// TLS to the servers. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<AgentTlsConfig>,
+    /// What the servers of this tunnel are (no unit): `auto` (default; a server whose success
+    /// response carries no ringtun fields is a MOSN server), `ringtun` or `mosn`. With a MOSN
+    /// server a data connection is a raw session from its `{"status":1}` on, and the aside
+    /// connection sends nothing but MOSN's graceful close.
+    #[serde(default)]
+    pub server_type: ServerType,
+}
+
+/// What a tunnel's servers are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerType {
+    /// Told by the first data connection's response (MOSN's has no ringtun fields).
+    #[default]
+    Auto,
+    /// ringtun servers: session start frames, heartbeats, the aside protocol.
+    Ringtun,
+    /// MOSN tunnel servers (`tunnel` network filter).
+    Mosn,
 }
 
 /// Dynamic server discovery: `{"dynamic_server_lister": ""}` (none), `"dns"` or `"file"`.

@@ -19,6 +19,17 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
 /// Accepted `hmac` credentials remembered at once (about 64 MiB when full).
 pub const HMAC_REPLAY_CACHE_ENTRIES: usize = 1024 * 1024;
+/// Settle time of a legacy (MOSN) data connection before it can be leased.
+pub const LEGACY_LEASE_DELAY_MS: u64 = 200;
+/// MOSN aside connections parked per source IP.
+pub const MAX_LEGACY_ASIDES_PER_IP: usize = 16;
+/// Idle bound of legacy (MOSN) connections, as MOSN's server's `connection_idle_timeout`.
+pub const LEGACY_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// TCP keepalive of tunnel connections: first probe after this idle time, then every
+/// `TUNNEL_KEEPALIVE_INTERVAL_SECS`, `TUNNEL_KEEPALIVE_RETRIES` unanswered probes close it.
+pub const TUNNEL_KEEPALIVE_IDLE_SECS: u64 = 30;
+pub const TUNNEL_KEEPALIVE_INTERVAL_SECS: u64 = 10;
+pub const TUNNEL_KEEPALIVE_RETRIES: u32 = 3;
 pub const MAX_DATA_CONNECTIONS_PER_AGENT: u32 = 16_384;
 pub const MAX_DATA_CONNECTIONS: u32 = 65_536;
 pub const MAX_SESSIONS: u64 = 100_000;

@@ -9,12 +9,14 @@ mod admin;
 pub mod agent;
 pub mod defaults;
 mod error;
+pub mod mosn;
 mod proxy;
 mod server;
 
 pub use admin::AdminConfig;
 pub use agent::{
-    AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, TunnelConfig,
+    AgentConfig, AgentTlsConfig, DynamicServerListConfig, HostingListenerConfig, ServerType,
+    TunnelConfig,
 };
 pub use error::ConfigError;
 pub use proxy::{trusted_networks, SendProxyProtocol};
@@ -60,6 +62,12 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigError> {
         AgentConfig::from_str(path, &text).map(AnyConfig::Agent)
     } else if object.contains_key("clusters") || object.contains_key("tunnel_listener") {
         ServerConfig::from_str(path, &text).map(AnyConfig::Server)
+    } else if object.contains_key("extends") || object.contains_key("servers") {
+        Err(ConfigError::new(
+            path,
+            "",
+            "a MOSN config, not a ringtun one: convert its `tunnel_agent` block with `ringtun import-mosn FILE`",
+        ))
     } else {
         Err(ConfigError::new(
             path,

@@ -76,9 +76,35 @@ pub struct TunnelListenerConfig {
     /// refused with status 0 rather than forgetting a live one. Default 1048576; 1 to 16777216.
     #[serde(default = "default_hmac_replay_cache_entries")]
     pub hmac_replay_cache_entries: usize,
+    /// Time a legacy (MOSN) agent's data connection waits after its `{"status":1}` before it
+    /// can be leased, in milliseconds; it ends early once the agent sends a byte (MOSN only
+    /// writes after it read the response). Keeps session bytes out of the read in which MOSN
+    /// takes the response (MOSN never drains them from the slot's buffer). Default 200;
+    /// 0 to 10000.
+    #[serde(default = "default_legacy_lease_delay_ms")]
+    pub legacy_lease_delay_ms: u64,
+    /// Connections parked as MOSN aside connections (silent, no init) per source IP, a count:
+    /// a silent connection from an IP with a registered legacy host holds no handshake permit
+    /// but one of these. Default 16; 1 to 4096.
+    #[serde(default = "default_max_legacy_asides_per_ip")]
+    pub max_legacy_asides_per_ip: usize,
+    /// A legacy (MOSN) connection, idle data connection or parked aside, that carries nothing
+    /// this long is closed (MOSN's own server: 90 s), in milliseconds; `0` = never. Legacy
+    /// connections get no heartbeat; TCP keepalive finds dead peers. Default 90000; 0, or 1000
+    /// to 86400000.
+    #[serde(default = "default_legacy_idle_timeout_ms")]
+    pub legacy_idle_timeout_ms: u64,
     /// TLS for tunnel connections. Default: none (plaintext).
     #[serde(default)]
     pub tls_context: Option<ServerTlsConfig>,
+}
+
+impl TunnelListenerConfig {
+    /// `legacy_idle_timeout_ms` as a bound (`None`: never).
+    pub fn legacy_idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.legacy_idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.legacy_idle_timeout_ms))
+    }
 }
 
 /// Server-side TLS files.
@@ -252,6 +278,15 @@ fn default_heartbeat_max_missed() -> u32 {
 fn default_handshake_timeout_ms() -> u64 {
     defaults::HANDSHAKE_TIMEOUT_MS
 }
+fn default_legacy_idle_timeout_ms() -> u64 {
+    defaults::LEGACY_IDLE_TIMEOUT_MS
+}
+fn default_max_legacy_asides_per_ip() -> usize {
+    defaults::MAX_LEGACY_ASIDES_PER_IP
+}
+fn default_legacy_lease_delay_ms() -> u64 {
+    defaults::LEGACY_LEASE_DELAY_MS
+}
 fn default_max_frame_payload_bytes() -> usize {
     defaults::MAX_FRAME_PAYLOAD_BYTES
 }
@@ -336,6 +371,29 @@ impl ServerConfig {
             return err(
                 "tunnel_listener.handshake_timeout_ms".into(),
                 format!("{} is outside 100..=600000", tl.handshake_timeout_ms),
+            );
+        }
+        if tl.legacy_idle_timeout_ms != 0
+            && !(1000..=86_400_000).contains(&tl.legacy_idle_timeout_ms)
+        {
+            return err(
+                "tunnel_listener.legacy_idle_timeout_ms".into(),
+                format!(
+                    "{} is neither 0 nor within 1000..=86400000",
+                    tl.legacy_idle_timeout_ms
+                ),
+            );
+        }
+        if !(1..=4096).contains(&tl.max_legacy_asides_per_ip) {
+            return err(
+                "tunnel_listener.max_legacy_asides_per_ip".into(),
+                format!("{} is outside 1..=4096", tl.max_legacy_asides_per_ip),
+            );
+        }
+        if tl.legacy_lease_delay_ms > 10_000 {
+            return err(
+                "tunnel_listener.legacy_lease_delay_ms".into(),
+                format!("{} is outside 0..=10000", tl.legacy_lease_delay_ms),
             );
         }
         if !(256..=crate::protocol::MAX_WIRE_PAYLOAD_BYTES).contains(&tl.max_frame_payload_bytes) {

@@ -28,6 +28,8 @@ pub mod reason {
     pub const OK: &str = "ok";
     pub const NO_CLUSTER: &str = "no such cluster";
     pub const OTHER_POLICY: &str = "the agent announced another credential policy";
+    pub const NO_VALIDATOR: &str =
+        "the MOSN agent announced a credential policy this server has no validator for";
     pub const NO_CREDENTIAL: &str = "no credential sent";
     pub const TOKEN_MISMATCH: &str = "the token matches none of the cluster's credentials";
     pub const HMAC_MALFORMED: &str = "the hmac credential is malformed";
@@ -42,12 +44,29 @@ pub mod reason {
 /// The status to answer `init` with, given the cluster it names (None: no such cluster), the
 /// current time in unix seconds and the replay cache of `hmac` credentials (an accepted `hmac`
 /// credential is recorded in it).
+///
+/// A legacy (MOSN) agent is answered in MOSN's order where that does not weaken the cluster's
+/// rule: a policy this server has no validator for (anything but `token` and `hmac`) is 3
+/// before the cluster is looked up, as MOSN's server does (filter.go:76-90). Deliberate
+/// differences: a cluster that requires a credential still requires it from an agent that
+/// announces no policy (MOSN skips authentication then), and a policy-less cluster accepts an
+/// agent announcing `token` or `hmac` without checking anything (there is nothing to check).
 pub fn decide(
     cluster: Option<&ClusterConfig>,
     init: &ConnectionInitInfo,
     now_secs: u64,
     replay: &mut ReplayCache,
 ) -> Decision {
+    let announced = init.credential_policy.as_str();
+    let legacy = init.ringtun().is_none();
+    let known = |p: &str| {
+        [CredentialPolicy::Token, CredentialPolicy::Hmac]
+            .iter()
+            .any(|k| k.name() == p)
+    };
+    if legacy && !announced.is_empty() && !known(announced) {
+        return Decision::new(Status::VALIDATOR_NOT_FOUND, reason::NO_VALIDATOR);
+    }
     let Some(cluster) = cluster else {
         return Decision::new(Status::CLUSTER_NOT_EXIST, reason::NO_CLUSTER);
     };
@@ -56,7 +75,6 @@ pub fn decide(
         // The server decides: an agent announcing a policy to a cluster without one is welcome.
         return Decision::new(Status::SUCCESS, reason::OK);
     }
-    let announced = init.credential_policy.as_str();
     if !announced.is_empty() && announced != required.name() {
         return Decision::new(Status::VALIDATOR_NOT_FOUND, reason::OTHER_POLICY);
     }
@@ -199,6 +217,41 @@ mod tests {
             status(Some(&c), &init("token", "wrong")),
             Status::AUTH_FAILED
         );
+    }
+
+    fn legacy(policy: &str, cred: &str) -> ConnectionInitInfo {
+        ConnectionInitInfo {
+            extra: None,
+            ..init(policy, cred)
+        }
+    }
+
+    #[test]
+    fn mosn_agents_get_mosns_order_where_it_does_not_weaken_the_cluster() {
+        let open = cluster(CredentialPolicy::None, &[]);
+        let token = cluster(CredentialPolicy::Token, &["a"]);
+        // No validator of that name: 3, before the cluster (MOSN's order), even on an open
+        // cluster; a ringtun agent cannot announce such a policy, and keeps the old answer.
+        assert_eq!(
+            status(None, &legacy("test", "x")),
+            Status::VALIDATOR_NOT_FOUND
+        );
+        assert_eq!(
+            status(Some(&open), &legacy("test", "x")),
+            Status::VALIDATOR_NOT_FOUND
+        );
+        assert_eq!(status(Some(&open), &init("test", "x")), Status::SUCCESS);
+        assert_eq!(status(None, &init("test", "x")), Status::CLUSTER_NOT_EXIST);
+        // A known validator cannot check anything without the cluster's credentials: 4.
+        assert_eq!(
+            status(None, &legacy("token", "a")),
+            Status::CLUSTER_NOT_EXIST
+        );
+        // Deliberately not MOSN: a token cluster still requires the token (MOSN: 1).
+        assert_eq!(status(Some(&token), &legacy("", "")), Status::AUTH_FAILED);
+        assert_eq!(status(Some(&token), &legacy("token", "a")), Status::SUCCESS);
+        assert_eq!(status(Some(&open), &legacy("", "")), Status::SUCCESS);
+        assert_eq!(status(Some(&open), &legacy("token", "x")), Status::SUCCESS);
     }
 
     #[test]

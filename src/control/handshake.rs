@@ -6,7 +6,9 @@ use std::io;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::protocol::{self, ConnectionInitInfo, DecodeError, Decoded, Frame, HEADER_LEN};
+use crate::protocol::{
+    self, ConnectionInitInfo, DecodeError, Decoded, Frame, GracefulCloseOnewayRequest, HEADER_LEN,
+};
 
 /// Why a tunnel connection did not produce an init.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,9 @@ pub enum HandshakeError {
 pub enum InitProgress {
     /// The init, and how many bytes of the buffer it used (bytes after it belong to the agent).
     Init(ConnectionInitInfo, usize),
+    /// A graceful close as the first frame: MOSN's aside connection sends no init, and this is
+    /// the only frame it ever sends (with how many bytes it used).
+    GracefulClose(GracefulCloseOnewayRequest, usize),
     /// No whole frame yet: read up to this many more bytes (at least 1).
     NeedMore(usize),
 }
@@ -40,6 +45,7 @@ pub fn next_init(
 ) -> Result<InitProgress, HandshakeError> {
     match protocol::decode(buf, max_frame_payload_bytes)? {
         Decoded::Frame(Frame::Init(init), used) => Ok(InitProgress::Init(init, used)),
+        Decoded::Frame(Frame::GracefulClose(g), used) => Ok(InitProgress::GracefulClose(g, used)),
         Decoded::Frame(other, _) => Err(HandshakeError::NotInit(other.flag().name())),
         Decoded::NeedMore(n) => Ok(InitProgress::NeedMore(
             n.min(HEADER_LEN + max_frame_payload_bytes).max(1),
@@ -59,6 +65,9 @@ pub async fn read_init(
                 buf.drain(..used);
                 return Ok((init, buf));
             }
+            InitProgress::GracefulClose(..) => {
+                return Err(HandshakeError::NotInit("GracefulCloseOnewayRequest"))
+            }
             InitProgress::NeedMore(want) => {
                 let start = buf.len();
                 buf.resize(start + want, 0);
@@ -72,21 +81,35 @@ pub async fn read_init(
     }
 }
 
-/// Reads frames through `channel` (plaintext, decrypted when TLS is on) until the init; `buf`
-/// holds bytes already received. Returns the init and any bytes that followed it.
-pub async fn read_init_from(
+/// The first frame of a tunnel connection.
+#[derive(Debug)]
+pub enum First {
+    /// The init, and the bytes that followed it.
+    Init(ConnectionInitInfo, Vec<u8>),
+    /// MOSN's graceful close (an aside connection's only frame).
+    GracefulClose(GracefulCloseOnewayRequest),
+}
+
+/// Reads through `channel` (plaintext, decrypted when TLS is on) until the first frame, an init
+/// or a graceful close; `buf` holds the bytes received so far, and still holds them when this
+/// fails or is cancelled (so the caller can tell a silent connection from a slow one).
+pub async fn read_first_from(
     channel: &mut crate::tls::Channel,
-    mut buf: Vec<u8>,
+    buf: &mut Vec<u8>,
     max_frame_payload_bytes: usize,
-) -> Result<(ConnectionInitInfo, Vec<u8>), HandshakeError> {
+) -> Result<First, HandshakeError> {
     loop {
-        match next_init(&buf, max_frame_payload_bytes)? {
+        match next_init(buf, max_frame_payload_bytes)? {
             InitProgress::Init(init, used) => {
                 buf.drain(..used);
-                return Ok((init, buf));
+                return Ok(First::Init(init, std::mem::take(buf)));
+            }
+            InitProgress::GracefulClose(g, used) => {
+                buf.drain(..used);
+                return Ok(First::GracefulClose(g));
             }
             InitProgress::NeedMore(_) => {
-                if channel.read_into(&mut buf).await? == 0 {
+                if channel.read_into(buf).await? == 0 {
                     return Err(HandshakeError::ClosedEarly);
                 }
             }

@@ -74,6 +74,10 @@ pub fn server_handshake(data: &[u8]) -> Vec<Decision> {
                 decisions.push(d);
                 buf.drain(..used);
             }
+            Ok(InitProgress::GracefulClose(_, used)) => {
+                assert!(used <= buf.len(), "used {used} of {}", buf.len());
+                buf.drain(..used);
+            }
             Ok(InitProgress::NeedMore(n)) => {
                 assert!(n >= 1);
                 if pos >= stream.len() {

@@ -34,11 +34,15 @@ pub enum HandshakeOutcome {
     /// Answered status 0: the hmac replay cache is full of live credentials, so a new one
     /// cannot be remembered and is refused (`tunnel_listener.hmac_replay_cache_entries`).
     ReplayCacheFull,
+    /// Silent past `handshake_timeout_ms` from a MOSN agent's address: parked as its aside.
+    LegacyAside,
+    /// A MOSN graceful close (by address) as the first frame, with no init.
+    LegacyGracefulClose,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [HandshakeOutcome; 11] = [
+    pub const ALL: [HandshakeOutcome; 13] = [
         HandshakeOutcome::Success,
         HandshakeOutcome::UnknownFailure,
         HandshakeOutcome::AuthFailed,
@@ -50,6 +54,8 @@ impl HandshakeOutcome {
         HandshakeOutcome::OverLimit,
         HandshakeOutcome::TlsError,
         HandshakeOutcome::ReplayCacheFull,
+        HandshakeOutcome::LegacyAside,
+        HandshakeOutcome::LegacyGracefulClose,
     ];
 
     /// The `status` label value.
@@ -66,6 +72,8 @@ impl HandshakeOutcome {
             HandshakeOutcome::OverLimit => "over_limit",
             HandshakeOutcome::TlsError => "tls_error",
             HandshakeOutcome::ReplayCacheFull => "replay_cache_full",
+            HandshakeOutcome::LegacyAside => "legacy_aside",
+            HandshakeOutcome::LegacyGracefulClose => "legacy_graceful_close",
         }
     }
 

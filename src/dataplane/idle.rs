@@ -28,6 +28,8 @@ pub enum IdleError {
     LegacyOverflow,
     #[error("{0} heartbeats unanswered")]
     HeartbeatMissed(u32),
+    #[error("legacy connection idle for {0} ms (legacy_idle_timeout_ms)")]
+    LegacyIdle(u128),
     #[error("socket send buffer full while idle")]
     SendBufferFull,
     #[error("TLS: {0}")]
@@ -47,6 +49,8 @@ pub struct IdleConn {
     pub outstanding_pings: u32,
     /// The TLS session of a TLS tunnel connection (`pending` then holds plaintext).
     pub tls: Option<Box<crate::tls::TlsSession>>,
+    /// When it became idle on this worker (legacy connections have an idle bound).
+    pub idle_since: std::time::Instant,
     next_ping_seq: u64,
 }
 
@@ -68,6 +72,7 @@ impl IdleConn {
             pending,
             outstanding_pings,
             tls,
+            idle_since: std::time::Instant::now(),
             next_ping_seq: 1,
         }
     }
@@ -130,10 +135,20 @@ impl IdleConn {
     }
 
     /// One heartbeat tick: close after `max_missed` unanswered pings, else send another.
-    /// Legacy agents get no heartbeat.
-    pub fn heartbeat(&mut self, max_missed: u32) -> Result<(), IdleError> {
+    /// Legacy agents get no heartbeat; their connections are closed once idle for
+    /// `legacy_idle` (`None`: never), as MOSN's own server does.
+    pub fn heartbeat(
+        &mut self,
+        max_missed: u32,
+        legacy_idle: Option<std::time::Duration>,
+    ) -> Result<(), IdleError> {
         if self.legacy {
-            return Ok(());
+            return match legacy_idle {
+                Some(limit) if self.idle_since.elapsed() >= limit => {
+                    Err(IdleError::LegacyIdle(limit.as_millis()))
+                }
+                _ => Ok(()),
+            };
         }
         if self.outstanding_pings >= max_missed {
             return Err(IdleError::HeartbeatMissed(self.outstanding_pings));

@@ -117,6 +117,7 @@ impl ServerHandle {
                 events: events_tx.clone(),
                 heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
                 heartbeat_max_missed: config.heartbeat_max_missed,
+                legacy_idle_timeout: config.tunnel_listener.legacy_idle_timeout(),
                 max_frame_payload_bytes: config.tunnel_listener.max_frame_payload_bytes,
                 pump_buffer_bytes: config.pump_buffer_bytes,
                 splice_pipe_bytes: config.splice_pipe_bytes,

@@ -18,11 +18,13 @@ use tracing::{debug, error, info, warn, Instrument};
 
 mod aside;
 mod data;
+mod mosn;
 
 use super::backoff::Backoff;
-use super::dial::{dial, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
-use super::peer::{AsideCmd, AsideCommands, Peer, SlotGuard};
+use super::dial::{dial, open, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
+use super::peer::{AsideCmd, AsideCommands, Peer, ServerKind, SlotGuard};
 use super::Shared;
+use crate::config::ServerType;
 use crate::dataplane::pump::{pump_conns, pump_tls, Pools};
 use crate::protocol::{
     self, Decoded, Frame, GracefulCloseOnewayRequest, Pong, Role, SessionStart, WeightUpdate,
@@ -31,6 +33,7 @@ use crate::rt::Conn;
 use crate::tls::Channel;
 use aside::serve_aside;
 use data::serve_data;
+use mosn::{serve_mosn_aside, serve_mosn_data};
 
 /// Which slot this is.
 #[derive(Clone)]
@@ -103,6 +106,50 @@ pub async fn run(
             tls: shared.tls.get(peer.tunnel).and_then(Option::as_ref),
             server_name: &peer.name,
         };
+        // The aside connection must know what the server is before it writes anything: a MOSN
+        // aside sends no init. With `auto`, the first data connection's answer tells.
+        let aside_kind = match (spec.role, tunnel.server_type) {
+            (Role::Data, _) => None,
+            (Role::Aside, ServerType::Mosn) => Some(ServerKind::Mosn),
+            (Role::Aside, ServerType::Ringtun) => Some(ServerKind::Ringtun),
+            (Role::Aside, ServerType::Auto) => tokio::select! {
+                k = peer.kind() => Some(k),
+                _ = stop.changed() => return,
+            },
+        };
+        if aside_kind == Some(ServerKind::Mosn) {
+            let tls = shared.tls.get(peer.tunnel).and_then(Option::as_ref);
+            let opened = tokio::select! {
+                r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(open(peer.addr, &peer.name, tls))) => {
+                    r.unwrap_or(Err(DialError::Timeout { peer: peer.addr, timeout_ms: connect_timeout_ms }))
+                }
+                _ = stop.changed() => return,
+            };
+            let lost = match opened {
+                Ok((stream, _)) => {
+                    attempts = 0;
+                    let ended = tokio::select! {
+                        e = Box::pin(serve_mosn_aside(&shared, &spec, stream, aside_commands.as_mut())) => e,
+                        _ = stop.changed() => return,
+                    };
+                    if let Ended::Lost(why) = ended {
+                        debug!(peer = %peer.addr, reason = %why, "MOSN aside connection lost; re-dialling");
+                    }
+                    failures = 1;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            failures = failures.saturating_add(1);
+            let delay = backoff.delay(failures, fastrand::f64());
+            warn!(peer = %peer.addr, cluster = %tunnel.cluster, role = ?spec.role, attempt = failures,
+                retry_in_ms = delay.as_millis() as u64, "{lost}; retrying in {} ms", delay.as_millis());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
         let dialed = tokio::select! {
             // Boxed, like each phase below: the slot's own future stays small while it idles.
             r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(dial(peer.addr, &params))) => {
@@ -117,7 +164,25 @@ pub async fn run(
                 }
                 failures = 0;
                 attempts = 0;
+                let kind = match tunnel.server_type {
+                    ServerType::Mosn => ServerKind::Mosn,
+                    ServerType::Ringtun => ServerKind::Ringtun,
+                    // A ringtun server always answers with its connection id and heartbeat.
+                    ServerType::Auto
+                        if conn.connection_id.is_none() && conn.heartbeat_interval_ms.is_none() =>
+                    {
+                        ServerKind::Mosn
+                    }
+                    ServerType::Auto => ServerKind::Ringtun,
+                };
+                if spec.role == Role::Data {
+                    peer.set_kind(kind);
+                }
                 let ended = match spec.role {
+                    Role::Data if kind == ServerKind::Mosn => tokio::select! {
+                        e = Box::pin(serve_mosn_data(&shared, &spec, conn, &pool)) => e,
+                        _ = stop.changed() => return,
+                    },
                     Role::Data => {
                         let id = conn.connection_id;
                         peer.conn_up(id);

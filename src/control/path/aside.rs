@@ -63,7 +63,8 @@ impl Control {
                             }
                             Frame::GracefulClose(g) => {
                                 // Only this authenticated agent's own connections, by the ids
-                                // this server issued; addresses (MOSN's form) name nothing here.
+                                // this server issued; addresses name nothing here (MOSN's form
+                                // comes as the first frame of a connection: `parked`).
                                 let close = self
                                     .registry
                                     .borrow_mut()

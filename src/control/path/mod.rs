@@ -9,6 +9,7 @@
 
 mod aside;
 mod commands;
+mod parked;
 mod pool_requests;
 mod tunnel;
 
@@ -24,14 +25,16 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::auth;
-use super::handshake::{read_init_from, HandshakeError};
+use super::handshake::{read_first_from, First, HandshakeError};
 use super::registry::{HostIdentity, RegisterError, Registry};
 use super::stats::{ControlStats, HandshakeOutcome};
 use crate::config::agent::MAX_WEIGHT;
 use crate::config::ServerConfig;
 use crate::plane::snapshot::{ConnId, HostId};
 use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
-use crate::protocol::{self, ConnectionInitResponse, Decoded, Frame, Ping, Role, Status};
+use crate::protocol::{
+    self, ConnectionInitResponse, Decoded, Frame, GracefulCloseOnewayRequest, Ping, Role, Status,
+};
 use crate::tls::Channel;
 
 pub use super::api::ControlCmd;
@@ -97,6 +100,8 @@ struct Control {
     replay: RefCell<super::replay::ReplayCache>,
     /// TLS on tunnel connections.
     tls: Option<Arc<crate::tls::ServerConfig>>,
+    /// MOSN aside connections parked (or held), per source IP.
+    parked: parked::ParkedTable,
 }
 
 /// Runs until told to shut down.
@@ -132,6 +137,7 @@ pub async fn run(setup: ControlSetup) {
         wanted: RefCell::new(HashMap::new()),
         replay: RefCell::new(super::replay::ReplayCache::new(replay_entries)),
         tls,
+        parked: Rc::default(),
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     // Created once: a timer re-created each iteration would be starved by any event arriving

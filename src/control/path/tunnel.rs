@@ -10,6 +10,7 @@ impl Control {
         peer: SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
+        keepalive(&stream);
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -43,19 +44,52 @@ impl Control {
                 }
             }
         };
-        let read =
-            tokio::time::timeout_at(deadline, read_init_from(&mut stream, first, max_payload))
-                .await
-                .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
+        let mut permit = Some(permit);
+        let mut buf = first;
+        let read = tokio::time::timeout_at(
+            deadline,
+            read_first_from(&mut stream, &mut buf, max_payload),
+        )
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(timeout_ms)));
         let (init, leftover) = match read {
-            Ok(x) => x,
-            Err(e) => {
-                self.stats.handshake(match e {
-                    HandshakeError::Timeout(_) => HandshakeOutcome::Timeout,
-                    _ => HandshakeOutcome::ProtocolError,
-                });
-                crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
+            Ok(First::Init(init, leftover)) => (init, leftover),
+            Ok(First::GracefulClose(g)) => {
+                // MOSN's aside connection, opened just to send it.
+                drop(permit.take());
+                self.stats.handshake(HandshakeOutcome::LegacyGracefulClose);
+                self.legacy_graceful_close(peer, &g);
                 let _ = stream.stream.shutdown_std();
+                return;
+            }
+            Err(HandshakeError::Timeout(_)) if buf.is_empty() => {
+                // Silent from the start: from a MOSN agent's address, its aside connection.
+                if let Some(slot) = self.park_slot(peer.ip()) {
+                    drop(permit.take());
+                    self.stats.handshake(HandshakeOutcome::LegacyAside);
+                    debug!(%peer, "silent tunnel connection from a MOSN agent's address: parked as its aside connection");
+                    Box::pin(self.parked(stream, peer, slot)).await;
+                    return;
+                }
+                self.refuse_early(&stream, peer, &HandshakeError::Timeout(timeout_ms));
+                return;
+            }
+            Err(e @ HandshakeError::Decode(crate::protocol::DecodeError::WrongMagic(_))) => {
+                // Not a frame: closing at once would make a MOSN aside hosted on a banner
+                // backend re-dial at once, forever. From a MOSN agent's address it holds no
+                // handshake permit meanwhile.
+                let slot = self.park_slot(peer.ip());
+                if slot.is_some() {
+                    drop(permit.take());
+                }
+                self.refuse_early(&stream, peer, &e);
+                Box::pin(self.hold(&mut stream, deadline)).await;
+                drop(slot);
+                let _ = stream.stream.shutdown_std();
+                return;
+            }
+            Err(e) => {
+                self.refuse_early(&stream, peer, &e);
                 return;
             }
         };
@@ -148,7 +182,7 @@ impl Control {
             return;
         }
         self.stats.handshake(HandshakeOutcome::Success);
-        drop(permit);
+        drop(permit.take());
         let _ = stream.stream.set_nodelay(true);
         // Every session's data connection is replaced by a new one: logging each at `info`
         // would make the log grow with traffic. A host's first connection and aside
@@ -166,17 +200,57 @@ impl Control {
             );
         }
         match role {
-            Role::Data => self.hand_to_worker(
-                stream,
-                reg.conn_id,
-                reg.host_id,
-                &init.cluster_name,
-                legacy,
-                leftover,
-            ),
+            Role::Data => {
+                if legacy && !self.settled(&stream, reg.conn_id).await {
+                    return;
+                }
+                self.hand_to_worker(
+                    stream,
+                    reg.conn_id,
+                    reg.host_id,
+                    &init.cluster_name,
+                    legacy,
+                    leftover,
+                );
+            }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
             Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
         }
+    }
+
+    /// Counts and logs a connection that produced no init, and closes it unless it is held
+    /// (wrong magic: the caller closes it at the handshake deadline).
+    fn refuse_early(&self, stream: &Channel, peer: SocketAddr, e: &HandshakeError) {
+        self.stats.handshake(match e {
+            HandshakeError::Timeout(_) => HandshakeOutcome::Timeout,
+            _ => HandshakeOutcome::ProtocolError,
+        });
+        crate::log_limited!(warn!(%peer, reason = %e, "tunnel connection refused"));
+        if !matches!(
+            e,
+            HandshakeError::Decode(crate::protocol::DecodeError::WrongMagic(_))
+        ) {
+            let _ = stream.stream.shutdown_std();
+        }
+    }
+
+    /// A MOSN agent reads its response and whatever follows it in one read, and keeps the
+    /// bytes after the response in its slot's buffer for good (the slot never handshakes
+    /// again). So its data connection is leasable only after `legacy_lease_delay_ms`, or as
+    /// soon as it sends a byte or closes: MOSN writes only once it has read the response and
+    /// hosted the connection. False when the connection was named by a graceful close (or its
+    /// cluster removed) meanwhile; it is then closed here.
+    async fn settled(&self, stream: &Channel, conn_id: ConnId) -> bool {
+        let delay = Duration::from_millis(self.config.tunnel_listener.legacy_lease_delay_ms);
+        if !delay.is_zero() {
+            let _ = tokio::time::timeout(delay, stream.stream.readable()).await;
+        }
+        if self.registry.borrow().is_closing(conn_id) {
+            let _ = stream.stream.shutdown_std();
+            self.conn_closed(conn_id);
+            return false;
+        }
+        true
     }
 
     pub(super) fn hand_to_worker(
@@ -226,6 +300,17 @@ impl Control {
     }
 }
 
+/// TCP keepalive on a tunnel connection: legacy (MOSN) connections get no heartbeat, and a
+/// black-holed agent must not leave connections that are leased and hang.
+fn keepalive(stream: &TcpStream) {
+    use crate::config::defaults as d;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(d::TUNNEL_KEEPALIVE_IDLE_SECS))
+        .with_interval(Duration::from_secs(d::TUNNEL_KEEPALIVE_INTERVAL_SECS))
+        .with_retries(d::TUNNEL_KEEPALIVE_RETRIES);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+}
+
 pub(super) trait ShutdownStd {
     fn shutdown_std(&self) -> std::io::Result<()>;
 }
@@ -233,6 +318,25 @@ pub(super) trait ShutdownStd {
 impl ShutdownStd for TcpStream {
     fn shutdown_std(&self) -> std::io::Result<()> {
         socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both)
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tunnel_connections_get_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        keepalive(&accepted);
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.keepalive_retries().unwrap(), 3);
     }
 }
 

@@ -94,7 +94,7 @@ struct ConnRecord {
     idle_on: Option<usize>,
     /// Worker running its session, once leased.
     active_on: Option<usize>,
-    #[allow(dead_code)]
+    /// The agent's address of this connection (a MOSN graceful close names it).
     peer: SocketAddr,
 }
 
@@ -331,6 +331,48 @@ impl Registry {
             }
         }
         close
+    }
+
+    /// MOSN's graceful close, by address: of `cluster`'s legacy data connections, those whose
+    /// agent address is in `addrs` are never leased again. Returns the idle ones to close now,
+    /// with the worker holding each, and how many were named. The caller checks that every
+    /// address is the sender's own IP; ringtun agents' connections are never named this way.
+    pub fn graceful_close_legacy(
+        &mut self,
+        cluster: &str,
+        addrs: &[SocketAddr],
+    ) -> (Vec<(usize, ConnId)>, usize) {
+        let Some(state) = self.clusters.get(cluster) else {
+            return (Vec::new(), 0);
+        };
+        let mut close = Vec::new();
+        let mut named = 0;
+        for (id, c) in &mut self.conns {
+            let legacy = state.hosts.get(&c.host).is_some_and(|h| h.identity.legacy);
+            if !legacy || c.role != Role::Data || *c.cluster != *cluster || !addrs.contains(&c.peer)
+            {
+                continue;
+            }
+            named += 1;
+            c.closing = true;
+            if let Some(w) = c.idle_on {
+                close.push((w, *id));
+            }
+        }
+        (close, named)
+    }
+
+    /// Whether a legacy (MOSN) host registered from `ip` exists in some cluster: a silent
+    /// connection from there is that agent's aside connection.
+    pub fn legacy_source(&self, ip: std::net::IpAddr) -> bool {
+        self.conns.values().any(|c| {
+            c.peer.ip() == ip
+                && self
+                    .clusters
+                    .get(&c.cluster)
+                    .and_then(|s| s.hosts.get(&c.host))
+                    .is_some_and(|h| h.identity.legacy)
+        })
     }
 
     /// Whether a graceful close named this connection (it must not be leased).

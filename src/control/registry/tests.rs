@@ -188,3 +188,30 @@ fn weight_change_republishes() {
     assert!(again.snapshot_changed);
     assert_eq!(r.snapshot().clusters["c"].hosts[0].weight, 5);
 }
+
+#[test]
+fn mosn_graceful_close_names_only_legacy_data_connections_by_address() {
+    let mut r = registry();
+    let mosn = HostIdentity {
+        host_name: String::new(),
+        agent_id: "mosn@127.0.0.1".into(),
+        legacy: true,
+    };
+    let a: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+    let b: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+    let named = r.register("c", mosn.clone(), 10, Role::Data, a).unwrap();
+    let other = r.register("c", mosn, 10, Role::Data, b).unwrap();
+    // A ringtun agent's connection from the same address is never named by address.
+    let ringtun = r.register("c", id("r"), 1, Role::Data, a).unwrap();
+    for c in [named.conn_id, other.conn_id, ringtun.conn_id] {
+        r.assign_worker_preferring(c, Some(1));
+    }
+    assert!(r.legacy_source(a.ip()));
+    assert!(!r.legacy_source("10.0.0.1".parse().unwrap()));
+    assert_eq!(r.graceful_close_legacy("nope", &[a]), (vec![], 0));
+    let (close, count) = r.graceful_close_legacy("c", &[a]);
+    assert_eq!((close, count), (vec![(1, named.conn_id)], 1));
+    assert!(r.is_closing(named.conn_id));
+    assert!(!r.is_closing(other.conn_id));
+    assert!(!r.is_closing(ringtun.conn_id));
+}

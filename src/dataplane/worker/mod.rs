@@ -46,6 +46,8 @@ pub struct WorkerSetup {
     pub events: mpsc::UnboundedSender<WorkerEvent>,
     pub heartbeat_interval: Duration,
     pub heartbeat_max_missed: u32,
+    /// Idle bound of legacy (MOSN) data connections (`None`: none).
+    pub legacy_idle_timeout: Option<Duration>,
     pub max_frame_payload_bytes: usize,
     /// Size of a busy session direction's buffer.
     pub pump_buffer_bytes: usize,
@@ -61,6 +63,7 @@ struct Worker {
     counters: Arc<WorkerCounters>,
     heartbeat_interval: Duration,
     heartbeat_max_missed: u32,
+    legacy_idle_timeout: Option<Duration>,
     max_frame_payload_bytes: usize,
     buffers: Pools,
     state: RefCell<State>,
@@ -86,6 +89,7 @@ pub async fn run(setup: WorkerSetup) {
         events,
         heartbeat_interval,
         heartbeat_max_missed,
+        legacy_idle_timeout,
         max_frame_payload_bytes,
         pump_buffer_bytes,
         splice_pipe_bytes,
@@ -98,6 +102,7 @@ pub async fn run(setup: WorkerSetup) {
         counters,
         heartbeat_interval,
         heartbeat_max_missed,
+        legacy_idle_timeout,
         max_frame_payload_bytes,
         buffers: Pools::new(pump_buffer_bytes, splice_pipe_bytes),
         state: RefCell::new(State::default()),

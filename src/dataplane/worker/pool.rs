@@ -1,6 +1,7 @@
-//! A worker's idle data connections per host: leasing (the balancer's pick, newest first),
-//! donation to a starving worker (oldest first), closing on the control path's word, and the
-//! heartbeat sweep that pings idle connections and retires dead ones.
+//! A worker's idle data connections per host: leasing (the balancer's pick, newest first; a
+//! legacy host's oldest first), donation to a starving worker (oldest first), closing on the
+//! control path's word, and the heartbeat sweep that pings idle connections and retires dead
+//! ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -80,7 +81,15 @@ impl Worker {
                 };
                 // Newest first: connections nobody needs stay at the front and age, so an
                 // agent can let its extra ones go once idle (a rotating pool never would).
-                let Some(mut conn) = pool.idle.pop_back() else {
+                // A legacy (MOSN) host's oldest first: the longest settled after its response,
+                // and MOSN has no extra connections to let go.
+                let oldest = pool.idle.front().is_some_and(|c| c.legacy);
+                let next = if oldest {
+                    pool.idle.pop_front()
+                } else {
+                    pool.idle.pop_back()
+                };
+                let Some(mut conn) = next else {
                     break None;
                 };
                 match conn.poll(self.max_frame_payload_bytes) {
@@ -194,9 +203,9 @@ impl Worker {
                     let mut i = 0;
                     while i < pool.idle.len() {
                         let conn = &mut pool.idle[i];
-                        let result = conn
-                            .poll(self.max_frame_payload_bytes)
-                            .and_then(|()| conn.heartbeat(self.heartbeat_max_missed));
+                        let result = conn.poll(self.max_frame_payload_bytes).and_then(|()| {
+                            conn.heartbeat(self.heartbeat_max_missed, self.legacy_idle_timeout)
+                        });
                         match result {
                             Ok(()) => i += 1,
                             Err(e) => {
