@@ -129,7 +129,7 @@ pub async fn run(
                 Ok((stream, _)) => {
                     attempts = 0;
                     let ended = tokio::select! {
-                        e = Box::pin(serve_mosn_aside(&shared, &spec, stream, aside_commands.as_mut())) => e,
+                        e = Box::pin(serve_mosn_aside(&shared, &spec, stream)) => e,
                         _ = stop.changed() => return,
                     };
                     if let Ended::Lost(why) = ended {

@@ -62,12 +62,12 @@ pub(super) async fn serve_mosn_data(
     Ended::Session
 }
 
-/// Serves the aside connection to a MOSN server: silent; MOSN's graceful close on stop.
+/// Serves the aside connection to a MOSN server: silent; MOSN's graceful close on stop. A MOSN
+/// server issues no connection ids, so the stop itself (not a command naming ids) sends it.
 pub(super) async fn serve_mosn_aside(
     shared: &Shared,
     spec: &SlotSpec,
     mut stream: Channel,
-    mut commands: Option<&mut AsideCommands>,
 ) -> Ended {
     let peer = &spec.peer;
     let Some(tunnel) = shared.config.tunnels.get(peer.tunnel) else {
@@ -81,6 +81,29 @@ pub(super) async fn serve_mosn_aside(
     let mut state = peer.subscribe();
     let mut scratch = Vec::new();
     let ended = loop {
+        if peer.stopping() {
+            let addresses: Vec<String> =
+                peer.local_addrs().iter().map(ToString::to_string).collect();
+            let request = Frame::GracefulClose(GracefulCloseOnewayRequest {
+                addresses,
+                cluster_name: tunnel.cluster.clone(),
+                connection_ids: Vec::new(),
+            });
+            let sent = send(&mut stream, &request).await;
+            drop(stream);
+            if let Err(e) = sent {
+                break Ended::Lost(e);
+            }
+            info!(peer = %peer.addr, cluster = %tunnel.cluster, "MOSN graceful close sent");
+            // MOSN closes its aside after the frame; no new one is needed until the end.
+            while !peer.finished() {
+                tokio::select! {
+                    _ = state.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            break Ended::Lost("peer stopped".into());
+        }
         tokio::select! {
             read = stream.read_into(&mut scratch) => match read {
                 Ok(0) => break Ended::Lost("server closed the aside connection".into()),
@@ -88,30 +111,6 @@ pub(super) async fn serve_mosn_aside(
                 Ok(_) => scratch.clear(),
                 Err(e) => break Ended::Lost(format!("read failed: {e}")),
             },
-            cmd = async { match commands.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
-                let Some(AsideCmd::GracefulClose(_)) = cmd else { continue };
-                let addresses: Vec<String> =
-                    peer.local_addrs().iter().map(ToString::to_string).collect();
-                let request = Frame::GracefulClose(GracefulCloseOnewayRequest {
-                    addresses,
-                    cluster_name: tunnel.cluster.clone(),
-                    connection_ids: Vec::new(),
-                });
-                let sent = send(&mut stream, &request).await;
-                drop(stream);
-                if let Err(e) = sent {
-                    break Ended::Lost(e);
-                }
-                info!(peer = %peer.addr, cluster = %tunnel.cluster, "MOSN graceful close sent");
-                // MOSN closes its aside after the frame; no new one is needed until the end.
-                while !peer.finished() {
-                    tokio::select! {
-                        _ = state.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-                break Ended::Lost("peer stopped".into());
-            }
             _ = state.changed() => {}
         }
     };
