@@ -1,7 +1,8 @@
 //! The control path's event loop: accept agents, keep the registry, publish snapshots, answer
 //! workers' events and the server handle's commands. The parts: `tunnel` (one tunnel
 //! connection's handshake and its hand-off to a worker), `aside` (an aside connection's frames),
-//! `pool_requests` (who is owed connections), `commands` (admin and reload requests).
+//! `pool_requests` (who is owed connections), `commands` (admin and reload requests), `publish`
+//! (registry changes to the workers, coalesced).
 //!
 //! Single-threaded: the registry is owned here and changed only on this thread. Never hold a
 //! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (each connection
@@ -10,12 +11,13 @@
 mod aside;
 mod commands;
 mod pool_requests;
+mod publish;
 mod tunnel;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +49,8 @@ pub struct ControlSetup {
     pub config: ServerConfig,
     pub registry: Registry,
     pub workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
+    /// Each worker's latest-wins cell of published changes (same order as `workers`).
+    pub updates: Vec<Arc<crate::plane::update::UpdateSlot>>,
     pub events: mpsc::UnboundedReceiver<WorkerEvent>,
     pub commands: mpsc::UnboundedReceiver<ControlCmd>,
     pub stats: Arc<ControlStats>,
@@ -60,9 +64,15 @@ pub struct ControlSetup {
 pub(super) type AsideWriter = (ConnId, mpsc::UnboundedSender<Frame>);
 
 struct Control {
+    /// Itself, for the coalesced publication's timer task.
+    me: Weak<Control>,
     config: ServerConfig,
     registry: RefCell<Registry>,
     workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
+    updates: Vec<Arc<crate::plane::update::UpdateSlot>>,
+    /// When changes were last published, and when the next publication is due (if one is).
+    last_flush: Cell<Option<std::time::Instant>>,
+    flush_at: Cell<Option<std::time::Instant>>,
     handshakes: Arc<tokio::sync::Semaphore>,
     stats: Arc<ControlStats>,
     /// Writers of the aside connections, per host.
@@ -85,6 +95,7 @@ pub async fn run(setup: ControlSetup) {
         config,
         registry,
         workers,
+        updates,
         mut events,
         mut commands,
         stats,
@@ -99,10 +110,14 @@ pub async fn run(setup: ControlSetup) {
         }
     };
     let handshake_slots = config.tunnel_listener.max_concurrent_handshakes;
-    let ctl = Rc::new(Control {
+    let ctl = Rc::new_cyclic(|me| Control {
+        me: me.clone(),
         config,
         registry: RefCell::new(registry),
         workers,
+        updates,
+        last_flush: Cell::new(None),
+        flush_at: Cell::new(None),
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
         stats,
         asides: RefCell::new(HashMap::new()),
@@ -200,13 +215,6 @@ impl Control {
             if let Some(tx) = self.workers.get(w) {
                 let _ = tx.send(WorkerMsg::CloseConns(ids));
             }
-        }
-    }
-
-    pub(super) fn publish(&self) {
-        let snapshot = Arc::new(self.registry.borrow_mut().snapshot());
-        for w in &self.workers {
-            let _ = w.send(WorkerMsg::Snapshot(snapshot.clone()));
         }
     }
 

@@ -1,0 +1,155 @@
+//! What the control path publishes to a worker, latest-wins: per worker one [`UpdateSlot`]
+//! holding the changes the worker has not taken yet, merged by host slot, so a storm of changes
+//! costs a slow worker one map entry per changed slot, never a queue of snapshots. The control
+//! path wakes a worker with one `WorkerMsg::Update` when its slot goes from empty to pending;
+//! the worker takes everything at once.
+//!
+//! Must not run anything or name a runtime; the slot's lock is held only to merge or swap.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::snapshot::{HostSlot, Snapshot, SnapshotHost};
+
+/// One cluster's changed host slots (a vacant host: the slot's host left).
+#[derive(Debug, Default)]
+pub struct ClusterChanges {
+    pub hosts: Vec<(HostSlot, SnapshotHost)>,
+}
+
+/// The registry's changes since its last publication.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub version: u64,
+    pub clusters: Vec<(Arc<str>, ClusterChanges)>,
+}
+
+/// What a worker takes from its slot: apply `full` (if any) first, then `hosts`.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// A whole snapshot (after a reload): replaces the worker's clusters.
+    pub full: Option<Arc<Snapshot>>,
+    /// Per cluster, the newest content of each changed slot.
+    pub hosts: HashMap<Arc<str>, HashMap<HostSlot, SnapshotHost>>,
+    /// Version of the newest change merged in.
+    pub version: u64,
+    /// When the oldest change merged in was published (the propagation metrics start there).
+    pub since: Option<Instant>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.full.is_none() && self.hosts.is_empty()
+    }
+}
+
+/// One worker's latest-wins cell.
+#[derive(Debug, Default)]
+pub struct UpdateSlot {
+    pending: Mutex<Pending>,
+}
+
+impl UpdateSlot {
+    pub fn new() -> Arc<UpdateSlot> {
+        Arc::new(UpdateSlot::default())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        let mut guard = match self.pending.lock() {
+            Ok(g) => g,
+            // A panic while merging leaves a map, not a broken invariant: go on.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Merges `changes`; true when the slot was empty (the worker must be woken).
+    pub fn push(&self, changes: &Changes, at: Instant) -> bool {
+        self.with(|p| {
+            let was_empty = p.is_empty();
+            for (cluster, c) in &changes.clusters {
+                let slots = p.hosts.entry(cluster.clone()).or_default();
+                for (slot, host) in &c.hosts {
+                    slots.insert(*slot, host.clone());
+                }
+            }
+            p.version = changes.version;
+            p.since.get_or_insert(at);
+            was_empty && !p.is_empty()
+        })
+    }
+
+    /// A whole snapshot, superseding every change not yet taken; true when the worker must be
+    /// woken.
+    pub fn push_full(&self, snapshot: Arc<Snapshot>, at: Instant) -> bool {
+        self.with(|p| {
+            let was_empty = p.is_empty();
+            p.version = snapshot.version;
+            p.full = Some(snapshot);
+            p.hosts.clear();
+            p.since.get_or_insert(at);
+            was_empty
+        })
+    }
+
+    /// Everything pending, leaving the slot empty.
+    pub fn take(&self) -> Pending {
+        self.with(std::mem::take)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: u64, weight: u32) -> SnapshotHost {
+        SnapshotHost {
+            id,
+            key: id,
+            weight,
+            host_name: Arc::from("h"),
+        }
+    }
+
+    fn changes(version: u64, slot: HostSlot, h: SnapshotHost) -> Changes {
+        Changes {
+            version,
+            clusters: vec![(
+                Arc::from("c"),
+                ClusterChanges {
+                    hosts: vec![(slot, h)],
+                },
+            )],
+        }
+    }
+
+    #[test]
+    fn changes_merge_by_slot_and_wake_once() {
+        let slot = UpdateSlot::new();
+        let t = Instant::now();
+        assert!(slot.push(&changes(1, 0, host(1, 10)), t));
+        assert!(!slot.push(&changes(2, 0, host(1, 20)), t));
+        assert!(!slot.push(&changes(3, 1, host(2, 5)), t));
+        let p = slot.take();
+        assert_eq!(p.version, 3);
+        assert_eq!(p.since, Some(t));
+        let c = &p.hosts[&Arc::<str>::from("c")];
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[&0].weight, 20);
+        assert!(slot.take().is_empty());
+        assert!(slot.push(&changes(4, 0, SnapshotHost::vacant()), t));
+    }
+
+    #[test]
+    fn a_full_snapshot_supersedes_pending_changes() {
+        let slot = UpdateSlot::new();
+        let t = Instant::now();
+        assert!(slot.push(&changes(1, 0, host(1, 10)), t));
+        assert!(!slot.push_full(Arc::new(Snapshot::default()), t));
+        assert!(!slot.push(&changes(3, 2, host(3, 1)), t));
+        let p = slot.take();
+        assert!(p.full.is_some());
+        assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 1);
+    }
+}
