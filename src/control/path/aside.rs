@@ -110,10 +110,17 @@ impl Control {
             }
         };
         debug!(conn = conn_id, host = host_id, %reason, "aside connection closed");
-        if let Some(list) = self.asides.borrow_mut().get_mut(&host_id) {
-            list.retain(|(id, _)| *id != conn_id);
+        {
+            // Only this host's entry: a scan of every host per closing aside connection would
+            // cost the fleet.
+            let mut asides = self.asides.borrow_mut();
+            if let Some(list) = asides.get_mut(&host_id) {
+                list.retain(|(id, _)| *id != conn_id);
+                if list.is_empty() {
+                    asides.remove(&host_id);
+                }
+            }
         }
-        self.asides.borrow_mut().retain(|_, list| !list.is_empty());
         let _ = stream.stream.shutdown_std();
         self.conn_closed(conn_id);
     }

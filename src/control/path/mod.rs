@@ -73,6 +73,8 @@ struct Control {
     /// When changes were last published, and when the next publication is due (if one is).
     last_flush: Cell<Option<std::time::Instant>>,
     flush_at: Cell<Option<std::time::Instant>>,
+    /// The first change waiting for the due publication.
+    first_change: Cell<Option<std::time::Instant>>,
     handshakes: Arc<tokio::sync::Semaphore>,
     stats: Arc<ControlStats>,
     /// Writers of the aside connections, per host.
@@ -118,6 +120,7 @@ pub async fn run(setup: ControlSetup) {
         updates,
         last_flush: Cell::new(None),
         flush_at: Cell::new(None),
+        first_change: Cell::new(None),
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
         stats,
         asides: RefCell::new(HashMap::new()),

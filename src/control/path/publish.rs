@@ -24,6 +24,8 @@ impl Control {
             Some(last) if last.elapsed() < interval => {
                 let at = last + interval;
                 self.flush_at.set(Some(at));
+                // The propagation metrics count the wait too.
+                self.first_change.set(Some(Instant::now()));
                 let me = self.me.clone();
                 tokio::task::spawn_local(async move {
                     tokio::time::sleep_until(at.into()).await;
@@ -41,11 +43,12 @@ impl Control {
     fn flush(&self) {
         let now = Instant::now();
         self.last_flush.set(Some(now));
+        let since = self.first_change.take().unwrap_or(now);
         let Some(changes) = self.registry.borrow_mut().take_changes() else {
             return;
         };
         for (slot, tx) in self.updates.iter().zip(&self.workers) {
-            if slot.push(&changes, now) {
+            if slot.push(&changes, since) {
                 let _ = tx.send(WorkerMsg::Update);
             }
         }

@@ -149,12 +149,16 @@ pub async fn run(setup: WorkerSetup) {
 
 impl Worker {
     fn adopt(&self, handed: HandedConn) {
+        // Usually empty after the handshake; its read buffer's capacity must not stay with
+        // every idle connection.
+        let mut pending = handed.pending;
+        pending.shrink_to_fit();
         let conn = IdleConn::new(
             handed.conn_id,
             handed.host_id,
             handed.stream,
             handed.legacy,
-            handed.pending,
+            pending,
             handed.outstanding_pings,
             handed.tls,
         );
