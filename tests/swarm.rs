@@ -195,9 +195,18 @@ both_backends!(every_host_of_a_registration_burst_is_leasable, |backend| {
     for s in sessions {
         s.join().unwrap();
     }
+    // Joins wake no worker; a weight change wakes both, and they apply it.
     let admin = server.admin_addr().unwrap();
-    let (_, _, metrics) = http(admin, "GET", "/metrics");
-    assert!(metric(&metrics, "ringtun_snapshots_applied_total").unwrap() >= 1.0);
+    assert_eq!(server.set_host_weight("c", "swarm-00000", Some(5)), 1);
+    let applied = || {
+        let (_, _, metrics) = http(admin, "GET", "/metrics");
+        metric(&metrics, "ringtun_snapshots_applied_total").unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || applied() >= 2.0),
+        "{}",
+        applied()
+    );
     let mut child = child;
     let _ = child.kill();
     let _ = child.wait();

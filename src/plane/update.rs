@@ -1,12 +1,19 @@
 //! What the control path publishes to a worker, latest-wins: per worker one [`UpdateSlot`]
 //! holding the changes the worker has not taken yet, merged by host slot, so a storm of changes
-//! costs a slow worker one map entry per changed slot, never a queue of snapshots. The control
-//! path wakes a worker with one `WorkerMsg::Update` when its slot goes from empty to pending;
-//! the worker takes everything at once.
+//! costs a slow worker one map entry per changed slot, never a queue of snapshots. The worker
+//! takes everything at once.
+//!
+//! When to take: an *urgent* change (a weight change or drain of a host that may have
+//! connections on the worker; a whole snapshot) wakes the worker with one `WorkerMsg::Update`
+//! (at most one outstanding per worker). A host joining or leaving is not urgent: no worker can
+//! pick a host before one of its connections arrives there, so workers take pending changes
+//! before they adopt a connection or lease one ([`UpdateSlot::has_pending`], one atomic load),
+//! and a join wakes only the worker its connection goes to.
 //!
 //! Must not run anything or name a runtime; the slot's lock is held only to merge or swap.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,6 +29,9 @@ pub struct ClusterChanges {
 #[derive(Debug, Default)]
 pub struct Changes {
     pub version: u64,
+    /// A weight changed or a host was drained (workers must apply it soon, not only before
+    /// their next lease).
+    pub urgent: bool,
     pub clusters: Vec<(Arc<str>, ClusterChanges)>,
 }
 
@@ -34,8 +44,11 @@ pub struct Pending {
     pub hosts: HashMap<Arc<str>, HashMap<HostSlot, SnapshotHost>>,
     /// Version of the newest change merged in.
     pub version: u64,
-    /// When the oldest change merged in was published (the propagation metrics start there).
+    /// When the oldest urgent change merged in was published (the propagation metrics start
+    /// there).
     pub since: Option<Instant>,
+    /// A `WorkerMsg::Update` is on its way to the worker.
+    pub woken: bool,
 }
 
 impl Pending {
@@ -48,6 +61,8 @@ impl Pending {
 #[derive(Debug, Default)]
 pub struct UpdateSlot {
     pending: Mutex<Pending>,
+    /// `pending` is not empty (read without the lock before every lease).
+    has_pending: AtomicBool,
 }
 
 impl UpdateSlot {
@@ -64,10 +79,10 @@ impl UpdateSlot {
         f(&mut guard)
     }
 
-    /// Merges `changes`; true when the slot was empty (the worker must be woken).
+    /// Merges `changes`; true when the worker must be woken (urgent, and no wake-up is on its
+    /// way already).
     pub fn push(&self, changes: &Changes, at: Instant) -> bool {
         self.with(|p| {
-            let was_empty = p.is_empty();
             for (cluster, c) in &changes.clusters {
                 let slots = p.hosts.entry(cluster.clone()).or_default();
                 for (slot, host) in &c.hosts {
@@ -75,8 +90,8 @@ impl UpdateSlot {
                 }
             }
             p.version = changes.version;
-            p.since.get_or_insert(at);
-            was_empty && !p.is_empty()
+            self.has_pending.store(!p.is_empty(), Ordering::Release);
+            changes.urgent && !p.is_empty() && p.wake(at)
         })
     }
 
@@ -84,18 +99,34 @@ impl UpdateSlot {
     /// woken.
     pub fn push_full(&self, snapshot: Arc<Snapshot>, at: Instant) -> bool {
         self.with(|p| {
-            let was_empty = p.is_empty();
             p.version = snapshot.version;
             p.full = Some(snapshot);
             p.hosts.clear();
-            p.since.get_or_insert(at);
-            was_empty
+            self.has_pending.store(true, Ordering::Release);
+            p.wake(at)
         })
+    }
+
+    /// Whether anything waits to be taken (may lag a concurrent push by a moment).
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
     }
 
     /// Everything pending, leaving the slot empty.
     pub fn take(&self) -> Pending {
-        self.with(std::mem::take)
+        self.with(|p| {
+            self.has_pending.store(false, Ordering::Release);
+            std::mem::take(p)
+        })
+    }
+}
+
+impl Pending {
+    /// Records an urgent change at `at`; true when no wake-up is on its way yet.
+    fn wake(&mut self, at: Instant) -> bool {
+        self.since.get_or_insert(at);
+        !std::mem::replace(&mut self.woken, true)
     }
 }
 
@@ -115,6 +146,7 @@ mod tests {
     fn changes(version: u64, slot: HostSlot, h: SnapshotHost) -> Changes {
         Changes {
             version,
+            urgent: true,
             clusters: vec![(
                 Arc::from("c"),
                 ClusterChanges {
@@ -138,7 +170,29 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[&0].weight, 20);
         assert!(slot.take().is_empty());
+        assert!(!slot.has_pending());
         assert!(slot.push(&changes(4, 0, SnapshotHost::vacant()), t));
+    }
+
+    #[test]
+    fn joins_and_leaves_wait_without_waking_the_worker() {
+        let slot = UpdateSlot::new();
+        let t = Instant::now();
+        let mut join = changes(1, 0, host(1, 10));
+        join.urgent = false;
+        assert!(!slot.push(&join, t));
+        assert!(slot.has_pending());
+        // An urgent change after it wakes the worker once, and starts the propagation clock.
+        let later = t + std::time::Duration::from_millis(1);
+        assert!(slot.push(&changes(2, 1, host(2, 5)), later));
+        assert!(!slot.push(&changes(3, 1, host(2, 6)), later));
+        let p = slot.take();
+        assert_eq!(p.since, Some(later));
+        assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 2);
+        assert!(!slot.has_pending());
+        // Non-urgent alone: no propagation sample.
+        assert!(!slot.push(&join, t));
+        assert_eq!(slot.take().since, None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! meanwhile when that interval ends. So under a storm each worker gets at most one publication
 //! per interval, and no change waits longer than `COALESCE_MS`. A publication carries only the
 //! changed host slots, merged into each worker's latest-wins `UpdateSlot`; a worker is woken by
-//! one `WorkerMsg::Update` when its slot goes from empty to pending.
+//! one `WorkerMsg::Update` for an urgent change (weight, drain, reload) and otherwise takes the
+//! changes before it next adopts or leases a connection.
 
 use std::time::Instant;
 

@@ -147,6 +147,9 @@ pub struct Registry {
     next_conn_id: ConnId,
     next_host_id: HostId,
     version: u64,
+    /// Since the last publication, a host that may have connections changed weight or was
+    /// drained (workers must be told at once, not only before their next lease).
+    urgent: bool,
 }
 
 impl Registry {
@@ -165,6 +168,7 @@ impl Registry {
             next_conn_id: 1,
             next_host_id: 1,
             version: 0,
+            urgent: false,
         }
     }
 
@@ -229,6 +233,7 @@ impl Registry {
         let slot = host.slot;
         if snapshot_changed {
             state.dirty.insert(slot);
+            self.urgent |= !new_host;
         }
         self.conns.insert(
             conn_id,
@@ -328,6 +333,7 @@ impl Registry {
         let changed = before != h.effective_weight();
         if changed {
             state.dirty.insert(h.slot);
+            self.urgent = true;
         }
         changed
     }
@@ -383,6 +389,7 @@ impl Registry {
         if !host.drained {
             host.drained = true;
             state.dirty.insert(host.slot);
+            self.urgent = true;
         }
         let ids: Vec<ConnId> = host.conns.iter().copied().collect();
         Some(self.graceful_close(host_id, &ids))

@@ -9,6 +9,7 @@ impl Registry {
     /// change.
     pub fn snapshot(&mut self) -> Snapshot {
         self.version += 1;
+        self.urgent = false;
         for c in self.clusters.values_mut() {
             c.dirty.clear();
         }
@@ -57,6 +58,7 @@ impl Registry {
         self.version += 1;
         Some(Changes {
             version: self.version,
+            urgent: std::mem::take(&mut self.urgent),
             clusters,
         })
     }

@@ -149,6 +149,8 @@ pub async fn run(setup: WorkerSetup) {
 
 impl Worker {
     fn adopt(&self, handed: HandedConn) {
+        // Its host may have joined since the worker last looked.
+        self.catch_up();
         // Usually empty after the handshake; its read buffer's capacity must not stay with
         // every idle connection.
         let mut pending = handed.pending;

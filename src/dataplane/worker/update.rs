@@ -1,8 +1,9 @@
 //! Applying what the control path publishes: a whole snapshot (at start, after a reload) builds
 //! every cluster and its balancer; otherwise the worker takes its `UpdateSlot` — the host slots
 //! changed since it last looked, merged latest-wins — and updates only those slots and, through
-//! `Balancer::update`, each changed cluster's balancer once. Frontends waiting on a changed
-//! cluster look again.
+//! `Balancer::update`, each changed cluster's balancer once. It does so when woken for an urgent
+//! change (weights, drains) and before it adopts or leases a connection (`catch_up`), which is
+//! when joins and leaves matter. Frontends waiting on a changed cluster look again.
 //!
 //! Must not hold the state borrow past this module's functions (they never await).
 
@@ -25,6 +26,14 @@ fn spec(h: &SnapshotHost) -> HostSpec {
 }
 
 impl Worker {
+    /// Applies pending changes, if any, before the worker adopts or leases a connection.
+    #[inline]
+    pub(super) fn catch_up(&self) {
+        if self.updates.has_pending() {
+            self.apply_update();
+        }
+    }
+
     /// Takes everything the control path published since the last look, and applies it.
     pub(super) fn apply_update(&self) {
         let pending = self.updates.take();
