@@ -3,12 +3,13 @@
 //! costs a slow worker one map entry per changed slot, never a queue of snapshots. The worker
 //! takes everything at once.
 //!
-//! When to take: an *urgent* change (a weight change or drain of a host that may have
-//! connections on the worker; a whole snapshot) wakes the worker with one `WorkerMsg::Update`
-//! (at most one outstanding per worker). A host joining or leaving is not urgent: no worker can
-//! pick a host before one of its connections arrives there, so workers take pending changes
-//! before they adopt a connection or lease one ([`UpdateSlot::has_pending`], one atomic load),
-//! and a join wakes only the worker its connection goes to.
+//! When to take: a change *urgent* for a worker — a weight change or drain of a host with idle
+//! connections on that worker, or a whole snapshot — wakes it with one `WorkerMsg::Update` (at
+//! most one outstanding per worker). Anything else waits: no worker can pick a host before one
+//! of its connections is idle there, so workers take pending changes before they adopt a
+//! connection or lease one ([`UpdateSlot::has_pending`], one atomic load). A join wakes only the
+//! worker its connection goes to; a weight change only the workers holding that host's idle
+//! connections.
 //!
 //! Must not run anything or name a runtime; the slot's lock is held only to merge or swap.
 
@@ -29,9 +30,9 @@ pub struct ClusterChanges {
 #[derive(Debug, Default)]
 pub struct Changes {
     pub version: u64,
-    /// A weight changed or a host was drained (workers must apply it soon, not only before
-    /// their next lease).
-    pub urgent: bool,
+    /// Workers that must apply these changes soon, not only before their next adoption or
+    /// lease: they hold idle connections of a host whose weight changed or that was drained.
+    pub wake: Vec<usize>,
     pub clusters: Vec<(Arc<str>, ClusterChanges)>,
 }
 
@@ -79,9 +80,9 @@ impl UpdateSlot {
         f(&mut guard)
     }
 
-    /// Merges `changes`; true when the worker must be woken (urgent, and no wake-up is on its
-    /// way already).
-    pub fn push(&self, changes: &Changes, at: Instant) -> bool {
+    /// Merges `changes`; true when the worker must be woken (`urgent` for it, and no wake-up is
+    /// on its way already).
+    pub fn push(&self, changes: &Changes, urgent: bool, at: Instant) -> bool {
         self.with(|p| {
             for (cluster, c) in &changes.clusters {
                 let slots = p.hosts.entry(cluster.clone()).or_default();
@@ -91,7 +92,7 @@ impl UpdateSlot {
             }
             p.version = changes.version;
             self.has_pending.store(!p.is_empty(), Ordering::Release);
-            changes.urgent && !p.is_empty() && p.wake(at)
+            urgent && !p.is_empty() && p.wake(at)
         })
     }
 
@@ -146,7 +147,7 @@ mod tests {
     fn changes(version: u64, slot: HostSlot, h: SnapshotHost) -> Changes {
         Changes {
             version,
-            urgent: true,
+            wake: vec![0],
             clusters: vec![(
                 Arc::from("c"),
                 ClusterChanges {
@@ -160,9 +161,9 @@ mod tests {
     fn changes_merge_by_slot_and_wake_once() {
         let slot = UpdateSlot::new();
         let t = Instant::now();
-        assert!(slot.push(&changes(1, 0, host(1, 10)), t));
-        assert!(!slot.push(&changes(2, 0, host(1, 20)), t));
-        assert!(!slot.push(&changes(3, 1, host(2, 5)), t));
+        assert!(slot.push(&changes(1, 0, host(1, 10)), true, t));
+        assert!(!slot.push(&changes(2, 0, host(1, 20)), true, t));
+        assert!(!slot.push(&changes(3, 1, host(2, 5)), true, t));
         let p = slot.take();
         assert_eq!(p.version, 3);
         assert_eq!(p.since, Some(t));
@@ -171,27 +172,26 @@ mod tests {
         assert_eq!(c[&0].weight, 20);
         assert!(slot.take().is_empty());
         assert!(!slot.has_pending());
-        assert!(slot.push(&changes(4, 0, SnapshotHost::vacant()), t));
+        assert!(slot.push(&changes(4, 0, SnapshotHost::vacant()), true, t));
     }
 
     #[test]
     fn joins_and_leaves_wait_without_waking_the_worker() {
         let slot = UpdateSlot::new();
         let t = Instant::now();
-        let mut join = changes(1, 0, host(1, 10));
-        join.urgent = false;
-        assert!(!slot.push(&join, t));
+        let join = changes(1, 0, host(1, 10));
+        assert!(!slot.push(&join, false, t));
         assert!(slot.has_pending());
         // An urgent change after it wakes the worker once, and starts the propagation clock.
         let later = t + std::time::Duration::from_millis(1);
-        assert!(slot.push(&changes(2, 1, host(2, 5)), later));
-        assert!(!slot.push(&changes(3, 1, host(2, 6)), later));
+        assert!(slot.push(&changes(2, 1, host(2, 5)), true, later));
+        assert!(!slot.push(&changes(3, 1, host(2, 6)), true, later));
         let p = slot.take();
         assert_eq!(p.since, Some(later));
         assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 2);
         assert!(!slot.has_pending());
         // Non-urgent alone: no propagation sample.
-        assert!(!slot.push(&join, t));
+        assert!(!slot.push(&join, false, t));
         assert_eq!(slot.take().since, None);
     }
 
@@ -199,9 +199,9 @@ mod tests {
     fn a_full_snapshot_supersedes_pending_changes() {
         let slot = UpdateSlot::new();
         let t = Instant::now();
-        assert!(slot.push(&changes(1, 0, host(1, 10)), t));
+        assert!(slot.push(&changes(1, 0, host(1, 10)), true, t));
         assert!(!slot.push_full(Arc::new(Snapshot::default()), t));
-        assert!(!slot.push(&changes(3, 2, host(3, 1)), t));
+        assert!(!slot.push(&changes(3, 2, host(3, 1)), true, t));
         let p = slot.take();
         assert!(p.full.is_some());
         assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 1);

@@ -3,8 +3,9 @@
 //! meanwhile when that interval ends. So under a storm each worker gets at most one publication
 //! per interval, and no change waits longer than `COALESCE_MS`. A publication carries only the
 //! changed host slots, merged into each worker's latest-wins `UpdateSlot`; a worker is woken by
-//! one `WorkerMsg::Update` for an urgent change (weight, drain, reload) and otherwise takes the
-//! changes before it next adopts or leases a connection.
+//! one `WorkerMsg::Update` for a change urgent for it (a weight change or drain of a host with
+//! idle connections there; a reload) and otherwise takes the changes before it next adopts or
+//! leases a connection.
 
 use std::time::Instant;
 
@@ -48,8 +49,8 @@ impl Control {
         let Some(changes) = self.registry.borrow_mut().take_changes() else {
             return;
         };
-        for (slot, tx) in self.updates.iter().zip(&self.workers) {
-            if slot.push(&changes, since) {
+        for (w, (slot, tx)) in self.updates.iter().zip(&self.workers).enumerate() {
+            if slot.push(&changes, changes.wake.contains(&w), since) {
                 let _ = tx.send(WorkerMsg::Update);
             }
         }

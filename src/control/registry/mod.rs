@@ -147,9 +147,9 @@ pub struct Registry {
     next_conn_id: ConnId,
     next_host_id: HostId,
     version: u64,
-    /// Since the last publication, a host that may have connections changed weight or was
-    /// drained (workers must be told at once, not only before their next lease).
-    urgent: bool,
+    /// Per worker: since the last publication, a host with idle connections there changed
+    /// weight or was drained (the worker must be told at once, not only before its next lease).
+    urgent: Vec<bool>,
 }
 
 impl Registry {
@@ -168,7 +168,7 @@ impl Registry {
             next_conn_id: 1,
             next_host_id: 1,
             version: 0,
-            urgent: false,
+            urgent: vec![false; workers.max(1)],
         }
     }
 
@@ -233,7 +233,9 @@ impl Registry {
         let slot = host.slot;
         if snapshot_changed {
             state.dirty.insert(slot);
-            self.urgent |= !new_host;
+            if !new_host {
+                mark_urgent(&mut self.urgent, &host.idle_per_worker);
+            }
         }
         self.conns.insert(
             conn_id,
@@ -333,7 +335,7 @@ impl Registry {
         let changed = before != h.effective_weight();
         if changed {
             state.dirty.insert(h.slot);
-            self.urgent = true;
+            mark_urgent(&mut self.urgent, &h.idle_per_worker);
         }
         changed
     }
@@ -389,7 +391,7 @@ impl Registry {
         if !host.drained {
             host.drained = true;
             state.dirty.insert(host.slot);
-            self.urgent = true;
+            mark_urgent(&mut self.urgent, &host.idle_per_worker);
         }
         let ids: Vec<ConnId> = host.conns.iter().copied().collect();
         Some(self.graceful_close(host_id, &ids))
@@ -448,6 +450,13 @@ impl Registry {
             return true;
         }
         false
+    }
+}
+
+/// The workers holding idle connections of a host must be woken for its change.
+fn mark_urgent(urgent: &mut [bool], idle_per_worker: &[u32]) {
+    for (u, n) in urgent.iter_mut().zip(idle_per_worker) {
+        *u |= *n > 0;
     }
 }
 

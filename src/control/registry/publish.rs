@@ -9,7 +9,7 @@ impl Registry {
     /// change.
     pub fn snapshot(&mut self) -> Snapshot {
         self.version += 1;
-        self.urgent = false;
+        self.urgent.iter_mut().for_each(|u| *u = false);
         for c in self.clusters.values_mut() {
             c.dirty.clear();
         }
@@ -58,7 +58,12 @@ impl Registry {
         self.version += 1;
         Some(Changes {
             version: self.version,
-            urgent: std::mem::take(&mut self.urgent),
+            wake: self
+                .urgent
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(w, u)| std::mem::take(u).then_some(w))
+                .collect(),
             clusters,
         })
     }

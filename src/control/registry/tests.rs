@@ -269,3 +269,22 @@ fn a_host_refused_by_its_agent_limit_is_not_created() {
     assert!(r.hosts("c").is_empty());
     assert!(r.take_changes().is_none());
 }
+
+#[test]
+fn only_workers_holding_a_changed_hosts_idle_connections_are_woken() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    // A join wakes nobody (its connection's worker catches up when it adopts it).
+    assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
+    assert_eq!(r.assign_worker(a.conn_id), Some(0));
+    assert!(r.set_weight(a.host_id, 2));
+    assert_eq!(r.take_changes().unwrap().wake, vec![0]);
+    // Leased: no idle connection anywhere, nobody to wake.
+    r.conn_leased(a.conn_id);
+    assert!(r.set_weight(a.host_id, 3));
+    assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
+    let b = r.register("c", id("a"), 3, Role::Data, PEER).unwrap();
+    r.assign_worker_preferring(b.conn_id, Some(1));
+    r.drain_host(a.host_id).unwrap();
+    assert_eq!(r.take_changes().unwrap().wake, vec![1]);
+}
