@@ -20,7 +20,7 @@ impl Control {
         tick.tick().await;
         let mut outstanding = 0u32;
         let mut seq = 0u64;
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Box<Frame>>();
         self.asides
             .borrow_mut()
             .entry(host_id)

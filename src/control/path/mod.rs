@@ -60,8 +60,10 @@ pub struct ControlSetup {
     pub tls: Option<Arc<crate::tls::ServerConfig>>,
 }
 
-/// An aside connection's id and the queue of frames its task writes.
-pub(super) type AsideWriter = (ConnId, mpsc::UnboundedSender<Frame>);
+/// An aside connection's id and the queue of frames its task writes. Boxed: the channel
+/// allocates its slots 32 at a time, and 32 unboxed frames would cost every agent kilobytes for
+/// the few frames an aside connection ever carries.
+pub(super) type AsideWriter = (ConnId, mpsc::UnboundedSender<Box<Frame>>);
 
 struct Control {
     /// Itself, for the coalesced publication's timer task.
@@ -203,7 +205,7 @@ impl Control {
     pub(super) fn broadcast(&self, frame: &Frame) {
         for conns in self.asides.borrow().values() {
             for (_, tx) in conns {
-                let _ = tx.send(frame.clone());
+                let _ = tx.send(Box::new(frame.clone()));
             }
         }
     }

@@ -26,20 +26,14 @@ impl Control {
 
     /// Asks one host of the cluster (in turn) for `count` more data connections.
     pub(super) fn request_pool(&self, cluster: &Arc<str>, count: u32) {
-        let hosts: Vec<HostId> = self
-            .registry
-            .borrow()
-            .hosts(cluster)
-            .iter()
-            .filter(|h| h.weight > 0 && !h.legacy)
-            .map(|h| h.id)
-            .collect();
+        // No per-host status is built: a fleet of thousands is scanned by id and weight only.
+        let registry = self.registry.borrow();
         let asides = self.asides.borrow();
-        let candidates: Vec<&mpsc::UnboundedSender<Frame>> = hosts
-            .iter()
-            .filter_map(|h| asides.get(h).and_then(|v| v.first()).map(|(_, tx)| tx))
-            .collect();
-        if candidates.is_empty() {
+        let candidates = registry
+            .requestable_hosts(cluster)
+            .filter_map(|h| asides.get(&h).and_then(|v| v.first()).map(|(_, tx)| tx));
+        let n = candidates.clone().count();
+        if n == 0 {
             return;
         }
         let turn = self.pool_request_turn.get();
@@ -48,7 +42,9 @@ impl Control {
             cluster_name: cluster.to_string(),
             count: count.max(1),
         });
-        let _ = candidates[turn % candidates.len()].send(request);
+        if let Some(tx) = candidates.clone().nth(turn % n) {
+            let _ = tx.send(Box::new(request));
+        }
         debug!(%cluster, "asked an agent for another data connection");
     }
 }
