@@ -1,5 +1,6 @@
 //! One `Balancer::pick` at 1, 10 and 1,000 hosts (all available) for every lb_type, beside a naive
-//! O(hosts) smooth WRR scan for comparison.
+//! O(hosts) smooth WRR scan for comparison; building a balancer; and updating one host's weight
+//! at 10,000 hosts (`Balancer::update`) beside a rebuild.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -119,5 +120,33 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, build);
+/// One host's weight changing in a 10,000-host cluster: `Balancer::update` (what a worker does per
+/// published change) beside a rebuild with `Balancer::new` (what it did before).
+fn update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("update");
+    group.sample_size(10);
+    let n = 10_000;
+    let mut hs = hosts(n);
+    for (name, lb) in TYPES {
+        let mut b = Balancer::new(lb, &hs, 42);
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
+            bench.iter(|| {
+                i = (i + 7919) % n;
+                if let Some(h) = hs.get_mut(i) {
+                    h.weight = h.weight % 10 + 1;
+                }
+                b.update(black_box(&hs), &[i]);
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new(format!("{name}_rebuild"), n),
+            &hs,
+            |bench, hs| bench.iter(|| Balancer::new(lb, black_box(hs), 42)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, build, update);
 criterion_main!(benches);

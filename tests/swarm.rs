@@ -148,6 +148,79 @@ both_backends!(
     }
 );
 
+// A burst of registrations (changes coalesced, published as changed slots): every host ends
+// up leasable where its connection is. One data connection per agent and as many sessions held
+// open at once as there are agents: each needs a distinct host, on either worker.
+both_backends!(every_host_of_a_registration_burst_is_leasable, |backend| {
+    const AGENTS: usize = 120;
+    let server = server(backend)
+        .cluster("c")
+        .lb("round_robin")
+        .workers(2)
+        .pool_wait_ms(10_000)
+        .admin()
+        .run();
+    let child = swarm(
+        server.tunnel_addr(),
+        &[
+            "--agents",
+            &AGENTS.to_string(),
+            "--serve-echo",
+            "--concurrency",
+            "120",
+            "--duration-secs",
+            "30",
+        ],
+    );
+    wait_hosts(&server, AGENTS, false);
+    let frontend = server.frontend_addr("c").unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(AGENTS));
+    let sessions: Vec<_> = (0..AGENTS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut c = std::net::TcpStream::connect(frontend).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let data = pattern(100, i as u8);
+                c.write_all(&data).unwrap();
+                let mut back = vec![0u8; data.len()];
+                // Echoed: this session holds a data connection of its own.
+                c.read_exact(&mut back).unwrap();
+                assert_eq!(back, data);
+                barrier.wait();
+            })
+        })
+        .collect();
+    for s in sessions {
+        s.join().unwrap();
+    }
+    // Joins wake no worker; a weight change wakes the worker holding the host's idle
+    // connection (the agent dialled a replacement after its session), which applies it.
+    let admin = server.admin_addr().unwrap();
+    let idle = || {
+        server
+            .hosts("c")
+            .iter()
+            .any(|h| h.host_name == "swarm-00000" && h.idle_connections == 1)
+    };
+    assert!(wait_until(Duration::from_secs(10), idle));
+    assert_eq!(server.set_host_weight("c", "swarm-00000", Some(5)), 1);
+    let applied = || {
+        let (_, _, metrics) = http(admin, "GET", "/metrics");
+        metric(&metrics, "ringtun_snapshots_applied_total").unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || applied() >= 1.0),
+        "{}",
+        applied()
+    );
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    server.shutdown();
+});
+
 both_backends!(agents_come_back_after_a_server_restart, |backend| {
     let first = server(backend).cluster("c").run();
     let addr = first.tunnel_addr();

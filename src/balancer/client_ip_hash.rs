@@ -12,6 +12,9 @@
 //! a slot; when that slot's host is unavailable the walk goes to the following slots (in effect a
 //! weighted random, but fixed, sequence of hosts), and after [`PROBES`] slots falls back to
 //! rendezvous hashing over the available hosts. Both are deterministic per address.
+//!
+//! Not incremental: any change re-populates the table (O(TABLE_SIZE + hosts)), once for all the
+//! changes a worker applies together (`Balancer::update`).
 
 use std::net::IpAddr;
 
@@ -22,7 +25,7 @@ pub(crate) const TABLE_SIZE: usize = 65_537;
 /// Marks a free slot while filling.
 const FREE: u16 = u16::MAX;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClientIpHash {
     /// Host index per slot; empty when no host is eligible or there are too many hosts to index
     /// with u16 (then only the rendezvous fallback is used).

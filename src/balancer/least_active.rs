@@ -5,10 +5,13 @@
 //! to the first draw). Unavailable draws are redrawn a few times; when that fails (few hosts
 //! available, or fewer than 2 eligible hosts) a full scan picks the available host with the
 //! lowest `active / weight`, starting at a random offset so ties are spread.
+//!
+//! Incremental: a weight change is one store; a host joining or leaving the eligible set is one
+//! binary search and one insert or remove in the sorted index list.
 
 use super::{eligible, HostSpec, HostState, PROBES};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct LeastActive {
     /// Eligible (weight > 0) host indices.
     hosts: Vec<u32>,
@@ -27,6 +30,43 @@ impl LeastActive {
             weights: hosts.iter().map(|h| h.weight).collect(),
             rng: fastrand::Rng::with_seed(seed),
         }
+    }
+
+    /// Host `index` now has `weight`; `len` is the host list's length.
+    pub(crate) fn set(&mut self, index: usize, weight: u32, len: usize) {
+        if self.weights.len() < len {
+            self.weights.resize(len, 0);
+        }
+        let Some(w) = self.weights.get_mut(index) else {
+            return;
+        };
+        *w = weight;
+        let Ok(host) = u32::try_from(index) else {
+            return;
+        };
+        match self.hosts.binary_search(&host) {
+            Ok(p) if weight == 0 => {
+                self.hosts.remove(p);
+            }
+            Err(p) if weight > 0 => self.hosts.insert(p, host),
+            _ => {}
+        }
+    }
+
+    /// A rebuild from `hosts` that continues with this one's random state (tests).
+    #[cfg(test)]
+    pub(crate) fn rebuilt(&self, hosts: &[HostSpec]) -> LeastActive {
+        LeastActive {
+            hosts: eligible(hosts),
+            weights: hosts.iter().map(|h| h.weight).collect(),
+            rng: self.rng.clone(),
+        }
+    }
+
+    /// Same tables as `other` (random state aside).
+    #[cfg(test)]
+    pub(crate) fn same_tables(&self, other: &LeastActive) -> bool {
+        self.hosts == other.hosts && self.weights == other.weights
     }
 
     #[inline]

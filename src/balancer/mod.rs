@@ -1,12 +1,20 @@
 //! Pure host selection over a worker's snapshot.
 //!
-//! A [`Balancer`] is built from a cluster's hosts (stable key + weight) whenever a worker's
-//! snapshot changes, and then answers [`Balancer::pick`]: which host a new session should use,
-//! among the hosts that have an idle data connection on this worker ([`HostState`]).
+//! A [`Balancer`] is built from a cluster's hosts (stable key + weight, by host index; an index
+//! whose weight is 0 is a vacant or drained slot), kept up to date with [`Balancer::update`] as
+//! hosts join, leave or change weight, and answers [`Balancer::pick`]: which host a new session
+//! should use, among the hosts that have an idle data connection on this worker ([`HostState`]).
+//!
+//! `update` costs what changed where the strategy allows: round robin, least active and random
+//! take O(log hosts) (or one memmove of the index list) per changed host, weighted round robin
+//! too once the cluster is past its small exact table; client_ip_hash and the small WRR table
+//! are rebuilt once per `update` call. An updated balancer picks as one rebuilt from the same
+//! hosts would (continuing at the same cursor or random state).
 //!
 //! What it must not do: no I/O, no clock, no locks, no threads, and no allocation per pick — all
-//! tables are built in [`Balancer::new`]; `pick` only reads them and advances small cursors or a
-//! seeded PRNG. Randomness comes only from the `seed` given to `new`, so picks are reproducible.
+//! tables are built in [`Balancer::new`] and [`Balancer::update`]; `pick` only reads them and
+//! advances small cursors or a seeded PRNG. Randomness comes only from the `seed` given to `new`,
+//! so picks are reproducible.
 //!
 //! Common rules for every strategy:
 //! - a host whose weight is 0 is never picked (it is draining or weighted out);
@@ -23,6 +31,8 @@ pub mod random;
 pub mod round_robin;
 pub mod weighted_round_robin;
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod tests;
 
@@ -57,14 +67,14 @@ pub trait HostState {
     fn active_sessions(&self, index: usize) -> u32;
 }
 
-/// Host selection for one cluster on one worker. Rebuild it when the host set or a weight changes.
-#[derive(Debug)]
+/// Host selection for one cluster on one worker. Update it when the host set or a weight changes.
+#[derive(Debug, Clone)]
 pub struct Balancer {
     lb_type: LbType,
     strategy: Strategy,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Strategy {
     RoundRobin(RoundRobin),
     WeightedRoundRobin(WeightedRoundRobin),
@@ -87,6 +97,64 @@ impl Balancer {
             LbType::ClientIpHash => Strategy::ClientIpHash(ClientIpHash::new(hosts)),
         };
         Balancer { lb_type, strategy }
+    }
+
+    /// `hosts` is the cluster's host list now; `changed` are the indices whose entry changed
+    /// since the last `new` or `update` (a host joined, left — weight 0 — or changed weight; an
+    /// index past the old list's end is a new one).
+    pub fn update(&mut self, hosts: &[HostSpec], changed: &[usize]) {
+        if changed.is_empty() {
+            return;
+        }
+        match &mut self.strategy {
+            Strategy::RoundRobin(s) => {
+                for &i in changed {
+                    s.set(i, hosts.get(i).map_or(0, |h| h.weight));
+                }
+            }
+            Strategy::WeightedRoundRobin(s) => s.update(hosts, changed),
+            Strategy::LeastActive(s) => {
+                for &i in changed {
+                    s.set(i, hosts.get(i).map_or(0, |h| h.weight), hosts.len());
+                }
+            }
+            Strategy::Random(s) => {
+                for &i in changed {
+                    s.set(i, hosts.get(i).map_or(0, |h| h.weight), hosts.len());
+                }
+            }
+            Strategy::ClientIpHash(s) => *s = ClientIpHash::new(hosts),
+        }
+    }
+
+    /// What a rebuild from `hosts` would be, continuing at this balancer's cursor or random
+    /// state (tests compare it with an updated one).
+    #[cfg(test)]
+    pub(crate) fn rebuilt(&self, hosts: &[HostSpec]) -> Balancer {
+        let strategy = match &self.strategy {
+            Strategy::RoundRobin(s) => Strategy::RoundRobin(s.rebuilt(hosts)),
+            Strategy::WeightedRoundRobin(s) => Strategy::WeightedRoundRobin(s.rebuilt(hosts)),
+            Strategy::LeastActive(s) => Strategy::LeastActive(s.rebuilt(hosts)),
+            Strategy::Random(s) => Strategy::Random(s.rebuilt(hosts)),
+            Strategy::ClientIpHash(_) => Strategy::ClientIpHash(ClientIpHash::new(hosts)),
+        };
+        Balancer {
+            lb_type: self.lb_type,
+            strategy,
+        }
+    }
+
+    /// Same tables as `other` (cursors and random state aside).
+    #[cfg(test)]
+    pub(crate) fn same_tables(&self, other: &Balancer) -> bool {
+        match (&self.strategy, &other.strategy) {
+            (Strategy::RoundRobin(a), Strategy::RoundRobin(b)) => a == b,
+            (Strategy::WeightedRoundRobin(a), Strategy::WeightedRoundRobin(b)) => a.same_tables(b),
+            (Strategy::LeastActive(a), Strategy::LeastActive(b)) => a.same_tables(b),
+            (Strategy::Random(a), Strategy::Random(b)) => a.same_tables(b),
+            (Strategy::ClientIpHash(a), Strategy::ClientIpHash(b)) => a == b,
+            _ => false,
+        }
     }
 
     /// The index (into `hosts`) of the host to use, or None when no host is available.

@@ -1,70 +1,133 @@
 //! `random`: weighted random among the available hosts.
 //!
-//! A host is drawn with probability `weight / total` from precomputed cumulative weights (binary
-//! search; a direct index when all weights are equal). An unavailable draw is redrawn, which keeps
-//! proportions among the available hosts; after [`PROBES`] misses, one scan sums the weights of
-//! the available hosts and draws among exactly those.
+//! A host is drawn with probability `weight / total`: a uniform `r` in `0..total` is looked up in
+//! a Fenwick tree of the weights by host index (O(log hosts): the host whose cumulative range
+//! holds `r`). An unavailable draw is redrawn, which keeps proportions among the available
+//! hosts; after [`PROBES`] misses, one scan sums the weights of the available hosts and draws
+//! among exactly those.
+//!
+//! Incremental: a weight change (0 for a host leaving) is one O(log hosts) tree update; the tree
+//! is rebuilt (O(hosts)) only when the host list outgrows its power-of-two capacity.
 
 use super::{HostSpec, HostState, PROBES};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct WeightedRandom {
-    /// Eligible (weight > 0) host indices.
-    hosts: Vec<u32>,
-    /// `cumulative[k]` = sum of the weights of `hosts[..=k]`.
-    cumulative: Vec<u64>,
+    /// Weight per host index (0: never drawn).
+    weights: Vec<u32>,
+    /// Fenwick tree over `weights`, 1-based, `cap + 1` entries.
+    tree: Vec<u64>,
+    /// Power of two, at least `weights.len()`.
+    cap: usize,
     /// Sum of all weights.
     total: u64,
-    /// Every eligible host has the same weight: draw an index directly.
-    uniform: bool,
     rng: fastrand::Rng,
 }
 
 impl WeightedRandom {
     pub(crate) fn new(hosts: &[HostSpec], seed: u64) -> WeightedRandom {
-        let mut ids = Vec::new();
-        let mut cumulative = Vec::new();
-        let mut total = 0u64;
-        for (i, h) in hosts.iter().enumerate() {
-            if h.weight == 0 {
-                continue;
-            }
-            if let Ok(i) = u32::try_from(i) {
-                total += u64::from(h.weight);
-                ids.push(i);
-                cumulative.push(total);
-            }
-        }
-        let first = hosts.iter().find(|h| h.weight > 0).map(|h| h.weight);
-        let uniform = hosts
-            .iter()
-            .all(|h| h.weight == 0 || Some(h.weight) == first);
-        WeightedRandom {
-            hosts: ids,
-            cumulative,
-            total,
-            uniform,
+        let mut r = WeightedRandom {
+            weights: hosts.iter().map(|h| h.weight).collect(),
+            tree: Vec::new(),
+            cap: 0,
+            total: 0,
             rng: fastrand::Rng::with_seed(seed),
+        };
+        r.build();
+        r
+    }
+
+    fn build(&mut self) {
+        self.cap = self.weights.len().next_power_of_two().max(1);
+        self.tree = vec![0u64; self.cap + 1];
+        for (i, &w) in self.weights.iter().enumerate() {
+            if let Some(t) = self.tree.get_mut(i + 1) {
+                *t += u64::from(w);
+            }
         }
+        for i in 1..=self.cap {
+            let j = i + (i & i.wrapping_neg());
+            if j <= self.cap {
+                let v = self.tree.get(i).copied().unwrap_or(0);
+                if let Some(t) = self.tree.get_mut(j) {
+                    *t += v;
+                }
+            }
+        }
+        self.total = self.weights.iter().map(|&w| u64::from(w)).sum();
+    }
+
+    /// Host `index` now has `weight`; `len` is the host list's length.
+    pub(crate) fn set(&mut self, index: usize, weight: u32, len: usize) {
+        if self.weights.len() < len.max(index + 1) {
+            self.weights.resize(len.max(index + 1), 0);
+            if self.weights.len() > self.cap {
+                if let Some(w) = self.weights.get_mut(index) {
+                    *w = weight;
+                }
+                self.build();
+                return;
+            }
+        }
+        let Some(w) = self.weights.get_mut(index) else {
+            return;
+        };
+        let (old, new) = (u64::from(*w), u64::from(weight));
+        *w = weight;
+        self.total = self.total - old + new;
+        let mut i = index + 1;
+        while i <= self.cap {
+            if let Some(t) = self.tree.get_mut(i) {
+                *t = *t - old + new;
+            }
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// A rebuild from `hosts` that continues with this one's random state (tests).
+    #[cfg(test)]
+    pub(crate) fn rebuilt(&self, hosts: &[HostSpec]) -> WeightedRandom {
+        let mut r = WeightedRandom::new(hosts, 0);
+        r.rng = self.rng.clone();
+        r
+    }
+
+    /// Same tables as `other` (random state aside).
+    #[cfg(test)]
+    pub(crate) fn same_tables(&self, other: &WeightedRandom) -> bool {
+        self.weights == other.weights
+            && self.tree == other.tree
+            && self.cap == other.cap
+            && self.total == other.total
+    }
+
+    /// The host whose cumulative weight range holds `r` (`r < total`).
+    #[inline]
+    fn find(&self, mut r: u64) -> usize {
+        let mut pos = 0usize;
+        let mut step = self.cap;
+        while step > 0 {
+            if let Some(&t) = self.tree.get(pos + step) {
+                if t <= r {
+                    pos += step;
+                    r -= t;
+                }
+            }
+            step >>= 1;
+        }
+        pos
     }
 
     #[inline]
     pub(crate) fn pick(&mut self, state: &impl HostState) -> Option<usize> {
-        let n = self.hosts.len();
-        if n == 0 {
+        if self.total == 0 {
             return None;
         }
         for _ in 0..PROBES {
-            let k = if self.uniform {
-                self.rng.usize(..n)
-            } else {
-                let r = self.rng.u64(..self.total);
-                self.cumulative.partition_point(|&c| c <= r)
-            };
-            if let Some(&h) = self.hosts.get(k) {
-                if state.is_available(h as usize) {
-                    return Some(h as usize);
-                }
+            let r = self.rng.u64(..self.total);
+            let h = self.find(r);
+            if self.weights.get(h).is_some_and(|&w| w > 0) && state.is_available(h) {
+                return Some(h);
             }
         }
         self.pick_slow(state)
@@ -73,32 +136,24 @@ impl WeightedRandom {
     /// Draw among exactly the available hosts, by two scans.
     #[cold]
     fn pick_slow(&mut self, state: &impl HostState) -> Option<usize> {
-        let weight = |k: usize| {
-            let before = if k == 0 {
-                0
-            } else {
-                self.cumulative.get(k - 1).copied().unwrap_or(0)
-            };
-            self.cumulative.get(k).copied().unwrap_or(0) - before
-        };
         let available: u64 = self
-            .hosts
+            .weights
             .iter()
             .enumerate()
-            .filter(|&(_, &h)| state.is_available(h as usize))
-            .map(|(k, _)| weight(k))
+            .filter(|&(h, &w)| w > 0 && state.is_available(h))
+            .map(|(_, &w)| u64::from(w))
             .sum();
         if available == 0 {
             return None;
         }
         let mut r = self.rng.u64(..available);
-        for (k, &h) in self.hosts.iter().enumerate() {
-            if !state.is_available(h as usize) {
+        for (h, &w) in self.weights.iter().enumerate() {
+            if w == 0 || !state.is_available(h) {
                 continue;
             }
-            let w = weight(k);
+            let w = u64::from(w);
             if r < w {
-                return Some(h as usize);
+                return Some(h);
             }
             r -= w;
         }

@@ -1,9 +1,13 @@
 //! `round_robin`: every eligible host in turn, skipping unavailable ones. Weights are ignored
 //! except that a weight of 0 excludes the host.
+//!
+//! Incremental: a host joining or leaving the eligible set is one binary search and one insert or
+//! remove in the sorted index list (a memmove, no allocation past the list's growth); the cursor
+//! keeps pointing at the same next host, so the rotation goes on where it was.
 
 use super::{eligible, HostSpec, HostState};
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RoundRobin {
     /// Host indices with weight > 0, in host order.
     hosts: Vec<u32>,
@@ -22,6 +26,40 @@ impl RoundRobin {
             (seed % hosts.len() as u64) as usize
         };
         RoundRobin { hosts, cursor }
+    }
+
+    /// Host `index` now has `weight` (0: it leaves the rotation).
+    pub(crate) fn set(&mut self, index: usize, weight: u32) {
+        let Ok(host) = u32::try_from(index) else {
+            return;
+        };
+        match self.hosts.binary_search(&host) {
+            Ok(p) if weight == 0 => {
+                self.hosts.remove(p);
+                if p < self.cursor {
+                    self.cursor -= 1;
+                }
+                if self.cursor >= self.hosts.len() {
+                    self.cursor = 0;
+                }
+            }
+            Err(p) if weight > 0 => {
+                self.hosts.insert(p, host);
+                if p < self.cursor {
+                    self.cursor += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A rebuild from `hosts` that continues at this one's cursor (tests).
+    #[cfg(test)]
+    pub(crate) fn rebuilt(&self, hosts: &[HostSpec]) -> RoundRobin {
+        RoundRobin {
+            hosts: eligible(hosts),
+            cursor: self.cursor,
+        }
     }
 
     #[inline]

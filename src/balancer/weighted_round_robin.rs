@@ -1,39 +1,47 @@
 //! `weighted_round_robin`: smooth weighted round robin, as nginx.
 //!
-//! nginx's smooth WRR is O(hosts) per pick. Here the schedule is precomputed in `new()`:
+//! nginx's smooth WRR is O(hosts) per pick. Here:
 //!
-//! - Weights are divided by their gcd (this does not change nginx's sequence), giving the total
-//!   weight `W`, the period of the schedule.
-//! - If `W <= TABLE_CAP` and `W * hosts <= BUILD_BUDGET`, the table is the exact nginx sequence
-//!   of one period (built by running nginx's algorithm `W` times).
-//! - Else if `W <= TABLE_CAP`, the table is built in O(W log hosts) by earliest-virtual-deadline
-//!   first with midpoint deadlines: host `i`'s `k`-th slot of a period has deadline
-//!   `(k + 1/2) / w_i`. Every period still holds exactly `w_i` slots of host `i`, and slots of
-//!   one host are evenly spread.
-//! - Else (huge total weight) the same deadline order is run live on a 4-ary heap: O(log hosts)
-//!   per pick.
+//! - Small clusters (`total weight * hosts <= BUILD_BUDGET`): the exact nginx sequence of one
+//!   period is precomputed (weights divided by their gcd, which does not change nginx's
+//!   sequence; the period is the total weight `W`), and picks walk it with a cursor: O(1). Any
+//!   change rebuilds the table (at most `BUILD_BUDGET` steps); the cursor keeps its phase in the
+//!   period.
+//! - Larger ones: the same smooth order by earliest virtual deadline, run live on a 4-ary heap
+//!   (`heap`): host `i`'s `k`-th slot has deadline `(k + 1/2) / w_i`. O(log hosts) per pick and
+//!   per host change: a host that joins, leaves or changes weight is one heap operation, and
+//!   takes its first slot after the cursor, as a rebuild at that cursor would.
 //!
 //! Either way the schedule is periodic with period `W` and each period holds exactly `w_i` picks
 //! of host `i`, so every window of `W` consecutive picks has exact proportions when all hosts are
 //! available. Unavailable hosts are skipped: the cursor moves past their slots, so among the
-//! available hosts the proportions are kept. Skipping is a bounded scan of the table; after
+//! available hosts the proportions are kept. In the table, skipping is a bounded scan; after
 //! [`PROBES`] unavailable slots it falls back to finding, for every available host, its next
 //! slot (binary search in its precomputed slot list) — the same answer the scan would give, in
 //! O(hosts log W).
 
+mod heap;
+
 use super::{HostSpec, HostState, PROBES};
+use heap::Heap;
 
 /// Largest schedule table (entries). 64 Ki entries of u32 = 256 KiB.
 pub(crate) const TABLE_CAP: u64 = 1 << 16;
-/// Largest `W * hosts` for which the exact nginx sequence is computed in `new()`.
-pub(crate) const BUILD_BUDGET: u64 = 1 << 22;
+/// Largest `total weight * hosts` for which the exact nginx table is used (and rebuilt on each
+/// change): about 64 Ki steps of nginx's loop.
+pub(crate) const BUILD_BUDGET: u64 = 1 << 16;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct WeightedRoundRobin {
+    /// Weight per host index.
+    weights: Vec<u32>,
+    /// Sum of `weights` and how many are > 0.
+    total: u64,
+    eligible: u64,
     inner: Inner,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Inner {
     /// No host has a weight > 0.
     Empty,
@@ -43,33 +51,97 @@ enum Inner {
 
 impl WeightedRoundRobin {
     pub(crate) fn new(hosts: &[HostSpec]) -> WeightedRoundRobin {
-        let hosts_w: Vec<(u32, u64)> = hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.weight > 0)
-            .filter_map(|(i, h)| u32::try_from(i).ok().map(|i| (i, u64::from(h.weight))))
-            .collect();
-        if hosts_w.is_empty() {
-            return WeightedRoundRobin {
-                inner: Inner::Empty,
-            };
-        }
-        let g = hosts_w.iter().fold(0, |g, &(_, w)| gcd(g, w)).max(1);
-        let hosts_w: Vec<(u32, u64)> = hosts_w.into_iter().map(|(i, w)| (i, w / g)).collect();
-        let total: u64 = hosts_w.iter().map(|&(_, w)| w).sum();
-        let n = hosts_w.len() as u64;
-        let inner = if total <= TABLE_CAP {
-            let schedule = if total.saturating_mul(n) <= BUILD_BUDGET {
-                nginx_schedule(&hosts_w, total)
-            } else {
-                let mut heap = Heap::new(&hosts_w);
-                (0..total).filter_map(|_| heap.next_any()).collect()
-            };
-            Inner::Table(Table::new(schedule, hosts.len()))
-        } else {
-            Inner::Heap(Heap::new(&hosts_w))
+        let weights: Vec<u32> = hosts.iter().map(|h| h.weight).collect();
+        let mut w = WeightedRoundRobin {
+            total: weights.iter().map(|&w| u64::from(w)).sum(),
+            eligible: weights.iter().filter(|&&w| w > 0).count() as u64,
+            weights,
+            inner: Inner::Empty,
         };
-        WeightedRoundRobin { inner }
+        w.inner = w.build(None);
+        w
+    }
+
+    fn table_fits(&self) -> bool {
+        self.total.saturating_mul(self.eligible) <= BUILD_BUDGET && self.total <= TABLE_CAP
+    }
+
+    /// The schedule for the current weights; a heap continues after `cursor`.
+    fn build(&self, cursor: Option<heap::Entry>) -> Inner {
+        if self.eligible == 0 {
+            Inner::Empty
+        } else if self.table_fits() {
+            Inner::Table(Table::for_weights(&self.weights))
+        } else {
+            Inner::Heap(Heap::new(&self.weights, cursor))
+        }
+    }
+
+    /// Hosts `changed` (indices into `hosts`) have new weights. A table is rebuilt once for all
+    /// of them (its cursor keeping its phase); a heap takes one O(log hosts) step per host.
+    pub(crate) fn update(&mut self, hosts: &[HostSpec], changed: &[usize]) {
+        if self.weights.len() < hosts.len() {
+            self.weights.resize(hosts.len(), 0);
+        }
+        for &i in changed {
+            let (Some(w), Some(h)) = (self.weights.get_mut(i), hosts.get(i)) else {
+                continue;
+            };
+            self.total = self.total - u64::from(*w) + u64::from(h.weight);
+            self.eligible = self.eligible - u64::from(*w > 0) + u64::from(h.weight > 0);
+            *w = h.weight;
+        }
+        let heap_stays = self.eligible > 0 && !self.table_fits();
+        if let (true, Inner::Heap(heap)) = (heap_stays, &mut self.inner) {
+            for &i in changed {
+                if let Some(&w) = self.weights.get(i) {
+                    heap.set(i, w);
+                }
+            }
+            return;
+        }
+        let (phase, cursor) = match &self.inner {
+            Inner::Table(t) => (Some((t.cursor, t.schedule.len())), None),
+            Inner::Heap(h) => (None, h.cursor()),
+            Inner::Empty => (None, None),
+        };
+        self.inner = self.build(cursor);
+        if let (Some(phase), Inner::Table(t)) = (phase, &mut self.inner) {
+            t.set_phase(phase);
+        }
+    }
+
+    /// A rebuild from `hosts` that continues at this one's cursor (tests).
+    #[cfg(test)]
+    pub(crate) fn rebuilt(&self, hosts: &[HostSpec]) -> WeightedRoundRobin {
+        let mut r = WeightedRoundRobin::new(hosts);
+        match &self.inner {
+            Inner::Table(a) => {
+                if let Inner::Table(b) = &mut r.inner {
+                    b.cursor = a.cursor;
+                }
+            }
+            Inner::Heap(a) => {
+                if let Inner::Heap(_) = r.inner {
+                    r.inner = Inner::Heap(Heap::new(&r.weights, a.cursor()));
+                }
+            }
+            Inner::Empty => {}
+        }
+        r
+    }
+
+    /// Same schedule as `other` (cursor aside for a table).
+    #[cfg(test)]
+    pub(crate) fn same_tables(&self, other: &WeightedRoundRobin) -> bool {
+        self.total == other.total
+            && self.eligible == other.eligible
+            && match (&self.inner, &other.inner) {
+                (Inner::Empty, Inner::Empty) => true,
+                (Inner::Table(a), Inner::Table(b)) => a.schedule == b.schedule,
+                (Inner::Heap(a), Inner::Heap(b)) => a.entries() == b.entries(),
+                _ => false,
+            }
     }
 
     #[inline]
@@ -77,6 +149,7 @@ impl WeightedRoundRobin {
         match &mut self.inner {
             Inner::Empty => None,
             Inner::Table(t) => t.pick(state),
+            Inner::Heap(h) if h.is_empty() => None,
             Inner::Heap(h) => h.pick(state),
         }
     }
@@ -118,7 +191,7 @@ fn nginx_schedule(hosts_w: &[(u32, u64)], total: u64) -> Vec<u32> {
 }
 
 /// A precomputed period of the schedule plus, per host, the sorted positions of its slots.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Table {
     /// Host index per slot.
     schedule: Vec<u32>,
@@ -131,6 +204,28 @@ struct Table {
 }
 
 impl Table {
+    /// nginx's period for `weights` (by host index, at least one > 0).
+    fn for_weights(weights: &[u32]) -> Table {
+        let hosts_w: Vec<(u32, u64)> = weights
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| w > 0)
+            .filter_map(|(i, &w)| u32::try_from(i).ok().map(|i| (i, u64::from(w))))
+            .collect();
+        let g = hosts_w.iter().fold(0, |g, &(_, w)| gcd(g, w)).max(1);
+        let hosts_w: Vec<(u32, u64)> = hosts_w.into_iter().map(|(i, w)| (i, w / g)).collect();
+        let total: u64 = hosts_w.iter().map(|&(_, w)| w).sum();
+        Table::new(nginx_schedule(&hosts_w, total), weights.len())
+    }
+
+    /// After a rebuild: the cursor at the same fraction of the period as `(cursor, len)` was.
+    fn set_phase(&mut self, (cursor, len): (usize, usize)) {
+        let new_len = self.schedule.len();
+        if len > 0 && new_len > 0 {
+            self.cursor = ((cursor as u128 * new_len as u128 / len as u128) as usize) % new_len;
+        }
+    }
+
     fn new(schedule: Vec<u32>, host_count: usize) -> Table {
         let mut per_host: Vec<Vec<u32>> = vec![Vec::new(); host_count];
         for (pos, &h) in schedule.iter().enumerate() {
@@ -215,152 +310,6 @@ impl Table {
         let (next, host) = best?;
         self.cursor = ((next + 1) % len as u64) as usize;
         Some(host)
-    }
-}
-
-/// Earliest virtual deadline first over a 4-ary heap. A host's next deadline is
-/// `(2 * count + 1) / (2 * weight)`; ties go to the lower host index.
-#[derive(Debug)]
-struct Heap {
-    /// Min-heap by deadline.
-    heap: Vec<Entry>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    /// `2 * count + 1`: the deadline's numerator.
-    num: u64,
-    weight: u32,
-    /// Host index; hosts are in list order, so it is also the tie-break.
-    host: u32,
-}
-
-impl Entry {
-    /// `self`'s deadline is before `other`'s. Branch-free: the heap walk's child choice is a coin
-    /// flip for the branch predictor.
-    #[inline(always)]
-    fn before(&self, other: &Entry) -> bool {
-        let a = u128::from(self.num) * u128::from(other.weight);
-        let b = u128::from(other.num) * u128::from(self.weight);
-        (a < b) | ((a == b) & (self.host < other.host))
-    }
-}
-
-impl Heap {
-    fn new(hosts_w: &[(u32, u64)]) -> Heap {
-        let mut h = Heap {
-            heap: hosts_w
-                .iter()
-                .map(|&(host, weight)| Entry {
-                    num: 1,
-                    weight: u32::try_from(weight).unwrap_or(u32::MAX),
-                    host,
-                })
-                .collect(),
-        };
-        for i in (0..h.heap.len()).rev() {
-            h.sift_down(i);
-        }
-        h
-    }
-
-    /// Restore the heap after the entry at `i` got a later deadline. A 4-ary heap (one 64-byte
-    /// line of children, half the levels of a binary heap), bottom-up: move the hole down along
-    /// the earliest children to a leaf, then sift the entry up (it usually belongs low).
-    #[inline]
-    fn sift_down(&mut self, i: usize) {
-        let heap = self.heap.as_mut_slice();
-        let n = heap.len();
-        if i >= n {
-            return;
-        }
-        let mut hole = i;
-        loop {
-            let first = 4 * hole + 1;
-            let Some(kids) = heap.get(first..n.min(first + 4)) else {
-                break;
-            };
-            let c = match kids {
-                [k0, k1, k2, k3] => {
-                    let a = usize::from(k1.before(k0));
-                    let b = 2 + usize::from(k3.before(k2));
-                    match (kids.get(a), kids.get(b)) {
-                        (Some(ka), Some(kb)) if kb.before(ka) => b,
-                        _ => a,
-                    }
-                }
-                [] => break,
-                _ => {
-                    let mut c = 0;
-                    for (k, e) in kids.iter().enumerate().skip(1) {
-                        if kids.get(c).is_some_and(|best| e.before(best)) {
-                            c = k;
-                        }
-                    }
-                    c
-                }
-            };
-            heap.swap(hole, first + c);
-            hole = first + c;
-        }
-        // Sift the entry (now at `hole`) up, but not above `i`.
-        while hole > i {
-            let parent = (hole - 1) / 4;
-            let (Some(p), Some(h)) = (heap.get(parent), heap.get(hole)) else {
-                break;
-            };
-            if !h.before(p) {
-                break;
-            }
-            heap.swap(hole, parent);
-            hole = parent;
-        }
-    }
-
-    /// Advance the host at heap position `i` by one slot and restore the heap.
-    #[inline]
-    fn advance(&mut self, i: usize) {
-        if let Some(e) = self.heap.get_mut(i) {
-            e.num += 2;
-            self.sift_down(i);
-        }
-    }
-
-    /// The next host of the schedule, ignoring availability.
-    fn next_any(&mut self) -> Option<u32> {
-        let host = self.heap.first()?.host;
-        self.advance(0);
-        Some(host)
-    }
-
-    #[inline]
-    fn pick(&mut self, state: &impl HostState) -> Option<usize> {
-        for _ in 0..self.heap.len().min(PROBES) {
-            let host = self.heap.first()?.host as usize;
-            // An unavailable host's slot is consumed too, as with the table's cursor.
-            self.advance(0);
-            if state.is_available(host) {
-                return Some(host);
-            }
-        }
-        self.pick_slow(state)
-    }
-
-    /// The available host with the earliest deadline, by a scan of the heap.
-    #[cold]
-    fn pick_slow(&mut self, state: &impl HostState) -> Option<usize> {
-        let mut best: Option<(usize, Entry)> = None;
-        for (i, e) in self.heap.iter().enumerate() {
-            if !state.is_available(e.host as usize) {
-                continue;
-            }
-            if !matches!(best, Some((_, b)) if !e.before(&b)) {
-                best = Some((i, *e));
-            }
-        }
-        let (i, e) = best?;
-        self.advance(i);
-        Some(e.host as usize)
     }
 }
 

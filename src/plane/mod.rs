@@ -1,5 +1,5 @@
 //! The contract between the control path and the workers: what the control path publishes
-//! (snapshots), what it hands over (data connections) and tells (`WorkerMsg`), what workers report
+//! (snapshots and changes, through each worker's latest-wins `update::UpdateSlot`), what it hands over (data connections) and tells (`WorkerMsg`), what workers report
 //! back (`WorkerEvent`), and the per-worker counters both sides read.
 //!
 //! Nothing here runs: these are the types both `control` and `dataplane` depend on, so that
@@ -7,16 +7,18 @@
 
 pub mod counters;
 pub mod snapshot;
+pub mod update;
 
 use std::sync::Arc;
 
-use snapshot::{ConnId, HostId, Snapshot};
+use snapshot::{ConnId, HostId};
 
 /// Control path → worker.
 #[derive(Debug)]
 pub enum WorkerMsg {
-    /// Replace the worker's view of clusters and hosts.
-    Snapshot(Arc<Snapshot>),
+    /// The worker's `UpdateSlot` has changes: take and apply them. Sent only when the slot goes
+    /// from empty to pending, so at most one waits per worker however many changes there are.
+    Update,
     /// A handshaken data connection, now idle on this worker.
     DataConn(HandedConn),
     /// Close these idle connections (their agent asked, or the host is gone).

@@ -104,15 +104,19 @@ impl ServerHandle {
         let mut worker_txs: Vec<mpsc::UnboundedSender<crate::plane::WorkerMsg>> =
             Vec::with_capacity(workers);
         let mut counters = Vec::with_capacity(workers);
+        let mut updates = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers + 1);
         for (index, sockets) in per_worker.into_iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             let c = Arc::new(WorkerCounters::default());
+            let slot = crate::plane::update::UpdateSlot::new();
+            updates.push(slot.clone());
             let setup = WorkerSetup {
                 index,
                 backend,
                 frontends: sockets,
                 snapshot: snapshot.clone(),
+                updates: slot,
                 rx,
                 events: events_tx.clone(),
                 heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
@@ -156,6 +160,7 @@ impl ServerHandle {
             config,
             registry,
             workers: worker_txs.clone(),
+            updates,
             events: events_rx,
             commands: commands_rx,
             stats: control_stats.clone(),

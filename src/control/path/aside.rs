@@ -26,7 +26,7 @@ impl Control {
         let write_timeout = interval.saturating_mul(max_missed);
         let mut outstanding = 0u32;
         let mut seq = 0u64;
-        let (out_tx, mut out_rx) = mpsc::channel::<Frame>(ASIDE_QUEUE_FRAMES);
+        let (out_tx, mut out_rx) = mpsc::channel::<Box<Frame>>(ASIDE_QUEUE_FRAMES);
         self.asides
             .borrow_mut()
             .entry(host_id)
@@ -117,10 +117,17 @@ impl Control {
             }
         };
         debug!(conn = conn_id, host = host_id, %reason, "aside connection closed");
-        if let Some(list) = self.asides.borrow_mut().get_mut(&host_id) {
-            list.retain(|(id, _)| *id != conn_id);
+        {
+            // Only this host's entry: a scan of every host per closing aside connection would
+            // cost the fleet.
+            let mut asides = self.asides.borrow_mut();
+            if let Some(list) = asides.get_mut(&host_id) {
+                list.retain(|(id, _)| *id != conn_id);
+                if list.is_empty() {
+                    asides.remove(&host_id);
+                }
+            }
         }
-        self.asides.borrow_mut().retain(|_, list| !list.is_empty());
         let _ = stream.stream.shutdown_std();
         self.conn_closed(conn_id);
     }
@@ -149,14 +156,17 @@ mod tests {
 
     #[test]
     fn a_full_aside_queue_refuses_without_waiting() {
-        let (tx, mut rx) = mpsc::channel::<Frame>(ASIDE_QUEUE_FRAMES);
+        let (tx, mut rx) = mpsc::channel::<Box<Frame>>(ASIDE_QUEUE_FRAMES);
         let ping = |seq| Frame::Ping(Ping { seq });
         for seq in 0..ASIDE_QUEUE_FRAMES as u64 {
             assert!(offer(&tx, ping(seq)));
         }
         assert!(!offer(&tx, ping(99)), "queued beyond the bound");
         assert_eq!(tx.capacity(), 0);
-        assert!(matches!(rx.try_recv(), Ok(Frame::Ping(Ping { seq: 0 }))));
+        assert!(matches!(
+            rx.try_recv().map(|f| *f),
+            Ok(Frame::Ping(Ping { seq: 0 }))
+        ));
         assert!(offer(&tx, ping(100)));
         drop(rx);
         assert!(!offer(&tx, ping(101)));

@@ -29,7 +29,7 @@ impl Control {
             // Dropping the writers ends those aside tasks' loops, which close the connections.
             self.asides.borrow_mut().remove(&host);
         }
-        self.publish();
+        self.publish_full();
         info!(removed = ?removed, clusters = clusters.len(), "configuration reloaded");
     }
 

@@ -1,7 +1,8 @@
 //! The control path's event loop: accept agents, keep the registry, publish snapshots, answer
 //! workers' events and the server handle's commands. The parts: `tunnel` (one tunnel
 //! connection's handshake and its hand-off to a worker), `aside` (an aside connection's frames),
-//! `pool_requests` (who is owed connections), `commands` (admin and reload requests).
+//! `pool_requests` (who is owed connections), `commands` (admin and reload requests), `publish`
+//! (registry changes to the workers, coalesced).
 //!
 //! Single-threaded: the registry is owned here and changed only on this thread. Never hold a
 //! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (each connection
@@ -11,12 +12,13 @@ mod aside;
 mod commands;
 mod parked;
 mod pool_requests;
+mod publish;
 mod tunnel;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,8 @@ pub struct ControlSetup {
     pub config: ServerConfig,
     pub registry: Registry,
     pub workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
+    /// Each worker's latest-wins cell of published changes (same order as `workers`).
+    pub updates: Vec<Arc<crate::plane::update::UpdateSlot>>,
     pub events: mpsc::UnboundedReceiver<WorkerEvent>,
     pub commands: mpsc::UnboundedReceiver<ControlCmd>,
     pub stats: Arc<ControlStats>,
@@ -59,8 +63,10 @@ pub struct ControlSetup {
     pub tls: Option<Arc<crate::tls::ServerConfig>>,
 }
 
-/// An aside connection's id and the queue of frames its task writes.
-pub(super) type AsideWriter = (ConnId, mpsc::Sender<Frame>);
+/// An aside connection's id and the queue of frames its task writes. Boxed: the channel
+/// allocates its slots 32 at a time, and 32 unboxed frames would cost every agent kilobytes for
+/// the few frames an aside connection ever carries.
+pub(super) type AsideWriter = (ConnId, mpsc::Sender<Box<Frame>>);
 
 /// Frames queued at most for one aside connection. A full queue means the agent stopped
 /// reading: further frames are dropped (counted in the log) and the connection closes at its
@@ -69,8 +75,8 @@ const ASIDE_QUEUE_FRAMES: usize = 64;
 
 /// Queues `frame` for an aside connection without waiting; false when its queue is full or
 /// its task is gone.
-pub(super) fn offer(tx: &mpsc::Sender<Frame>, frame: Frame) -> bool {
-    match tx.try_send(frame) {
+pub(super) fn offer(tx: &mpsc::Sender<Box<Frame>>, frame: Frame) -> bool {
+    match tx.try_send(Box::new(frame)) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(frame)) => {
             crate::log_limited!(warn!(
@@ -84,9 +90,17 @@ pub(super) fn offer(tx: &mpsc::Sender<Frame>, frame: Frame) -> bool {
 }
 
 struct Control {
+    /// Itself, for the coalesced publication's timer task.
+    me: Weak<Control>,
     config: ServerConfig,
     registry: RefCell<Registry>,
     workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
+    updates: Vec<Arc<crate::plane::update::UpdateSlot>>,
+    /// When changes were last published, and when the next publication is due (if one is).
+    last_flush: Cell<Option<std::time::Instant>>,
+    flush_at: Cell<Option<std::time::Instant>>,
+    /// The first change waiting for the due publication.
+    first_change: Cell<Option<std::time::Instant>>,
     handshakes: Arc<tokio::sync::Semaphore>,
     stats: Arc<ControlStats>,
     /// Writers of the aside connections, per host.
@@ -111,6 +125,7 @@ pub async fn run(setup: ControlSetup) {
         config,
         registry,
         workers,
+        updates,
         mut events,
         mut commands,
         stats,
@@ -126,10 +141,15 @@ pub async fn run(setup: ControlSetup) {
     };
     let handshake_slots = config.tunnel_listener.max_concurrent_handshakes;
     let replay_entries = config.tunnel_listener.hmac_replay_cache_entries;
-    let ctl = Rc::new(Control {
+    let ctl = Rc::new_cyclic(|me| Control {
+        me: me.clone(),
         config,
         registry: RefCell::new(registry),
         workers,
+        updates,
+        last_flush: Cell::new(None),
+        flush_at: Cell::new(None),
+        first_change: Cell::new(None),
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
         stats,
         asides: RefCell::new(HashMap::new()),
@@ -232,13 +252,6 @@ impl Control {
             if let Some(tx) = self.workers.get(w) {
                 let _ = tx.send(WorkerMsg::CloseConns(ids));
             }
-        }
-    }
-
-    pub(super) fn publish(&self) {
-        let snapshot = Arc::new(self.registry.borrow_mut().snapshot());
-        for w in &self.workers {
-            let _ = w.send(WorkerMsg::Snapshot(snapshot.clone()));
         }
     }
 

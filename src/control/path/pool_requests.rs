@@ -26,22 +26,16 @@ impl Control {
 
     /// Asks one host of the cluster (in turn) for `count` more data connections.
     pub(super) fn request_pool(&self, cluster: &Arc<str>, count: u32) {
-        let hosts: Vec<HostId> = self
-            .registry
-            .borrow()
-            .hosts(cluster)
-            .iter()
-            .filter(|h| h.weight > 0 && !h.legacy)
-            .map(|h| h.id)
-            .collect();
+        // No per-host status is built: a fleet of thousands is scanned by id and weight only.
+        let registry = self.registry.borrow();
         let asides = self.asides.borrow();
         // A host whose aside queue is full is not reading it: ask another.
-        let candidates: Vec<&mpsc::Sender<Frame>> = hosts
-            .iter()
-            .filter_map(|h| asides.get(h).and_then(|v| v.first()).map(|(_, tx)| tx))
-            .filter(|tx| tx.capacity() > 0)
-            .collect();
-        if candidates.is_empty() {
+        let candidates = registry
+            .requestable_hosts(cluster)
+            .filter_map(|h| asides.get(&h).and_then(|v| v.first()).map(|(_, tx)| tx))
+            .filter(|tx| tx.capacity() > 0);
+        let n = candidates.clone().count();
+        if n == 0 {
             return;
         }
         let turn = self.pool_request_turn.get();
@@ -50,7 +44,9 @@ impl Control {
             cluster_name: cluster.to_string(),
             count: count.max(1),
         });
-        offer(candidates[turn % candidates.len()], request);
+        if let Some(tx) = candidates.clone().nth(turn % n) {
+            offer(tx, request);
+        }
         debug!(%cluster, "asked an agent for another data connection");
     }
 }

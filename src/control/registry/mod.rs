@@ -1,14 +1,21 @@
 //! The registry: clusters, their hosts, and every handshaken tunnel connection. Owned by the
-//! control path alone; workers learn about it only through snapshots and hand-offs.
+//! control path alone; workers learn about it only through snapshots, published changes and
+//! hand-offs.
+//!
+//! Every operation costs what it touches, not the fleet: a host is found by its identity's hash
+//! (`hosts.rs`), by id through `host_cluster`, and each cluster keeps the host slots that changed
+//! since the last publication (`publish.rs`), which sends only those.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::ClusterConfig;
-use crate::plane::snapshot::{ClusterSnapshot, ConnId, HostId, Snapshot, SnapshotHost};
+use crate::plane::snapshot::{ClusterSnapshot, ConnId, HostId, HostSlot, Snapshot, SnapshotHost};
+use crate::plane::update::{Changes, ClusterChanges};
 use crate::protocol::Role;
 
+mod hosts;
 mod placement;
 mod publish;
 mod status;
@@ -50,6 +57,12 @@ pub struct Registered {
 #[derive(Debug)]
 struct HostRecord {
     identity: HostIdentity,
+    /// `host_key(&identity)`, computed once.
+    key: u64,
+    /// The host name as workers see it (shared by every publication).
+    name: Arc<str>,
+    /// Its index in the cluster's host list.
+    slot: HostSlot,
     weight: u32,
     /// Drained by the server's admin: never picked (published with weight 0).
     drained: bool,
@@ -81,6 +94,31 @@ struct ClusterState {
     data_conns: u32,
     /// Frontend sessions now, over all workers (they count it; `max_sessions` bounds it).
     sessions: Arc<std::sync::atomic::AtomicU64>,
+    /// Host id per slot (0: vacant), and the vacant slots to reuse.
+    slots: Vec<HostId>,
+    free_slots: Vec<HostSlot>,
+    /// Host by `host_key`; identities whose key is taken by another go to `collisions`.
+    by_key: HashMap<u64, HostId>,
+    collisions: Vec<HostId>,
+    /// Slots changed since the last publication.
+    dirty: HashSet<HostSlot>,
+}
+
+impl ClusterState {
+    fn new(config: &ClusterConfig) -> ClusterState {
+        ClusterState {
+            config: config.clone(),
+            name: Arc::from(config.name.as_str()),
+            hosts: BTreeMap::new(),
+            data_conns: 0,
+            sessions: Default::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_key: HashMap::new(),
+            collisions: Vec::new(),
+            dirty: HashSet::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -102,11 +140,16 @@ struct ConnRecord {
 #[derive(Debug)]
 pub struct Registry {
     clusters: BTreeMap<Arc<str>, ClusterState>,
+    /// The cluster of every host.
+    host_cluster: HashMap<HostId, Arc<str>>,
     conns: HashMap<ConnId, ConnRecord>,
     workers: usize,
     next_conn_id: ConnId,
     next_host_id: HostId,
     version: u64,
+    /// Per worker: since the last publication, a host with idle connections there changed
+    /// weight or was drained (the worker must be told at once, not only before its next lease).
+    urgent: Vec<bool>,
 }
 
 impl Registry {
@@ -115,24 +158,17 @@ impl Registry {
             clusters: clusters
                 .iter()
                 .map(|c| {
-                    let name: Arc<str> = Arc::from(c.name.as_str());
-                    (
-                        name.clone(),
-                        ClusterState {
-                            config: c.clone(),
-                            name,
-                            hosts: BTreeMap::new(),
-                            data_conns: 0,
-                            sessions: Default::default(),
-                        },
-                    )
+                    let state = ClusterState::new(c);
+                    (state.name.clone(), state)
                 })
                 .collect(),
+            host_cluster: HashMap::new(),
             conns: HashMap::new(),
             workers: workers.max(1),
             next_conn_id: 1,
             next_host_id: 1,
             version: 0,
+            urgent: vec![false; workers.max(1)],
         }
     }
 
@@ -158,30 +194,23 @@ impl Registry {
                 state.config.max_data_connections,
             ));
         }
-        let existing = state
-            .hosts
-            .iter()
-            .find(|(_, h)| h.identity == identity)
-            .map(|(id, _)| *id);
-        let mut snapshot_changed = false;
+        let existing = state.find(&identity);
         let new_host = existing.is_none();
+        let per_agent = state.config.max_data_connections_per_agent;
+        let conns_now = existing
+            .and_then(|id| state.hosts.get(&id))
+            .map_or(0, |h| h.data_conns);
+        if role == Role::Data && conns_now >= per_agent {
+            return Err(RegisterError::AgentLimit(per_agent));
+        }
+        let mut snapshot_changed = false;
         let host_id = match existing {
             Some(id) => id,
             None => {
                 let id = self.next_host_id;
                 self.next_host_id += 1;
-                state.hosts.insert(
-                    id,
-                    HostRecord {
-                        identity,
-                        weight,
-                        drained: false,
-                        weight_override: None,
-                        data_conns: 0,
-                        conns: BTreeSet::new(),
-                        idle_per_worker: vec![0; self.workers],
-                    },
-                );
+                state.insert_host(id, identity, weight, self.workers);
+                self.host_cluster.insert(id, state.name.clone());
                 snapshot_changed = true;
                 id
             }
@@ -189,14 +218,6 @@ impl Registry {
         let Some(host) = state.hosts.get_mut(&host_id) else {
             return Err(RegisterError::NoCluster);
         };
-        if role == Role::Data && host.data_conns >= state.config.max_data_connections_per_agent {
-            if host.conns.is_empty() {
-                state.hosts.remove(&host_id);
-            }
-            return Err(RegisterError::AgentLimit(
-                state.config.max_data_connections_per_agent,
-            ));
-        }
         if role == Role::Data {
             host.data_conns += 1;
             state.data_conns += 1;
@@ -209,6 +230,13 @@ impl Registry {
         let conn_id = self.next_conn_id;
         self.next_conn_id += 1;
         host.conns.insert(conn_id);
+        let slot = host.slot;
+        if snapshot_changed {
+            state.dirty.insert(slot);
+            if !new_host {
+                mark_urgent(&mut self.urgent, &host.idle_per_worker);
+            }
+        }
         self.conns.insert(
             conn_id,
             ConnRecord {
@@ -251,6 +279,7 @@ impl Registry {
             };
             for (host_id, host) in state.hosts {
                 hosts.push(host_id);
+                self.host_cluster.remove(&host_id);
                 for id in host.conns {
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.closing = true;
@@ -265,17 +294,8 @@ impl Registry {
             match self.clusters.get_mut(c.name.as_str()) {
                 Some(state) => state.config = c.clone(),
                 None => {
-                    let name: Arc<str> = Arc::from(c.name.as_str());
-                    self.clusters.insert(
-                        name.clone(),
-                        ClusterState {
-                            config: c.clone(),
-                            name,
-                            hosts: BTreeMap::new(),
-                            data_conns: 0,
-                            sessions: Default::default(),
-                        },
-                    );
+                    let state = ClusterState::new(c);
+                    self.clusters.insert(state.name.clone(), state);
                 }
             }
         }
@@ -300,16 +320,24 @@ impl Registry {
     }
 
     fn update_host(&mut self, host_id: HostId, f: impl FnOnce(&mut HostRecord)) -> bool {
-        let Some(h) = self
-            .clusters
-            .values_mut()
-            .find_map(|c| c.hosts.get_mut(&host_id))
+        let Some(state) = self
+            .host_cluster
+            .get(&host_id)
+            .and_then(|c| self.clusters.get_mut(c))
         else {
+            return false;
+        };
+        let Some(h) = state.hosts.get_mut(&host_id) else {
             return false;
         };
         let before = h.effective_weight();
         f(h);
-        before != h.effective_weight()
+        let changed = before != h.effective_weight();
+        if changed {
+            state.dirty.insert(h.slot);
+            mark_urgent(&mut self.urgent, &h.idle_per_worker);
+        }
+        changed
     }
 
     /// Graceful close asked by `host_id`'s own aside connection: of `ids`, those that are this
@@ -397,11 +425,16 @@ impl Registry {
     /// Admin drain of a host: it is never picked again (its idle connections are returned for
     /// closing); sessions in flight finish. True when the host exists.
     pub fn drain_host(&mut self, host_id: HostId) -> Option<Vec<(usize, ConnId)>> {
-        let host = self
-            .clusters
-            .values_mut()
-            .find_map(|c| c.hosts.get_mut(&host_id))?;
-        host.drained = true;
+        let state = self
+            .host_cluster
+            .get(&host_id)
+            .and_then(|c| self.clusters.get_mut(c))?;
+        let host = state.hosts.get_mut(&host_id)?;
+        if !host.drained {
+            host.drained = true;
+            state.dirty.insert(host.slot);
+            mark_urgent(&mut self.urgent, &host.idle_per_worker);
+        }
         let ids: Vec<ConnId> = host.conns.iter().copied().collect();
         Some(self.graceful_close(host_id, &ids))
     }
@@ -454,10 +487,18 @@ impl Registry {
             host.data_conns = host.data_conns.saturating_sub(1);
         }
         if host.conns.is_empty() {
-            cluster.hosts.remove(&conn.host);
+            cluster.remove_host(conn.host);
+            self.host_cluster.remove(&conn.host);
             return true;
         }
         false
+    }
+}
+
+/// The workers holding idle connections of a host must be woken for its change.
+fn mark_urgent(urgent: &mut [bool], idle_per_worker: &[u32]) {
+    for (u, n) in urgent.iter_mut().zip(idle_per_worker) {
+        *u |= *n > 0;
     }
 }
 

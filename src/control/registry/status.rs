@@ -91,6 +91,17 @@ impl Registry {
             .collect()
     }
 
+    /// Hosts of a cluster that may be asked for a data connection (pool request): weight > 0,
+    /// ringtun agents. Allocates nothing.
+    pub fn requestable_hosts(&self, cluster: &str) -> impl Iterator<Item = HostId> + Clone + '_ {
+        self.clusters
+            .get(cluster)
+            .into_iter()
+            .flat_map(|c| c.hosts.iter())
+            .filter(|(_, h)| h.effective_weight() > 0 && !h.identity.legacy)
+            .map(|(id, _)| *id)
+    }
+
     /// Names of all clusters.
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.keys().map(|k| k.to_string()).collect()

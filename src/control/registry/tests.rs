@@ -215,3 +215,103 @@ fn mosn_graceful_close_names_only_legacy_data_connections_by_address() {
     assert!(!r.is_closing(other.conn_id));
     assert!(!r.is_closing(ringtun.conn_id));
 }
+
+/// The changed slots of cluster "c", as (slot, host id, weight).
+fn changes(r: &mut Registry) -> Vec<(HostSlot, HostId, u32)> {
+    r.take_changes()
+        .map(|c| {
+            c.clusters
+                .into_iter()
+                .flat_map(|(_, c)| c.hosts)
+                .map(|(s, h)| (s, h.id, h.weight))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn changes_name_only_the_slots_that_changed() {
+    let mut r = registry();
+    assert!(r.take_changes().is_none());
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let b = r.register("c", id("b"), 2, Role::Data, PEER).unwrap();
+    assert_eq!(changes(&mut r), vec![(0, a.host_id, 1), (1, b.host_id, 2)]);
+    // A second connection of a known host with the same weight changes nothing.
+    let b2 = r.register("c", id("b"), 2, Role::Data, PEER).unwrap();
+    assert!(r.take_changes().is_none());
+    assert!(r.set_weight(b.host_id, 3));
+    assert!(r.set_weight(b.host_id, 4));
+    assert_eq!(changes(&mut r), vec![(1, b.host_id, 4)]);
+    // A host leaving publishes its slot vacant; a new host reuses the slot.
+    assert!(r.conn_closed(a.conn_id));
+    assert_eq!(changes(&mut r), vec![(0, 0, 0)]);
+    let c = r.register("c", id("c"), 7, Role::Data, PEER).unwrap();
+    assert_eq!(changes(&mut r), vec![(0, c.host_id, 7)]);
+    r.drain_host(c.host_id).unwrap();
+    assert_eq!(changes(&mut r), vec![(0, c.host_id, 0)]);
+    // The whole snapshot holds every slot and supersedes pending changes.
+    assert!(!r.conn_closed(b2.conn_id));
+    assert!(r.set_weight(b.host_id, 9));
+    let s = r.snapshot();
+    assert_eq!(s.clusters["c"].hosts.len(), 2);
+    assert_eq!(s.clusters["c"].hosts[1].weight, 9);
+    assert!(r.take_changes().is_none());
+}
+
+#[test]
+fn hosts_are_found_by_identity_even_when_keys_collide() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    // Pretend "b" hashes like "a": its key's index entry names a.
+    let state = r.clusters.get_mut("c").unwrap();
+    let key_b = host_key(&id("b"));
+    state.by_key.insert(key_b, a.host_id);
+    let b = r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+    assert!(b.new_host);
+    assert_ne!(a.host_id, b.host_id);
+    let again = r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+    assert_eq!(again.host_id, b.host_id);
+    assert_eq!(
+        r.register("c", id("a"), 1, Role::Data, PEER)
+            .unwrap()
+            .host_id,
+        a.host_id
+    );
+    // b leaves: found no more, a still is.
+    assert!(!r.conn_closed(b.conn_id));
+    assert!(r.conn_closed(again.conn_id));
+    let b3 = r.register("c", id("b"), 1, Role::Data, PEER).unwrap();
+    assert!(b3.new_host);
+}
+
+#[test]
+fn a_host_refused_by_its_agent_limit_is_not_created() {
+    let cluster: ClusterConfig =
+        serde_json::from_str(r#"{"name":"c","max_data_connections_per_agent":0}"#).unwrap();
+    let mut r = Registry::new(&[cluster], 1);
+    assert_eq!(
+        r.register("c", id("a"), 1, Role::Data, PEER),
+        Err(RegisterError::AgentLimit(0))
+    );
+    assert!(r.hosts("c").is_empty());
+    assert!(r.take_changes().is_none());
+}
+
+#[test]
+fn only_workers_holding_a_changed_hosts_idle_connections_are_woken() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    // A join wakes nobody (its connection's worker catches up when it adopts it).
+    assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
+    assert_eq!(r.assign_worker(a.conn_id), Some(0));
+    assert!(r.set_weight(a.host_id, 2));
+    assert_eq!(r.take_changes().unwrap().wake, vec![0]);
+    // Leased: no idle connection anywhere, nobody to wake.
+    r.conn_leased(a.conn_id);
+    assert!(r.set_weight(a.host_id, 3));
+    assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
+    let b = r.register("c", id("a"), 3, Role::Data, PEER).unwrap();
+    r.assign_worker_preferring(b.conn_id, Some(1));
+    r.drain_host(a.host_id).unwrap();
+    assert_eq!(r.take_changes().unwrap().wake, vec![1]);
+}

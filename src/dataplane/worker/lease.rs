@@ -57,8 +57,15 @@ impl Worker {
             .clone()
     }
 
+    /// `try_lease` with the published changes applied first (a new host is known before its
+    /// connection is leased).
+    fn lease_now(&self, cluster: &str, ip: std::net::IpAddr) -> Option<IdleConn> {
+        self.catch_up();
+        self.try_lease(cluster, ip)
+    }
+
     pub(super) async fn lease(&self, cluster: &Arc<str>, client: SocketAddr) -> Option<IdleConn> {
-        if let Some(conn) = self.try_lease(cluster, client.ip()) {
+        if let Some(conn) = self.lease_now(cluster, client.ip()) {
             return Some(conn);
         }
         bump(&self.counters.pool_waits_total);
@@ -73,7 +80,7 @@ impl Worker {
         let notify = self.waiter(cluster);
         let leased = loop {
             let notified = notify.notified();
-            if let Some(conn) = self.try_lease(cluster, client.ip()) {
+            if let Some(conn) = self.lease_now(cluster, client.ip()) {
                 break Some(conn);
             }
             let wake = deadline.min(Instant::now() + Duration::from_millis(REASK_MS));
@@ -81,7 +88,7 @@ impl Worker {
                 // Let a later frontend ask again.
                 self.starving.borrow_mut().remove(cluster);
                 if Instant::now() >= deadline {
-                    break self.try_lease(cluster, client.ip());
+                    break self.lease_now(cluster, client.ip());
                 }
                 // Still waiting: ask again (an answer may have gone to another worker, or a
                 // donor may have had nothing left).

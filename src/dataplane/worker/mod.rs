@@ -5,7 +5,8 @@
 //! `pool` (idle connections per host, leasing order, donation, heartbeat sweep), `lease`
 //! (waiting for a connection, asking the control path for more, `max_sessions`), `accept`
 //! (frontend accept loops), `proxy` (a frontend's PROXY header, read before its session),
-//! `session` (one frontend's session from lease to close).
+//! `session` (one frontend's session from lease to close), `update` (applying the control
+//! path's snapshots and host changes to clusters and balancers).
 //!
 //! Never hold a `RefCell` borrow of the worker's state across an `.await`; never drop an io_uring
 //! operation in flight (end it by shutting its socket down); never block on a peer.
@@ -15,6 +16,7 @@ mod lease;
 mod pool;
 mod proxy;
 mod session;
+mod update;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,15 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use tracing::trace;
 
 use self::accept::AcceptLoop;
-use self::pool::{LocalCluster, State};
+use self::pool::State;
 use super::idle::IdleConn;
 use super::pump::Pools;
-use crate::balancer::{Balancer, HostSpec};
-use crate::plane::counters::{add, bump, WorkerCounters};
+use crate::plane::counters::WorkerCounters;
 use crate::plane::snapshot::Snapshot;
+use crate::plane::update::UpdateSlot;
 use crate::plane::{HandedConn, WorkerEvent, WorkerMsg};
 use crate::rt::Backend;
 
@@ -42,6 +43,8 @@ pub struct WorkerSetup {
     /// Its own SO_REUSEPORT listener per cluster frontend.
     pub frontends: Vec<crate::rt::FrontendSocket>,
     pub snapshot: Arc<Snapshot>,
+    /// Its latest-wins cell of published changes (`WorkerMsg::Update` says when to look).
+    pub updates: Arc<UpdateSlot>,
     pub rx: mpsc::UnboundedReceiver<WorkerMsg>,
     pub events: mpsc::UnboundedSender<WorkerEvent>,
     pub heartbeat_interval: Duration,
@@ -58,6 +61,7 @@ pub struct WorkerSetup {
 
 struct Worker {
     index: usize,
+    updates: Arc<UpdateSlot>,
     backend: Backend,
     events: mpsc::UnboundedSender<WorkerEvent>,
     counters: Arc<WorkerCounters>,
@@ -85,6 +89,7 @@ pub async fn run(setup: WorkerSetup) {
         backend,
         frontends,
         snapshot,
+        updates,
         mut rx,
         events,
         heartbeat_interval,
@@ -97,6 +102,7 @@ pub async fn run(setup: WorkerSetup) {
     } = setup;
     let worker = Rc::new(Worker {
         index,
+        updates,
         backend,
         events,
         counters,
@@ -112,14 +118,14 @@ pub async fn run(setup: WorkerSetup) {
         starving: RefCell::new(Default::default()),
         next_session: Cell::new(1),
     });
-    worker.apply_snapshot(&snapshot);
+    worker.apply_full(&snapshot);
     // Accept loops, and the listener fds a drain or reload shuts down to end them.
     let mut accepting: Vec<AcceptLoop> = Vec::new();
     worker.start_accepting(frontends, &mut accepting);
     tokio::task::spawn_local(worker.clone().heartbeat_loop());
     while let Some(msg) = rx.recv().await {
         match msg {
-            WorkerMsg::Snapshot(s) => worker.apply_snapshot(&s),
+            WorkerMsg::Update => worker.apply_update(),
             WorkerMsg::DataConn(conn) => worker.adopt(conn),
             WorkerMsg::CloseConns(ids) => worker.close_idle(&ids),
             WorkerMsg::StopAccepting => {
@@ -149,57 +155,19 @@ pub async fn run(setup: WorkerSetup) {
 }
 
 impl Worker {
-    fn apply_snapshot(&self, snapshot: &Snapshot) {
-        self.apply_snapshot_inner(snapshot);
-        if let Some(at) = snapshot.published_at {
-            let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            bump(&self.counters.snapshots_applied_total);
-            add(&self.counters.snapshot_propagation_ns_total, ns);
-            self.counters
-                .snapshot_propagation_max_ns
-                .fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn apply_snapshot_inner(&self, snapshot: &Snapshot) {
-        let mut state = self.state.borrow_mut();
-        state.clusters = snapshot
-            .clusters
-            .iter()
-            .map(|(name, c)| {
-                let specs: Vec<HostSpec> = c
-                    .hosts
-                    .iter()
-                    .map(|h| HostSpec {
-                        key: h.key,
-                        weight: h.weight,
-                    })
-                    .collect();
-                let seed = (self.index as u64) << 32 | snapshot.version;
-                (
-                    name.clone(),
-                    LocalCluster {
-                        snap: c.clone(),
-                        balancer: Balancer::new(c.lb_type, &specs, seed),
-                        stats: self.counters.clusters.get_or_create(name),
-                    },
-                )
-            })
-            .collect();
-        trace!(
-            worker = self.index,
-            version = snapshot.version,
-            "snapshot applied"
-        );
-    }
-
     fn adopt(&self, handed: HandedConn) {
+        // Its host may have joined since the worker last looked.
+        self.catch_up();
+        // Usually empty after the handshake; its read buffer's capacity must not stay with
+        // every idle connection.
+        let mut pending = handed.pending;
+        pending.shrink_to_fit();
         let conn = IdleConn::new(
             handed.conn_id,
             handed.host_id,
             handed.stream,
             handed.legacy,
-            handed.pending,
+            pending,
             handed.outstanding_pings,
             handed.tls,
         );

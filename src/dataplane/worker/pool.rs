@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::Worker;
-use crate::balancer::{Balancer, HostState};
+use crate::balancer::{Balancer, HostSpec, HostState};
 use crate::dataplane::idle::{IdleConn, IdleError};
 use crate::plane::counters::{bump, ClusterCounters};
 use crate::plane::snapshot::{ClusterSnapshot, HostId, SnapshotHost};
@@ -20,6 +20,8 @@ use crate::plane::{HandedConn, WorkerEvent};
 /// A cluster as this worker sees it: the snapshot, its balancer and its counters.
 pub(super) struct LocalCluster {
     pub(super) snap: ClusterSnapshot,
+    /// `snap.hosts` as the balancer sees them (same slots).
+    pub(super) specs: Vec<HostSpec>,
     pub(super) balancer: Balancer,
     pub(super) stats: Arc<ClusterCounters>,
 }

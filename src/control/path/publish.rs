@@ -1,0 +1,70 @@
+//! Publishing the registry's changes to the workers, coalesced: a change is published at once
+//! when the last publication is at least `COALESCE_MS` old, else together with every change made
+//! meanwhile when that interval ends. So under a storm each worker gets at most one publication
+//! per interval, and no change waits longer than `COALESCE_MS`. A publication carries only the
+//! changed host slots, merged into each worker's latest-wins `UpdateSlot`; a worker is woken by
+//! one `WorkerMsg::Update` for a change urgent for it (a weight change or drain of a host with
+//! idle connections there; a reload) and otherwise takes the changes before it next adopts or
+//! leases a connection.
+
+use std::time::Instant;
+
+use super::*;
+
+/// Shortest interval between two publications.
+pub(super) const COALESCE_MS: u64 = 4;
+
+impl Control {
+    /// The registry changed: publish now, or at the end of the current interval.
+    pub(super) fn publish(&self) {
+        if self.flush_at.get().is_some() {
+            // Already due: this change goes with it.
+            return;
+        }
+        let interval = Duration::from_millis(COALESCE_MS);
+        match self.last_flush.get() {
+            Some(last) if last.elapsed() < interval => {
+                let at = last + interval;
+                self.flush_at.set(Some(at));
+                // The propagation metrics count the wait too.
+                self.first_change.set(Some(Instant::now()));
+                let me = self.me.clone();
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    if let Some(ctl) = me.upgrade() {
+                        ctl.flush_at.set(None);
+                        ctl.flush();
+                    }
+                });
+            }
+            _ => self.flush(),
+        }
+    }
+
+    /// Sends every pending change to every worker.
+    fn flush(&self) {
+        let now = Instant::now();
+        self.last_flush.set(Some(now));
+        let since = self.first_change.take().unwrap_or(now);
+        let Some(changes) = self.registry.borrow_mut().take_changes() else {
+            return;
+        };
+        for (w, (slot, tx)) in self.updates.iter().zip(&self.workers).enumerate() {
+            if slot.push(&changes, changes.wake.contains(&w), since) {
+                let _ = tx.send(WorkerMsg::Update);
+            }
+        }
+    }
+
+    /// Sends the whole snapshot (after a reload changed clusters), superseding pending changes.
+    pub(super) fn publish_full(&self) {
+        let now = Instant::now();
+        self.last_flush.set(Some(now));
+        let snapshot = Arc::new(self.registry.borrow_mut().snapshot());
+        for (slot, tx) in self.updates.iter().zip(&self.workers) {
+            if slot.push_full(snapshot.clone(), now) {
+                let _ = tx.send(WorkerMsg::Update);
+            }
+        }
+    }
+}

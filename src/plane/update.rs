@@ -1,0 +1,209 @@
+//! What the control path publishes to a worker, latest-wins: per worker one [`UpdateSlot`]
+//! holding the changes the worker has not taken yet, merged by host slot, so a storm of changes
+//! costs a slow worker one map entry per changed slot, never a queue of snapshots. The worker
+//! takes everything at once.
+//!
+//! When to take: a change *urgent* for a worker — a weight change or drain of a host with idle
+//! connections on that worker, or a whole snapshot — wakes it with one `WorkerMsg::Update` (at
+//! most one outstanding per worker). Anything else waits: no worker can pick a host before one
+//! of its connections is idle there, so workers take pending changes before they adopt a
+//! connection or lease one ([`UpdateSlot::has_pending`], one atomic load). A join wakes only the
+//! worker its connection goes to; a weight change only the workers holding that host's idle
+//! connections.
+//!
+//! Must not run anything or name a runtime; the slot's lock is held only to merge or swap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::snapshot::{HostSlot, Snapshot, SnapshotHost};
+
+/// One cluster's changed host slots (a vacant host: the slot's host left).
+#[derive(Debug, Default)]
+pub struct ClusterChanges {
+    pub hosts: Vec<(HostSlot, SnapshotHost)>,
+}
+
+/// The registry's changes since its last publication.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub version: u64,
+    /// Workers that must apply these changes soon, not only before their next adoption or
+    /// lease: they hold idle connections of a host whose weight changed or that was drained.
+    pub wake: Vec<usize>,
+    pub clusters: Vec<(Arc<str>, ClusterChanges)>,
+}
+
+/// What a worker takes from its slot: apply `full` (if any) first, then `hosts`.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// A whole snapshot (after a reload): replaces the worker's clusters.
+    pub full: Option<Arc<Snapshot>>,
+    /// Per cluster, the newest content of each changed slot.
+    pub hosts: HashMap<Arc<str>, HashMap<HostSlot, SnapshotHost>>,
+    /// Version of the newest change merged in.
+    pub version: u64,
+    /// When the oldest urgent change merged in was published (the propagation metrics start
+    /// there).
+    pub since: Option<Instant>,
+    /// A `WorkerMsg::Update` is on its way to the worker.
+    pub woken: bool,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.full.is_none() && self.hosts.is_empty()
+    }
+}
+
+/// One worker's latest-wins cell.
+#[derive(Debug, Default)]
+pub struct UpdateSlot {
+    pending: Mutex<Pending>,
+    /// `pending` is not empty (read without the lock before every lease).
+    has_pending: AtomicBool,
+}
+
+impl UpdateSlot {
+    pub fn new() -> Arc<UpdateSlot> {
+        Arc::new(UpdateSlot::default())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        let mut guard = match self.pending.lock() {
+            Ok(g) => g,
+            // A panic while merging leaves a map, not a broken invariant: go on.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Merges `changes`; true when the worker must be woken (`urgent` for it, and no wake-up is
+    /// on its way already).
+    pub fn push(&self, changes: &Changes, urgent: bool, at: Instant) -> bool {
+        self.with(|p| {
+            for (cluster, c) in &changes.clusters {
+                let slots = p.hosts.entry(cluster.clone()).or_default();
+                for (slot, host) in &c.hosts {
+                    slots.insert(*slot, host.clone());
+                }
+            }
+            p.version = changes.version;
+            self.has_pending.store(!p.is_empty(), Ordering::Release);
+            urgent && !p.is_empty() && p.wake(at)
+        })
+    }
+
+    /// A whole snapshot, superseding every change not yet taken; true when the worker must be
+    /// woken.
+    pub fn push_full(&self, snapshot: Arc<Snapshot>, at: Instant) -> bool {
+        self.with(|p| {
+            p.version = snapshot.version;
+            p.full = Some(snapshot);
+            p.hosts.clear();
+            self.has_pending.store(true, Ordering::Release);
+            p.wake(at)
+        })
+    }
+
+    /// Whether anything waits to be taken (may lag a concurrent push by a moment).
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
+    }
+
+    /// Everything pending, leaving the slot empty.
+    pub fn take(&self) -> Pending {
+        self.with(|p| {
+            self.has_pending.store(false, Ordering::Release);
+            std::mem::take(p)
+        })
+    }
+}
+
+impl Pending {
+    /// Records an urgent change at `at`; true when no wake-up is on its way yet.
+    fn wake(&mut self, at: Instant) -> bool {
+        self.since.get_or_insert(at);
+        !std::mem::replace(&mut self.woken, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: u64, weight: u32) -> SnapshotHost {
+        SnapshotHost {
+            id,
+            key: id,
+            weight,
+            host_name: Arc::from("h"),
+        }
+    }
+
+    fn changes(version: u64, slot: HostSlot, h: SnapshotHost) -> Changes {
+        Changes {
+            version,
+            wake: vec![0],
+            clusters: vec![(
+                Arc::from("c"),
+                ClusterChanges {
+                    hosts: vec![(slot, h)],
+                },
+            )],
+        }
+    }
+
+    #[test]
+    fn changes_merge_by_slot_and_wake_once() {
+        let slot = UpdateSlot::new();
+        let t = Instant::now();
+        assert!(slot.push(&changes(1, 0, host(1, 10)), true, t));
+        assert!(!slot.push(&changes(2, 0, host(1, 20)), true, t));
+        assert!(!slot.push(&changes(3, 1, host(2, 5)), true, t));
+        let p = slot.take();
+        assert_eq!(p.version, 3);
+        assert_eq!(p.since, Some(t));
+        let c = &p.hosts[&Arc::<str>::from("c")];
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[&0].weight, 20);
+        assert!(slot.take().is_empty());
+        assert!(!slot.has_pending());
+        assert!(slot.push(&changes(4, 0, SnapshotHost::vacant()), true, t));
+    }
+
+    #[test]
+    fn joins_and_leaves_wait_without_waking_the_worker() {
+        let slot = UpdateSlot::new();
+        let t = Instant::now();
+        let join = changes(1, 0, host(1, 10));
+        assert!(!slot.push(&join, false, t));
+        assert!(slot.has_pending());
+        // An urgent change after it wakes the worker once, and starts the propagation clock.
+        let later = t + std::time::Duration::from_millis(1);
+        assert!(slot.push(&changes(2, 1, host(2, 5)), true, later));
+        assert!(!slot.push(&changes(3, 1, host(2, 6)), true, later));
+        let p = slot.take();
+        assert_eq!(p.since, Some(later));
+        assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 2);
+        assert!(!slot.has_pending());
+        // Non-urgent alone: no propagation sample.
+        assert!(!slot.push(&join, false, t));
+        assert_eq!(slot.take().since, None);
+    }
+
+    #[test]
+    fn a_full_snapshot_supersedes_pending_changes() {
+        let slot = UpdateSlot::new();
+        let t = Instant::now();
+        assert!(slot.push(&changes(1, 0, host(1, 10)), true, t));
+        assert!(!slot.push_full(Arc::new(Snapshot::default()), t));
+        assert!(!slot.push(&changes(3, 2, host(3, 1)), true, t));
+        let p = slot.take();
+        assert!(p.full.is_some());
+        assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 1);
+    }
+}
