@@ -2,7 +2,7 @@
 //! MOSN peers (tests/mosn_peers): a MOSN agent through bursts, a banner backend, its silent aside
 //! and its graceful close with a ringtun server; idle legacy connections bounded; a ringtun agent
 //! serving through a MOSN server and stopping with MOSN's graceful close. Each failure message
-//! says which MOSN behaviour is at stake (see /work/notes/mosn-behaviour.md).
+//! says which MOSN behaviour is at stake (see docs/mosn-behaviour.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,6 +1,6 @@
 //! Scripted MOSN peers for interop tests: a MOSN tunnel agent ([`MosnAgent`]) and a MOSN tunnel
 //! server ([`MosnServer`]), written from MOSN's source (mosn/mosn 707d635, mosn.io/pkg v1.6.0;
-//! see /work/notes/mosn-behaviour.md for every behaviour and where MOSN does it).
+//! see docs/mosn-behaviour.md for every behaviour and where MOSN does it).
 //!
 //! They copy MOSN's behaviour, bugs included (the stale read buffer, the dead slot after a
 //! refusal, the silent hosted aside connection, immediate re-dials), not just its bytes. They use
