@@ -10,7 +10,7 @@ mod common;
 mod mosn_peers;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
@@ -35,29 +35,6 @@ fn request(frontend: SocketAddr, msg: &[u8]) -> Vec<u8> {
 
 fn idle(server: &ringtun::server::ServerHandle) -> usize {
     server.hosts("c").iter().map(|h| h.idle_connections).sum()
-}
-
-/// A backend that speaks first (like SMTP or SSH), then echoes.
-fn banner_backend(banner: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                if s.write_all(banner).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 both_backends!(

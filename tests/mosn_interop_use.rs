@@ -9,7 +9,7 @@ mod common;
 mod mosn_peers;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
@@ -42,29 +42,6 @@ fn try_request(frontend: SocketAddr, msg: &[u8]) -> Result<(), String> {
         return Err(format!("got {:?}", String::from_utf8_lossy(&back)));
     }
     Ok(())
-}
-
-/// A backend that speaks first (like SMTP or SSH), then echoes.
-fn banner_backend(banner: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                if s.write_all(banner).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 // MOSN agent → ringtun server.
