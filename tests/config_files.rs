@@ -296,6 +296,7 @@ fn full_server() -> ServerConfig {
             max_data_connections_per_agent: 16_384,
             max_data_connections: 65_536,
             max_sessions: 100_000,
+            session_idle_timeout_ms: 3_600_000,
         }],
     }
 }
@@ -321,6 +322,7 @@ fn full_agent() -> AgentConfig {
             backend: "127.0.0.1:9000".into(),
             connect_timeout_ms: 5_000,
             send_proxy_protocol: SendProxyProtocol::V2,
+            session_idle_timeout_ms: 3_600_000,
         }],
         tunnels: vec![TunnelConfig {
             enable: true,

@@ -113,6 +113,7 @@ pub async fn open(
         .await
         .map_err(|source| DialError::Connect { peer, source })?;
     let _ = stream.set_nodelay(true);
+    crate::rt::set_tunnel_liveness(&stream);
     Ok(match tls {
         None => (Channel::plain(stream), Vec::new()),
         Some(t) => {

@@ -216,6 +216,7 @@ impl AgentHandle {
             sessions_total: s.sessions_total.load(Ordering::Relaxed),
             backend_failures_total: s.backend_failures_total.load(Ordering::Relaxed),
             active_sessions: s.active_sessions.load(Ordering::Relaxed),
+            sessions_idle_timeout_total: s.sessions_idle_timeout_total.load(Ordering::Relaxed),
         }
     }
 

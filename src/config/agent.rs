@@ -68,6 +68,17 @@ pub struct HostingListenerConfig {
     /// frontend client and the frontend: `""` (default, none), `"v1"` or `"v2"`.
     #[serde(default)]
     pub send_proxy_protocol: super::SendProxyProtocol,
+    /// A session of this listener that moves no byte either way this long is ended (both
+    /// sockets shut down), in milliseconds; `0` = never. Default 3600000; 0, or 100 to 86400000.
+    #[serde(default = "super::default_session_idle_timeout_ms")]
+    pub session_idle_timeout_ms: u64,
+}
+
+impl HostingListenerConfig {
+    /// `session_idle_timeout_ms` as a bound (`None`: never).
+    pub fn session_idle_timeout(&self) -> Option<std::time::Duration> {
+        super::idle_timeout(self.session_idle_timeout_ms)
+    }
 }
 
 /// MOSN's `AgentBootstrapConfig`, with ringtun's additions.
@@ -332,6 +343,11 @@ impl AgentConfig {
             if let Err(why) = host_port(&l.backend) {
                 return err(at("backend"), format!("{:?} {why}", l.backend));
             }
+            super::validate_session_idle_timeout(
+                path,
+                &at("session_idle_timeout_ms"),
+                l.session_idle_timeout_ms,
+            )?;
             if !(1..=600_000).contains(&l.connect_timeout_ms) {
                 return err(
                     at("connect_timeout_ms"),

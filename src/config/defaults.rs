@@ -54,3 +54,15 @@ pub const GRACEFUL_CLOSE_MAX_WAIT_DURATION_MS: u64 = 15_000;
 pub const REFRESH_INTERVAL_MS: u64 = 5_000;
 /// `max_connection_num` when it is not below `connection_num`.
 pub const MAX_CONNECTION_NUM: u32 = 16_384;
+/// TCP keepalive of frontend and backend (session) sockets: first probe after this idle time,
+/// then every `SESSION_KEEPALIVE_INTERVAL_SECS`, `SESSION_KEEPALIVE_RETRIES` unanswered probes
+/// close it.
+pub const SESSION_KEEPALIVE_IDLE_SECS: u64 = 60;
+pub const SESSION_KEEPALIVE_INTERVAL_SECS: u64 = 10;
+pub const SESSION_KEEPALIVE_RETRIES: u32 = 6;
+/// `TCP_USER_TIMEOUT` of tunnel connections (both ends): data unacknowledged this long closes
+/// the connection (also bounds the keepalive probes: idle + interval × retries).
+pub const TUNNEL_USER_TIMEOUT_MS: u64 = 60_000;
+/// A session that moves no byte either way this long is ended (Envoy's tcp_proxy default);
+/// `clusters[].session_idle_timeout_ms` (server), `listeners[].session_idle_timeout_ms` (agent).
+pub const SESSION_IDLE_TIMEOUT_MS: u64 = 3_600_000;

@@ -185,6 +185,18 @@ pub struct ClusterConfig {
     /// milliseconds. Default 2000; 0 (do not wait) to 600000.
     #[serde(default = "default_pool_wait_ms")]
     pub pool_wait_ms: u64,
+    /// A session of this cluster that moves no byte either way this long is ended (both
+    /// sockets shut down, its `max_sessions` slot freed), in milliseconds; `0` = never.
+    /// Default 3600000; 0, or 100 to 86400000.
+    #[serde(default = "super::default_session_idle_timeout_ms")]
+    pub session_idle_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// `session_idle_timeout_ms` as a bound (`None`: never).
+    pub fn session_idle_timeout(&self) -> Option<std::time::Duration> {
+        super::idle_timeout(self.session_idle_timeout_ms)
+    }
 }
 
 /// A client-facing listener.
@@ -487,6 +499,11 @@ impl ServerConfig {
                     format!("{} is outside 1..=10000000", c.max_sessions),
                 );
             }
+            super::validate_session_idle_timeout(
+                path,
+                &at("session_idle_timeout_ms"),
+                c.session_idle_timeout_ms,
+            )?;
             if c.pool_wait_ms > 600_000 {
                 return err(
                     at("pool_wait_ms"),

@@ -30,6 +30,7 @@ pub fn clusters() -> Vec<ClusterConfig> {
         max_data_connections_per_agent: 16_384,
         max_data_connections: 65_536,
         max_sessions: 100_000,
+        session_idle_timeout_ms: 0,
     };
     vec![
         cluster("open", CredentialPolicy::None, &[]),

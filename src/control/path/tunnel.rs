@@ -10,7 +10,7 @@ impl Control {
         peer: SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        keepalive(&stream);
+        crate::rt::set_tunnel_liveness(&stream);
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -300,17 +300,6 @@ impl Control {
     }
 }
 
-/// TCP keepalive on a tunnel connection: legacy (MOSN) connections get no heartbeat, and a
-/// black-holed agent must not leave connections that are leased and hang.
-fn keepalive(stream: &TcpStream) {
-    use crate::config::defaults as d;
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(d::TUNNEL_KEEPALIVE_IDLE_SECS))
-        .with_interval(Duration::from_secs(d::TUNNEL_KEEPALIVE_INTERVAL_SECS))
-        .with_retries(d::TUNNEL_KEEPALIVE_RETRIES);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
-}
-
 pub(super) trait ShutdownStd {
     fn shutdown_std(&self) -> std::io::Result<()>;
 }
@@ -331,8 +320,12 @@ mod keepalive_tests {
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        keepalive(&accepted);
+        crate::rt::set_tunnel_liveness(&accepted);
         let sock = socket2::SockRef::from(&accepted);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(60_000))
+        );
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(30));
         assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(10));
