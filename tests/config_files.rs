@@ -265,6 +265,7 @@ fn full_server() -> ServerConfig {
             handshake_timeout_ms: 5_000,
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
+            max_handshakes_per_ip: 256,
             hmac_replay_cache_entries: 1_048_576,
             legacy_lease_delay_ms: 200,
             max_legacy_asides_per_ip: 16,

@@ -17,6 +17,8 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 10_000;
 pub const HEARTBEAT_MAX_MISSED: u32 = 3;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
+/// Handshakes in progress at once from one source IP address.
+pub const MAX_HANDSHAKES_PER_IP: usize = 256;
 /// Accepted `hmac` credentials remembered at once (about 64 MiB when full).
 pub const HMAC_REPLAY_CACHE_ENTRIES: usize = 1024 * 1024;
 /// Settle time of a legacy (MOSN) data connection before it can be leased.

@@ -71,6 +71,11 @@ pub struct TunnelListenerConfig {
     /// `overloaded`). Default 4096; 1 to 1000000.
     #[serde(default = "default_max_concurrent_handshakes")]
     pub max_concurrent_handshakes: usize,
+    /// Handshakes in progress at once from one source IP address (IPv4-mapped IPv6 counted as
+    /// IPv4); connections beyond are closed at accept (counted as `overloaded_per_ip`), so one
+    /// address cannot take every handshake slot. Default 256; 1 to 1000000.
+    #[serde(default = "default_max_handshakes_per_ip")]
+    pub max_handshakes_per_ip: usize,
     /// Accepted `hmac` credentials remembered (each until its timestamp is out of the clock
     /// skew, at most about 10 minutes) to refuse replays; when full, new `hmac` handshakes are
     /// refused with status 0 rather than forgetting a live one. Default 1048576; 1 to 16777216.
@@ -269,6 +274,9 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_max_concurrent_handshakes() -> usize {
     defaults::MAX_CONCURRENT_HANDSHAKES
 }
+fn default_max_handshakes_per_ip() -> usize {
+    defaults::MAX_HANDSHAKES_PER_IP
+}
 fn default_hmac_replay_cache_entries() -> usize {
     defaults::HMAC_REPLAY_CACHE_ENTRIES
 }
@@ -371,6 +379,12 @@ impl ServerConfig {
             return err(
                 "tunnel_listener.max_concurrent_handshakes".into(),
                 format!("{} is outside 1..=1000000", tl.max_concurrent_handshakes),
+            );
+        }
+        if !(1..=1_000_000).contains(&tl.max_handshakes_per_ip) {
+            return err(
+                "tunnel_listener.max_handshakes_per_ip".into(),
+                format!("{} is outside 1..=1000000", tl.max_handshakes_per_ip),
             );
         }
         if !(1..=16_777_216).contains(&tl.hmac_replay_cache_entries) {

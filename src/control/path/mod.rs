@@ -7,6 +7,7 @@
 //! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (each connection
 //! has its own task).
 
+mod admission;
 mod aside;
 mod commands;
 mod parked;
@@ -88,6 +89,8 @@ struct Control {
     registry: RefCell<Registry>,
     workers: Vec<mpsc::UnboundedSender<WorkerMsg>>,
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// Handshakes in progress per source IP (`max_handshakes_per_ip`).
+    handshakes_per_ip: admission::IpCounts,
     stats: Arc<ControlStats>,
     /// Writers of the aside connections, per host.
     asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
@@ -131,6 +134,7 @@ pub async fn run(setup: ControlSetup) {
         registry: RefCell::new(registry),
         workers,
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
+        handshakes_per_ip: Rc::default(),
         stats,
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
@@ -148,14 +152,8 @@ pub async fn run(setup: ControlSetup) {
         tokio::select! {
             accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
                 Ok((stream, peer)) => {
-                    match ctl.handshakes.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, permit));
-                        }
-                        Err(_) => {
-                            ctl.stats.handshake(HandshakeOutcome::Overloaded);
-                            debug!(%peer, "too many handshakes in progress; closing tunnel connection");
-                        }
+                    if let Some(admission) = ctl.admit(peer) {
+                        tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, admission));
                     }
                 }
                 Err(e) => {

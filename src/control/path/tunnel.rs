@@ -8,7 +8,7 @@ impl Control {
         self: Rc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: super::admission::Admission,
     ) {
         crate::rt::set_tunnel_liveness(&stream);
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
@@ -349,7 +349,7 @@ mod future_sizes {
                 Rc<Control>,
                 TcpStream,
                 SocketAddr,
-                tokio::sync::OwnedSemaphorePermit,
+                super::admission::Admission,
             )| { c.tunnel_conn(s, p, q) },
         );
         assert!(handshake <= 2048, "tunnel_conn future is {handshake} bytes");
