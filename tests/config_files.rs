@@ -266,6 +266,8 @@ fn full_server() -> ServerConfig {
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
             max_handshakes_per_ip: 256,
+            max_hosts_per_ip: 1024,
+            max_aside_connections_per_ip: 1024,
             hmac_replay_cache_entries: 1_048_576,
             legacy_lease_delay_ms: 200,
             max_legacy_asides_per_ip: 16,
@@ -298,6 +300,8 @@ fn full_server() -> ServerConfig {
             max_data_connections: 65_536,
             max_sessions: 100_000,
             session_idle_timeout_ms: 3_600_000,
+            max_hosts: 10_000,
+            max_aside_connections_per_agent: 4,
         }],
     }
 }

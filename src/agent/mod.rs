@@ -206,6 +206,12 @@ impl AgentHandle {
         &self.shared.agent_id
     }
 
+    /// Servers (peers) this agent keeps state for: running ones, and stopping ones still
+    /// finishing sessions.
+    pub fn peer_count(&self) -> usize {
+        self.shared.peers.lock().map_or(0, |p| p.len())
+    }
+
     /// Current counters.
     pub fn status(&self) -> AgentStatus {
         let s = &self.shared.stats;

@@ -35,6 +35,14 @@ pub const TUNNEL_KEEPALIVE_RETRIES: u32 = 3;
 pub const MAX_DATA_CONNECTIONS_PER_AGENT: u32 = 16_384;
 pub const MAX_DATA_CONNECTIONS: u32 = 65_536;
 pub const MAX_SESSIONS: u64 = 100_000;
+/// Host identities (agents) one cluster may hold.
+pub const MAX_HOSTS: usize = 10_000;
+/// Aside connections one host may hold in one cluster (an agent opens one per server).
+pub const MAX_ASIDE_CONNECTIONS_PER_AGENT: usize = 4;
+/// Host identities created from one source IP address, over all clusters.
+pub const MAX_HOSTS_PER_IP: usize = 1024;
+/// Aside connections from one source IP address, over all clusters.
+pub const MAX_ASIDE_CONNECTIONS_PER_IP: usize = 1024;
 pub const DRAIN_TIMEOUT_MS: u64 = 15_000;
 pub const MAX_FRAME_PAYLOAD_BYTES: usize = crate::protocol::DEFAULT_MAX_FRAME_PAYLOAD_BYTES;
 pub const POOL_WAIT_MS: u64 = 2_000;

@@ -76,6 +76,15 @@ pub struct TunnelListenerConfig {
     /// address cannot take every handshake slot. Default 256; 1 to 1000000.
     #[serde(default = "default_max_handshakes_per_ip")]
     pub max_handshakes_per_ip: usize,
+    /// Host identities (agents) registered from one source IP address over all clusters; the
+    /// connection that would create one more is answered status 0 (`over_limit`). Default 1024;
+    /// 1 to 1000000.
+    #[serde(default = "default_max_hosts_per_ip")]
+    pub max_hosts_per_ip: usize,
+    /// Aside connections from one source IP address over all clusters; one more is answered
+    /// status 0 (`over_limit`). Default 1024; 1 to 1000000.
+    #[serde(default = "default_max_aside_connections_per_ip")]
+    pub max_aside_connections_per_ip: usize,
     /// Accepted `hmac` credentials remembered (each until its timestamp is out of the clock
     /// skew, at most about 10 minutes) to refuse replays; when full, new `hmac` handshakes are
     /// refused with status 0 rather than forgetting a live one. Default 1048576; 1 to 16777216.
@@ -186,6 +195,14 @@ pub struct ClusterConfig {
     /// closed at accept. Default 100000; 1 to 10000000.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u64,
+    /// Host identities (agents) this cluster holds at once; the connection that would add one
+    /// more is answered status 0 (`over_limit`). Default 10000; 1 to 1000000.
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: usize,
+    /// Aside connections one host may hold in this cluster (an agent opens one per server);
+    /// one more is answered status 0 (`over_limit`). Default 4; 1 to 1024.
+    #[serde(default = "default_max_aside_connections_per_agent")]
+    pub max_aside_connections_per_agent: usize,
     /// How long a frontend waits for an idle data connection before it is closed, in
     /// milliseconds. Default 2000; 0 (do not wait) to 600000.
     #[serde(default = "default_pool_wait_ms")]
@@ -273,6 +290,18 @@ fn default_heartbeat_interval_ms() -> u64 {
 }
 fn default_max_concurrent_handshakes() -> usize {
     defaults::MAX_CONCURRENT_HANDSHAKES
+}
+fn default_max_hosts_per_ip() -> usize {
+    defaults::MAX_HOSTS_PER_IP
+}
+fn default_max_aside_connections_per_ip() -> usize {
+    defaults::MAX_ASIDE_CONNECTIONS_PER_IP
+}
+fn default_max_hosts() -> usize {
+    defaults::MAX_HOSTS
+}
+fn default_max_aside_connections_per_agent() -> usize {
+    defaults::MAX_ASIDE_CONNECTIONS_PER_AGENT
 }
 fn default_max_handshakes_per_ip() -> usize {
     defaults::MAX_HANDSHAKES_PER_IP
@@ -386,6 +415,20 @@ impl ServerConfig {
                 "tunnel_listener.max_handshakes_per_ip".into(),
                 format!("{} is outside 1..=1000000", tl.max_handshakes_per_ip),
             );
+        }
+        for (field, value) in [
+            ("max_hosts_per_ip", tl.max_hosts_per_ip),
+            (
+                "max_aside_connections_per_ip",
+                tl.max_aside_connections_per_ip,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return err(
+                    format!("tunnel_listener.{field}"),
+                    format!("{value} is outside 1..=1000000"),
+                );
+            }
         }
         if !(1..=16_777_216).contains(&tl.hmac_replay_cache_entries) {
             return err(
@@ -518,6 +561,18 @@ impl ServerConfig {
                 &at("session_idle_timeout_ms"),
                 c.session_idle_timeout_ms,
             )?;
+            if !(1..=1_000_000).contains(&c.max_hosts) {
+                return err(
+                    at("max_hosts"),
+                    format!("{} is outside 1..=1000000", c.max_hosts),
+                );
+            }
+            if !(1..=1024).contains(&c.max_aside_connections_per_agent) {
+                return err(
+                    at("max_aside_connections_per_agent"),
+                    format!("{} is outside 1..=1024", c.max_aside_connections_per_agent),
+                );
+            }
             if c.pool_wait_ms > 600_000 {
                 return err(
                     at("pool_wait_ms"),

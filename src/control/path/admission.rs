@@ -6,43 +6,64 @@
 //! Must not: read from or write to a connection; decide anything after the handshake.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use super::*;
 
-/// Counts per source IP (IPv4-mapped IPv6 counted as IPv4); an address at zero has no entry.
-pub(super) type IpCounts = Rc<RefCell<HashMap<IpAddr, usize>>>;
+/// Units held per key (a source IP, a host); a key at zero has no entry.
+pub(super) type Counts<K> = Rc<RefCell<HashMap<K, usize>>>;
 
-/// One unit counted against a source IP; given back when dropped.
-pub(super) struct IpSlot {
-    table: IpCounts,
-    ip: IpAddr,
+/// Counts per source IP (IPv4-mapped IPv6 counted as IPv4, see [`source_ip`]).
+pub(super) type IpCounts = Counts<IpAddr>;
+
+/// The key a source address is counted under.
+pub(super) fn source_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
-impl IpSlot {
-    /// Takes one unit for `ip` while it holds fewer than `max`.
-    pub(super) fn take(table: &IpCounts, ip: IpAddr, max: usize) -> Option<Self> {
-        let ip = ip.to_canonical();
+/// One unit counted against a key; given back when dropped.
+pub(super) struct Slot<K: Eq + Hash + Copy> {
+    table: Counts<K>,
+    key: K,
+}
+
+/// A unit counted against a source IP.
+pub(super) type IpSlot = Slot<IpAddr>;
+
+impl<K: Eq + Hash + Copy> Slot<K> {
+    /// Takes one unit for `key` while it holds fewer than `max`.
+    pub(super) fn take(table: &Counts<K>, key: K, max: usize) -> Option<Self> {
         let mut counts = table.borrow_mut();
-        let n = counts.entry(ip).or_insert(0);
+        let n = counts.entry(key).or_insert(0);
         if *n >= max {
+            if *n == 0 {
+                counts.remove(&key);
+            }
             return None;
         }
         *n += 1;
         Some(Self {
             table: table.clone(),
-            ip,
+            key,
         })
     }
 }
 
-impl Drop for IpSlot {
+impl Slot<IpAddr> {
+    /// Takes one unit for the source address `ip` while it holds fewer than `max`.
+    pub(super) fn for_ip(table: &IpCounts, ip: IpAddr, max: usize) -> Option<Self> {
+        Self::take(table, source_ip(ip), max)
+    }
+}
+
+impl<K: Eq + Hash + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut counts = self.table.borrow_mut();
-        if let Some(n) = counts.get_mut(&self.ip) {
+        if let Some(n) = counts.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.remove(&self.ip);
+                counts.remove(&self.key);
             }
         }
     }
@@ -59,7 +80,7 @@ impl Control {
     /// limited); the caller closes a refused connection.
     pub(super) fn admit(&self, peer: SocketAddr) -> Option<Admission> {
         let max_per_ip = self.config.tunnel_listener.max_handshakes_per_ip;
-        let Some(source) = IpSlot::take(&self.handshakes_per_ip, peer.ip(), max_per_ip) else {
+        let Some(source) = IpSlot::for_ip(&self.handshakes_per_ip, peer.ip(), max_per_ip) else {
             self.stats.handshake(HandshakeOutcome::OverloadedPerIp);
             crate::log_limited!(warn!(%peer, max_per_ip,
                 "tunnel connection refused: its address already has max_handshakes_per_ip handshakes in progress"));
@@ -86,12 +107,12 @@ mod tests {
         let table = IpCounts::default();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let a = IpSlot::take(&table, ip, 2).unwrap();
-        let b = IpSlot::take(&table, mapped, 2).unwrap();
-        assert!(IpSlot::take(&table, ip, 2).is_none());
-        assert!(IpSlot::take(&table, "10.0.0.2".parse().unwrap(), 2).is_some());
+        let a = IpSlot::for_ip(&table, ip, 2).unwrap();
+        let b = IpSlot::for_ip(&table, mapped, 2).unwrap();
+        assert!(IpSlot::for_ip(&table, ip, 2).is_none());
+        assert!(IpSlot::for_ip(&table, "10.0.0.2".parse().unwrap(), 2).is_some());
         drop(a);
-        let c = IpSlot::take(&table, ip, 2).unwrap();
+        let c = IpSlot::for_ip(&table, ip, 2).unwrap();
         drop((b, c));
         assert!(table.borrow().is_empty());
     }

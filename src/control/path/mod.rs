@@ -11,6 +11,7 @@ mod admission;
 mod aside;
 mod commands;
 mod parked;
+mod peer_limits;
 mod pool_requests;
 mod tunnel;
 
@@ -91,6 +92,8 @@ struct Control {
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Handshakes in progress per source IP (`max_handshakes_per_ip`).
     handshakes_per_ip: admission::IpCounts,
+    /// Hosts and aside connections per source IP and per host (`peer_limits`).
+    peer_tables: peer_limits::PeerTables,
     stats: Arc<ControlStats>,
     /// Writers of the aside connections, per host.
     asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
@@ -135,6 +138,7 @@ pub async fn run(setup: ControlSetup) {
         workers,
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
         handshakes_per_ip: Rc::default(),
+        peer_tables: Default::default(),
         stats,
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
@@ -293,8 +297,12 @@ impl Control {
     }
 
     pub(super) fn conn_closed(&self, conn_id: ConnId) {
+        let host = self.registry.borrow().host_of(conn_id);
         let host_removed = self.registry.borrow_mut().conn_closed(conn_id);
         if host_removed {
+            if let Some(host) = host {
+                self.peer_tables.host_sources.borrow_mut().forget(host);
+            }
             self.publish();
         }
     }

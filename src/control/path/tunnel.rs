@@ -157,6 +157,26 @@ impl Control {
                 return;
             }
         };
+        let aside_slots = match self.within_peer_limits(&reg, role, &init.cluster_name, peer.ip()) {
+            Ok(slots) => slots,
+            Err(limit) => {
+                // Rolled back before anything was published: a refused new host was never seen.
+                self.registry.borrow_mut().conn_closed(reg.conn_id);
+                if reg.snapshot_changed && !reg.new_host {
+                    // Its init changed a known host's weight; that change stands.
+                    self.publish();
+                }
+                self.stats.handshake(HandshakeOutcome::OverLimit);
+                crate::log_limited!(warn!(
+                    %peer, cluster = %init.cluster_name, host_name = %init.host_name, role = ?role,
+                    "tunnel connection refused (status 0): {limit}"
+                ));
+                let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
+                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
+                let _ = stream.stream.shutdown_std();
+                return;
+            }
+        };
         if reg.snapshot_changed {
             if !reg.new_host {
                 // Every init carries the agent's weight; one that changed it is the first to
@@ -214,7 +234,10 @@ impl Control {
                 );
             }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
-            Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
+            Role::Aside => {
+                let _held = aside_slots;
+                Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await;
+            }
         }
     }
 
