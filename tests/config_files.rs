@@ -310,6 +310,7 @@ fn full_server() -> ServerConfig {
 fn full_agent() -> AgentConfig {
     AgentConfig {
         host_name: "edge-01".into(),
+        agent_id: "edge-01-a".into(),
         weight: 10,
         workers: 1,
         io_backend: IoBackend::Auto,

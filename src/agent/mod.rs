@@ -105,7 +105,7 @@ impl AgentHandle {
         let shared = Arc::new(Shared {
             tls,
             backend,
-            agent_id: format!("{:016x}", fastrand::u64(..)),
+            agent_id: config.effective_agent_id(),
             tunnels: config
                 .tunnels
                 .iter()
@@ -201,7 +201,7 @@ impl AgentHandle {
         self.admin.as_ref().map(AdminServer::local_addr)
     }
 
-    /// The id this agent process announces.
+    /// The id this agent announces (`agent_id`, or derived from `host_name`).
     pub fn agent_id(&self) -> &str {
         &self.shared.agent_id
     }

@@ -18,6 +18,12 @@ pub struct AgentConfig {
     /// Default (absent or `""`): the machine's host name.
     #[serde(default)]
     pub host_name: String,
+    /// The agent id announced with `host_name` (together they are the host's identity on a
+    /// server: balancing affinity and metric series follow it): 1 to 128 of
+    /// `A-Z a-z 0-9 . _ - :`. Default (absent or `""`): derived from `host_name`, so every
+    /// start of this agent on this machine is the same host.
+    #[serde(default)]
+    pub agent_id: String,
     /// Share of a cluster's sessions this agent takes relative to other hosts, a relative number.
     /// Default 10; 1 to 10000.
     #[serde(default = "default_weight")]
@@ -282,9 +288,32 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The agent id this agent announces: `agent_id`, or else one derived from `host_name`
+    /// (stable across restarts; different host names give different ids).
+    pub fn effective_agent_id(&self) -> String {
+        if !self.agent_id.is_empty() {
+            return self.agent_id.clone();
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"ringtun agent id v1\0")
+            .chain_update(self.host_name.as_bytes())
+            .finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
+        if !self.agent_id.is_empty() && !valid_agent_id(&self.agent_id) {
+            return err(
+                "agent_id".into(),
+                format!(
+                    "{:?} is not a valid agent id (1 to 128 of A-Z a-z 0-9 . _ - :)",
+                    self.agent_id
+                ),
+            );
+        }
         super::validate_runtime_options(
             path,
             self.uring_entries,
@@ -695,6 +724,14 @@ pub(super) fn host_port(value: &str) -> Result<(), &'static str> {
         return Err("needs brackets around an IPv6 address (e.g. [::1]:8080)");
     }
     Ok(())
+}
+
+/// A configured `agent_id`: short, printable, safe in logs and metric labels.
+fn valid_agent_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 fn machine_host_name() -> String {
