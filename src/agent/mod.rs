@@ -95,8 +95,10 @@ impl AgentHandle {
         for (tunnel, t) in config.tunnels.iter().enumerate() {
             tls.push(match &t.tls_context {
                 Some(c) => Some(dial::TlsDial {
-                    config: crate::tls::client_config(c)
-                        .map_err(|source| AgentError::Tls { tunnel, source })?,
+                    config: crate::tls::Rotating::new(
+                        crate::tls::client_config(c)
+                            .map_err(|source| AgentError::Tls { tunnel, source })?,
+                    ),
                     tls: c.clone(),
                 }),
                 None => None,
@@ -210,6 +212,26 @@ impl AgentHandle {
     /// finishing sessions.
     pub fn peer_count(&self) -> usize {
         self.shared.peers.lock().map_or(0, |p| p.len())
+    }
+
+    /// Re-reads every tunnel's TLS files (`tls_context.ca_file`, `cert_chain_file`,
+    /// `private_key_file`, at the paths of the running configuration): new connections use
+    /// them, established ones keep theirs. All or nothing: when one tunnel's files do not load,
+    /// none changes and the error says which. Returns how many tunnels were re-read.
+    pub fn reload_tls(&self) -> Result<usize, AgentError> {
+        let mut loaded = Vec::new();
+        for (tunnel, dial) in self.shared.tls.iter().enumerate() {
+            if let Some(dial) = dial {
+                let config = crate::tls::client_config(&dial.tls)
+                    .map_err(|source| AgentError::Tls { tunnel, source })?;
+                loaded.push((dial, config));
+            }
+        }
+        let n = loaded.len();
+        for (dial, config) in loaded {
+            dial.config.replace(config);
+        }
+        Ok(n)
     }
 
     /// Current counters.

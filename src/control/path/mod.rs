@@ -57,8 +57,9 @@ pub struct ControlSetup {
     pub stats: Arc<ControlStats>,
     /// The workers' counters (a drain waits for their active sessions to end).
     pub counters: Vec<Arc<crate::plane::counters::WorkerCounters>>,
-    /// The tunnel listener's TLS config (`tunnel_listener.tls_context`), loaded once at start.
-    pub tls: Option<Arc<crate::tls::ServerConfig>>,
+    /// The tunnel listener's TLS config (`tunnel_listener.tls_context`): each handshake takes
+    /// the current one; a reload may replace it (certificate rotation).
+    pub tls: Option<Arc<crate::tls::Rotating<crate::tls::ServerConfig>>>,
 }
 
 /// An aside connection's id and the queue of frames its task writes.
@@ -105,7 +106,7 @@ struct Control {
     /// Accepted `hmac` credentials, refused if seen again.
     replay: RefCell<super::replay::ReplayCache>,
     /// TLS on tunnel connections.
-    tls: Option<Arc<crate::tls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::Rotating<crate::tls::ServerConfig>>>,
     /// MOSN aside connections parked (or held), per source IP.
     parked: parked::ParkedTable,
 }

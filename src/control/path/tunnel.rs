@@ -20,7 +20,7 @@ impl Control {
                 // Boxed: the handshake's state is large, and plaintext agents should not carry it.
                 let accepted = Box::pin(crate::tls::accept(
                     &stream,
-                    config.clone(),
+                    config.current(),
                     Duration::from_millis(timeout_ms),
                 ))
                 .await;
