@@ -98,4 +98,18 @@ mod tests {
         s.read_exact(&mut b).unwrap();
         assert!(data_idle_ms(&s).unwrap() < before);
     }
+
+    #[tokio::test]
+    async fn accepted_frontends_get_session_keepalive() {
+        let std = crate::rt::bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = std.local_addr().unwrap();
+        let (listener, _stop) =
+            crate::rt::Listener::from_std(crate::rt::Backend::Epoll, std).unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (conn, _) = listener.accept().await.unwrap();
+        let fd = sock(conn.as_raw_fd());
+        let r = socket2::SockRef::from(&fd);
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.keepalive_time().unwrap(), Duration::from_secs(60));
+    }
 }
