@@ -152,15 +152,29 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ringtun::agent::AgentHandle::start(config).context("agent failed to start")?;
             loop {
                 match signals.next()? {
-                    Signal::Hangup => match ringtun::config::AgentConfig::load(&path) {
-                        Ok(new) => {
-                            tracing::info!(weight = new.weight, "SIGHUP: config re-read; weight applied (other changes need a restart)");
-                            agent.set_weight(new.weight);
+                    Signal::Hangup => {
+                        match ringtun::config::AgentConfig::load(&path) {
+                            Ok(new) => {
+                                tracing::info!(weight = new.weight, "SIGHUP: config re-read; weight applied (other changes but TLS files need a restart)");
+                                agent.set_weight(new.weight);
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "SIGHUP: config refused, keeping the running one: {e}"
+                                )
+                            }
                         }
-                        Err(e) => {
-                            tracing::warn!("SIGHUP: config refused, keeping the running one: {e}")
+                        match agent.reload_tls() {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                tunnels = n,
+                                "SIGHUP: TLS files re-read; new connections use them"
+                            ),
+                            Err(e) => tracing::warn!(
+                                "SIGHUP: TLS files refused, the running ones keep serving: {e}"
+                            ),
                         }
-                    },
+                    }
                     Signal::Stop(name) => {
                         tracing::info!(signal = name, "stopping agent gracefully");
                         agent.shutdown_graceful();

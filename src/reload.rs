@@ -1,7 +1,9 @@
 //! Server configuration reload (SIGHUP, admin `POST /reload`): diffs the running configuration
 //! against a new one, binds the frontends of added or re-addressed clusters, and hands the change
 //! to the control path. Sessions of unchanged clusters are never touched; an invalid or
-//! unapplicable file is refused whole and the running configuration stays.
+//! unapplicable file is refused whole and the running configuration stays. Every reload also
+//! re-reads the tunnel listener's TLS files (certificate rotation): new handshakes use the new
+//! certificate, established connections keep theirs; files that do not load refuse the reload.
 //!
 //! This module decides and binds; the registry and the workers apply (see `control::path`).
 
@@ -16,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{ClusterConfig, ConfigError, ServerConfig};
 use crate::control::path::ControlCmd;
 use crate::rt::{bind_frontends, BindError, FrontendSockets};
+use crate::tls::Rotating;
 
 /// How long a reload waits for the control path to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +34,8 @@ pub enum ReloadError {
     Bind(#[from] BindError),
     #[error("the control path did not apply the change")]
     ControlGone,
+    #[error("tunnel_listener.tls_context: {0}; the running certificate keeps serving")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What a reload changed.
@@ -57,6 +62,8 @@ pub struct Reloader {
     workers: usize,
     commands: mpsc::UnboundedSender<ControlCmd>,
     frontends: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
+    /// The tunnel listener's TLS config, replaced by each reload (`None`: plaintext).
+    tls: Option<Arc<Rotating<crate::tls::ServerConfig>>>,
 }
 
 /// The clusters to add, remove and change going from `old` to `new`.
@@ -78,9 +85,18 @@ pub fn diff(old: &[ClusterConfig], new: &[ClusterConfig]) -> ReloadSummary {
     s
 }
 
+/// The tunnel listener's settings but its TLS files (which a reload re-reads, see
+/// [`Reloader::reload`]).
+fn without_tls(t: &crate::config::TunnelListenerConfig) -> crate::config::TunnelListenerConfig {
+    crate::config::TunnelListenerConfig {
+        tls_context: None,
+        ..t.clone()
+    }
+}
+
 /// The first field that differs and cannot change at runtime.
 fn not_reloadable(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str> {
-    let checks: [(&'static str, bool); 10] = [
+    let checks: [(&'static str, bool); 11] = [
         ("workers", old.workers != new.workers),
         ("io_backend", old.io_backend != new.io_backend),
         (
@@ -92,8 +108,12 @@ fn not_reloadable(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str
             old.heartbeat_max_missed != new.heartbeat_max_missed,
         ),
         (
+            "tunnel_listener.tls_context",
+            old.tunnel_listener.tls_context.is_some() != new.tunnel_listener.tls_context.is_some(),
+        ),
+        (
             "tunnel_listener",
-            old.tunnel_listener != new.tunnel_listener,
+            without_tls(&old.tunnel_listener) != without_tls(&new.tunnel_listener),
         ),
         ("admin", old.admin != new.admin),
         ("cpu_affinity", old.cpu_affinity != new.cpu_affinity),
@@ -119,12 +139,14 @@ impl Reloader {
         workers: usize,
         commands: mpsc::UnboundedSender<ControlCmd>,
         frontends: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
+        tls: Option<Arc<Rotating<crate::tls::ServerConfig>>>,
     ) -> Self {
         Self {
             current: Mutex::new(config),
             workers,
             commands,
             frontends,
+            tls,
         }
     }
 
@@ -145,6 +167,12 @@ impl Reloader {
         if let Some(field) = not_reloadable(&current, &new) {
             return Err(ReloadError::NotReloadable(field));
         }
+        // Loaded (and checked) before anything changes: files that do not load refuse the
+        // whole reload.
+        let tls = match &new.tunnel_listener.tls_context {
+            Some(t) => Some(crate::tls::server_config(t)?),
+            None => None,
+        };
         let summary = diff(&current.clusters, &new.clusters);
         // Clusters whose frontends moved get new listeners; the old ones are closed.
         let rebind: Vec<String> = summary
@@ -200,6 +228,14 @@ impl Reloader {
                 }
                 f.insert(name.clone(), addrs.clone());
             }
+        }
+        if let (Some(rotating), Some(config), Some(t)) =
+            (&self.tls, tls, &new.tunnel_listener.tls_context)
+        {
+            rotating.replace(config);
+            tracing::info!(cert_chain_file = %t.cert_chain_file, private_key_file = %t.private_key_file,
+                ca_file = %t.ca_file.as_deref().unwrap_or("-"),
+                "tunnel TLS files re-read: new agent connections use them");
         }
         *current = new;
         Ok(summary)
@@ -263,5 +299,23 @@ mod tests {
         let mut new = old.clone();
         new.drain_timeout_ms += 1;
         assert_eq!(not_reloadable(&old, &new), None);
+        // TLS files may change (rotation), TLS itself may not be turned on or off.
+        let tls: crate::config::ServerTlsConfig = serde_json::from_value(
+            serde_json::json!({"cert_chain_file": "a.crt", "private_key_file": "a.key"}),
+        )
+        .unwrap();
+        let mut new = old.clone();
+        new.tunnel_listener.tls_context = Some(tls.clone());
+        assert_eq!(
+            not_reloadable(&old, &new),
+            Some("tunnel_listener.tls_context")
+        );
+        let with_tls = new.clone();
+        new.tunnel_listener.tls_context = Some(crate::config::ServerTlsConfig {
+            cert_chain_file: "b.crt".into(),
+            ca_file: Some("ca.pem".into()),
+            ..tls
+        });
+        assert_eq!(not_reloadable(&with_tls, &new), None);
     }
 }

@@ -265,6 +265,9 @@ fn full_server() -> ServerConfig {
             handshake_timeout_ms: 5_000,
             max_frame_payload_bytes: 16_384,
             max_concurrent_handshakes: 4096,
+            max_handshakes_per_ip: 256,
+            max_hosts_per_ip: 1024,
+            max_aside_connections_per_ip: 1024,
             hmac_replay_cache_entries: 1_048_576,
             legacy_lease_delay_ms: 200,
             max_legacy_asides_per_ip: 16,
@@ -296,6 +299,9 @@ fn full_server() -> ServerConfig {
             max_data_connections_per_agent: 16_384,
             max_data_connections: 65_536,
             max_sessions: 100_000,
+            session_idle_timeout_ms: 3_600_000,
+            max_hosts: 10_000,
+            max_aside_connections_per_agent: 4,
         }],
     }
 }
@@ -304,6 +310,7 @@ fn full_server() -> ServerConfig {
 fn full_agent() -> AgentConfig {
     AgentConfig {
         host_name: "edge-01".into(),
+        agent_id: "edge-01-a".into(),
         weight: 10,
         workers: 1,
         io_backend: IoBackend::Auto,
@@ -321,6 +328,7 @@ fn full_agent() -> AgentConfig {
             backend: "127.0.0.1:9000".into(),
             connect_timeout_ms: 5_000,
             send_proxy_protocol: SendProxyProtocol::V2,
+            session_idle_timeout_ms: 3_600_000,
         }],
         tunnels: vec![TunnelConfig {
             enable: true,

@@ -409,6 +409,46 @@ both_backends!(two_servers_two_agents_with_a_file_list, |backend| {
     let _ = std::fs::remove_dir_all(&dir);
 });
 
+both_backends!(servers_that_come_and_go_are_forgotten, |backend| {
+    let dir = std::env::temp_dir().join(format!(
+        "ringtun-file-lister-churn-{}-{backend:?}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("servers.json");
+    let s2 = server(backend).cluster("c").run();
+    let write_list = |servers: &[SocketAddr]| {
+        let tmp = dir.join("servers.json.tmp");
+        let names: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        std::fs::write(&tmp, serde_json::to_string(&names).unwrap()).unwrap();
+        std::fs::rename(&tmp, &list).unwrap();
+    };
+    write_list(&[s2.tunnel_addr()]);
+    let echo = echo_backend();
+    let a = agent(backend, s2.tunnel_addr(), echo.addr)
+        .file_lister(&list, 100)
+        .run();
+    wait_registered(&s2, "c", 1, 4);
+    // s2 leaves and comes back, five times: each time a new peer, the old one done.
+    for _ in 0..5 {
+        write_list(&[]);
+        assert!(wait_until(Duration::from_secs(10), || s2
+            .hosts("c")
+            .is_empty()));
+        write_list(&[s2.tunnel_addr()]);
+        wait_registered(&s2, "c", 1, 4);
+    }
+    // Only the latest s2 peer (server_list is empty with a lister): the finished ones are
+    // forgotten.
+    assert!(
+        wait_until(Duration::from_secs(10), || a.peer_count() == 1),
+        "{} peers kept",
+        a.peer_count()
+    );
+    assert_eq!(echo_roundtrip(s2.frontend_addr("c").unwrap(), b"s2"), b"s2");
+    let _ = std::fs::remove_dir_all(&dir);
+});
+
 both_backends!(dns_lister_dials_every_address_of_the_name, |backend| {
     let s = server(backend).cluster("c").run();
     let echo = echo_backend();

@@ -119,10 +119,13 @@ both_backends!(
     |backend| {
         raise_fd_limit();
         let echo = echo_backend();
-        let server = server(backend)
+        let mut config = server(backend)
             .cluster("c")
             .handshake_timeout_ms(1500)
-            .run();
+            .config();
+        // All from this test's one address: this test is about the global bound.
+        config.tunnel_listener.max_handshakes_per_ip = 4096;
+        let server = ringtun::server::ServerHandle::start(config).unwrap();
         let _agent = agent(backend, server.tunnel_addr(), echo.addr).run();
         wait_registered(&server, "c", 1, 4);
         let frontend = server.frontend_addr("c").unwrap();
@@ -173,6 +176,51 @@ both_backends!(
         assert_eq!(server.hosts("c").len(), 1);
     }
 );
+
+/// A connection to `to` from `source` (an address of the loopback network), bound before connect.
+fn connect_from(source: &str, to: std::net::SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+both_backends!(one_address_cannot_take_every_handshake_slot, |backend| {
+    raise_fd_limit();
+    let echo = echo_backend();
+    let mut config = server(backend)
+        .cluster("c")
+        .handshake_timeout_ms(60_000)
+        .config();
+    // Fewer slots than the flood, so only the per-address bound keeps some for others.
+    config.tunnel_listener.max_concurrent_handshakes = 1000;
+    let per_ip = config.tunnel_listener.max_handshakes_per_ip;
+    assert_eq!(per_ip, 256, "the documented default");
+    let server = ringtun::server::ServerHandle::start(config).unwrap();
+    // 3,000 connections from 127.0.0.3 that never send a byte.
+    let flood: Vec<TcpStream> = (0..3000)
+        .map(|_| connect_from("127.0.0.3", server.tunnel_addr()))
+        .collect();
+    // The flood is in (whichever bound refused the rest).
+    let stats = server.control_stats();
+    assert!(wait_until(Duration::from_secs(20), || stats
+        .handshakes(HandshakeOutcome::OverloadedPerIp)
+        + stats.handshakes(HandshakeOutcome::Overloaded)
+        >= 2000));
+    // A real agent from 127.0.0.1 registers and serves meanwhile.
+    let _agent = agent(backend, server.tunnel_addr(), echo.addr).run();
+    wait_registered(&server, "c", 1, 4);
+    let frontend = server.frontend_addr("c").unwrap();
+    assert_eq!(echo_roundtrip(frontend, b"still served"), b"still served");
+    // The address's handshakes beyond its bound were refused, and only those.
+    assert_eq!(
+        stats.handshakes(HandshakeOutcome::OverloadedPerIp),
+        (3000 - per_ip) as u64
+    );
+    assert_eq!(stats.handshakes(HandshakeOutcome::Overloaded), 0);
+    drop(flood);
+});
 
 both_backends!(
     garbage_instead_of_pong_closes_only_that_connection,

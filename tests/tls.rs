@@ -492,7 +492,7 @@ fn dial_error_names_the_certificate() {
     .config();
     let tls = config.tunnels[0].tls_context.clone().unwrap();
     let dial_tls = ringtun::agent::dial::TlsDial {
-        config: ringtun::tls::client_config(&tls).unwrap(),
+        config: ringtun::tls::Rotating::new(ringtun::tls::client_config(&tls).unwrap()),
         tls,
     };
     let params = ringtun::agent::dial::InitParams {

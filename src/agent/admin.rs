@@ -172,6 +172,16 @@ impl AgentAdmin {
             load(&s.backend_failures_total),
         );
         e.family(
+            "ringtun_agent_sessions_idle_timeout_total",
+            Kind::Counter,
+            "Sessions ended because they moved no byte either way for session_idle_timeout_ms.",
+        )
+        .sample_u64(
+            "ringtun_agent_sessions_idle_timeout_total",
+            &[],
+            load(&s.sessions_idle_timeout_total),
+        );
+        e.family(
             "ringtun_agent_session_bytes_total",
             Kind::Counter,
             "Session bytes by direction, counted when a session ends.",

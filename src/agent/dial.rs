@@ -3,8 +3,6 @@
 use std::io;
 use std::net::SocketAddr;
 
-use std::sync::Arc;
-
 use tokio::net::TcpStream;
 
 use crate::protocol::{
@@ -94,10 +92,11 @@ pub struct InitParams<'a> {
     pub server_name: &'a str,
 }
 
-/// A tunnel's TLS settings, loaded once at agent start.
+/// A tunnel's TLS settings: the client config (files loaded at start and re-read on SIGHUP,
+/// `AgentHandle::reload_tls`; each dial takes the current one) and the `tls_context` it came from.
 #[derive(Debug)]
 pub struct TlsDial {
-    pub config: Arc<crate::tls::ClientConfig>,
+    pub config: crate::tls::Rotating<crate::tls::ClientConfig>,
     pub tls: crate::config::AgentTlsConfig,
 }
 
@@ -113,13 +112,14 @@ pub async fn open(
         .await
         .map_err(|source| DialError::Connect { peer, source })?;
     let _ = stream.set_nodelay(true);
+    crate::rt::set_tunnel_liveness(&stream);
     Ok(match tls {
         None => (Channel::plain(stream), Vec::new()),
         Some(t) => {
             let tls = |source| DialError::Tls { peer, source };
             let name = crate::tls::server_name(&t.tls, configured_host).map_err(tls)?;
             // Boxed: the handshake's state is large, and plaintext dials should not carry it.
-            let est = Box::pin(crate::tls::connect(&stream, t.config.clone(), name))
+            let est = Box::pin(crate::tls::connect(&stream, t.config.current(), name))
                 .await
                 .map_err(tls)?;
             (

@@ -95,8 +95,10 @@ impl AgentHandle {
         for (tunnel, t) in config.tunnels.iter().enumerate() {
             tls.push(match &t.tls_context {
                 Some(c) => Some(dial::TlsDial {
-                    config: crate::tls::client_config(c)
-                        .map_err(|source| AgentError::Tls { tunnel, source })?,
+                    config: crate::tls::Rotating::new(
+                        crate::tls::client_config(c)
+                            .map_err(|source| AgentError::Tls { tunnel, source })?,
+                    ),
                     tls: c.clone(),
                 }),
                 None => None,
@@ -105,7 +107,7 @@ impl AgentHandle {
         let shared = Arc::new(Shared {
             tls,
             backend,
-            agent_id: format!("{:016x}", fastrand::u64(..)),
+            agent_id: config.effective_agent_id(),
             tunnels: config
                 .tunnels
                 .iter()
@@ -201,9 +203,35 @@ impl AgentHandle {
         self.admin.as_ref().map(AdminServer::local_addr)
     }
 
-    /// The id this agent process announces.
+    /// The id this agent announces (`agent_id`, or derived from `host_name`).
     pub fn agent_id(&self) -> &str {
         &self.shared.agent_id
+    }
+
+    /// Servers (peers) this agent keeps state for: running ones, and stopping ones still
+    /// finishing sessions.
+    pub fn peer_count(&self) -> usize {
+        self.shared.peers.lock().map_or(0, |p| p.len())
+    }
+
+    /// Re-reads every tunnel's TLS files (`tls_context.ca_file`, `cert_chain_file`,
+    /// `private_key_file`, at the paths of the running configuration): new connections use
+    /// them, established ones keep theirs. All or nothing: when one tunnel's files do not load,
+    /// none changes and the error says which. Returns how many tunnels were re-read.
+    pub fn reload_tls(&self) -> Result<usize, AgentError> {
+        let mut loaded = Vec::new();
+        for (tunnel, dial) in self.shared.tls.iter().enumerate() {
+            if let Some(dial) = dial {
+                let config = crate::tls::client_config(&dial.tls)
+                    .map_err(|source| AgentError::Tls { tunnel, source })?;
+                loaded.push((dial, config));
+            }
+        }
+        let n = loaded.len();
+        for (dial, config) in loaded {
+            dial.config.replace(config);
+        }
+        Ok(n)
     }
 
     /// Current counters.
@@ -216,6 +244,7 @@ impl AgentHandle {
             sessions_total: s.sessions_total.load(Ordering::Relaxed),
             backend_failures_total: s.backend_failures_total.load(Ordering::Relaxed),
             active_sessions: s.active_sessions.load(Ordering::Relaxed),
+            sessions_idle_timeout_total: s.sessions_idle_timeout_total.load(Ordering::Relaxed),
         }
     }
 

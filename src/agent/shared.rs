@@ -80,6 +80,7 @@ impl Shared {
         };
         info!(cluster = %t.cluster, peer = %peer.addr, connections = t.connection_num, dynamic = peer.dynamic, "dialling server");
         if let Ok(mut peers) = self.peers.lock() {
+            forget_gone(&mut peers);
             peers.push(peer.clone());
         }
         for index in 0..t.connection_num {
@@ -122,11 +123,13 @@ impl Shared {
         }
     }
 
-    /// Peers that are not stopping, of one tunnel.
+    /// Peers that are not stopping, of one tunnel. (Discovery asks every refresh: peers that
+    /// are gone are forgotten here too.)
     pub fn running_peers(&self, tunnel: usize) -> Vec<Arc<Peer>> {
         self.peers
             .lock()
-            .map(|p| {
+            .map(|mut p| {
+                forget_gone(&mut p);
                 p.iter()
                     .filter(|p| p.tunnel == tunnel && !p.stopping())
                     .cloned()
@@ -139,4 +142,10 @@ impl Shared {
         let name = &self.config.tunnels.get(tunnel)?.hosting_listener;
         self.config.listeners.iter().find(|l| &l.name == name)
     }
+}
+
+/// Drops peers that stopped and whose last data slot ended: with a dynamic lister, servers come
+/// and go (pod IPs), and the list must not keep every one ever seen.
+fn forget_gone(peers: &mut Vec<Arc<Peer>>) {
+    peers.retain(|p| !(p.stopping() && p.finished()));
 }

@@ -18,6 +18,8 @@ pub struct AgentStats {
     pub backend_failures_total: AtomicU64,
     /// Sessions pumping now.
     pub active_sessions: AtomicU64,
+    /// Sessions ended because they moved no byte for `session_idle_timeout_ms`.
+    pub sessions_idle_timeout_total: AtomicU64,
     pub bytes_to_backend_total: AtomicU64,
     pub bytes_from_backend_total: AtomicU64,
 }
@@ -31,6 +33,7 @@ pub struct AgentStatus {
     pub sessions_total: u64,
     pub backend_failures_total: u64,
     pub active_sessions: u64,
+    pub sessions_idle_timeout_total: u64,
 }
 
 /// Connections of one tunnel that are up (handshaken), idle or in a session.

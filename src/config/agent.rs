@@ -18,6 +18,12 @@ pub struct AgentConfig {
     /// Default (absent or `""`): the machine's host name.
     #[serde(default)]
     pub host_name: String,
+    /// The agent id announced with `host_name` (together they are the host's identity on a
+    /// server: balancing affinity and metric series follow it): 1 to 128 of
+    /// `A-Z a-z 0-9 . _ - :`. Default (absent or `""`): derived from `host_name`, so every
+    /// start of this agent on this machine is the same host.
+    #[serde(default)]
+    pub agent_id: String,
     /// Share of a cluster's sessions this agent takes relative to other hosts, a relative number.
     /// Default 10; 1 to 10000.
     #[serde(default = "default_weight")]
@@ -68,6 +74,17 @@ pub struct HostingListenerConfig {
     /// frontend client and the frontend: `""` (default, none), `"v1"` or `"v2"`.
     #[serde(default)]
     pub send_proxy_protocol: super::SendProxyProtocol,
+    /// A session of this listener that moves no byte either way this long is ended (both
+    /// sockets shut down), in milliseconds; `0` = never. Default 3600000; 0, or 100 to 86400000.
+    #[serde(default = "super::default_session_idle_timeout_ms")]
+    pub session_idle_timeout_ms: u64,
+}
+
+impl HostingListenerConfig {
+    /// `session_idle_timeout_ms` as a bound (`None`: never).
+    pub fn session_idle_timeout(&self) -> Option<std::time::Duration> {
+        super::idle_timeout(self.session_idle_timeout_ms)
+    }
 }
 
 /// MOSN's `AgentBootstrapConfig`, with ringtun's additions.
@@ -271,9 +288,32 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The agent id this agent announces: `agent_id`, or else one derived from `host_name`
+    /// (stable across restarts; different host names give different ids).
+    pub fn effective_agent_id(&self) -> String {
+        if !self.agent_id.is_empty() {
+            return self.agent_id.clone();
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"ringtun agent id v1\0")
+            .chain_update(self.host_name.as_bytes())
+            .finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Checks every rule that serde cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
+        if !self.agent_id.is_empty() && !valid_agent_id(&self.agent_id) {
+            return err(
+                "agent_id".into(),
+                format!(
+                    "{:?} is not a valid agent id (1 to 128 of A-Z a-z 0-9 . _ - :)",
+                    self.agent_id
+                ),
+            );
+        }
         super::validate_runtime_options(
             path,
             self.uring_entries,
@@ -332,6 +372,11 @@ impl AgentConfig {
             if let Err(why) = host_port(&l.backend) {
                 return err(at("backend"), format!("{:?} {why}", l.backend));
             }
+            super::validate_session_idle_timeout(
+                path,
+                &at("session_idle_timeout_ms"),
+                l.session_idle_timeout_ms,
+            )?;
             if !(1..=600_000).contains(&l.connect_timeout_ms) {
                 return err(
                     at("connect_timeout_ms"),
@@ -679,6 +724,14 @@ pub(super) fn host_port(value: &str) -> Result<(), &'static str> {
         return Err("needs brackets around an IPv6 address (e.g. [::1]:8080)");
     }
     Ok(())
+}
+
+/// A configured `agent_id`: short, printable, safe in logs and metric labels.
+fn valid_agent_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 fn machine_host_name() -> String {

@@ -17,6 +17,8 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 10_000;
 pub const HEARTBEAT_MAX_MISSED: u32 = 3;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 4096;
+/// Handshakes in progress at once from one source IP address.
+pub const MAX_HANDSHAKES_PER_IP: usize = 256;
 /// Accepted `hmac` credentials remembered at once (about 64 MiB when full).
 pub const HMAC_REPLAY_CACHE_ENTRIES: usize = 1024 * 1024;
 /// Settle time of a legacy (MOSN) data connection before it can be leased.
@@ -33,6 +35,14 @@ pub const TUNNEL_KEEPALIVE_RETRIES: u32 = 3;
 pub const MAX_DATA_CONNECTIONS_PER_AGENT: u32 = 16_384;
 pub const MAX_DATA_CONNECTIONS: u32 = 65_536;
 pub const MAX_SESSIONS: u64 = 100_000;
+/// Host identities (agents) one cluster may hold.
+pub const MAX_HOSTS: usize = 10_000;
+/// Aside connections one host may hold in one cluster (an agent opens one per server).
+pub const MAX_ASIDE_CONNECTIONS_PER_AGENT: usize = 4;
+/// Host identities created from one source IP address, over all clusters.
+pub const MAX_HOSTS_PER_IP: usize = 1024;
+/// Aside connections from one source IP address, over all clusters.
+pub const MAX_ASIDE_CONNECTIONS_PER_IP: usize = 1024;
 pub const DRAIN_TIMEOUT_MS: u64 = 15_000;
 pub const MAX_FRAME_PAYLOAD_BYTES: usize = crate::protocol::DEFAULT_MAX_FRAME_PAYLOAD_BYTES;
 pub const POOL_WAIT_MS: u64 = 2_000;
@@ -54,3 +64,15 @@ pub const GRACEFUL_CLOSE_MAX_WAIT_DURATION_MS: u64 = 15_000;
 pub const REFRESH_INTERVAL_MS: u64 = 5_000;
 /// `max_connection_num` when it is not below `connection_num`.
 pub const MAX_CONNECTION_NUM: u32 = 16_384;
+/// TCP keepalive of frontend and backend (session) sockets: first probe after this idle time,
+/// then every `SESSION_KEEPALIVE_INTERVAL_SECS`, `SESSION_KEEPALIVE_RETRIES` unanswered probes
+/// close it.
+pub const SESSION_KEEPALIVE_IDLE_SECS: u64 = 60;
+pub const SESSION_KEEPALIVE_INTERVAL_SECS: u64 = 10;
+pub const SESSION_KEEPALIVE_RETRIES: u32 = 6;
+/// `TCP_USER_TIMEOUT` of tunnel connections (both ends): data unacknowledged this long closes
+/// the connection (also bounds the keepalive probes: idle + interval × retries).
+pub const TUNNEL_USER_TIMEOUT_MS: u64 = 60_000;
+/// A session that moves no byte either way this long is ended (Envoy's tcp_proxy default);
+/// `clusters[].session_idle_timeout_ms` (server), `listeners[].session_idle_timeout_ms` (agent).
+pub const SESSION_IDLE_TIMEOUT_MS: u64 = 3_600_000;

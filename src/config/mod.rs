@@ -108,6 +108,27 @@ fn default_splice_pipe_bytes() -> usize {
     defaults::SPLICE_PIPE_BYTES
 }
 
+fn default_session_idle_timeout_ms() -> u64 {
+    defaults::SESSION_IDLE_TIMEOUT_MS
+}
+
+/// A `*_idle_timeout_ms` value as a bound (`None`: 0, never).
+fn idle_timeout(ms: u64) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
+/// The rule of both files' `session_idle_timeout_ms`: 0, or 100 to 86400000.
+fn validate_session_idle_timeout(path: &Path, field: &str, ms: u64) -> Result<(), ConfigError> {
+    if ms != 0 && !(100..=86_400_000).contains(&ms) {
+        return Err(ConfigError::new(
+            path,
+            field,
+            format!("{ms} is neither 0 nor within 100..=86400000"),
+        ));
+    }
+    Ok(())
+}
+
 /// The rules shared by both files for `uring_entries`, `pump_buffer_bytes` and
 /// `splice_pipe_bytes`.
 fn validate_runtime_options(

@@ -71,6 +71,20 @@ pub struct TunnelListenerConfig {
     /// `overloaded`). Default 4096; 1 to 1000000.
     #[serde(default = "default_max_concurrent_handshakes")]
     pub max_concurrent_handshakes: usize,
+    /// Handshakes in progress at once from one source IP address (IPv4-mapped IPv6 counted as
+    /// IPv4); connections beyond are closed at accept (counted as `overloaded_per_ip`), so one
+    /// address cannot take every handshake slot. Default 256; 1 to 1000000.
+    #[serde(default = "default_max_handshakes_per_ip")]
+    pub max_handshakes_per_ip: usize,
+    /// Host identities (agents) registered from one source IP address over all clusters; the
+    /// connection that would create one more is answered status 0 (`over_limit`). Default 1024;
+    /// 1 to 1000000.
+    #[serde(default = "default_max_hosts_per_ip")]
+    pub max_hosts_per_ip: usize,
+    /// Aside connections from one source IP address over all clusters; one more is answered
+    /// status 0 (`over_limit`). Default 1024; 1 to 1000000.
+    #[serde(default = "default_max_aside_connections_per_ip")]
+    pub max_aside_connections_per_ip: usize,
     /// Accepted `hmac` credentials remembered (each until its timestamp is out of the clock
     /// skew, at most about 10 minutes) to refuse replays; when full, new `hmac` handshakes are
     /// refused with status 0 rather than forgetting a live one. Default 1048576; 1 to 16777216.
@@ -181,10 +195,30 @@ pub struct ClusterConfig {
     /// closed at accept. Default 100000; 1 to 10000000.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u64,
+    /// Host identities (agents) this cluster holds at once; the connection that would add one
+    /// more is answered status 0 (`over_limit`). Default 10000; 1 to 1000000.
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: usize,
+    /// Aside connections one host may hold in this cluster (an agent opens one per server);
+    /// one more is answered status 0 (`over_limit`). Default 4; 1 to 1024.
+    #[serde(default = "default_max_aside_connections_per_agent")]
+    pub max_aside_connections_per_agent: usize,
     /// How long a frontend waits for an idle data connection before it is closed, in
     /// milliseconds. Default 2000; 0 (do not wait) to 600000.
     #[serde(default = "default_pool_wait_ms")]
     pub pool_wait_ms: u64,
+    /// A session of this cluster that moves no byte either way this long is ended (both
+    /// sockets shut down, its `max_sessions` slot freed), in milliseconds; `0` = never.
+    /// Default 3600000; 0, or 100 to 86400000.
+    #[serde(default = "super::default_session_idle_timeout_ms")]
+    pub session_idle_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// `session_idle_timeout_ms` as a bound (`None`: never).
+    pub fn session_idle_timeout(&self) -> Option<std::time::Duration> {
+        super::idle_timeout(self.session_idle_timeout_ms)
+    }
 }
 
 /// A client-facing listener.
@@ -256,6 +290,21 @@ fn default_heartbeat_interval_ms() -> u64 {
 }
 fn default_max_concurrent_handshakes() -> usize {
     defaults::MAX_CONCURRENT_HANDSHAKES
+}
+fn default_max_hosts_per_ip() -> usize {
+    defaults::MAX_HOSTS_PER_IP
+}
+fn default_max_aside_connections_per_ip() -> usize {
+    defaults::MAX_ASIDE_CONNECTIONS_PER_IP
+}
+fn default_max_hosts() -> usize {
+    defaults::MAX_HOSTS
+}
+fn default_max_aside_connections_per_agent() -> usize {
+    defaults::MAX_ASIDE_CONNECTIONS_PER_AGENT
+}
+fn default_max_handshakes_per_ip() -> usize {
+    defaults::MAX_HANDSHAKES_PER_IP
 }
 fn default_hmac_replay_cache_entries() -> usize {
     defaults::HMAC_REPLAY_CACHE_ENTRIES
@@ -360,6 +409,26 @@ impl ServerConfig {
                 "tunnel_listener.max_concurrent_handshakes".into(),
                 format!("{} is outside 1..=1000000", tl.max_concurrent_handshakes),
             );
+        }
+        if !(1..=1_000_000).contains(&tl.max_handshakes_per_ip) {
+            return err(
+                "tunnel_listener.max_handshakes_per_ip".into(),
+                format!("{} is outside 1..=1000000", tl.max_handshakes_per_ip),
+            );
+        }
+        for (field, value) in [
+            ("max_hosts_per_ip", tl.max_hosts_per_ip),
+            (
+                "max_aside_connections_per_ip",
+                tl.max_aside_connections_per_ip,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return err(
+                    format!("tunnel_listener.{field}"),
+                    format!("{value} is outside 1..=1000000"),
+                );
+            }
         }
         if !(1..=16_777_216).contains(&tl.hmac_replay_cache_entries) {
             return err(
@@ -485,6 +554,23 @@ impl ServerConfig {
                 return err(
                     at("max_sessions"),
                     format!("{} is outside 1..=10000000", c.max_sessions),
+                );
+            }
+            super::validate_session_idle_timeout(
+                path,
+                &at("session_idle_timeout_ms"),
+                c.session_idle_timeout_ms,
+            )?;
+            if !(1..=1_000_000).contains(&c.max_hosts) {
+                return err(
+                    at("max_hosts"),
+                    format!("{} is outside 1..=1000000", c.max_hosts),
+                );
+            }
+            if !(1..=1024).contains(&c.max_aside_connections_per_agent) {
+                return err(
+                    at("max_aside_connections_per_agent"),
+                    format!("{} is outside 1..=1024", c.max_aside_connections_per_agent),
                 );
             }
             if c.pool_wait_ms > 600_000 {

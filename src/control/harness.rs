@@ -30,6 +30,9 @@ pub fn clusters() -> Vec<ClusterConfig> {
         max_data_connections_per_agent: 16_384,
         max_data_connections: 65_536,
         max_sessions: 100_000,
+        session_idle_timeout_ms: 0,
+        max_hosts: 10_000,
+        max_aside_connections_per_agent: 4,
     };
     vec![
         cluster("open", CredentialPolicy::None, &[]),

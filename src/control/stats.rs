@@ -38,11 +38,13 @@ pub enum HandshakeOutcome {
     LegacyAside,
     /// A MOSN graceful close (by address) as the first frame, with no init.
     LegacyGracefulClose,
+    /// Closed at accept: its source address had `max_handshakes_per_ip` handshakes in progress.
+    OverloadedPerIp,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [HandshakeOutcome; 13] = [
+    pub const ALL: [HandshakeOutcome; 14] = [
         HandshakeOutcome::Success,
         HandshakeOutcome::UnknownFailure,
         HandshakeOutcome::AuthFailed,
@@ -56,6 +58,7 @@ impl HandshakeOutcome {
         HandshakeOutcome::ReplayCacheFull,
         HandshakeOutcome::LegacyAside,
         HandshakeOutcome::LegacyGracefulClose,
+        HandshakeOutcome::OverloadedPerIp,
     ];
 
     /// The `status` label value.
@@ -74,6 +77,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::ReplayCacheFull => "replay_cache_full",
             HandshakeOutcome::LegacyAside => "legacy_aside",
             HandshakeOutcome::LegacyGracefulClose => "legacy_graceful_close",
+            HandshakeOutcome::OverloadedPerIp => "overloaded_per_ip",
         }
     }
 

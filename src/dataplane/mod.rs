@@ -9,4 +9,5 @@
 
 pub mod idle;
 pub mod pump;
+pub mod session_timeout;
 pub mod worker;

@@ -72,6 +72,8 @@ counters! {
     active_sessions,
     /// Frontends closed at accept because their cluster had `max_sessions` sessions.
     sessions_over_limit_total,
+    /// Sessions ended because they moved no byte for `session_idle_timeout_ms`.
+    sessions_idle_timeout_total,
     /// Snapshots applied.
     snapshots_applied_total,
     /// Sum of the times from publication by the control path to application here, in ns.

@@ -28,6 +28,8 @@ pub struct ClusterSnapshot {
     pub name: Arc<str>,
     pub lb_type: LbType,
     pub pool_wait_ms: u64,
+    /// A session with no byte either way this long is ended; 0 = never.
+    pub session_idle_timeout_ms: u64,
     /// Bound on `sessions`.
     pub max_sessions: u64,
     /// Frontend sessions of this cluster now, over all workers (shared; kept across snapshots).

@@ -35,17 +35,19 @@ impl Listener {
         Ok((adopted, stop))
     }
 
-    /// Accepts one connection, with Nagle off. Never race this future on io_uring.
+    /// Accepts one connection, with Nagle off and session keepalive on. Never race this future on io_uring.
     pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         match self {
             Listener::Epoll(l) => {
                 let (stream, peer) = l.accept().await?;
                 let _ = stream.set_nodelay(true);
+                super::set_session_keepalive(&stream);
                 Ok((Conn::Epoll(stream), peer))
             }
             Listener::Uring(l) => {
                 let (stream, peer) = l.accept().await?;
                 let _ = stream.set_nodelay(true);
+                super::set_session_keepalive(&stream);
                 Ok((Conn::Uring(stream), peer))
             }
         }

@@ -89,6 +89,15 @@ impl Conn {
     }
 }
 
+impl AsRawFd for Conn {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Conn::Epoll(s) => s.as_raw_fd(),
+            Conn::Uring(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// See [`Conn::ready_view`].
 pub enum ReadyView<'a> {
     Borrowed(&'a TcpStream),

@@ -9,6 +9,7 @@ mod accept;
 mod conn;
 mod io;
 mod listen;
+mod liveness;
 mod pipe;
 mod socket;
 pub mod uring;
@@ -24,6 +25,7 @@ pub(crate) use io::OwnedIo;
 pub use listen::{
     bind_frontends, parse_addr, BindError, FrontendSocket, FrontendSockets, ProxyAccept,
 };
+pub use liveness::{data_idle_ms, set_session_keepalive, set_tunnel_liveness};
 pub use pipe::{Pipe, PipePool};
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, readable_bytes,

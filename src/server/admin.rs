@@ -439,6 +439,16 @@ impl ServerAdmin {
             totals.sessions_over_limit_total,
         );
         e.family(
+            "ringtun_sessions_idle_timeout_total",
+            Kind::Counter,
+            "Sessions ended because they moved no byte either way for session_idle_timeout_ms.",
+        )
+        .sample_u64(
+            "ringtun_sessions_idle_timeout_total",
+            &[],
+            totals.sessions_idle_timeout_total,
+        );
+        e.family(
             "ringtun_proxy_headers_accepted_total",
             Kind::Counter,
             "PROXY protocol headers read and taken on accept_proxy_protocol frontends (LOCAL ones included).",

@@ -63,7 +63,9 @@ impl ServerHandle {
             config.workers
         };
         let tls = match &config.tunnel_listener.tls_context {
-            Some(tls) => Some(crate::tls::server_config(tls)?),
+            Some(tls) => Some(Arc::new(crate::tls::Rotating::new(
+                crate::tls::server_config(tls)?,
+            ))),
             None => None,
         };
         let tunnel_addr = parse_addr("tunnel_listener.address", &config.tunnel_listener.address)?;
@@ -153,6 +155,7 @@ impl ServerHandle {
             workers,
             commands_tx.clone(),
             frontends.clone(),
+            tls.clone(),
         ));
         let reload_path = Arc::new(std::sync::Mutex::new(None));
         let control = ControlSetup {

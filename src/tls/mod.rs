@@ -18,11 +18,13 @@
 mod config;
 mod error;
 mod io;
+mod rotate;
 mod session;
 
 pub use config::{client_config, server_config, server_name};
 pub use error::TlsError;
 pub use io::{accept, connect, io_error, Channel, Established};
+pub use rotate::Rotating;
 pub use session::{DecryptOutcome, HandshakeProgress, Side, TlsSession};
 
 pub use rustls::pki_types::ServerName;

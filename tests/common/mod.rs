@@ -226,6 +226,19 @@ pub struct AgentBuilder {
     extra: serde_json::Map<String, serde_json::Value>,
     /// `listeners[0]` fields set on top of the defaults.
     listener: serde_json::Map<String, serde_json::Value>,
+    /// `agent_id`: unique per builder unless [`AgentBuilder::agent_id`] sets it (`None`: derived
+    /// from the host name), so agents of one test sharing a host name stay distinct hosts.
+    agent_id: Option<String>,
+}
+
+/// A process-unique agent id for a test agent.
+fn unique_agent_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> AgentBuilder {
@@ -243,10 +256,16 @@ pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> Agen
         admin: false,
         extra: serde_json::Map::new(),
         listener: serde_json::Map::new(),
+        agent_id: Some(unique_agent_id()),
     }
 }
 
 impl AgentBuilder {
+    /// Sets `agent_id` (`None`: leave it out, so it is derived from the host name).
+    pub fn agent_id(mut self, id: Option<&str>) -> Self {
+        self.agent_id = id.map(str::to_string);
+        self
+    }
     pub fn host_name(mut self, n: &str) -> Self {
         self.host_name = n.into();
         self
@@ -334,6 +353,9 @@ impl AgentBuilder {
         });
         if self.admin {
             json["admin"] = serde_json::json!({"address": "127.0.0.1:0"});
+        }
+        if let Some(id) = &self.agent_id {
+            json["agent_id"] = id.clone().into();
         }
         json
     }

@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::*;
+use crate::dataplane::session_timeout::with_idle_timeout;
 use crate::protocol::proxy::{encode_proxy_header, ProxyHeader};
 
 pub(super) async fn serve_data(
@@ -156,6 +157,7 @@ pub(super) async fn run_session(
         }
     };
     let _ = backend.set_nodelay(true);
+    crate::rt::set_session_keepalive(&backend);
     let prefix = match listener.send_proxy_protocol.version() {
         Some(version) => {
             let mut header = encode_proxy_header(version, &proxy_header_of(&start));
@@ -178,14 +180,28 @@ pub(super) async fn run_session(
         }
     };
     stats.active_sessions.fetch_add(1, Ordering::Relaxed);
-    let moved = match tls {
+    let idle = listener.session_idle_timeout();
+    let (moved, timed_out) = match tls {
         // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
         Some(session) => {
-            Box::pin(pump_tls(&data, &backend, session, prefix, Vec::new(), pool)).await
+            let mut pump = Box::pin(pump_tls(&data, &backend, session, prefix, Vec::new(), pool));
+            with_idle_timeout(&data, &backend, idle, pump.as_mut()).await
         }
-        None => pump_conns(&data, &backend, Vec::new(), prefix, pool).await,
+        None => {
+            let pump = std::pin::pin!(pump_conns(&data, &backend, Vec::new(), prefix, pool));
+            with_idle_timeout(&data, &backend, idle, pump).await
+        }
     };
     stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
+    if timed_out {
+        stats
+            .sessions_idle_timeout_total
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(
+            session = start.session_id,
+            "session ended by session_idle_timeout_ms"
+        );
+    }
     match moved {
         Ok(m) => {
             stats

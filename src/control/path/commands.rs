@@ -28,6 +28,7 @@ impl Control {
         for host in gone_hosts {
             // Dropping the writers ends those aside tasks' loops, which close the connections.
             self.asides.borrow_mut().remove(&host);
+            self.peer_tables.host_sources.borrow_mut().forget(host);
         }
         self.publish_full();
         info!(removed = ?removed, clusters = clusters.len(), "configuration reloaded");

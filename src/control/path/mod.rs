@@ -8,9 +8,11 @@
 //! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (each connection
 //! has its own task).
 
+mod admission;
 mod aside;
 mod commands;
 mod parked;
+mod peer_limits;
 mod pool_requests;
 mod publish;
 mod tunnel;
@@ -59,8 +61,9 @@ pub struct ControlSetup {
     pub stats: Arc<ControlStats>,
     /// The workers' counters (a drain waits for their active sessions to end).
     pub counters: Vec<Arc<crate::plane::counters::WorkerCounters>>,
-    /// The tunnel listener's TLS config (`tunnel_listener.tls_context`), loaded once at start.
-    pub tls: Option<Arc<crate::tls::ServerConfig>>,
+    /// The tunnel listener's TLS config (`tunnel_listener.tls_context`): each handshake takes
+    /// the current one; a reload may replace it (certificate rotation).
+    pub tls: Option<Arc<crate::tls::Rotating<crate::tls::ServerConfig>>>,
 }
 
 /// An aside connection's id and the queue of frames its task writes. Boxed: the channel
@@ -102,6 +105,10 @@ struct Control {
     /// The first change waiting for the due publication.
     first_change: Cell<Option<std::time::Instant>>,
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// Handshakes in progress per source IP (`max_handshakes_per_ip`).
+    handshakes_per_ip: admission::IpCounts,
+    /// Hosts and aside connections per source IP and per host (`peer_limits`).
+    peer_tables: peer_limits::PeerTables,
     stats: Arc<ControlStats>,
     /// Writers of the aside connections, per host.
     asides: RefCell<HashMap<HostId, Vec<AsideWriter>>>,
@@ -113,7 +120,7 @@ struct Control {
     /// Accepted `hmac` credentials, refused if seen again.
     replay: RefCell<super::replay::ReplayCache>,
     /// TLS on tunnel connections.
-    tls: Option<Arc<crate::tls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::Rotating<crate::tls::ServerConfig>>>,
     /// MOSN aside connections parked (or held), per source IP.
     parked: parked::ParkedTable,
 }
@@ -151,6 +158,8 @@ pub async fn run(setup: ControlSetup) {
         flush_at: Cell::new(None),
         first_change: Cell::new(None),
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
+        handshakes_per_ip: Rc::default(),
+        peer_tables: Default::default(),
         stats,
         asides: RefCell::new(HashMap::new()),
         pool_request_turn: std::cell::Cell::new(0),
@@ -168,14 +177,8 @@ pub async fn run(setup: ControlSetup) {
         tokio::select! {
             accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
                 Ok((stream, peer)) => {
-                    match ctl.handshakes.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, permit));
-                        }
-                        Err(_) => {
-                            ctl.stats.handshake(HandshakeOutcome::Overloaded);
-                            debug!(%peer, "too many handshakes in progress; closing tunnel connection");
-                        }
+                    if let Some(admission) = ctl.admit(peer) {
+                        tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, admission));
                     }
                 }
                 Err(e) => {
@@ -308,8 +311,12 @@ impl Control {
     }
 
     pub(super) fn conn_closed(&self, conn_id: ConnId) {
+        let host = self.registry.borrow().host_of(conn_id);
         let host_removed = self.registry.borrow_mut().conn_closed(conn_id);
         if host_removed {
+            if let Some(host) = host {
+                self.peer_tables.host_sources.borrow_mut().forget(host);
+            }
             self.publish();
         }
     }

@@ -8,9 +8,9 @@ impl Control {
         self: Rc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: super::admission::Admission,
     ) {
-        keepalive(&stream);
+        crate::rt::set_tunnel_liveness(&stream);
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -20,7 +20,7 @@ impl Control {
                 // Boxed: the handshake's state is large, and plaintext agents should not carry it.
                 let accepted = Box::pin(crate::tls::accept(
                     &stream,
-                    config.clone(),
+                    config.current(),
                     Duration::from_millis(timeout_ms),
                 ))
                 .await;
@@ -157,6 +157,26 @@ impl Control {
                 return;
             }
         };
+        let aside_slots = match self.within_peer_limits(&reg, role, &init.cluster_name, peer.ip()) {
+            Ok(slots) => slots,
+            Err(limit) => {
+                // Rolled back before anything was published: a refused new host was never seen.
+                self.registry.borrow_mut().conn_closed(reg.conn_id);
+                if reg.snapshot_changed && !reg.new_host {
+                    // Its init changed a known host's weight; that change stands.
+                    self.publish();
+                }
+                self.stats.handshake(HandshakeOutcome::OverLimit);
+                crate::log_limited!(warn!(
+                    %peer, cluster = %init.cluster_name, host_name = %init.host_name, role = ?role,
+                    "tunnel connection refused (status 0): {limit}"
+                ));
+                let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
+                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
+                let _ = stream.stream.shutdown_std();
+                return;
+            }
+        };
         if reg.snapshot_changed {
             if !reg.new_host {
                 // Every init carries the agent's weight; one that changed it is the first to
@@ -214,7 +234,10 @@ impl Control {
                 );
             }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
-            Role::Aside => Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await,
+            Role::Aside => {
+                let _held = aside_slots;
+                Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await;
+            }
         }
     }
 
@@ -300,17 +323,6 @@ impl Control {
     }
 }
 
-/// TCP keepalive on a tunnel connection: legacy (MOSN) connections get no heartbeat, and a
-/// black-holed agent must not leave connections that are leased and hang.
-fn keepalive(stream: &TcpStream) {
-    use crate::config::defaults as d;
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(d::TUNNEL_KEEPALIVE_IDLE_SECS))
-        .with_interval(Duration::from_secs(d::TUNNEL_KEEPALIVE_INTERVAL_SECS))
-        .with_retries(d::TUNNEL_KEEPALIVE_RETRIES);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
-}
-
 pub(super) trait ShutdownStd {
     fn shutdown_std(&self) -> std::io::Result<()>;
 }
@@ -331,8 +343,12 @@ mod keepalive_tests {
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        keepalive(&accepted);
+        crate::rt::set_tunnel_liveness(&accepted);
         let sock = socket2::SockRef::from(&accepted);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(60_000))
+        );
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(30));
         assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(10));
@@ -356,7 +372,7 @@ mod future_sizes {
                 Rc<Control>,
                 TcpStream,
                 SocketAddr,
-                tokio::sync::OwnedSemaphorePermit,
+                super::admission::Admission,
             )| { c.tunnel_conn(s, p, q) },
         );
         assert!(handshake <= 2048, "tunnel_conn future is {handshake} bytes");

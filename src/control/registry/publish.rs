@@ -29,6 +29,7 @@ impl Registry {
                             name: c.name.clone(),
                             lb_type: c.config.lb_type,
                             pool_wait_ms: c.config.pool_wait_ms,
+                            session_idle_timeout_ms: c.config.session_idle_timeout_ms,
                             max_sessions: c.config.max_sessions,
                             sessions: c.sessions.clone(),
                             hosts,

@@ -102,6 +102,11 @@ impl Registry {
             .map(|(id, _)| *id)
     }
 
+    /// How many hosts `cluster` has (0 if there is no such cluster).
+    pub fn host_count(&self, cluster: &str) -> usize {
+        self.clusters.get(cluster).map_or(0, |c| c.hosts.len())
+    }
+
     /// Names of all clusters.
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.keys().map(|k| k.to_string()).collect()

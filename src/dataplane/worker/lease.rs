@@ -49,6 +49,13 @@ impl Worker {
         )
     }
 
+    /// `cluster`'s session idle timeout (`None`: never, or the cluster is gone).
+    pub(super) fn session_idle_timeout(&self, cluster: &str) -> Option<Duration> {
+        let state = self.state.borrow();
+        let ms = state.clusters.get(cluster)?.snap.session_idle_timeout_ms;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     pub(super) fn waiter(&self, cluster: &Arc<str>) -> Rc<Notify> {
         self.waiters
             .borrow_mut()

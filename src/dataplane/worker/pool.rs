@@ -162,20 +162,28 @@ impl Worker {
     }
 
     pub(super) fn close_idle(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        // A stopping agent names all of its connections (thousands): one pass over each pool
+        // with a set lookup, not a scan of `ids` per idle connection and a shift per removal.
+        let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
         let mut removed = Vec::new();
         {
             let mut state = self.state.borrow_mut();
             for pool in state.pools.values_mut() {
-                let mut i = 0;
-                while i < pool.idle.len() {
-                    if ids.contains(&pool.idle[i].conn_id) {
-                        if let Some(c) = pool.idle.remove(i) {
-                            removed.push(c);
-                        }
+                if !pool.idle.iter().any(|c| ids.contains(&c.conn_id)) {
+                    continue;
+                }
+                let mut kept = std::collections::VecDeque::with_capacity(pool.idle.len());
+                for c in pool.idle.drain(..) {
+                    if ids.contains(&c.conn_id) {
+                        removed.push(c);
                     } else {
-                        i += 1;
+                        kept.push_back(c);
                     }
                 }
+                pool.idle = kept;
             }
         }
         for c in removed {

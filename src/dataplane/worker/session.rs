@@ -6,6 +6,7 @@
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -15,6 +16,7 @@ use super::proxy::Client;
 use super::Worker;
 use crate::dataplane::idle::IdleConn;
 use crate::dataplane::pump::{pump_conns, pump_tls, Moved};
+use crate::dataplane::session_timeout::with_idle_timeout;
 use crate::plane::counters::{add, bump, drop_one, SessionSetup};
 use crate::plane::WorkerEvent;
 use crate::protocol::{self, Decoded, Frame, SessionStart};
@@ -45,6 +47,7 @@ impl Worker {
             return;
         };
         let (conn_id, host_id) = (conn.conn_id, conn.host_id);
+        let idle = self.session_idle_timeout(&cluster);
         let _ = self.events.send(WorkerEvent::Leased { conn_id });
         bump(&self.counters.sessions_started_total);
         add(&self.counters.active_sessions, 1);
@@ -54,7 +57,7 @@ impl Worker {
         self.next_session.set(self.next_session.get() + 1);
         tracing::Span::current().record("id", session_id);
         let result = self
-            .run_session(conn, &frontend, &mut client, session_id, &setup)
+            .run_session(conn, &frontend, &mut client, session_id, &setup, idle)
             .await;
         match result {
             Ok(moved) => {
@@ -91,10 +94,12 @@ impl Worker {
         client: &mut Client,
         session_id: u64,
         setup: &SessionSetup,
+        idle: Option<Duration>,
     ) -> io::Result<Moved> {
         if conn.tls.is_some() {
             // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
-            return Box::pin(self.run_tls_session(conn, frontend, client, session_id, setup)).await;
+            return Box::pin(self.run_tls_session(conn, frontend, client, session_id, setup, idle))
+                .await;
         }
         let IdleConn {
             stream,
@@ -114,15 +119,28 @@ impl Worker {
             setup.started();
             adopted
         };
-        let moved = pump_conns(
+        let pump = std::pin::pin!(pump_conns(
             frontend,
             &data,
             prefix_to_frontend,
             client.take_early(),
             &self.buffers,
-        )
-        .await;
+        ));
+        let (moved, timed_out) = with_idle_timeout(frontend, &data, idle, pump).await;
+        self.count_idle_timeout(timed_out);
         moved
+    }
+
+    /// Counts a session ended by its cluster's `session_idle_timeout_ms` (which ended it like a
+    /// closed one: both sockets shut down).
+    fn count_idle_timeout(&self, timed_out: bool) {
+        if timed_out {
+            bump(&self.counters.sessions_idle_timeout_total);
+            trace!(
+                worker = self.index,
+                "session ended by session_idle_timeout_ms"
+            );
+        }
     }
 
     /// `run_session` for a TLS data connection: the session start frame and the pump go
@@ -134,6 +152,7 @@ impl Worker {
         client: &mut Client,
         session_id: u64,
         setup: &SessionSetup,
+        idle: Option<Duration>,
     ) -> io::Result<Moved> {
         let IdleConn {
             stream,
@@ -157,15 +176,16 @@ impl Worker {
         let (stream, tls) = channel.into_parts();
         let data = Conn::from_tokio(self.backend, stream)?;
         let session = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
-        let moved = pump_tls(
+        let pump = std::pin::pin!(pump_tls(
             &data,
             frontend,
             session,
             rest,
             client.take_early(),
             &self.buffers,
-        )
-        .await;
+        ));
+        let (moved, timed_out) = with_idle_timeout(&data, frontend, idle, pump).await;
+        self.count_idle_timeout(timed_out);
         // (to the frontend, to the agent) → (a = frontend, b = data).
         moved.map(|m| Moved {
             a_to_b: m.b_to_a,
