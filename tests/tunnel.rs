@@ -21,6 +21,26 @@ both_backends!(echo_one_mebibyte, |backend| {
     assert!(back == data, "echoed bytes differ");
 });
 
+both_backends!(a_backend_named_by_host_name_is_reached, |backend| {
+    // `localhost` may resolve to ::1 first: the connect tries each address of the answer.
+    let echo = echo_backend();
+    let server = server(backend).cluster("c").run();
+    let named = format!("localhost:{}", echo.addr.port());
+    let agent = agent(backend, server.tunnel_addr(), echo.addr)
+        .listener_field("backend", named.into())
+        .run();
+    wait_registered(&server, "c", 1, 4);
+    for seed in 0..3 {
+        let data = pattern(4096, seed);
+        assert_eq!(
+            echo_roundtrip(server.frontend_addr("c").unwrap(), &data),
+            data
+        );
+    }
+    assert_eq!(agent.status().backend_failures_total, 0);
+    assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+});
+
 both_backends!(one_way_256_mebibytes_checked_at_far_end, |backend| {
     // The backend verifies the pattern and answers with the count of verified bytes.
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -3,7 +3,6 @@
 //!
 //! Everything is read from the agent's atomics; nothing here touches a connection or a credential.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Shared;
@@ -70,15 +69,14 @@ impl AgentAdmin {
                 format!("weight {} is outside 1..={max}\n", body.weight),
             );
         }
-        self.shared.weight.send_replace(body.weight);
+        self.shared.set_weight(body.weight);
         tracing::info!(weight = body.weight, "weight changed by admin");
         Response::text(200, format!("weight {}\n", body.weight))
     }
 
     /// The Prometheus text of every agent metric.
     pub fn render_metrics(&self) -> String {
-        let s = &self.shared.stats;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let s = self.shared.status();
         let mut e = Exposition::new();
         e.family(
             "ringtun_agent_info",
@@ -100,19 +98,12 @@ impl AgentAdmin {
             Kind::Gauge,
             "Handshaken data connections per tunnel (idle or in a session).",
         );
-        for (i, (t, g)) in self
-            .shared
-            .config
-            .tunnels
-            .iter()
-            .zip(&self.shared.tunnels)
-            .enumerate()
-        {
+        for (i, t) in self.shared.config.tunnels.iter().enumerate() {
             let tunnel = i.to_string();
             e.sample_u64(
                 "ringtun_agent_data_connections",
                 &[("tunnel", &tunnel), ("cluster", &t.cluster)],
-                load(&g.data_connections),
+                self.shared.tunnel_connections(i).0,
             );
         }
         e.family(
@@ -123,18 +114,14 @@ impl AgentAdmin {
         .sample_u64(
             "ringtun_agent_idle_data_connections",
             &[],
-            load(&s.idle_data_connections),
+            s.idle_data_connections,
         );
         e.family(
             "ringtun_agent_aside_connections",
             Kind::Gauge,
             "Aside connections up.",
         )
-        .sample_u64(
-            "ringtun_agent_aside_connections",
-            &[],
-            load(&s.aside_connections),
-        );
+        .sample_u64("ringtun_agent_aside_connections", &[], s.aside_connections);
         e.family(
             "ringtun_agent_dial_failures_total",
             Kind::Counter,
@@ -143,24 +130,20 @@ impl AgentAdmin {
         .sample_u64(
             "ringtun_agent_dial_failures_total",
             &[],
-            load(&s.dial_failures_total),
+            s.dial_failures_total,
         );
         e.family(
             "ringtun_agent_sessions_total",
             Kind::Counter,
             "Sessions started by servers.",
         )
-        .sample_u64("ringtun_agent_sessions_total", &[], load(&s.sessions_total));
+        .sample_u64("ringtun_agent_sessions_total", &[], s.sessions_total);
         e.family(
             "ringtun_agent_sessions_active",
             Kind::Gauge,
             "Sessions pumping now.",
         )
-        .sample_u64(
-            "ringtun_agent_sessions_active",
-            &[],
-            load(&s.active_sessions),
-        );
+        .sample_u64("ringtun_agent_sessions_active", &[], s.active_sessions);
         e.family(
             "ringtun_agent_backend_failures_total",
             Kind::Counter,
@@ -169,7 +152,7 @@ impl AgentAdmin {
         .sample_u64(
             "ringtun_agent_backend_failures_total",
             &[],
-            load(&s.backend_failures_total),
+            s.backend_failures_total,
         );
         e.family(
             "ringtun_agent_sessions_idle_timeout_total",
@@ -179,7 +162,7 @@ impl AgentAdmin {
         .sample_u64(
             "ringtun_agent_sessions_idle_timeout_total",
             &[],
-            load(&s.sessions_idle_timeout_total),
+            s.sessions_idle_timeout_total,
         );
         e.family(
             "ringtun_agent_session_bytes_total",
@@ -189,12 +172,12 @@ impl AgentAdmin {
         .sample_u64(
             "ringtun_agent_session_bytes_total",
             &[("direction", "to_backend")],
-            load(&s.bytes_to_backend_total),
+            s.bytes_to_backend_total,
         )
         .sample_u64(
             "ringtun_agent_session_bytes_total",
             &[("direction", "from_backend")],
-            load(&s.bytes_from_backend_total),
+            s.bytes_from_backend_total,
         );
         e.finish()
     }

@@ -10,6 +10,7 @@ pub mod credential;
 pub mod dial;
 pub mod discovery;
 pub mod peer;
+pub mod resolve;
 mod shared;
 pub mod slot;
 mod stats;
@@ -18,7 +19,7 @@ pub use shared::Shared;
 pub use stats::{AgentStats, AgentStatus, ConnectionUp, TunnelGauges};
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -108,14 +109,12 @@ impl AgentHandle {
             tls,
             backend,
             agent_id: config.effective_agent_id(),
-            tunnels: config
-                .tunnels
-                .iter()
-                .map(|_| TunnelGauges::default())
+            stats: (0..workers)
+                .map(|_| Arc::new(AgentStats::new(config.tunnels.len())))
                 .collect(),
             weight: watch::channel(config.weight).0,
+            weight_now: AtomicI64::new(config.weight),
             config,
-            stats: AgentStats::default(),
             running: AtomicBool::new(true),
             peers: Mutex::new(Vec::new()),
             tasks: OnceLock::new(),
@@ -139,7 +138,7 @@ impl AgentHandle {
                 format!("ringtun-agent-w{index}"),
                 backend,
                 pin_to,
-                move || worker(shared, rx, stop),
+                move || worker(shared, index, rx, stop),
             );
             match spawned {
                 Ok(t) => threads.push(t),
@@ -235,27 +234,19 @@ impl AgentHandle {
     }
 
     /// Current counters.
+    /// Current counters, summed over the worker threads.
     pub fn status(&self) -> AgentStatus {
-        let s = &self.shared.stats;
-        AgentStatus {
-            idle_data_connections: s.idle_data_connections.load(Ordering::Relaxed),
-            aside_connections: s.aside_connections.load(Ordering::Relaxed),
-            dial_failures_total: s.dial_failures_total.load(Ordering::Relaxed),
-            sessions_total: s.sessions_total.load(Ordering::Relaxed),
-            backend_failures_total: s.backend_failures_total.load(Ordering::Relaxed),
-            active_sessions: s.active_sessions.load(Ordering::Relaxed),
-            sessions_idle_timeout_total: s.sessions_idle_timeout_total.load(Ordering::Relaxed),
-        }
+        self.shared.status()
     }
 
     /// Sets the weight announced to every server (weight update on each aside connection).
     pub fn set_weight(&self, weight: i64) {
-        self.shared.weight.send_replace(weight);
+        self.shared.set_weight(weight);
     }
 
     /// The weight announced now.
     pub fn weight(&self) -> i64 {
-        *self.shared.weight.borrow()
+        self.shared.weight()
     }
 
     /// Graceful stop: every peer, in parallel, asks its server to stop leasing this agent's
@@ -322,18 +313,26 @@ impl Drop for AgentHandle {
 
 async fn worker(
     shared: Arc<Shared>,
+    index: usize,
     mut tasks: mpsc::UnboundedReceiver<Task>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pool = Pools::new(
-        shared.config.pump_buffer_bytes,
-        shared.config.splice_pipe_bytes,
-    );
+    let Some(stats) = shared.stats.get(index).cloned() else {
+        return;
+    };
+    let local = std::rc::Rc::new(slot::Local {
+        pool: Pools::new(
+            shared.config.pump_buffer_bytes,
+            shared.config.splice_pipe_bytes,
+        ),
+        stats,
+        backends: resolve::BackendCache::default(),
+    });
     loop {
         tokio::select! {
             task = tasks.recv() => match task {
                 Some(Task::Slot(spec)) => {
-                    tokio::task::spawn_local(slot::run(shared.clone(), spec, pool.clone(), stop.clone()));
+                    tokio::task::spawn_local(slot::run(shared.clone(), spec, local.clone(), stop.clone()));
                 }
                 Some(Task::Resolve { tunnel, server }) => {
                     tokio::task::spawn_local(resolve(shared.clone(), tunnel, server, stop.clone()));

@@ -9,10 +9,17 @@
 //! The ids the aside connection is to name in graceful closes are coalesced in one set (bounded
 //! by this peer's connections), not queued frame by frame: a server that reads slowly cannot make
 //! the queue grow.
+//!
+//! A session takes no lock shared between workers: each data slot registers one [`ConnCell`]
+//! with its peer when it starts (a lock, once per slot, not per session) and then records the
+//! id of the connection it has up in it with a plain atomic store. `begin_stop` raises the
+//! `stopping` flag and then reads every cell; `conn_up` stores its id and then reads the flag
+//! (both sequentially consistent), so a connection coming up during a stop is named either by
+//! the stop or by itself (twice is harmless: the pending set coalesces).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Notify};
@@ -99,11 +106,10 @@ pub struct Peer {
     /// Found by a dynamic lister (removed when the lister stops listing it).
     pub dynamic: bool,
     state: watch::Sender<PeerState>,
-    /// Server-issued ids of this peer's data connections that are up now.
-    conn_ids: Mutex<BTreeSet<u64>>,
-    /// Local addresses of this peer's data connections that are up now (a MOSN server's
-    /// graceful close names them).
-    local_addrs: Mutex<BTreeSet<SocketAddr>>,
+    /// Mirrors `state` for the session path (an atomic load, no lock).
+    stopping: AtomicBool,
+    /// One cell per running data slot: the id and local address of its connection up now.
+    cells: Mutex<Vec<Arc<ConnCell>>>,
     kind: watch::Sender<ServerKind>,
     /// Data slots alive (regular and extra).
     pub data_slots: AtomicU32,
@@ -121,8 +127,8 @@ impl Peer {
             name,
             dynamic,
             state: watch::channel(PeerState::Running).0,
-            conn_ids: Mutex::new(BTreeSet::new()),
-            local_addrs: Mutex::new(BTreeSet::new()),
+            stopping: AtomicBool::new(false),
+            cells: Mutex::new(Vec::new()),
             kind: watch::channel(ServerKind::Unknown).0,
             data_slots: AtomicU32::new(0),
             extra_slots: AtomicU32::new(0),
@@ -131,7 +137,7 @@ impl Peer {
     }
 
     pub fn stopping(&self) -> bool {
-        *self.state.borrow() == PeerState::Stopping
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Watches the state (changes once, to `Stopping`).
@@ -154,24 +160,21 @@ impl Peer {
         self.pending_close.wake.notify_one();
     }
 
-    /// A data connection with this id is up. While stopping, the server is asked at once not
-    /// to lease it either.
-    pub fn conn_up(&self, id: Option<u64>) {
-        let Some(id) = id else { return };
-        if let Ok(mut ids) = self.conn_ids.lock() {
-            ids.insert(id);
-        }
+    /// A data connection with this id is up on `slot`'s cell. While stopping, the server is
+    /// asked at once not to lease it either.
+    pub fn conn_up(&self, slot: &ConnCell, id: Option<u64>) {
+        let Some(id) = id.filter(|&id| id != NO_ID) else {
+            return;
+        };
+        slot.id.store(id, Ordering::SeqCst);
         if self.stopping() {
             self.request_close([id]);
         }
     }
 
-    /// The data connection with this id is gone (or leased to a session).
-    pub fn conn_down(&self, id: Option<u64>) {
-        let Some(id) = id else { return };
-        if let Ok(mut ids) = self.conn_ids.lock() {
-            ids.remove(&id);
-        }
+    /// `slot`'s data connection is gone (or leased to a session).
+    pub fn conn_down(&self, slot: &ConnCell) {
+        slot.id.store(NO_ID, Ordering::SeqCst);
     }
 
     /// Asks the server not to lease this one connection (an extra connection idle too long).
@@ -182,13 +185,20 @@ impl Peer {
     /// Starts the graceful stop: no more re-dials; the server is asked to stop leasing every
     /// connection that is up.
     pub fn begin_stop(&self) {
-        if self.state.send_replace(PeerState::Stopping) == PeerState::Stopping {
+        if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.state.send_replace(PeerState::Stopping);
         let ids: Vec<u64> = self
-            .conn_ids
+            .cells
             .lock()
-            .map(|ids| ids.iter().copied().collect())
+            .map(|cells| {
+                cells
+                    .iter()
+                    .map(|c| c.id.load(Ordering::SeqCst))
+                    .filter(|&id| id != NO_ID)
+                    .collect()
+            })
             .unwrap_or_default();
         self.request_close(ids);
     }
@@ -209,25 +219,46 @@ impl Peer {
         kind
     }
 
-    /// A data connection with this local address is up (MOSN servers know it by that).
-    pub fn local_up(&self, addr: SocketAddr) {
-        if let Ok(mut a) = self.local_addrs.lock() {
-            a.insert(addr);
+    /// A data connection with this local address is up on `slot` (MOSN servers know it by
+    /// that). The cell's own lock: only its slot and a stop ever take it.
+    pub fn local_up(&self, slot: &ConnCell, addr: SocketAddr) {
+        if let Ok(mut a) = slot.local.lock() {
+            *a = Some(addr);
         }
     }
 
-    pub fn local_down(&self, addr: SocketAddr) {
-        if let Ok(mut a) = self.local_addrs.lock() {
-            a.remove(&addr);
+    pub fn local_down(&self, slot: &ConnCell) {
+        if let Ok(mut a) = slot.local.lock() {
+            *a = None;
         }
     }
 
     /// Local addresses of the data connections up now.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.local_addrs
-            .lock()
-            .map(|a| a.iter().copied().collect())
-            .unwrap_or_default()
+        let Ok(cells) = self.cells.lock() else {
+            return Vec::new();
+        };
+        let mut addrs: Vec<SocketAddr> = cells
+            .iter()
+            .filter_map(|c| c.local.lock().ok().and_then(|a| *a))
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Registers a data slot's cell (once per slot, when it starts).
+    fn add_cell(&self) -> Arc<ConnCell> {
+        let cell = Arc::new(ConnCell::default());
+        if let Ok(mut cells) = self.cells.lock() {
+            cells.push(cell.clone());
+        }
+        cell
+    }
+
+    fn remove_cell(&self, cell: &Arc<ConnCell>) {
+        if let Ok(mut cells) = self.cells.lock() {
+            cells.retain(|c| !Arc::ptr_eq(c, cell));
+        }
     }
 
     /// Every data slot has ended.
@@ -236,16 +267,33 @@ impl Peer {
     }
 }
 
-/// Counts a running data slot until dropped.
+/// The id no connection has: a ringtun server issues connection ids from 1.
+const NO_ID: u64 = 0;
+
+/// One data slot's connection as its peer sees it: the server-issued id of the connection it
+/// has up (`NO_ID`: none) and, behind a MOSN server, its local address.
+#[derive(Debug, Default)]
+pub struct ConnCell {
+    id: AtomicU64,
+    local: Mutex<Option<SocketAddr>>,
+}
+
+/// Counts a running data slot until dropped, and holds its [`ConnCell`].
 pub struct SlotGuard {
     peer: Arc<Peer>,
     extra: bool,
+    cell: Arc<ConnCell>,
 }
 
 impl SlotGuard {
     pub fn new(peer: Arc<Peer>, extra: bool) -> Self {
         Self::reserve(&peer, extra);
-        Self { peer, extra }
+        Self::adopt(peer, extra)
+    }
+
+    /// This slot's cell.
+    pub fn cell(&self) -> &ConnCell {
+        &self.cell
     }
 
     /// Counts a slot before its task starts (so concurrent pool requests see it at once);
@@ -259,12 +307,14 @@ impl SlotGuard {
 
     /// Takes over a count made by [`SlotGuard::reserve`].
     pub fn adopt(peer: Arc<Peer>, extra: bool) -> Self {
-        Self { peer, extra }
+        let cell = peer.add_cell();
+        Self { peer, extra, cell }
     }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        self.peer.remove_cell(&self.cell);
         if self.extra {
             self.peer.extra_slots.fetch_sub(1, Ordering::AcqRel);
         }
@@ -285,15 +335,22 @@ mod tests {
             false,
         );
         let mut rx = p.take_aside_commands().unwrap();
-        p.conn_up(Some(3));
-        p.conn_up(Some(5));
-        p.conn_down(Some(3));
+        let (a, b, c) = (
+            SlotGuard::new(p.clone(), false),
+            SlotGuard::new(p.clone(), false),
+            SlotGuard::new(p.clone(), false),
+        );
+        p.conn_up(a.cell(), Some(3));
+        p.conn_up(b.cell(), Some(5));
+        p.conn_down(a.cell());
+        p.conn_up(c.cell(), Some(7));
+        drop(c);
         p.begin_stop();
         p.begin_stop();
         assert_eq!(rx.try_recv().unwrap(), AsideCmd::GracefulClose(vec![5]));
         assert!(rx.try_recv().is_none());
         // A connection that comes up while stopping is named at once.
-        p.conn_up(Some(9));
+        p.conn_up(a.cell(), Some(9));
         assert_eq!(rx.try_recv().unwrap(), AsideCmd::GracefulClose(vec![9]));
     }
 
@@ -319,6 +376,68 @@ mod tests {
             named.extend(ids);
         }
         assert_eq!(named, (0..1000).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn a_stop_racing_connections_coming_up_names_every_one() {
+        // Workers bring connections up while another thread stops the peer: every id up when
+        // the stop is over is named, by the stop or by its own `conn_up`.
+        for _ in 0..200 {
+            let p = Peer::new(
+                0,
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:1".into(),
+                false,
+            );
+            let mut rx = p.take_aside_commands().unwrap();
+            let slots: Vec<SlotGuard> = (0..4).map(|_| SlotGuard::new(p.clone(), false)).collect();
+            let slots = Arc::new(slots);
+            let workers: Vec<_> = (0..2u64)
+                .map(|w| {
+                    let (p, slots) = (p.clone(), slots.clone());
+                    std::thread::spawn(move || {
+                        for (i, s) in slots.iter().enumerate().skip(w as usize * 2).take(2) {
+                            p.conn_up(s.cell(), Some(100 + i as u64));
+                        }
+                    })
+                })
+                .collect();
+            p.begin_stop();
+            for w in workers {
+                w.join().unwrap();
+            }
+            let mut named = BTreeSet::new();
+            while let Some(AsideCmd::GracefulClose(ids)) = rx.try_recv() {
+                named.extend(ids);
+            }
+            assert_eq!(named, (100..104).collect::<BTreeSet<u64>>());
+        }
+    }
+
+    #[test]
+    fn local_addresses_are_those_of_live_slots() {
+        let p = Peer::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1".into(),
+            false,
+        );
+        let (a, b) = (
+            SlotGuard::new(p.clone(), false),
+            SlotGuard::new(p.clone(), false),
+        );
+        p.local_up(a.cell(), "127.0.0.1:5001".parse().unwrap());
+        p.local_up(b.cell(), "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            p.local_addrs(),
+            vec![
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.0.1:5001".parse().unwrap()
+            ]
+        );
+        p.local_down(b.cell());
+        drop(a);
+        assert!(p.local_addrs().is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! counters, peers and the worker task queues. Read-only but for atomics and the peer list;
 //! nothing outside the agent reaches its fields (the admin handlers live beside it).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{mpsc, watch};
@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 use super::peer::{self, Peer};
 use super::slot::SlotSpec;
-use super::stats::{AgentStats, ConnectionUp, TunnelGauges};
+use super::stats::{self, AgentStats};
 use super::{dial, Task};
 use crate::config::{AgentConfig, HostingListenerConfig};
 use crate::protocol::Role;
@@ -22,15 +22,17 @@ pub struct Shared {
     /// The I/O backend sessions run on.
     pub(super) backend: rt::Backend,
     pub(super) agent_id: String,
-    pub(super) stats: AgentStats,
-    /// One per `config.tunnels` entry.
-    pub(super) tunnels: Vec<TunnelGauges>,
+    /// One set per worker thread (index = worker), each written only by its worker; readers
+    /// sum them.
+    pub(super) stats: Vec<Arc<AgentStats>>,
     /// Per `config.tunnels` entry: its TLS client config, loaded once at start.
     pub(super) tls: Vec<Option<dial::TlsDial>>,
     /// False once the agent is stopping (admin `/ready`).
     pub(super) running: AtomicBool,
     /// The weight announced in inits and weight updates; aside connections watch it.
     pub(super) weight: watch::Sender<i64>,
+    /// The same weight for inits (an atomic load per dial instead of the watch's lock).
+    pub(super) weight_now: AtomicI64,
     /// Every peer ever started (stopped ones stay, finished).
     pub(super) peers: Mutex<Vec<Arc<Peer>>>,
     /// Task queues of the worker threads, to start slots on.
@@ -39,15 +41,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Counts a handshaken connection of `tunnel` until the returned guard is dropped.
-    pub fn connection_up(&self, tunnel: usize, role: Role) -> Option<ConnectionUp<'_>> {
-        let t = self.tunnels.get(tunnel)?;
-        let gauge = match role {
-            Role::Data => &t.data_connections,
-            Role::Aside => &t.aside_connections,
-        };
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Some(ConnectionUp(gauge))
+    /// The weight to announce now.
+    pub fn weight(&self) -> i64 {
+        self.weight_now.load(Ordering::Relaxed)
+    }
+
+    /// Changes the weight announced to every server (a weight update on each aside).
+    pub fn set_weight(&self, weight: i64) {
+        self.weight_now.store(weight, Ordering::Relaxed);
+        self.weight.send_replace(weight);
+    }
+
+    /// Every worker's counters, summed.
+    pub fn status(&self) -> stats::AgentStatus {
+        stats::AgentStatus::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// (data, aside) connections of `tunnel` up now, over every worker.
+    pub fn tunnel_connections(&self, tunnel: usize) -> (u64, u64) {
+        stats::tunnel_connections(self.stats.iter().map(|s| &**s), tunnel)
     }
 
     /// True when every enabled tunnel has at least one data connection up.
@@ -57,9 +69,9 @@ impl Shared {
                 .config
                 .tunnels
                 .iter()
-                .zip(&self.tunnels)
-                .filter(|(t, _)| t.enable)
-                .all(|(_, g)| g.data_connections.load(Ordering::Relaxed) > 0)
+                .enumerate()
+                .filter(|(_, t)| t.enable)
+                .all(|(i, _)| self.tunnel_connections(i).0 > 0)
     }
 
     /// Starts a slot on the next worker thread.

@@ -33,6 +33,10 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 pub(crate) trait OwnedIo {
     /// Reads into `buf`'s capacity (its contents are replaced); 0 means EOF.
     async fn read_owned(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Where the backend has readiness (epoll): waits until a read would find bytes (or EOF),
+    /// holding no buffer, and returns true. Where it has none (io_uring learns of bytes only
+    /// through a read): returns false at once; park a small read instead.
+    async fn wait_readable(&self) -> io::Result<bool>;
     /// Writes all of `buf`.
     async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     fn shutdown_how(&self, how: Shutdown) -> io::Result<()>;
@@ -49,14 +53,29 @@ impl OwnedIo for TcpStream {
                 return (Err(e), buf);
             }
             // Reads into the spare capacity: no zeroing, no growth (the buffer is empty).
+            let capacity = buf.capacity();
             match self.try_read_buf(&mut buf) {
-                Ok(n) => return (Ok(n), buf),
+                Ok(n) => {
+                    if n > 0 && n < capacity {
+                        // A short read emptied the socket: clear its readiness so the next wait
+                        // sleeps until new bytes (current-thread runtime: no newer readiness can
+                        // have been recorded in between), as `tls::Channel` does.
+                        let _ = self.try_io(Interest::READABLE, || {
+                            Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+                        });
+                    }
+                    return (Ok(n), buf);
+                }
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return (Err(e), buf),
             }
         }
+    }
+
+    async fn wait_readable(&self) -> io::Result<bool> {
+        self.readable().await.map(|()| true)
     }
 
     async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {

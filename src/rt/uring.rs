@@ -175,6 +175,10 @@ impl super::OwnedIo for Stream {
         self.read(buf).await
     }
 
+    async fn wait_readable(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+
     async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         // Callers serialise writes to one socket, so no ring write is in flight on it here.
         let sent = match self.send_now(&buf) {

@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 use super::{TlsError, TlsSession};
 use crate::rt::write_all;
 
-/// Read chunk during the handshake; a TLS 1.3 flight is a few KiB.
+/// Most handshake bytes held back between reads (bytes the session did not take yet); a TLS 1.3
+/// flight is a few KiB, and rustls normally takes everything offered.
 const HANDSHAKE_READ_BYTES: usize = 16 * 1024 + 512;
 /// One [`Channel::read_into`] reads at most this much.
 const CHANNEL_READ_BYTES: usize = 4096;
@@ -60,60 +61,109 @@ pub async fn connect(
 }
 
 /// Runs the handshake to completion, then decrypts whatever was read behind it.
+///
+/// Bytes are read into this thread's scratch buffer and offered to the session straight from it
+/// (rustls copies them into its own record buffer); only what the session did not take is kept,
+/// in `held` (normally nothing). So a handshake holds no read buffer of its own: thousands of
+/// connections dialled at once cost no transient 16 KiB each, which the allocator would keep.
 async fn drive(stream: &TcpStream, mut session: TlsSession) -> Result<Established, TlsError> {
-    let mut inbuf = vec![0u8; HANDSHAKE_READ_BYTES];
-    let mut filled = 0;
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        let step = session.handshake_step(&inbuf[..filled], &mut out);
-        if !out.is_empty() {
-            let sent = write_all(stream, &out).await;
-            out.clear();
-            // A failed step's alert is best effort; its error is the one to report.
-            if step.is_ok() {
-                sent?;
-            }
-        }
-        let progress = step?;
-        inbuf.copy_within(progress.consumed..filled, 0);
-        filled -= progress.consumed;
+    let mut held: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    let mut plaintext = Vec::new();
+    let step_on = |session: &mut TlsSession,
+                   input: &[u8],
+                   held: &mut Vec<u8>,
+                   out: &mut Vec<u8>,
+                   plaintext: &mut Vec<u8>|
+     -> Result<bool, TlsError> {
+        let progress = session.handshake_step(input, out)?;
+        let rest = &input[progress.consumed..];
         if progress.done {
-            break;
+            // Whatever came behind the handshake (the peer's first frame) is plaintext to be.
+            let outcome = session.decrypt(rest, plaintext)?;
+            if outcome.wants_write {
+                session.take_output(out);
+            }
+            held.clear();
+            return Ok(true);
         }
-        if filled == inbuf.len() {
+        if rest.len() >= HANDSHAKE_READ_BYTES {
             return Err(TlsError::Protocol(
                 "TLS handshake record larger than the read buffer".into(),
             ));
         }
-        let n = read_some(stream, &mut inbuf[filled..]).await?;
-        if n == 0 {
-            return Err(session.peer_closed().err().unwrap_or(TlsError::Closed));
-        }
-        filled += n;
-    }
-    let mut plaintext = Vec::new();
-    let outcome = session.decrypt(&inbuf[..filled], &mut plaintext)?;
-    if outcome.wants_write {
-        session.take_output(&mut out);
-        write_all(stream, &out).await?;
+        let rest = rest.to_vec();
+        *held = rest;
+        Ok(false)
+    };
+    let mut done = {
+        let input = std::mem::take(&mut held);
+        let r = step_on(&mut session, &input, &mut held, &mut out, &mut plaintext);
+        flush(stream, &mut out, r.is_ok()).await?;
+        r?
+    };
+    while !done {
+        stream.readable().await?;
+        let r = SCRATCH.with(|scratch| {
+            let mut chunk = scratch.borrow_mut();
+            match stream.try_read(&mut chunk[..]) {
+                Ok(0) => Some(Err(session.peer_closed().err().unwrap_or(TlsError::Closed))),
+                Ok(n) => {
+                    let result = if held.is_empty() {
+                        step_on(
+                            &mut session,
+                            &chunk[..n],
+                            &mut held,
+                            &mut out,
+                            &mut plaintext,
+                        )
+                    } else {
+                        let mut input = std::mem::take(&mut held);
+                        input.extend_from_slice(&chunk[..n]);
+                        step_on(&mut session, &input, &mut held, &mut out, &mut plaintext)
+                    };
+                    Some(result)
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    None
+                }
+                Err(e) => Some(Err(e.into())),
+            }
+        });
+        let Some(r) = r else { continue };
+        flush(stream, &mut out, r.is_ok()).await?;
+        done = r?;
     }
     Ok(Established {
         session,
         plaintext,
-        eof: outcome.eof,
-    })
+        eof: false,
+    }
+    .with_eof())
 }
 
-/// One non-blocking read after readiness; 0 means the peer closed.
-async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> Result<usize, TlsError> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
+/// Writes what a handshake step produced; after a failed step (`ok` false) best effort only: the
+/// step's error is the one to report.
+async fn flush(stream: &TcpStream, out: &mut Vec<u8>, ok: bool) -> Result<(), TlsError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let sent = write_all(stream, out).await;
+    out.clear();
+    if ok {
+        sent?;
+    }
+    Ok(())
+}
+
+impl Established {
+    /// Records whether close_notify already came behind the handshake.
+    fn with_eof(mut self) -> Self {
+        self.eof = self.session.peer_closed().is_ok();
+        self
     }
 }
 

@@ -218,6 +218,7 @@ pub struct AgentBuilder {
     servers: Vec<String>,
     backend_addr: SocketAddr,
     connection_num: u32,
+    workers: usize,
     token: Option<String>,
     reconnect_base_ms: u64,
     reconnect_max_ms: u64,
@@ -250,6 +251,7 @@ pub fn agent(backend: IoBackend, tunnel: SocketAddr, target: SocketAddr) -> Agen
         servers: vec![tunnel.to_string()],
         backend_addr: target,
         connection_num: 4,
+        workers: 1,
         token: None,
         reconnect_base_ms: 50,
         reconnect_max_ms: 1000,
@@ -280,6 +282,11 @@ impl AgentBuilder {
     }
     pub fn connection_num(mut self, n: u32) -> Self {
         self.connection_num = n;
+        self
+    }
+    /// Agent worker threads (1 by default).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
         self
     }
     pub fn token(mut self, t: &str) -> Self {
@@ -346,7 +353,7 @@ impl AgentBuilder {
         let mut json = serde_json::json!({
             "host_name": self.host_name,
             "weight": self.weight,
-            "workers": 1,
+            "workers": self.workers,
             "io_backend": self.backend,
             "listeners": [listener],
             "tunnels": [tunnel],

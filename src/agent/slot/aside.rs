@@ -12,6 +12,7 @@ pub(super) async fn serve_aside(
     shared: &Shared,
     spec: &SlotSpec,
     conn: Dialed,
+    local: &Local,
     mut commands: Option<&mut AsideCommands>,
 ) -> Ended {
     let Dialed {
@@ -24,8 +25,8 @@ pub(super) async fn serve_aside(
     let Some(tunnel) = shared.config.tunnels.get(peer.tunnel) else {
         return Ended::Lost("no such tunnel".into());
     };
-    let _up = shared.connection_up(peer.tunnel, Role::Aside);
-    shared
+    let _up = local.stats.connection_up(peer.tunnel, Role::Aside);
+    local
         .stats
         .aside_connections
         .fetch_add(1, Ordering::Relaxed);
@@ -118,7 +119,7 @@ pub(super) async fn serve_aside(
             _ = tokio::time::sleep(Duration::from_millis(100)), if peer.stopping() => {}
         }
     };
-    shared
+    local
         .stats
         .aside_connections
         .fetch_sub(1, Ordering::Relaxed);

@@ -2,6 +2,10 @@
 //! session: connect the hosting listener's backend and pump; a legacy or TLS connection the same
 //! way through its channel. A listener with `send_proxy_protocol` writes the PROXY header
 //! (the session start's client and frontend addresses) to the backend before any session byte.
+//!
+//! The backend's address comes from the worker's cache (`agent::resolve`), not a lookup per
+//! session. On the agent's stop a session in flight is ended by shutting its sockets down and
+//! letting its pump finish, never by dropping the pump.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -12,8 +16,10 @@ use crate::protocol::proxy::{encode_proxy_header, ProxyHeader};
 pub(super) async fn serve_data(
     shared: &Shared,
     spec: &SlotSpec,
+    cell: &ConnCell,
     conn: Dialed,
-    pool: &Pools,
+    local: &Local,
+    stop: &mut watch::Receiver<bool>,
 ) -> Ended {
     let Dialed {
         mut stream,
@@ -24,8 +30,8 @@ pub(super) async fn serve_data(
     let Some(tunnel) = shared.config.tunnels.get(spec.peer.tunnel) else {
         return Ended::Lost("no such tunnel".into());
     };
-    let _up = shared.connection_up(spec.peer.tunnel, Role::Data);
-    shared
+    let _up = local.stats.connection_up(spec.peer.tunnel, Role::Data);
+    local
         .stats
         .idle_data_connections
         .fetch_add(1, Ordering::Relaxed);
@@ -38,28 +44,40 @@ pub(super) async fn serve_data(
         )),
         _ => None,
     };
-    let waited = wait_for_session(&mut stream, leftover, silence, &spec.peer, release).await;
-    shared
+    // The wait reads through tokio (readiness): it may be dropped on stop.
+    let waited = tokio::select! {
+        w = wait_for_session(&mut stream, leftover, silence, &spec.peer, release) => Some(w),
+        _ = stop.changed() => None,
+    };
+    local
         .stats
         .idle_data_connections
         .fetch_sub(1, Ordering::Relaxed);
+    let Some(waited) = waited else {
+        return Ended::Stopped;
+    };
     match waited {
         Ok((start, rest)) => {
-            spec.peer.conn_down(connection_id);
+            spec.peer.conn_down(cell);
             let span = tracing::debug_span!("session", id = start.session_id,
                 client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
             // Boxed: only a session pays for its pump's state, not every idle connection.
-            Box::pin(run_session(
+            let stopped = Box::pin(run_session(
                 shared,
+                local,
                 spec.peer.tunnel,
                 stream,
                 start,
                 rest,
-                pool,
+                stop,
             ))
             .instrument(span)
             .await;
-            Ended::Session
+            if stopped {
+                Ended::Stopped
+            } else {
+                Ended::Session
+            }
         }
         Err(why) => Ended::Lost(why),
     }
@@ -122,38 +140,48 @@ pub(super) async fn wait_for_session(
     }
 }
 
+/// Runs one session: connects the backend and pumps. Returns true when the agent's stop ended it
+/// (its sockets shut down, its pump run to the end).
 pub(super) async fn run_session(
     shared: &Shared,
+    local: &Local,
     tunnel: usize,
     data: Channel,
     start: SessionStart,
     prefix: Vec<u8>,
-    pool: &Pools,
-) {
-    let stats = &shared.stats;
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let stats = &local.stats;
     stats.sessions_total.fetch_add(1, Ordering::Relaxed);
     let Some(listener) = shared.listener_of(tunnel) else {
-        return;
+        return false;
     };
-    // Boxed: name resolution makes the connect future large, and the pump does not need it.
+    // Boxed: the connect future is large, and the pump does not need it. Readiness-based (tokio),
+    // so it may be dropped on stop.
     let connect = Box::pin(tokio::time::timeout(
         Duration::from_millis(listener.connect_timeout_ms),
-        TcpStream::connect(listener.backend.as_str()),
-    ))
-    .await;
+        async {
+            let addrs = local.backends.resolve(&listener.backend).await?;
+            TcpStream::connect(&addrs[..]).await
+        },
+    ));
+    let connect = tokio::select! {
+        c = connect => c,
+        _ = stop.changed() => return true,
+    };
     let backend = match connect {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
             warn!(session = start.session_id, client = %start.client_addr, backend = %listener.backend,
                 "cannot connect to backend: {e}; closing the session");
-            return;
+            return false;
         }
         Err(_) => {
             stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
             warn!(session = start.session_id, backend = %listener.backend,
                 "backend connect timed out after {} ms; closing the session", listener.connect_timeout_ms);
-            return;
+            return false;
         }
     };
     let _ = backend.set_nodelay(true);
@@ -176,20 +204,36 @@ pub(super) async fn run_session(
                 session = start.session_id,
                 "cannot adopt session sockets: {e}"
             );
-            return;
+            return false;
         }
     };
     stats.active_sessions.fetch_add(1, Ordering::Relaxed);
+    let pool = &local.pool;
     let idle = listener.session_idle_timeout();
-    let (moved, timed_out) = match tls {
-        // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
-        Some(session) => {
-            let mut pump = Box::pin(pump_tls(&data, &backend, session, prefix, Vec::new(), pool));
-            with_idle_timeout(&data, &backend, idle, pump.as_mut()).await
+    let pump = async {
+        match tls {
+            // Boxed: a TLS session's state is large, and plaintext sessions should not carry it.
+            Some(session) => {
+                let mut pump =
+                    Box::pin(pump_tls(&data, &backend, session, prefix, Vec::new(), pool));
+                with_idle_timeout(&data, &backend, idle, pump.as_mut()).await
+            }
+            None => {
+                let pump = std::pin::pin!(pump_conns(&data, &backend, Vec::new(), prefix, pool));
+                with_idle_timeout(&data, &backend, idle, pump).await
+            }
         }
-        None => {
-            let pump = std::pin::pin!(pump_conns(&data, &backend, Vec::new(), prefix, pool));
-            with_idle_timeout(&data, &backend, idle, pump).await
+    };
+    tokio::pin!(pump);
+    let mut stopped = false;
+    let (moved, timed_out) = tokio::select! {
+        m = &mut pump => m,
+        _ = stop.changed() => {
+            // Shut down, not dropped: the pump's reads complete, and it ends by itself.
+            stopped = true;
+            data.shutdown();
+            backend.shutdown();
+            pump.await
         }
     };
     stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
@@ -213,6 +257,7 @@ pub(super) async fn run_session(
         }
         Err(e) => debug!(session = start.session_id, error = %e, "session ended with error"),
     }
+    stopped
 }
 
 /// What the PROXY header to the backend names: the frontend client and the address it connected

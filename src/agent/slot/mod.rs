@@ -7,7 +7,12 @@
 //! grown by demand stays grown while the demand lasts; its connection is let go, and the slot
 //! ends, once it idles for `extra_connection_idle_duration_ms`. The aside slot keeps the per-server control
 //! connection: heartbeats, weight updates, graceful close, drain and pool requests.
+//!
+//! On stop a data slot ends its own session: its sockets are shut down and its pump runs to the
+//! end (an io_uring pump has reads in flight, which are never dropped); the slot's future is never
+//! dropped mid-session. Slots run on one worker each and use that worker's [`Local`] state.
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +27,9 @@ mod mosn;
 
 use super::backoff::Backoff;
 use super::dial::{dial, open, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};
-use super::peer::{AsideCmd, AsideCommands, Peer, ServerKind, SlotGuard};
-use super::Shared;
+use super::peer::{AsideCmd, AsideCommands, ConnCell, Peer, ServerKind, SlotGuard};
+use super::resolve::BackendCache;
+use super::{AgentStats, Shared};
 use crate::config::ServerType;
 use crate::dataplane::pump::{pump_conns, pump_tls, Pools};
 use crate::protocol::{
@@ -52,6 +58,21 @@ enum Ended {
     Session,
     /// It closed or failed while idle.
     Lost(String),
+    /// The agent is stopping (any session on it was ended cleanly).
+    Stopped,
+}
+
+/// What one agent worker owns and lends to each of its slots: its buffer pools, its counters
+/// (summed by readers) and its cache of backend addresses.
+pub struct Local {
+    pub pool: Pools,
+    pub stats: Arc<AgentStats>,
+    pub backends: BackendCache,
+}
+
+/// True once the agent's stop was sent (an atomic load: no lock on a session's path).
+fn stop_sent(stop: &watch::Receiver<bool>) -> bool {
+    stop.has_changed().unwrap_or(true)
 }
 
 /// Heartbeats the agent may miss before it presumes the server dead (the server closes after 3).
@@ -60,7 +81,7 @@ const SERVER_SILENCE_INTERVALS: u64 = 4;
 pub async fn run(
     shared: Arc<Shared>,
     spec: SlotSpec,
-    pool: Pools,
+    local: Rc<Local>,
     mut stop: watch::Receiver<bool>,
 ) {
     let peer = spec.peer.clone();
@@ -68,7 +89,7 @@ pub async fn run(
         return;
     };
     // Extra slots were counted when they were asked for (see `Shared::extra_slots`).
-    let _slot = (spec.role == Role::Data).then(|| {
+    let slot = (spec.role == Role::Data).then(|| {
         if spec.extra {
             SlotGuard::adopt(peer.clone(), true)
         } else {
@@ -87,7 +108,7 @@ pub async fn run(
     let mut failures = 0u32;
     let mut attempts = 0u64;
     loop {
-        if *stop.borrow() || (spec.role == Role::Data && peer.stopping()) {
+        if stop_sent(&stop) || (spec.role == Role::Data && peer.stopping()) {
             return;
         }
         if spec.role == Role::Aside && peer.stopping() && peer.finished() {
@@ -97,7 +118,7 @@ pub async fn run(
         let params = InitParams {
             cluster: &tunnel.cluster,
             host_name: &shared.config.host_name,
-            weight: *shared.weight.borrow(),
+            weight: shared.weight(),
             credential_policy: &tunnel.credential_policy,
             credential: tunnel.credential.as_ref(),
             agent_id: &shared.agent_id,
@@ -129,7 +150,7 @@ pub async fn run(
                 Ok((stream, _)) => {
                     attempts = 0;
                     let ended = tokio::select! {
-                        e = Box::pin(serve_mosn_aside(&shared, &spec, stream)) => e,
+                        e = Box::pin(serve_mosn_aside(&shared, &spec, stream, &local)) => e,
                         _ = stop.changed() => return,
                     };
                     if let Ended::Lost(why) = ended {
@@ -178,23 +199,37 @@ pub async fn run(
                 if spec.role == Role::Data {
                     peer.set_kind(kind);
                 }
-                let ended = match spec.role {
-                    Role::Data if kind == ServerKind::Mosn => tokio::select! {
-                        e = Box::pin(serve_mosn_data(&shared, &spec, conn, &pool)) => e,
-                        _ = stop.changed() => return,
-                    },
-                    Role::Data => {
-                        let id = conn.connection_id;
-                        peer.conn_up(id);
-                        let ended = tokio::select! {
-                            e = Box::pin(serve_data(&shared, &spec, conn, &pool)) => e,
-                            _ = stop.changed() => return,
-                        };
-                        peer.conn_down(id);
+                let ended = match (spec.role, slot.as_ref()) {
+                    // Not raced against the stop: a data connection ends its own session on
+                    // stop (an io_uring pump must not be dropped with reads in flight).
+                    (Role::Data, Some(slot)) if kind == ServerKind::Mosn => {
+                        Box::pin(serve_mosn_data(
+                            &shared,
+                            &spec,
+                            slot.cell(),
+                            conn,
+                            &local,
+                            &mut stop,
+                        ))
+                        .await
+                    }
+                    (Role::Data, Some(slot)) => {
+                        peer.conn_up(slot.cell(), conn.connection_id);
+                        let ended = Box::pin(serve_data(
+                            &shared,
+                            &spec,
+                            slot.cell(),
+                            conn,
+                            &local,
+                            &mut stop,
+                        ))
+                        .await;
+                        peer.conn_down(slot.cell());
                         ended
                     }
-                    Role::Aside => tokio::select! {
-                        e = Box::pin(serve_aside(&shared, &spec, conn, aside_commands.as_mut())) => e,
+                    (Role::Data, None) => return,
+                    (Role::Aside, _) => tokio::select! {
+                        e = Box::pin(serve_aside(&shared, &spec, conn, &local, aside_commands.as_mut())) => e,
                         _ = stop.changed() => return,
                     },
                 };
@@ -205,6 +240,7 @@ pub async fn run(
                     // that then idles for `extra_connection_idle_duration_ms` is let go, and
                     // the slot ends.
                     Ended::Session => continue,
+                    Ended::Stopped => return,
                     Ended::Lost(_) if spec.extra => return,
                     Ended::Lost(why) => {
                         debug!(peer = %peer.addr, role = ?spec.role, reason = %why, "tunnel connection lost; re-dialling");
@@ -217,7 +253,7 @@ pub async fn run(
             Err(e) => e,
         };
         failures = failures.saturating_add(1);
-        shared
+        local
             .stats
             .dial_failures_total
             .fetch_add(1, Ordering::Relaxed);
@@ -253,6 +289,9 @@ pub(super) async fn send(stream: &mut Channel, frame: &Frame) -> Result<(), Stri
 }
 
 #[cfg(test)]
+mod stop_tests;
+
+#[cfg(test)]
 mod future_sizes {
     //! An idle agent connection costs its slot task and the boxed `serve_data` future: these
     //! bounds keep stack buffers and TLS state out of them.
@@ -266,12 +305,21 @@ mod future_sizes {
     #[test]
     fn an_idle_slot_stays_small() {
         let slot = future_bytes(
-            |(a, b, c, d): (Arc<Shared>, SlotSpec, Pools, watch::Receiver<bool>)| run(a, b, c, d),
+            |(a, b, c, d): (Arc<Shared>, SlotSpec, Rc<Local>, watch::Receiver<bool>)| {
+                run(a, b, c, d)
+            },
         );
         assert!(slot <= 1536, "slot::run future is {slot} bytes");
-        let data = future_bytes(|(a, b, c, d): (&Shared, &SlotSpec, Dialed, &Pools)| {
-            serve_data(a, b, c, d)
-        });
+        let data = future_bytes(
+            |(a, b, c, d, e, f): (
+                &Shared,
+                &SlotSpec,
+                &ConnCell,
+                Dialed,
+                &Local,
+                &mut watch::Receiver<bool>,
+            )| serve_data(a, b, c, d, e, f),
+        );
         assert!(data <= 2048, "serve_data future is {data} bytes");
         let dialing = future_bytes(|(a, p): (SocketAddr, &InitParams)| dial(a, p));
         assert!(dialing <= 1024, "dial future is {dialing} bytes");

@@ -18,8 +18,10 @@ use super::*;
 pub(super) async fn serve_mosn_data(
     shared: &Shared,
     spec: &SlotSpec,
+    cell: &ConnCell,
     conn: Dialed,
-    pool: &Pools,
+    local: &Local,
+    stop: &mut watch::Receiver<bool>,
 ) -> Ended {
     let Dialed {
         stream, leftover, ..
@@ -27,12 +29,12 @@ pub(super) async fn serve_mosn_data(
     let Some(tunnel) = shared.config.tunnels.get(spec.peer.tunnel) else {
         return Ended::Lost("no such tunnel".into());
     };
-    let _up = shared.connection_up(spec.peer.tunnel, Role::Data);
-    let local = stream.stream.local_addr().ok();
-    if let Some(a) = local {
-        spec.peer.local_up(a);
+    let _up = local.stats.connection_up(spec.peer.tunnel, Role::Data);
+    let local_addr = stream.stream.local_addr().ok();
+    if let Some(a) = local_addr {
+        spec.peer.local_up(cell, a);
     }
-    let failures = &shared.stats.backend_failures_total;
+    let failures = &local.stats.backend_failures_total;
     let failed_before = failures.load(Ordering::Relaxed);
     // MOSN's server names no session and no client: the connection is the session.
     let start = SessionStart {
@@ -40,24 +42,31 @@ pub(super) async fn serve_mosn_data(
         client_addr: String::new(),
         frontend_addr: None,
     };
-    let span = tracing::debug_span!("mosn session", local = ?local);
-    Box::pin(run_session(
+    let span = tracing::debug_span!("mosn session", local = ?local_addr);
+    let stopped = Box::pin(run_session(
         shared,
+        local,
         spec.peer.tunnel,
         stream,
         start,
         leftover,
-        pool,
+        stop,
     ))
     .instrument(span)
     .await;
-    if let Some(a) = local {
-        spec.peer.local_down(a);
+    if local_addr.is_some() {
+        spec.peer.local_down(cell);
+    }
+    if stopped {
+        return Ended::Stopped;
     }
     if failures.load(Ordering::Relaxed) != failed_before {
         // The backend could not be connected (and the connection is closed): a re-dial at once
         // would loop connect/handshake/close as fast as the server answers.
-        tokio::time::sleep(Duration::from_millis(tunnel.reconnect_base_duration_ms)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(tunnel.reconnect_base_duration_ms)) => {}
+            _ = stop.changed() => return Ended::Stopped,
+        }
     }
     Ended::Session
 }
@@ -68,13 +77,14 @@ pub(super) async fn serve_mosn_aside(
     shared: &Shared,
     spec: &SlotSpec,
     mut stream: Channel,
+    local: &Local,
 ) -> Ended {
     let peer = &spec.peer;
     let Some(tunnel) = shared.config.tunnels.get(peer.tunnel) else {
         return Ended::Lost("no such tunnel".into());
     };
-    let _up = shared.connection_up(peer.tunnel, Role::Aside);
-    shared
+    let _up = local.stats.connection_up(peer.tunnel, Role::Aside);
+    local
         .stats
         .aside_connections
         .fetch_add(1, Ordering::Relaxed);
@@ -114,7 +124,7 @@ pub(super) async fn serve_mosn_aside(
             _ = state.changed() => {}
         }
     };
-    shared
+    local
         .stats
         .aside_connections
         .fetch_sub(1, Ordering::Relaxed);

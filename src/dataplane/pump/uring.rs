@@ -46,7 +46,8 @@ impl Buffers {
         self
     }
 
-    fn take(&self, large: bool) -> Vec<u8> {
+    /// A small or large buffer, empty (the TLS pump takes its buffers here too).
+    pub(super) fn take(&self, large: bool) -> Vec<u8> {
         let (pool, size) = if large {
             (&self.large, self.policy.large_bytes())
         } else {
@@ -57,13 +58,19 @@ impl Buffers {
             .unwrap_or_else(|| Vec::with_capacity(size))
     }
 
+    /// Size of a large buffer.
+    pub(super) fn large_bytes(&self) -> usize {
+        self.policy.large_bytes()
+    }
+
     /// Large buffers waiting in the pool.
     #[cfg(test)]
     pub(crate) fn large_free(&self) -> usize {
         self.large.borrow().len()
     }
 
-    fn give(&self, mut buf: Vec<u8>) {
+    /// Returns a buffer to its pool (by its capacity).
+    pub(super) fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
         let pool = if buf.capacity() >= self.policy.large_bytes() {
             &self.large
