@@ -10,7 +10,8 @@
 //! - `epoll splice`: the same pump with its default pipe (busy directions splice).
 //! - `io_uring copy`: ringtun's io_uring pump (tokio-uring, owned buffers), splice off.
 //! - `io_uring splice`: the same pump with its default pipe: a busy direction splices what is
-//!   queued socket → pipe with a plain call and pipe → socket on a second ring.
+//!   queued socket → pipe with a plain call and pipe → socket with a plain non-blocking call,
+//!   waiting for a full socket with a poll on a second ring.
 //! - `io_uring splice, raw ring`: both halves as IORING_OP_SPLICE on a raw ring (the `io-uring`
 //!   crate), one op at a time; the kernel runs each on an io-wq worker thread.
 //!

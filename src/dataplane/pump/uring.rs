@@ -218,14 +218,8 @@ async fn splice_queued(from: &Stream, to: &Stream, pipes: &PipePool) -> io::Resu
         if n == 0 {
             break;
         }
-        let mut left = n;
-        while left > 0 {
-            let len = u32::try_from(left).unwrap_or(u32::MAX);
-            match ring.splice(pipe.read_fd(), to_fd, len).await? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                m => left -= m,
-            }
-        }
+        // Never waits in the kernel: a full `to` is waited for on the splice ring.
+        ring.splice_to_socket(pipe.read_fd(), to_fd, n).await?;
         moved += n as u64;
     }
     // Reached only with the pipe empty (errors return above and drop it).
