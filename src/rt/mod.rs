@@ -85,10 +85,9 @@ pub fn resolve(requested: IoBackend) -> Result<Backend, RtError> {
 
 /// Resolves the configured backend: `auto` takes the backend the real-client suite
 /// (`perf/realworld`) measures faster and says so in one log line; `uring` refuses to start where
-/// io_uring cannot be used. On 2026-12-02 epoll served 1.6× (16 keep-alive connections) to 2.9×
-/// (256) the requests of the tokio-uring backend through nginx, and io_uring led only on one
-/// iperf3 stream (README, Performance), so `auto` is epoll until an io_uring worker measures
-/// faster.
+/// io_uring cannot be used. On 2026-12-02 epoll served 1.5× (16 keep-alive connections) to 2.4×
+/// (256) the requests of the tokio-uring backend through nginx, and the two were even on iperf3
+/// (README, Performance), so `auto` is epoll until an io_uring worker measures faster.
 pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend, RtError> {
     let uring = Backend::Uring {
         entries: uring_entries,
