@@ -10,13 +10,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ringtun::protocol::proxy::{encode_proxy_header, ProxyHeader, ProxyVersion};
 use serde_json::json;
 use socket2::{Domain, Socket, Type};
 
+use common::logs::{capture_logs, captured_logs, logged};
 use common::*;
 
 /// A TCP connection to `to` from `from` (port 0: any).
@@ -48,40 +48,8 @@ fn addr(s: &str) -> SocketAddr {
 
 // ---- the client address in logs ----
 
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(|| Capture)
-            .try_init();
-        Mutex::new(Vec::new())
-    })
-}
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        logs().lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Whether a logged line contains every one of `parts` (within 10 s).
-fn logged(parts: &[&str]) -> bool {
-    wait_until(Duration::from_secs(10), || {
-        let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-        text.lines().any(|l| parts.iter().all(|p| l.contains(p)))
-    })
-}
-
 both_backends!(client_address_in_session_logs_and_the_agent_span, |io| {
-    logs();
+    capture_logs(tracing::Level::DEBUG);
     // The backend refuses, so the agent logs inside its session span.
     let server = server(io)
         .cluster("c")
@@ -107,7 +75,7 @@ both_backends!(client_address_in_session_logs_and_the_agent_span, |io| {
         "session{id=",
         &format!("{client} frontend=192.0.2.80:443}}"),
     ]);
-    let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
+    let text = captured_logs();
     let near: Vec<&str> = text.lines().filter(|l| l.contains("backend")).collect();
     assert!(ok, "{near:#?}");
 });

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{
@@ -19,41 +19,8 @@ use rcgen::{
 use ringtun::control::stats::HandshakeOutcome;
 use serde_json::json;
 
+use common::logs::{capture_logs, logged};
 use common::*;
-
-// ---- log capture: every line any thread logs, for the "logged with its reason" checks ----
-
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(|| Capture)
-            .try_init();
-        Mutex::new(Vec::new())
-    })
-}
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        logs().lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Whether a logged line contains every one of `parts` (within 10 s).
-fn logged(parts: &[&str]) -> bool {
-    wait_until(Duration::from_secs(10), || {
-        let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-        text.lines().any(|l| parts.iter().all(|p| l.contains(p)))
-    })
-}
 
 // ---- certificates ----
 
@@ -381,7 +348,7 @@ fn refused(
     agent_reason: &[&str],
     server_reason: &[&str],
 ) {
-    logs();
+    capture_logs(tracing::Level::INFO);
     let echo = echo_backend();
     let server = server(backend).cluster("c").tls(server_tls).run();
     let tunnel = server.tunnel_addr().to_string();

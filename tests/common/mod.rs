@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod logs;
+
 use ringtun::agent::AgentHandle;
 use ringtun::config::{AgentConfig, IoBackend, ServerConfig};
 use ringtun::server::ServerHandle;
