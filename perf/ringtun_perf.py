@@ -428,6 +428,13 @@ class System:
         self.sink = None
         self.procs = []
         self.pids = []  # processes whose RSS counts for the idle-session memory
+        # None, or a function (tunnel port, workdir, name) -> the port the agent/client dials
+        # instead (perf/slowlink puts a delaying relay there).
+        self.link = None
+
+    def dial_port(self, tunnel, workdir):
+        """The port the edge side dials to reach the tunnel port (through the link, if any)."""
+        return self.link(tunnel, workdir, self.name) if self.link else tunnel
 
     def start(self, backends, workdir):
         raise NotImplementedError
@@ -493,9 +500,10 @@ class Ringtun(System):
         self.server = None
         self.agent = None
 
-    def configs(self, services, tunnel, fronts):
+    def configs(self, services, tunnel, fronts, dial=None):
         """Server and agent configuration: `services` {name: backend address}, `fronts` {name:
-        frontend port}."""
+        frontend port}; the agent dials port `dial` (default: the tunnel port)."""
+        dial = dial or tunnel
         clusters, listeners, tunnels = [], [], []
         for svc, backend in services.items():
             front = fronts[svc]
@@ -516,7 +524,7 @@ class Ringtun(System):
                     "connection_num": self.connection_num,
                     "cluster": f"perf-{svc}",
                     "hosting_listener": svc,
-                    "server_list": [f"127.0.0.1:{tunnel}"],
+                    "server_list": [f"127.0.0.1:{dial}"],
                     "reconnect_base_duration_ms": 100,
                     "reconnect_max_duration_ms": 1000,
                     "credential_policy": "token",
@@ -552,7 +560,8 @@ class Ringtun(System):
             self.tls_files = tls_material(workdir)
         tunnel = free_port()
         fronts = {svc: free_port() for svc in backends.services}
-        server, agent = self.configs(backends.services, tunnel, fronts)
+        server, agent = self.configs(backends.services, tunnel, fronts,
+                                     self.dial_port(tunnel, workdir))
         sp = os.path.join(workdir, f"{self.name}-server.json")
         ap = os.path.join(workdir, f"{self.name}-agent.json")
         with open(sp, "w") as f:
@@ -624,7 +633,7 @@ class Rathole(System):
                        f'bind_addr = "127.0.0.1:{port}"', ""]
         client = [
             "[client]",
-            f'remote_addr = "127.0.0.1:{control}"',
+            f'remote_addr = "127.0.0.1:{self.dial_port(control, workdir)}"',
             "",
             *client_tls,
         ]

@@ -1,7 +1,8 @@
 //! `ringtun bench`: a load generator and latency profiler for any TCP service, reached directly or
 //! through a tunnel. Modes: `throughput` (byte streams, every byte verified), `latency`
 //! (request/response percentiles, closed or open loop), `connect` (a connection per request),
-//! `idle` (many held sessions and the memory they cost a process), two far ends: `sink` (for
+//! `idle` (many held sessions and the memory they cost a process), `burst` (time to first byte
+//! of bursts of new connections), a slow link (`relay`: a delay each way), two far ends: `sink` (for
 //! one-way throughput) and `echo` (a backend to measure against), and `swarm` (many emulated
 //! agents against a ringtun server, the only mode that speaks the tunnel protocol).
 //!
@@ -18,6 +19,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod burst;
 mod connect;
 mod echo;
 mod error;
@@ -26,12 +28,15 @@ mod latency;
 pub mod pattern;
 pub mod plot;
 mod progress;
+pub mod relay;
 pub mod sink;
 pub mod stats;
 mod swarm;
 mod throughput;
 
+pub use burst::BurstArgs;
 pub use error::BenchError;
+pub use relay::RelayArgs;
 pub use swarm::SwarmArgs;
 
 /// `ringtun bench`: load generator and latency profiler.
@@ -84,12 +89,16 @@ pub enum Mode {
     Latency(LatencyArgs),
     /// A new connection per request: connections per second, setup and request latency.
     Connect(ConnectArgs),
+    /// Time to first byte for bursts of new connections opened at once (1, 16, 64 by default).
+    Burst(BurstArgs),
     /// Hold N connections open, check they stay alive, report memory of --pids per session.
     Idle(IdleArgs),
     /// Far end of `throughput --mode one-way`: verifies the pattern and answers a verdict per stream.
     Sink(SinkArgs),
     /// A TCP echo backend for the other modes (passes EOF on as a write shutdown).
     Echo(EchoArgs),
+    /// A TCP relay to --target adding a delay each way: a slow link for tests and perf/slowlink.
+    Relay(RelayArgs),
     /// N emulated ringtun agents against a server: registration time, handshakes/s, server CPU/RSS.
     Swarm(Box<SwarmArgs>),
 }
@@ -241,9 +250,11 @@ pub fn run(args: &BenchArgs) -> Result<Outcome, BenchError> {
             Mode::Throughput(a) => throughput::run(&Ctx::new(common, "throughput")?, a).await,
             Mode::Latency(a) => latency::run(&Ctx::new(common, "latency")?, a).await,
             Mode::Connect(a) => connect::run(&Ctx::new(common, "connect")?, a).await,
+            Mode::Burst(a) => burst::run(&Ctx::new(common, "burst")?, a).await,
             Mode::Idle(a) => idle::run(&Ctx::new(common, "idle")?, a).await,
             Mode::Sink(a) => sink::run(common, a).await,
             Mode::Echo(a) => echo::run(common, a).await,
+            Mode::Relay(a) => relay::run(common, a).await,
             // Dispatched above: it runs on runtimes of its own.
             Mode::Swarm(a) => Err(BenchError::InvalidArgument(format!(
                 "swarm of {} agents cannot run on the shared runtime",

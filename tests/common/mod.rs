@@ -532,3 +532,26 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A slow link in front of `target`: a `ringtun bench relay` adding `one_way_delay` each way
+/// (handshakes included), on its own thread for the rest of the test process. Returns the
+/// address to dial instead of `target`.
+pub fn slow_link(target: SocketAddr, one_way_delay: Duration) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (addr, task) = ringtun::bench::relay::Relay::to(target)
+                .one_way_delay(one_way_delay)
+                .spawn("127.0.0.1:0")
+                .await
+                .unwrap();
+            tx.send(addr).unwrap();
+            let _ = task.await;
+        });
+    });
+    rx.recv().unwrap()
+}
