@@ -88,6 +88,27 @@ def cpu_seconds(pids):
     return total / tick
 
 
+def thread_cpu_seconds(pid, name):
+    """CPU time (ns precision, from /proc schedstat) of `pid`'s live threads named `name`, in s;
+    None when the process is gone."""
+    total, found = 0, False
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9 if found else None
+
+
 # ---------------------------------------------------------------------------------------------
 # backends
 
