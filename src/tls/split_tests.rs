@@ -1,6 +1,7 @@
 //! The session's own buffering on rustls's unbuffered API: records and handshake messages cut
 //! anywhere by reads (down to one byte), TLS 1.2 with client certificates and TLS 1.3, what is
-//! held between reads (one record at most, freed once whole), and key updates from the peer.
+//! held between reads (one record at most, freed once whole), key updates from the peer, and
+//! properties: any cut of any records decrypts to what was sent, no bytes make a session panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -227,4 +228,111 @@ fn key_updates_from_a_buffered_rustls_peer_are_followed_both_ways() {
         peer.reader().read_exact(&mut got).unwrap();
         assert_eq!(got, [round + 10; 50]);
     }
+}
+
+/// A fresh handshaken pair on `configs`.
+fn pair(configs: &(Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>)) -> (End, End) {
+    let name = ServerName::try_from("tunnel.test").unwrap();
+    let mut c = End::new(TlsSession::client(configs.0.clone(), name).unwrap());
+    let mut s = End::new(TlsSession::server(configs.1.clone()).unwrap());
+    handshake_in_pieces(&mut c, &mut s, 4096);
+    (c, s)
+}
+
+/// Cuts `wire` into pieces of the sizes in `cuts` (round and round) and feeds them to `to`,
+/// in place or through the copying `decrypt`; stops at the first error.
+fn feed_cut(to: &mut End, wire: &[u8], cuts: &[usize], in_place: bool) -> Result<(), TlsError> {
+    let (mut at, mut k) = (0, 0);
+    while at < wire.len() {
+        let n = cuts[k % cuts.len()].min(wire.len() - at);
+        let piece = &wire[at..at + n];
+        if to.tls.is_handshaking() {
+            to.tls.handshake_step(piece, &mut Vec::new())?;
+        } else if in_place {
+            to.tls
+                .decrypt_in_place(&mut piece.to_vec(), &mut to.plaintext)?;
+        } else {
+            to.tls.decrypt(piece, &mut to.plaintext)?;
+        }
+        at += n;
+        k += 1;
+    }
+    Ok(())
+}
+
+#[test]
+fn any_cut_of_any_records_decrypts_to_what_was_sent() {
+    use proptest::prelude::*;
+    let pki = pki();
+    let configs = (
+        client_config(&pki.agent_tls(false)).unwrap(),
+        server_config(&pki.server_tls(false)).unwrap(),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 40,
+        ..Default::default()
+    });
+    let cases = (
+        proptest::collection::vec(1usize..20_000, 1..6),
+        proptest::collection::vec(1usize..40_000, 1..30),
+        any::<bool>(),
+    );
+    runner
+        .run(&cases, |(writes, cuts, in_place)| {
+            let (mut c, mut s) = pair(&configs);
+            let (mut wire, mut sent) = (Vec::new(), Vec::new());
+            for (i, len) in writes.iter().enumerate() {
+                let data = pattern(*len, i as u8);
+                c.tls.encrypt(&data, &mut wire).unwrap();
+                sent.extend_from_slice(&data);
+            }
+            feed_cut(&mut s, &wire, &cuts, in_place).unwrap();
+            prop_assert!(s.plaintext == sent);
+            prop_assert_eq!(s.tls.held_capacity(), 0);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn no_bytes_cut_anyhow_make_a_session_panic() {
+    use proptest::prelude::*;
+    let pki = pki();
+    let configs = (
+        client_config(&pki.agent_tls(false)).unwrap(),
+        server_config(&pki.server_tls(false)).unwrap(),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 64,
+        ..Default::default()
+    });
+    // Garbage, or garbage behind a plausible record header, to a new server and to both ends of
+    // a handshaken pair.
+    let cases = (
+        proptest::collection::vec(any::<u8>(), 0..3000),
+        proptest::option::of((20u8..25, 0u16..20_000)),
+        proptest::collection::vec(1usize..500, 1..10),
+        any::<bool>(),
+    );
+    runner
+        .run(&cases, |(garbage, header, cuts, in_place)| {
+            let mut wire = Vec::new();
+            if let Some((typ, len)) = header {
+                wire.extend_from_slice(&[typ, 3, 3]);
+                wire.extend_from_slice(&len.to_be_bytes());
+            }
+            wire.extend_from_slice(&garbage);
+            let mut fresh = End::new(TlsSession::server(configs.1.clone()).unwrap());
+            let _ = feed_cut(&mut fresh, &wire, &cuts, in_place);
+            let (mut c, mut s) = pair(&configs);
+            let _ = feed_cut(&mut s, &wire, &cuts, in_place);
+            let _ = feed_cut(&mut c, &wire, &cuts, in_place);
+            // A failed session refuses more input and still answers every call.
+            let _ = s.tls.encrypt(b"x", &mut Vec::new());
+            let _ = s.tls.take_output(&mut Vec::new());
+            let _ = s.tls.peer_closed();
+            prop_assert!(s.tls.held_capacity() <= MAX_RECORD_BYTES + 5);
+            Ok(())
+        })
+        .unwrap();
 }
