@@ -288,6 +288,7 @@ impl TlsSession {
         // handshake fragments need the next record behind them in the same buffer).
         while !self.held.is_empty() && !input.is_empty() && !self.eof {
             let partial = &self.held[self.held_processed..];
+            let had = partial.len();
             let missing = records::missing_bytes(partial).unwrap_or(records::RECORD_HEADER_BYTES);
             let take = missing.min(input.len());
             let (front, rest) = std::mem::take(&mut input).split_at_mut(take);
@@ -295,6 +296,12 @@ impl TlsSession {
             self.held.reserve_exact(take);
             self.held.extend_from_slice(front);
             let complete = records::missing_bytes(&self.held[self.held_processed..]) == Some(0);
+            let header_now =
+                had < records::RECORD_HEADER_BYTES && had + take >= records::RECORD_HEADER_BYTES;
+            if !complete && !header_now {
+                // More of a body rustls has seen the header of: nothing for it to do yet.
+                continue;
+            }
             let mut held = std::mem::take(&mut self.held);
             let ran = self.run(&mut held, Want::Nothing, records, plaintext);
             self.held = held;
