@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use common::*;
@@ -24,29 +23,6 @@ fn server_json(clusters: &[&str], backend: IoBackend) -> serde_json::Value {
     })
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
-    let at = line.find(key)? + key.len();
-    Some(
-        line[at..]
-            .split_whitespace()
-            .next()?
-            .trim_matches('"')
-            .to_string(),
-    )
-}
-
-/// Waits for a log line containing every one of `needles`.
-fn line_with(lines: &Receiver<String>, needles: &[&str]) -> String {
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("expected log line never came");
-        if needles.iter().all(|n| line.contains(n)) {
-            return line;
-        }
-    }
-}
-
 fn roundtrip(c: &mut TcpStream, msg: &[u8]) {
     c.write_all(msg).unwrap();
     let mut back = vec![0u8; msg.len()];
@@ -62,27 +38,14 @@ both_backends!(
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("server.json");
         std::fs::write(&path, server_json(&["a"], backend).to_string()).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringtun"))
-            .args(["server", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let tunnel: SocketAddr = field(&line_with(&lines, &["server started"]), "tunnel_addr=")
-            .unwrap()
-            .parse()
-            .unwrap();
-        let fa: SocketAddr = field(
-            &line_with(&lines, &["frontend listening", "cluster=a"]),
+        let process = process::Process::start("server", &path);
+        let tunnel: SocketAddr =
+            process::field(&process.line_with(&["server started"]), "tunnel_addr=")
+                .unwrap()
+                .parse()
+                .unwrap();
+        let fa: SocketAddr = process::field(
+            &process.line_with(&["frontend listening", "cluster=a"]),
             "frontend=",
         )
         .unwrap()
@@ -104,19 +67,15 @@ both_backends!(
 
         // Add cluster b: its frontend starts serving, a's session is untouched.
         std::fs::write(&path, server_json(&["a", "b"], backend).to_string()).unwrap();
-        // SAFETY: plain signal delivery to our own child process.
-        assert_eq!(
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
-            0
-        );
-        let fb: SocketAddr = field(
-            &line_with(&lines, &["frontend listening", "cluster=b"]),
+        process.hangup();
+        let fb: SocketAddr = process::field(
+            &process.line_with(&["frontend listening", "cluster=b"]),
             "frontend=",
         )
         .unwrap()
         .parse()
         .unwrap();
-        line_with(&lines, &["configuration reloaded"]);
+        process.line_with(&["configuration reloaded"]);
         let served = wait_until(Duration::from_secs(10), || {
             let mut c = TcpStream::connect(fb).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -129,19 +88,14 @@ both_backends!(
 
         // A broken file is refused; everything keeps serving.
         std::fs::write(&path, r#"{"tunnel_listener": {"address": "127.0.0.1:0"}, "clusters": [{"name": "a", "colour": 1}]}"#).unwrap();
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
-            0
-        );
-        let refused = line_with(&lines, &["reload refused"]);
+        process.hangup();
+        let refused = process.line_with(&["reload refused"]);
         assert!(refused.contains("clusters[0].colour"), "{refused}");
         roundtrip(&mut held, b"session of a, after a broken file");
         assert_eq!(echo_roundtrip(fb, b"b still"), b"b still");
         assert_eq!(echo_roundtrip(fa, b"a still"), b"a still");
 
-        child.kill().unwrap();
-        let _ = child.wait();
+        drop(process);
         let _ = std::fs::remove_dir_all(&dir);
     }
 );

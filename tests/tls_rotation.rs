@@ -2,7 +2,9 @@
 //! re-reads `cert_chain_file`, `private_key_file` and `ca_file`; new agent connections get the new
 //! certificate while established sessions run on; files that do not load are refused and the
 //! running certificate keeps serving. An agent re-reads its TLS files on SIGHUP
-//! (`AgentHandle::reload_tls`). Certificates are generated here (rcgen); both backends.
+//! (`AgentHandle::reload_tls`). SIGHUP itself is sent to `ringtun server` and `ringtun agent`
+//! processes too: the signal wiring rotates. Certificates are generated here (rcgen); both
+//! backends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -184,3 +186,87 @@ both_backends!(an_agent_rereads_its_ca_file, |backend| {
     assert_eq!(echo_roundtrip(frontend, b"trusted again"), b"trusted again");
     let _ = std::fs::remove_dir_all(&dir);
 });
+
+both_backends!(
+    sighup_rotates_the_certificate_of_a_server_process,
+    |backend| {
+        let dir = temp_dir(&format!("sighup-server-{backend:?}"));
+        let authority = ca("sighup-ca");
+        let ca_file = dir.join("ca.pem");
+        put(&ca_file, &authority.pem());
+        let (chain1, key1, der1) = server_cert(&authority, "first");
+        let (chain2, key2, der2) = server_cert(&authority, "second");
+        let (chain_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+        put(&chain_file, &chain1);
+        put(&key_file, &key1);
+        let config = server(backend)
+            .cluster("c")
+            .tls(json!({"cert_chain_file": chain_file, "private_key_file": key_file}))
+            .config();
+        let config_file = dir.join("server.json");
+        std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
+        let process = process::Process::start("server", &config_file);
+        let started = process.line_with(&["server started"]);
+        let tunnel: SocketAddr = process::field(&started, "tunnel_addr=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(served_certificate(tunnel, &ca_file) == der1);
+
+        put(&key_file, &key2);
+        put(&chain_file, &chain2);
+        process.hangup();
+        assert!(
+            wait_until(Duration::from_secs(10), || served_certificate(
+                tunnel, &ca_file
+            ) == der2),
+            "after SIGHUP a new connection gets the new certificate"
+        );
+        process.line_with(&["SIGHUP: configuration reloaded"]);
+        drop(process);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
+both_backends!(
+    sighup_makes_an_agent_process_reread_its_ca_file,
+    |backend| {
+        let dir = temp_dir(&format!("sighup-agent-{backend:?}"));
+        let (old_ca, new_ca) = (ca("old-ca"), ca("new-ca"));
+        let agent_ca = dir.join("agent-ca.pem");
+        put(&agent_ca, &old_ca.pem());
+        let (chain1, key1, _) = server_cert(&old_ca, "old");
+        let (chain2, key2, _) = server_cert(&new_ca, "new");
+        let (chain_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+        put(&chain_file, &chain1);
+        put(&key_file, &key1);
+        let server = server(backend)
+            .cluster("c")
+            .tls(json!({"cert_chain_file": chain_file, "private_key_file": key_file}))
+            .run();
+        let echo = echo_backend();
+        let config = agent(backend, server.tunnel_addr(), echo.addr)
+            .tls(json!({"ca_file": agent_ca, "server_name": "tunnel.test"}))
+            .reconnect_ms(50, 200)
+            .config();
+        let config_file = dir.join("agent.json");
+        std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
+        let process = process::Process::start("agent", &config_file);
+        wait_registered(&server, "c", 1, 4);
+        // The server moves to a certificate of another CA: the agent's new dials fail.
+        put(&key_file, &key2);
+        put(&chain_file, &chain2);
+        server.reload(server.config().unwrap()).unwrap();
+        let frontend = server.frontend_addr("c").unwrap();
+        assert_eq!(echo_roundtrip(frontend, b"spends one"), b"spends one");
+        process.line_with(&["certificate"]);
+        // The agent's CA file names the new CA; SIGHUP re-reads it and the pool fills again.
+        put(&agent_ca, &new_ca.pem());
+        process.hangup();
+        process.line_with(&["SIGHUP: TLS files re-read"]);
+        wait_registered(&server, "c", 1, 4);
+        assert_eq!(echo_roundtrip(frontend, b"trusted again"), b"trusted again");
+        drop(process);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);

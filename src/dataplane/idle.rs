@@ -88,7 +88,7 @@ impl IdleConn {
                     match self.tls.as_mut() {
                         None => self.pending.extend_from_slice(&buf[..n]),
                         Some(tls) => {
-                            let outcome = tls.decrypt(&buf[..n], &mut self.pending)?;
+                            let outcome = tls.decrypt_in_place(&mut buf[..n], &mut self.pending)?;
                             if outcome.eof {
                                 return Err(IdleError::Closed);
                             }

@@ -13,9 +13,6 @@ use tokio::net::TcpStream;
 use super::{TlsError, TlsSession};
 use crate::rt::write_all;
 
-/// Most handshake bytes held back between reads (bytes the session did not take yet); a TLS 1.3
-/// flight is a few KiB, and rustls normally takes everything offered.
-const HANDSHAKE_READ_BYTES: usize = 16 * 1024 + 512;
 /// One [`Channel::read_into`] reads at most this much.
 const CHANNEL_READ_BYTES: usize = 4096;
 
@@ -62,19 +59,17 @@ pub async fn connect(
 
 /// Runs the handshake to completion, then decrypts whatever was read behind it.
 ///
-/// Bytes are read into this thread's scratch buffer and offered to the session straight from it
-/// (rustls copies them into its own record buffer); only what the session did not take is kept,
-/// in `held` (normally nothing). So a handshake holds no read buffer of its own: thousands of
-/// connections dialled at once cost no transient 16 KiB each, which the allocator would keep.
+/// Bytes are read into this thread's scratch buffer and offered to the session straight from it;
+/// the session keeps only a record cut short, in a buffer that size. So a handshake holds no read
+/// buffer of its own: thousands of connections dialled at once cost no transient 16 KiB each,
+/// which the allocator would keep.
 async fn drive(stream: &TcpStream, mut session: TlsSession) -> Result<Established, TlsError> {
-    let mut held: Vec<u8> = Vec::new();
     let mut out = Vec::new();
     let mut plaintext = Vec::new();
-    let step_on = |session: &mut TlsSession,
-                   input: &[u8],
-                   held: &mut Vec<u8>,
-                   out: &mut Vec<u8>,
-                   plaintext: &mut Vec<u8>|
+    let step = |session: &mut TlsSession,
+                input: &[u8],
+                out: &mut Vec<u8>,
+                plaintext: &mut Vec<u8>|
      -> Result<bool, TlsError> {
         let progress = session.handshake_step(input, out)?;
         let rest = &input[progress.consumed..];
@@ -84,21 +79,15 @@ async fn drive(stream: &TcpStream, mut session: TlsSession) -> Result<Establishe
             if outcome.wants_write {
                 session.take_output(out);
             }
-            held.clear();
-            return Ok(true);
-        }
-        if rest.len() >= HANDSHAKE_READ_BYTES {
+        } else if !rest.is_empty() {
             return Err(TlsError::Protocol(
-                "TLS handshake record larger than the read buffer".into(),
+                "the TLS handshake left input it did not take".into(),
             ));
         }
-        let rest = rest.to_vec();
-        *held = rest;
-        Ok(false)
+        Ok(progress.done)
     };
     let mut done = {
-        let input = std::mem::take(&mut held);
-        let r = step_on(&mut session, &input, &mut held, &mut out, &mut plaintext);
+        let r = step(&mut session, &[], &mut out, &mut plaintext);
         flush(stream, &mut out, r.is_ok()).await?;
         r?
     };
@@ -108,22 +97,7 @@ async fn drive(stream: &TcpStream, mut session: TlsSession) -> Result<Establishe
             let mut chunk = scratch.borrow_mut();
             match stream.try_read(&mut chunk[..]) {
                 Ok(0) => Some(Err(session.peer_closed().err().unwrap_or(TlsError::Closed))),
-                Ok(n) => {
-                    let result = if held.is_empty() {
-                        step_on(
-                            &mut session,
-                            &chunk[..n],
-                            &mut held,
-                            &mut out,
-                            &mut plaintext,
-                        )
-                    } else {
-                        let mut input = std::mem::take(&mut held);
-                        input.extend_from_slice(&chunk[..n]);
-                        step_on(&mut session, &input, &mut held, &mut out, &mut plaintext)
-                    };
-                    Some(result)
-                }
+                Ok(n) => Some(step(&mut session, &chunk[..n], &mut out, &mut plaintext)),
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted =>
@@ -226,7 +200,7 @@ impl Channel {
                                 Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
                             });
                         }
-                        self.take_read(&chunk[..n], out)
+                        self.take_read(&mut chunk[..n], out)
                     }
                     Err(e)
                         if e.kind() == io::ErrorKind::WouldBlock
@@ -243,9 +217,9 @@ impl Channel {
         }
     }
 
-    /// Takes freshly read bytes (`read`, empty at EOF) into `out`; `None` when they held no
-    /// plaintext yet (a partial TLS record).
-    fn take_read(&mut self, read: &[u8], out: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    /// Takes freshly read bytes (`read`, empty at EOF; decrypted in place) into `out`; `None`
+    /// when they held no plaintext yet (a partial TLS record, which the session keeps).
+    fn take_read(&mut self, read: &mut [u8], out: &mut Vec<u8>) -> io::Result<Option<usize>> {
         let Some(tls) = self.tls.as_mut() else {
             if read.is_empty() {
                 self.eof = true;
@@ -259,7 +233,7 @@ impl Channel {
             return Ok(Some(0));
         }
         let before = out.len();
-        let outcome = tls.decrypt(read, out).map_err(io_error)?;
+        let outcome = tls.decrypt_in_place(read, out).map_err(io_error)?;
         if outcome.wants_write {
             tls.take_output(&mut self.owed);
         }

@@ -1,8 +1,10 @@
 //! TLS for tunnel connections: rustls driven over caller-owned buffers.
 //!
-//! [`TlsSession`] is a sans-I/O driver: it never touches a socket. The caller reads ciphertext
-//! into its own buffer and hands the slice in; the session appends what must be sent (handshake
-//! records, encrypted data, alerts) and what was decrypted to `Vec`s the caller owns and reuses.
+//! [`TlsSession`] is a sans-I/O driver on rustls's unbuffered API (`records` runs its state
+//! machine): it never touches a socket and holds no record buffer. The caller reads ciphertext
+//! into its own buffer and hands the slice in (decrypted in place); the session appends what
+//! must be sent (handshake records, encrypted data, alerts) and what was decrypted to `Vec`s the
+//! caller owns and reuses, and keeps only a record a read cut short.
 //! That is all an io_uring pump (owned buffers, no `AsyncRead`/`AsyncWrite`) and an epoll pump
 //! have in common, so both backends run this same code. [`accept`] and [`connect`] are the
 //! handshake over a tokio `TcpStream` for the epoll side (control path, agent dial).
@@ -18,6 +20,7 @@
 mod config;
 mod error;
 mod io;
+mod records;
 mod rotate;
 mod session;
 
@@ -30,5 +33,7 @@ pub use session::{DecryptOutcome, HandshakeProgress, Side, TlsSession};
 pub use rustls::pki_types::ServerName;
 pub use rustls::{ClientConfig, ServerConfig};
 
+#[cfg(test)]
+mod split_tests;
 #[cfg(test)]
 mod tests;

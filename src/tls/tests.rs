@@ -32,9 +32,9 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-struct Ca {
+pub(super) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
-    file: String,
+    pub(super) file: String,
 }
 
 fn ca(dir: &std::path::Path, name: &str) -> Ca {
@@ -81,14 +81,14 @@ fn leaf(
 
 /// A working PKI: one CA, a server certificate for `tunnel.test` and 127.0.0.1, an agent
 /// certificate.
-struct Pki {
+pub(super) struct Pki {
     dir: PathBuf,
-    ca: Ca,
+    pub(super) ca: Ca,
     server: (String, String),
-    agent: (String, String),
+    pub(super) agent: (String, String),
 }
 
-fn pki() -> Pki {
+pub(super) fn pki() -> Pki {
     let dir = temp_dir();
     let ca = ca(&dir, "ca");
     let server = leaf(
@@ -116,7 +116,7 @@ fn pki() -> Pki {
 }
 
 impl Pki {
-    fn server_tls(&self, mutual: bool) -> ServerTlsConfig {
+    pub(super) fn server_tls(&self, mutual: bool) -> ServerTlsConfig {
         ServerTlsConfig {
             cert_chain_file: self.server.0.clone(),
             private_key_file: self.server.1.clone(),
@@ -125,7 +125,7 @@ impl Pki {
         }
     }
 
-    fn agent_tls(&self, client_cert: bool) -> AgentTlsConfig {
+    pub(super) fn agent_tls(&self, client_cert: bool) -> AgentTlsConfig {
         AgentTlsConfig {
             ca_file: Some(self.ca.file.clone()),
             server_name: None,
@@ -143,16 +143,16 @@ impl Drop for Pki {
 }
 
 /// One end of an in-memory connection.
-struct End {
-    tls: TlsSession,
+pub(super) struct End {
+    pub(super) tls: TlsSession,
     inbox: Vec<u8>,
-    plaintext: Vec<u8>,
-    eof: bool,
-    err: Option<TlsError>,
+    pub(super) plaintext: Vec<u8>,
+    pub(super) eof: bool,
+    pub(super) err: Option<TlsError>,
 }
 
 impl End {
-    fn new(tls: TlsSession) -> Self {
+    pub(super) fn new(tls: TlsSession) -> Self {
         Self {
             tls,
             inbox: Vec::new(),
@@ -187,12 +187,12 @@ impl End {
     }
 }
 
-fn client(cfg: &AgentTlsConfig, address: &str) -> End {
+pub(super) fn client(cfg: &AgentTlsConfig, address: &str) -> End {
     let config = client_config(cfg).unwrap();
     End::new(TlsSession::client(config, server_name(cfg, address).unwrap()).unwrap())
 }
 
-fn server(cfg: &ServerTlsConfig) -> End {
+pub(super) fn server(cfg: &ServerTlsConfig) -> End {
     End::new(TlsSession::server(server_config(cfg).unwrap()).unwrap())
 }
 
@@ -212,7 +212,7 @@ fn run(c: &mut End, s: &mut End) {
     }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
@@ -232,7 +232,7 @@ fn transfer(from: &mut End, to: &mut End, data: &[u8]) {
     }
 }
 
-fn errors(c: &End, s: &End) -> (String, String) {
+pub(super) fn errors(c: &End, s: &End) -> (String, String) {
     let show = |e: &Option<TlsError>| e.as_ref().map(ToString::to_string).unwrap_or_default();
     (show(&c.err), show(&s.err))
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod logs;
+pub mod process;
 
 use ringtun::agent::AgentHandle;
 use ringtun::config::{AgentConfig, IoBackend, ServerConfig};

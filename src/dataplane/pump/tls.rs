@@ -174,7 +174,7 @@ async fn tls_pump<D: OwnedIo, P: OwnedIo>(
         }
         let mut quiet = true;
         loop {
-            let (read, cipher) = read_next(data, buffers, quiet).await;
+            let (read, mut cipher) = read_next(data, buffers, quiet).await;
             let n = match read {
                 Ok(n) => n,
                 Err(e) => {
@@ -194,7 +194,9 @@ async fn tls_pump<D: OwnedIo, P: OwnedIo>(
             quiet = policy.after_read(n, cipher.capacity()) == Next::Wait;
             // Plaintext is never longer than the records it came in.
             let mut clear = buffers.take(n > super::policy::SMALL_BUFFER_BYTES);
-            let outcome = session.borrow_mut().decrypt(&cipher[..n], &mut clear);
+            let outcome = session
+                .borrow_mut()
+                .decrypt_in_place(&mut cipher[..n], &mut clear);
             buffers.give(cipher);
             let outcome = match outcome {
                 Ok(o) => o,
