@@ -49,12 +49,14 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<i64>(),
             proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>())
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>())
         )
-            .prop_map(|(s, c, h)| Frame::InitResponse(ConnectionInitResponse {
+            .prop_map(|(s, c, h, v)| Frame::InitResponse(ConnectionInitResponse {
                 status: Status(s),
                 connection_id: c,
                 heartbeat_interval_ms: h,
+                extension_version: v,
             })),
         (
             proptest::collection::vec(text(), 0..4),

@@ -200,6 +200,7 @@ impl ServerAdmin {
                             "active_connections": active,
                             "idle_per_worker": h.idle_per_worker,
                             "active_per_worker": h.active_per_worker,
+                            "sessions_per_data_connection": h.sessions_per_data_connection,
                         })
                     })
                     .collect();

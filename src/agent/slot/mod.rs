@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 mod aside;
 mod data;
+mod framed;
 mod mosn;
 
 use super::backoff::Backoff;

@@ -7,6 +7,7 @@
 //! operation is left in flight. Pumps know sockets and buffers, never frames or sessions' hosts.
 
 pub mod epoll;
+pub mod framed;
 pub mod policy;
 mod splice;
 pub mod tls;
@@ -15,6 +16,7 @@ pub mod uring;
 use std::io;
 
 pub use epoll::BufferPool;
+pub use framed::{abort_framed, pump_framed, DataLink, FramedEnd};
 pub use tls::pump_tls;
 
 use crate::rt::Conn;

@@ -12,6 +12,7 @@
 //! operation in flight (end it by shutting its socket down); never block on a peer.
 
 mod accept;
+mod framed;
 mod lease;
 mod pool;
 mod proxy;
@@ -167,6 +168,7 @@ impl Worker {
             handed.host_id,
             handed.stream,
             handed.legacy,
+            handed.peer_extension_version,
             pending,
             handed.outstanding_pings,
             handed.tls,

@@ -1,0 +1,507 @@
+//! The framed-session pump (extension version 2), on either backend, plaintext or TLS: raw
+//! bytes on the local socket (the frontend on the server, the backend on the agent), session
+//! records (`protocol::session_frame`) on the data connection, which outlives the session.
+//!
+//! Written once for both sides and both backends: the local socket goes through `rt::OwnedIo`
+//! (ring reads on io_uring), the data connection through a [`DataLink`] (readiness I/O on the
+//! worker's reactor, with its TLS session when TLS is on), so it can be handed back to an idle
+//! pool as a std socket with no ring operation to drop. The record state machine lives in the
+//! codec; this pump maps it to sockets:
+//! - local EOF → END; a local read error → ABORT (the peer resets its side);
+//! - END → write shutdown of the local socket (half-close), the other direction runs on;
+//! - ABORT → the local socket is shut down both ways; this side then sends END;
+//! - a local write error before this side's terminal → ABORT, later DATA dropped; after it →
+//!   the data connection is closed (nothing left to tell the peer);
+//! - a data connection error or broken framing → both sockets shut down, never reused.
+//!
+//! A 64-byte message costs one read and one write per hop (header and payload in one write;
+//! records parsed out of one read). Session bytes here are copied, never spliced. It must not
+//! know hosts, pools or frames other than session records.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::Shutdown;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::policy::{DirectionPolicy, Next};
+use super::uring::Buffers;
+use super::{Moved, Pools};
+use crate::protocol::session_frame::{
+    encode_abort, encode_data_header, encode_end, Abort, AbortReason, RecordDecoder, Step,
+    DATA_HEADER_LEN,
+};
+use crate::rt::{shutdown_write, write_all, Conn, OwnedIo};
+use crate::tls::TlsSession;
+
+/// The data connection of a framed session: a tokio socket (on either backend) and its TLS
+/// session, one writer at a time.
+pub struct DataLink {
+    conn: Conn,
+    tls: RefCell<Option<Box<TlsSession>>>,
+    /// TLS records owed to the peer (a key update answer), sent before the next write.
+    owed: RefCell<Vec<u8>>,
+    turn: super::tls::Turn,
+}
+
+impl DataLink {
+    /// The data connection `stream`, encrypted by `tls` when it is `Some`.
+    pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
+        Self {
+            conn: Conn::Epoll(stream),
+            tls: RefCell::new(tls),
+            owed: RefCell::default(),
+            turn: super::tls::Turn::default(),
+        }
+    }
+
+    /// The socket, for idle timeouts and shutdowns.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// The socket and the TLS session, to park the connection again.
+    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>) {
+        let Conn::Epoll(stream) = self.conn else {
+            unreachable!("a data link is always a tokio socket")
+        };
+        (stream, self.tls.into_inner())
+    }
+
+    fn stream(&self) -> &TcpStream {
+        match &self.conn {
+            Conn::Epoll(s) => s,
+            Conn::Uring(_) => unreachable!("a data link is always a tokio socket"),
+        }
+    }
+
+    /// Waits for bytes (holding no buffer) and appends their plaintext to `out`; 0 when the
+    /// peer closed.
+    pub async fn read_into(&self, out: &mut Vec<u8>, buffers: &Buffers) -> io::Result<usize> {
+        loop {
+            let stream = self.stream();
+            stream.readable().await?;
+            let mut scratch = buffers.take(true);
+            let read = self.read_ready(&mut scratch, out);
+            buffers.give(scratch);
+            match read? {
+                ReadReady::Got(n) => return Ok(n),
+                ReadReady::Nothing => {}
+                ReadReady::Owes(got) => {
+                    // TLS's own answer goes out at once.
+                    self.write(&[]).await?;
+                    if got > 0 {
+                        return Ok(got);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One non-blocking read into `scratch`, its plaintext appended to `out`.
+    fn read_ready(&self, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<ReadReady> {
+        let stream = self.stream();
+        {
+            let capacity = scratch.capacity();
+            let n = match stream.try_read_buf(scratch) {
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    return Ok(ReadReady::Nothing)
+                }
+                Err(e) => return Err(e),
+            };
+            if n > 0 && n < capacity {
+                // A short read emptied the socket: clear its readiness (current-thread runtime,
+                // as the other pumps do) so the next wait sleeps without an EAGAIN read.
+                let _ = stream.try_io(Interest::READABLE, || {
+                    Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            {
+                let mut tls = self.tls.borrow_mut();
+                let Some(tls) = tls.as_mut() else {
+                    out.extend_from_slice(&scratch[..n]);
+                    return Ok(ReadReady::Got(n));
+                };
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "data connection closed mid-session",
+                    ));
+                }
+                let before = out.len();
+                let outcome = tls
+                    .decrypt(&scratch[..n], out)
+                    .map_err(crate::tls::io_error)?;
+                if outcome.eof {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS close_notify mid-session",
+                    ));
+                }
+                if outcome.wants_write {
+                    tls.take_output(&mut self.owed.borrow_mut());
+                }
+                let got = out.len() - before;
+                Ok(if outcome.wants_write {
+                    ReadReady::Owes(got)
+                } else if got > 0 {
+                    ReadReady::Got(got)
+                } else {
+                    ReadReady::Nothing
+                })
+            }
+        }
+    }
+
+    /// Writes `bytes` (encrypted when TLS is on) in one write where the socket allows, in the
+    /// connection's write turn.
+    pub async fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        let _turn = self.turn.take().await;
+        let records = {
+            let mut tls = self.tls.borrow_mut();
+            match tls.as_mut() {
+                None => None,
+                Some(tls) => {
+                    let mut out = std::mem::take(&mut *self.owed.borrow_mut());
+                    out.reserve(bytes.len() + (bytes.len() / 16_384 + 1) * 64);
+                    tls.encrypt(bytes, &mut out).map_err(crate::tls::io_error)?;
+                    Some(out)
+                }
+            }
+        };
+        match records {
+            None => write_all(self.stream(), bytes).await,
+            Some(out) if out.is_empty() => Ok(()),
+            Some(out) => write_all(self.stream(), &out).await,
+        }
+    }
+
+    /// Shuts the connection down both ways (it will not be reused).
+    pub fn shutdown(&self) {
+        self.conn.shutdown();
+    }
+}
+
+/// What one non-blocking read gave.
+enum ReadReady {
+    /// This many plaintext bytes (0: the peer closed a plaintext connection).
+    Got(usize),
+    /// Nothing yet (no bytes, or a partial TLS record).
+    Nothing,
+    /// This many plaintext bytes, and TLS records owed to the peer.
+    Owes(usize),
+}
+
+/// How a framed session ended.
+#[derive(Debug, Default)]
+pub struct FramedEnd {
+    /// (local → data, data → local) payload bytes.
+    pub moved: Moved,
+    /// Both terminals crossed and the data connection is healthy: it may carry the next session.
+    pub clean: bool,
+    /// The ABORT this side sent, if any.
+    pub sent_abort: Option<AbortReason>,
+    /// The ABORT the peer sent, if any.
+    pub received_abort: Option<Abort>,
+    /// Bytes the peer sent after its terminal (the next frames; on the server, none).
+    pub leftover: Vec<u8>,
+}
+
+/// Pumps one framed session between the local socket `local` and the data connection `data`.
+/// `inbound` holds record bytes already read from `data`; `to_data` is local payload already
+/// read (framed before anything else); `to_local` raw bytes to write to `local` first.
+/// `local_failure` is the reason sent when the local socket fails. On an `Err` both sockets are
+/// shut down and the data connection must be closed.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump_framed(
+    data: &DataLink,
+    local: &Conn,
+    inbound: Vec<u8>,
+    to_data: Vec<u8>,
+    to_local: Vec<u8>,
+    local_failure: AbortReason,
+    pools: &Pools,
+) -> io::Result<FramedEnd> {
+    let buffers = &pools.uring;
+    let ended = match local {
+        Conn::Epoll(l) => framed(data, l, inbound, to_data, to_local, local_failure, buffers).await,
+        Conn::Uring(l) => framed(data, l, inbound, to_data, to_local, local_failure, buffers).await,
+    };
+    if ended.is_err() {
+        data.shutdown();
+        local.shutdown();
+    }
+    ended
+}
+
+/// What the two directions share (single-threaded cells; no borrow is held across an await).
+#[derive(Default)]
+struct Shared {
+    /// A local write failed before this side's terminal: send ABORT with this reason.
+    local_failed: Cell<Option<AbortReason>>,
+    /// This side sent its terminal record.
+    sent_terminal: Cell<bool>,
+    /// The peer aborted: drop what the local socket still gives.
+    peer_aborted: Cell<bool>,
+}
+
+fn broken(e: crate::protocol::session_frame::RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+async fn framed<L: OwnedIo>(
+    data: &DataLink,
+    local: &L,
+    inbound: Vec<u8>,
+    to_data: Vec<u8>,
+    to_local: Vec<u8>,
+    local_failure: AbortReason,
+    buffers: &Buffers,
+) -> io::Result<FramedEnd> {
+    let shared = Shared::default();
+    let fail = |e: io::Error| {
+        data.shutdown();
+        let _ = local.shutdown_how(Shutdown::Both);
+        e
+    };
+    let receive = async {
+        let mut total = 0u64;
+        if !to_local.is_empty() {
+            total += to_local.len() as u64;
+            let (w, b) = local.write_owned(to_local).await;
+            buffers.give(b);
+            if let Err(e) = w {
+                local_write_failed(&shared, local, local_failure, e).map_err(fail)?;
+            }
+        }
+        let mut decoder = RecordDecoder::default();
+        let mut buf = inbound;
+        let result = loop {
+            let mut pos = 0;
+            let mut terminal = None;
+            while terminal.is_none() {
+                let step = match decoder.decode(&buf[pos..]) {
+                    Ok(step) => step,
+                    Err(e) => return Err(fail(broken(e))),
+                };
+                match step {
+                    Step::NeedMore => break,
+                    Step::Payload(p, used) => {
+                        let n = p.len();
+                        if n > 0 && shared.local_failed.get().is_none() {
+                            let mut out = buffers.take(n > super::policy::SMALL_BUFFER_BYTES);
+                            out.extend_from_slice(p);
+                            let (w, b) = local.write_owned(out).await;
+                            buffers.give(b);
+                            match w {
+                                Ok(()) => total += n as u64,
+                                Err(e) => {
+                                    local_write_failed(&shared, local, local_failure, e)
+                                        .map_err(fail)?;
+                                }
+                            }
+                        }
+                        pos += used;
+                    }
+                    Step::End(used) => {
+                        pos += used;
+                        if shared.local_failed.get().is_none() {
+                            let _ = shutdown_write(local);
+                        }
+                        terminal = Some(None);
+                    }
+                    Step::Abort(a, used) => {
+                        pos += used;
+                        shared.peer_aborted.set(true);
+                        let _ = local.shutdown_how(Shutdown::Both);
+                        terminal = Some(Some(a));
+                    }
+                }
+            }
+            buf.drain(..pos);
+            if let Some(abort) = terminal {
+                break Ok((total, abort, buf));
+            }
+            match data.read_into(&mut buf, buffers).await {
+                Ok(0) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "data connection closed mid-session",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        result.map_err(fail)
+    };
+    let send = async {
+        let mut total = 0u64;
+        if !to_data.is_empty() {
+            total += to_data.len() as u64;
+            let mut out = Vec::with_capacity(DATA_HEADER_LEN + to_data.len());
+            crate::protocol::session_frame::encode_data(&to_data, &mut out);
+            data.write(&out).await.map_err(fail)?;
+        }
+        let policy = DirectionPolicy::new(buffers.large_bytes(), false);
+        let mut quiet = true;
+        let mut out = Vec::new();
+        loop {
+            let (read, buf) = super::tls::read_next(local, buffers, quiet).await;
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    buffers.give(buf);
+                    let _ = local.shutdown_how(Shutdown::Both);
+                    let reason = if shared.peer_aborted.get() {
+                        None
+                    } else {
+                        let reason = shared.local_failed.get().unwrap_or(local_failure);
+                        shared.local_failed.set(Some(reason));
+                        Some((reason, e.to_string()))
+                    };
+                    return send_terminal(data, &shared, reason, total)
+                        .await
+                        .map_err(fail);
+                }
+            };
+            if n == 0 {
+                buffers.give(buf);
+                let reason = shared
+                    .local_failed
+                    .get()
+                    .filter(|_| !shared.peer_aborted.get())
+                    .map(|r| (r, "local socket failed".to_string()));
+                return send_terminal(data, &shared, reason, total)
+                    .await
+                    .map_err(fail);
+            }
+            quiet = policy.after_read(n, buf.capacity()) == Next::Wait;
+            if shared.peer_aborted.get() || shared.local_failed.get().is_some() {
+                // The session is over; its socket is shut down and reads run out.
+                buffers.give(buf);
+                continue;
+            }
+            // Header and payload in one write.
+            out.clear();
+            out.reserve(DATA_HEADER_LEN + n);
+            encode_data_header(n as u32, &mut out);
+            out.extend_from_slice(&buf[..n]);
+            buffers.give(buf);
+            data.write(&out).await.map_err(fail)?;
+            total += n as u64;
+            if out.capacity() > super::policy::SMALL_BUFFER_BYTES * 2 {
+                out = Vec::new();
+            }
+        }
+    };
+    let (received, sent) = tokio::join!(receive, send);
+    let (from_data, abort, leftover) = received?;
+    let (to_data_total, sent_abort) = sent?;
+    Ok(FramedEnd {
+        moved: Moved {
+            a_to_b: to_data_total,
+            b_to_a: from_data,
+        },
+        clean: true,
+        sent_abort,
+        received_abort: abort,
+        leftover,
+    })
+}
+
+/// A local write failed: before this side's terminal the send direction will ABORT (the local
+/// socket is shut down so its read ends); after it, the data connection cannot say so: an error.
+fn local_write_failed<L: OwnedIo>(
+    shared: &Shared,
+    local: &L,
+    reason: AbortReason,
+    e: io::Error,
+) -> io::Result<()> {
+    let _ = local.shutdown_how(Shutdown::Both);
+    if shared.sent_terminal.get() {
+        return Err(e);
+    }
+    if shared.local_failed.get().is_none() {
+        shared.local_failed.set(Some(reason));
+    }
+    Ok(())
+}
+
+/// Sends this side's END, or ABORT with `reason`; returns the payload total and the abort sent.
+async fn send_terminal(
+    data: &DataLink,
+    shared: &Shared,
+    reason: Option<(AbortReason, String)>,
+    total: u64,
+) -> io::Result<(u64, Option<AbortReason>)> {
+    let mut out = Vec::with_capacity(64);
+    let sent = match &reason {
+        Some((r, text)) => {
+            encode_abort(*r, text, &mut out);
+            Some(*r)
+        }
+        None => {
+            encode_end(&mut out);
+            None
+        }
+    };
+    shared.sent_terminal.set(true);
+    data.write(&out).await?;
+    Ok((total, sent))
+}
+
+/// Ends a framed session that has no local socket (the agent could not connect its backend):
+/// sends ABORT with `reason`, drops the peer's DATA until its terminal, and returns the bytes
+/// after it. On an `Err` the data connection is shut down and must be closed.
+pub async fn abort_framed(
+    data: &DataLink,
+    inbound: Vec<u8>,
+    reason: AbortReason,
+    text: &str,
+    pools: &Pools,
+) -> io::Result<Vec<u8>> {
+    let ended = abort_and_drain(data, inbound, reason, text, &pools.uring).await;
+    if ended.is_err() {
+        data.shutdown();
+    }
+    ended
+}
+
+async fn abort_and_drain(
+    data: &DataLink,
+    mut buf: Vec<u8>,
+    reason: AbortReason,
+    text: &str,
+    buffers: &Buffers,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    encode_abort(reason, text, &mut out);
+    data.write(&out).await?;
+    let mut decoder = RecordDecoder::default();
+    loop {
+        let mut pos = 0;
+        loop {
+            match decoder.decode(&buf[pos..]).map_err(broken)? {
+                Step::NeedMore => break,
+                Step::Payload(_, used) => pos += used,
+                Step::End(used) | Step::Abort(_, used) => {
+                    buf.drain(..pos + used);
+                    return Ok(buf);
+                }
+            }
+        }
+        buf.drain(..pos);
+        if data.read_into(&mut buf, buffers).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "data connection closed mid-session",
+            ));
+        }
+    }
+}
