@@ -82,6 +82,7 @@ pub(super) async fn serve_data(
                         stream,
                         start,
                         rest,
+                        silence.unwrap_or(Duration::from_secs(60)),
                         stop,
                     ))
                     .instrument(span)

@@ -30,6 +30,7 @@ pub(super) async fn run_framed_session(
     data: Channel,
     start: SessionStart,
     rest: Vec<u8>,
+    terminal_wait: Duration,
     stop: &mut watch::Receiver<bool>,
 ) -> Framed {
     let stats = &local.stats;
@@ -87,6 +88,7 @@ pub(super) async fn run_framed_session(
             Vec::new(),
             prefix,
             AbortReason::BackendError,
+            terminal_wait,
             &local.pool,
         ));
         let pump = with_idle_timeout(link.conn(), &backend, idle, pump.as_mut());

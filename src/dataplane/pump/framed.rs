@@ -21,9 +21,11 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::policy::{DirectionPolicy, Next};
 use super::uring::Buffers;
@@ -215,8 +217,10 @@ pub struct FramedEnd {
 /// Pumps one framed session between the local socket `local` and the data connection `data`.
 /// `inbound` holds record bytes already read from `data`; `to_data` is local payload already
 /// read (framed before anything else); `to_local` raw bytes to write to `local` first.
-/// `local_failure` is the reason sent when the local socket fails. On an `Err` both sockets are
-/// shut down and the data connection must be closed.
+/// `local_failure` is the reason sent when the local socket fails. Once this side sent its
+/// terminal, the peer's must come within `terminal_wait` (a peer gone silent mid-record holds
+/// nothing for longer). On an `Err` both sockets are shut down and the data connection must be
+/// closed.
 #[allow(clippy::too_many_arguments)]
 pub async fn pump_framed(
     data: &DataLink,
@@ -225,12 +229,17 @@ pub async fn pump_framed(
     to_data: Vec<u8>,
     to_local: Vec<u8>,
     local_failure: AbortReason,
+    terminal_wait: Duration,
     pools: &Pools,
 ) -> io::Result<FramedEnd> {
     let buffers = &pools.uring;
+    let ends = Ends {
+        local_failure,
+        terminal_wait,
+    };
     let ended = match local {
-        Conn::Epoll(l) => framed(data, l, inbound, to_data, to_local, local_failure, buffers).await,
-        Conn::Uring(l) => framed(data, l, inbound, to_data, to_local, local_failure, buffers).await,
+        Conn::Epoll(l) => framed(data, l, inbound, to_data, to_local, ends, buffers).await,
+        Conn::Uring(l) => framed(data, l, inbound, to_data, to_local, ends, buffers).await,
     };
     if ended.is_err() {
         data.shutdown();
@@ -239,9 +248,19 @@ pub async fn pump_framed(
     ended
 }
 
+/// How a session's ends are handled.
+struct Ends {
+    /// The reason sent when the local socket fails.
+    local_failure: AbortReason,
+    /// How long the peer's terminal may take once this side sent its own.
+    terminal_wait: Duration,
+}
+
 /// What the two directions share (single-threaded cells; no borrow is held across an await).
 #[derive(Default)]
 struct Shared {
+    /// Woken when this side sent its terminal (the peer's wait is bounded from then on).
+    terminal_sent: Notify,
     /// A local write failed before this side's terminal: send ABORT with this reason.
     local_failed: Cell<Option<AbortReason>>,
     /// This side sent its terminal record.
@@ -260,9 +279,13 @@ async fn framed<L: OwnedIo>(
     inbound: Vec<u8>,
     to_data: Vec<u8>,
     to_local: Vec<u8>,
-    local_failure: AbortReason,
+    ends: Ends,
     buffers: &Buffers,
 ) -> io::Result<FramedEnd> {
+    let Ends {
+        local_failure,
+        terminal_wait,
+    } = ends;
     let shared = Shared::default();
     let fail = |e: io::Error| {
         data.shutdown();
@@ -327,7 +350,27 @@ async fn framed<L: OwnedIo>(
             if let Some(abort) = terminal {
                 break Ok((total, abort, buf));
             }
-            match data.read_into(&mut buf, buffers).await {
+            // Readiness reads: dropping one (the wait ended, or the terminal was sent) loses no
+            // byte.
+            let read = if shared.sent_terminal.get() {
+                tokio::time::timeout(terminal_wait, data.read_into(&mut buf, buffers))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "peer sent no end of session within {} ms",
+                                terminal_wait.as_millis()
+                            ),
+                        ))
+                    })
+            } else {
+                tokio::select! {
+                    r = data.read_into(&mut buf, buffers) => r,
+                    () = shared.terminal_sent.notified() => continue,
+                }
+            };
+            match read {
                 Ok(0) => {
                     break Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -452,6 +495,7 @@ async fn send_terminal(
         }
     };
     shared.sent_terminal.set(true);
+    shared.terminal_sent.notify_one();
     data.write(&out).await?;
     Ok((total, sent))
 }

@@ -62,6 +62,7 @@ impl Worker {
                 client.take_early(),
                 Vec::new(),
                 AbortReason::FrontendReset,
+                self.heartbeat_interval * self.heartbeat_max_missed.max(1),
                 &self.buffers,
             ));
             let (ended, timed_out) = with_idle_timeout(frontend, link.conn(), idle, pump).await;
