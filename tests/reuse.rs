@@ -72,84 +72,91 @@ fn sequential_sessions(backend: ringtun::config::IoBackend, tls: bool, sessions:
     );
 }
 
-both_backends!(ten_thousand_sessions_through_one_plaintext_connection, |b| {
-    sequential_sessions(b, false, 10_000)
-});
+both_backends!(
+    ten_thousand_sessions_through_one_plaintext_connection,
+    |b| { sequential_sessions(b, false, 10_000) }
+);
 
 both_backends!(ten_thousand_sessions_through_one_tls_connection, |b| {
     sequential_sessions(b, true, 10_000)
 });
 
-both_backends!(a_refused_backend_aborts_then_the_same_connection_serves, |b| {
-    // The backend's port is closed for the first session, then listened on.
-    let backend_addr = closed_port();
-    let server = server(b).cluster("c").run();
-    let _agent = agent(b, server.tunnel_addr(), backend_addr)
-        .connection_num(1)
-        .run();
-    wait_registered(&server, "c", 1, 1);
-    let before = handshakes(&server);
-    let frontend = server.frontend_addr("c").unwrap();
-    let mut c = TcpStream::connect(frontend).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = c.write_all(b"hello");
-    let mut buf = [0u8; 16];
-    // Closed (or reset) with no byte.
-    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
-    assert!(wait_until(Duration::from_secs(10), || {
-        server
-            .counters()
-            .session_aborts_received_backend_connect_total
-            == 1
-    }));
-    let listener = TcpListener::bind(backend_addr).unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    wait_registered(&server, "c", 1, 1);
-    assert_eq!(echo_roundtrip(frontend, b"second"), b"second");
-    assert_eq!(handshakes(&server), before, "the connection was replaced");
-});
-
-both_backends!(a_frontend_reset_mid_transfer_leaves_the_connection_clean, |b| {
-    let echo = echo_backend();
-    let server = server(b).cluster("c").run();
-    let _agent = agent(b, server.tunnel_addr(), echo.addr)
-        .connection_num(1)
-        .run();
-    wait_registered(&server, "c", 1, 1);
-    let before = handshakes(&server);
-    let frontend = server.frontend_addr("c").unwrap();
-    {
+both_backends!(
+    a_refused_backend_aborts_then_the_same_connection_serves,
+    |b| {
+        // The backend's port is closed for the first session, then listened on.
+        let backend_addr = closed_port();
+        let server = server(b).cluster("c").run();
+        let _agent = agent(b, server.tunnel_addr(), backend_addr)
+            .connection_num(1)
+            .run();
+        wait_registered(&server, "c", 1, 1);
+        let before = handshakes(&server);
+        let frontend = server.frontend_addr("c").unwrap();
         let mut c = TcpStream::connect(frontend).unwrap();
-        c.write_all(&pattern(300_000, 3)).unwrap();
-        let mut some = [0u8; 1000];
-        c.read_exact(&mut some).unwrap();
-        // Linger 0: the close is a reset.
-        socket2::SockRef::from(&c)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(b"hello");
+        let mut buf = [0u8; 16];
+        // Closed (or reset) with no byte.
+        assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+        assert!(wait_until(Duration::from_secs(10), || {
+            server
+                .counters()
+                .session_aborts_received_backend_connect_total
+                == 1
+        }));
+        let listener = TcpListener::bind(backend_addr).unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        wait_registered(&server, "c", 1, 1);
+        assert_eq!(echo_roundtrip(frontend, b"second"), b"second");
+        assert_eq!(handshakes(&server), before, "the connection was replaced");
     }
-    assert!(wait_until(Duration::from_secs(10), || {
-        server.counters().session_aborts_sent_frontend_reset_total >= 1
-            && server.hosts("c")[0].idle_connections == 1
-    }));
-    // The next session sees only its own bytes.
-    let data = pattern(70_000, 9);
-    assert_eq!(echo_roundtrip(frontend, &data), data);
-    assert_eq!(handshakes(&server), before, "the connection was replaced");
-});
+);
+
+both_backends!(
+    a_frontend_reset_mid_transfer_leaves_the_connection_clean,
+    |b| {
+        let echo = echo_backend();
+        let server = server(b).cluster("c").run();
+        let _agent = agent(b, server.tunnel_addr(), echo.addr)
+            .connection_num(1)
+            .run();
+        wait_registered(&server, "c", 1, 1);
+        let before = handshakes(&server);
+        let frontend = server.frontend_addr("c").unwrap();
+        {
+            let mut c = TcpStream::connect(frontend).unwrap();
+            c.write_all(&pattern(300_000, 3)).unwrap();
+            let mut some = [0u8; 1000];
+            c.read_exact(&mut some).unwrap();
+            // Linger 0: the close is a reset.
+            socket2::SockRef::from(&c)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        assert!(wait_until(Duration::from_secs(10), || {
+            server.counters().session_aborts_sent_frontend_reset_total >= 1
+                && server.hosts("c")[0].idle_connections == 1
+        }));
+        // The next session sees only its own bytes.
+        let data = pattern(70_000, 9);
+        assert_eq!(echo_roundtrip(frontend, &data), data);
+        assert_eq!(handshakes(&server), before, "the connection was replaced");
+    }
+);
 
 /// Bulk size: 256 MiB in release, 64 MiB in debug (the debug pump copies slowly).
 const BULK_BYTES: usize = if cfg!(debug_assertions) {
@@ -158,64 +165,65 @@ const BULK_BYTES: usize = if cfg!(debug_assertions) {
     256 << 20
 };
 
-both_backends!(bulk_one_way_then_a_small_session_on_the_same_connection, |b| {
-    // A sink that counts and checks what arrives, then answers with the count.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sink = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                let mut at = 0usize;
-                let mut ok = true;
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            for (i, byte) in buf[..n].iter().enumerate() {
-                                ok &= *byte == ((at + i) % 251) as u8;
+both_backends!(
+    bulk_one_way_then_a_small_session_on_the_same_connection,
+    |b| {
+        // A sink that counts and checks what arrives, then answers with the count.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut at = 0usize;
+                    let mut ok = true;
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                for (i, byte) in buf[..n].iter().enumerate() {
+                                    ok &= *byte == ((at + i) % 251) as u8;
+                                }
+                                at += n;
                             }
-                            at += n;
                         }
                     }
-                }
-                let _ = s.write_all(format!("{at} {ok}").as_bytes());
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
+                    let _ = s.write_all(format!("{at} {ok}").as_bytes());
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        let server = server(b).cluster("c").run();
+        let _agent = agent(b, server.tunnel_addr(), sink).connection_num(1).run();
+        wait_registered(&server, "c", 1, 1);
+        let before = handshakes(&server);
+        let frontend = server.frontend_addr("c").unwrap();
+        let mut c = TcpStream::connect(frontend).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let chunk: Vec<u8> = (0..251 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut sent = 0;
+        while sent < BULK_BYTES {
+            let n = chunk.len().min(BULK_BYTES - sent);
+            c.write_all(&chunk[..n]).unwrap();
+            sent += n;
         }
-    });
-    let server = server(b).cluster("c").run();
-    let _agent = agent(b, server.tunnel_addr(), sink)
-        .connection_num(1)
-        .run();
-    wait_registered(&server, "c", 1, 1);
-    let before = handshakes(&server);
-    let frontend = server.frontend_addr("c").unwrap();
-    let mut c = TcpStream::connect(frontend).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let chunk: Vec<u8> = (0..251 * 1024).map(|i| (i % 251) as u8).collect();
-    let mut sent = 0;
-    while sent < BULK_BYTES {
-        let n = chunk.len().min(BULK_BYTES - sent);
-        c.write_all(&chunk[..n]).unwrap();
-        sent += n;
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, format!("{BULK_BYTES} true"));
+        wait_registered(&server, "c", 1, 1);
+        let small = &chunk[..64];
+        let mut c = TcpStream::connect(frontend).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(small).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "64 true");
+        assert_eq!(handshakes(&server), before, "the connection was replaced");
     }
-    c.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
-    assert_eq!(answer, format!("{BULK_BYTES} true"));
-    wait_registered(&server, "c", 1, 1);
-    let small = &chunk[..64];
-    let mut c = TcpStream::connect(frontend).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(small).unwrap();
-    c.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
-    assert_eq!(answer, "64 true");
-    assert_eq!(handshakes(&server), before, "the connection was replaced");
-});
+);
 
 // ---- scripted agents ----
 
@@ -247,10 +255,7 @@ impl RawAgent {
         }))
         .unwrap();
         s.write_all(&init).unwrap();
-        let mut agent = Self {
-            s,
-            buf: Vec::new(),
-        };
+        let mut agent = Self { s, buf: Vec::new() };
         let Frame::InitResponse(r) = agent.frame() else {
             panic!("no init response");
         };
@@ -316,47 +321,50 @@ impl RawAgent {
     }
 }
 
-both_backends!(older_and_mosn_agents_beside_a_framed_one_are_all_served, |b| {
-    let echo = echo_backend();
-    let server = server(b).cluster("c").lb("round_robin").workers(1).run();
-    let _agent = agent(b, server.tunnel_addr(), echo.addr)
-        .connection_num(1)
-        .run();
-    wait_registered(&server, "c", 1, 1);
-    let frontend = server.frontend_addr("c").unwrap();
-    // Both scripted agents echo one session raw, each its own way (no records).
-    let scripted = |version: Option<u32>, host: &'static str| {
-        let tunnel = server.tunnel_addr();
-        std::thread::spawn(move || {
-            let mut a = RawAgent::connect(tunnel, "c", host, version);
-            if version.is_some() {
-                a.session();
-            }
-            let got = a.take(5);
-            a.s.write_all(&got).unwrap();
-            a.s.shutdown(std::net::Shutdown::Write).unwrap();
-            got
-        })
-    };
-    let v1 = scripted(Some(1), "v1-agent");
-    let mosn = scripted(None, "mosn-agent");
-    assert!(wait_until(Duration::from_secs(10), || server
-        .hosts("c")
-        .iter()
-        .filter(|h| h.idle_connections >= 1)
-        .count()
-        == 3));
-    // Round robin over three hosts, one session after another: one each; then the scripted
-    // agents' connections are gone and the framed agent takes the rest.
-    for _ in 0..3 {
-        assert_eq!(echo_roundtrip(frontend, b"hello"), b"hello");
+both_backends!(
+    older_and_mosn_agents_beside_a_framed_one_are_all_served,
+    |b| {
+        let echo = echo_backend();
+        let server = server(b).cluster("c").lb("round_robin").workers(1).run();
+        let _agent = agent(b, server.tunnel_addr(), echo.addr)
+            .connection_num(1)
+            .run();
+        wait_registered(&server, "c", 1, 1);
+        let frontend = server.frontend_addr("c").unwrap();
+        // Both scripted agents echo one session raw, each its own way (no records).
+        let scripted = |version: Option<u32>, host: &'static str| {
+            let tunnel = server.tunnel_addr();
+            std::thread::spawn(move || {
+                let mut a = RawAgent::connect(tunnel, "c", host, version);
+                if version.is_some() {
+                    a.session();
+                }
+                let got = a.take(5);
+                a.s.write_all(&got).unwrap();
+                a.s.shutdown(std::net::Shutdown::Write).unwrap();
+                got
+            })
+        };
+        let v1 = scripted(Some(1), "v1-agent");
+        let mosn = scripted(None, "mosn-agent");
+        assert!(wait_until(Duration::from_secs(10), || server
+            .hosts("c")
+            .iter()
+            .filter(|h| h.idle_connections >= 1)
+            .count()
+            == 3));
+        // Round robin over three hosts, one session after another: one each; then the scripted
+        // agents' connections are gone and the framed agent takes the rest.
+        for _ in 0..3 {
+            assert_eq!(echo_roundtrip(frontend, b"hello"), b"hello");
+        }
+        assert_eq!(v1.join().unwrap(), b"hello");
+        assert_eq!(mosn.join().unwrap(), b"hello");
+        for _ in 0..3 {
+            assert_eq!(echo_roundtrip(frontend, b"again"), b"again");
+        }
     }
-    assert_eq!(v1.join().unwrap(), b"hello");
-    assert_eq!(mosn.join().unwrap(), b"hello");
-    for _ in 0..3 {
-        assert_eq!(echo_roundtrip(frontend, b"again"), b"again");
-    }
-});
+);
 
 /// A framed scripted agent alone in cluster `h` with two data connections; the leased one sends
 /// `hostile` after the frontend's first chunk: only that connection is closed.
@@ -395,7 +403,9 @@ fn hostile(b: ringtun::config::IoBackend, hostile: &'static [u8], then_half_clos
     assert!(wait_until(Duration::from_secs(10), || server
         .hosts("h")
         .first()
-        .is_some_and(|h| h.data_connections == 1 && h.idle_connections == 1)));
+        .is_some_and(
+            |h| h.data_connections == 1 && h.idle_connections == 1
+        )));
     drop(first);
 }
 
@@ -411,9 +421,10 @@ both_backends!(an_unknown_record_closes_only_its_connection, |b| {
     hostile(b, b"\x7f", false)
 });
 
-both_backends!(a_header_cut_in_half_then_silence_closes_only_its_connection, |b| {
-    hostile(b, b"\x01\x00\x00", true)
-});
+both_backends!(
+    a_header_cut_in_half_then_silence_closes_only_its_connection,
+    |b| { hostile(b, b"\x01\x00\x00", true) }
+);
 
 // ---- certificates ----
 

@@ -92,6 +92,10 @@ pub struct AgentStatus {
     pub bytes_to_backend_total: u64,
     pub bytes_from_backend_total: u64,
     pub sessions_idle_timeout_total: u64,
+    pub data_connection_reuses_total: u64,
+    /// By reason, `AbortReason::KNOWN` order then other.
+    pub session_aborts_sent_total: [u64; 4],
+    pub session_aborts_received_total: [u64; 4],
 }
 
 impl AgentStatus {
@@ -109,6 +113,11 @@ impl AgentStatus {
             t.bytes_to_backend_total += load(&s.bytes_to_backend_total);
             t.bytes_from_backend_total += load(&s.bytes_from_backend_total);
             t.sessions_idle_timeout_total += load(&s.sessions_idle_timeout_total);
+            t.data_connection_reuses_total += load(&s.data_connection_reuses_total);
+            for i in 0..4 {
+                t.session_aborts_sent_total[i] += load(&s.session_aborts_sent_total[i]);
+                t.session_aborts_received_total[i] += load(&s.session_aborts_received_total[i]);
+            }
         }
         t
     }

@@ -77,9 +77,11 @@ impl Worker {
                 }
             }
         } else {
-            let result = self
-                .run_session(conn, &frontend, &mut client, session_id, &setup, idle)
-                .await;
+            // Boxed too: a session task holds only the state of the kind it runs (version 1
+            // sessions pay a handshake each anyway).
+            let result =
+                Box::pin(self.run_session(conn, &frontend, &mut client, session_id, &setup, idle))
+                    .await;
             (result, false)
         };
         match result {
