@@ -64,7 +64,6 @@ impl IdleConn {
         host_id: HostId,
         stream: TcpStream,
         legacy: bool,
-        peer_extension_version: u32,
         pending: Vec<u8>,
         outstanding_pings: u32,
         tls: Option<Box<crate::tls::TlsSession>>,
@@ -74,7 +73,7 @@ impl IdleConn {
             host_id,
             stream,
             legacy,
-            peer_extension_version,
+            peer_extension_version: 0,
             sessions_carried: 0,
             pending,
             outstanding_pings,
@@ -82,6 +81,12 @@ impl IdleConn {
             idle_since: std::time::Instant::now(),
             next_ping_seq: 1,
         }
+    }
+
+    /// This connection, its agent having announced extension `version`.
+    pub fn with_extension_version(mut self, version: u32) -> Self {
+        self.peer_extension_version = version;
+        self
     }
 
     /// True when its sessions are framed: many sessions, one after another, on this connection.

@@ -195,7 +195,7 @@ pub(super) async fn run_session(
         return false;
     };
     let connect = tokio::select! {
-        c = connect_backend(local, &listener) => c,
+        c = connect_backend(local, listener) => c,
         _ = stop.changed() => return true,
     };
     let backend = match connect {
@@ -207,7 +207,7 @@ pub(super) async fn run_session(
             return false;
         }
     };
-    let prefix = proxy_prefix(&listener, &start, prefix);
+    let prefix = proxy_prefix(listener, &start, prefix);
     let (data, tls) = data.into_parts();
     let adopted = Conn::from_tokio(shared.backend, data)
         .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));

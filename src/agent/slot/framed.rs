@@ -22,7 +22,9 @@ pub(super) enum Framed {
     Stopped,
 }
 
-/// Runs one framed session on `data`; `rest` holds record bytes already read.
+/// Runs one framed session on `data`; `rest` holds record bytes already read; the server's
+/// terminal must come within `terminal_wait` once this side sent its own.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_framed_session(
     shared: &Shared,
     local: &Local,
@@ -41,7 +43,7 @@ pub(super) async fn run_framed_session(
     let (stream, tls) = data.into_parts();
     let link = DataLink::new(stream, tls);
     let connect = tokio::select! {
-        c = connect_backend(local, &listener) => c,
+        c = connect_backend(local, listener) => c,
         _ = stop.changed() => {
             link.shutdown();
             return Framed::Stopped;
@@ -65,7 +67,7 @@ pub(super) async fn run_framed_session(
             };
         }
     };
-    let prefix = proxy_prefix(&listener, &start, Vec::new());
+    let prefix = proxy_prefix(listener, &start, Vec::new());
     let backend = match Conn::from_tokio(shared.backend, backend) {
         Ok(b) => b,
         Err(e) => {

@@ -282,6 +282,7 @@ impl Control {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn hand_to_worker(
         &self,
         stream: Channel,

@@ -18,15 +18,18 @@
 //! records parsed out of one read). Session bytes here are copied, never spliced. It must not
 //! know hosts, pools or frames other than session records.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+pub use super::data_link::DataLink;
+use super::framed_splice::{
+    can_splice_into, splice_data_to_local, splice_local_to_data, take_pipe, SplicedIn,
+    SPLICE_IN_MIN_BYTES,
+};
 use super::policy::{DirectionPolicy, Next};
 use super::uring::Buffers;
 use super::{Moved, Pools};
@@ -34,170 +37,8 @@ use crate::protocol::session_frame::{
     encode_abort, encode_data_header, encode_end, Abort, AbortReason, RecordDecoder, Step,
     DATA_HEADER_LEN,
 };
-use crate::rt::{shutdown_write, write_all, Conn, OwnedIo};
-use crate::tls::TlsSession;
-
-/// The data connection of a framed session: a tokio socket (on either backend) and its TLS
-/// session, one writer at a time.
-pub struct DataLink {
-    conn: Conn,
-    tls: RefCell<Option<Box<TlsSession>>>,
-    /// TLS records owed to the peer (a key update answer), sent before the next write.
-    owed: RefCell<Vec<u8>>,
-    turn: super::tls::Turn,
-}
-
-impl DataLink {
-    /// The data connection `stream`, encrypted by `tls` when it is `Some`.
-    pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
-        Self {
-            conn: Conn::Epoll(stream),
-            tls: RefCell::new(tls),
-            owed: RefCell::default(),
-            turn: super::tls::Turn::default(),
-        }
-    }
-
-    /// The socket, for idle timeouts and shutdowns.
-    pub fn conn(&self) -> &Conn {
-        &self.conn
-    }
-
-    /// The socket and the TLS session, to park the connection again.
-    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>) {
-        let Conn::Epoll(stream) = self.conn else {
-            unreachable!("a data link is always a tokio socket")
-        };
-        (stream, self.tls.into_inner())
-    }
-
-    fn stream(&self) -> &TcpStream {
-        match &self.conn {
-            Conn::Epoll(s) => s,
-            Conn::Uring(_) => unreachable!("a data link is always a tokio socket"),
-        }
-    }
-
-    /// Waits for bytes (holding no buffer) and appends their plaintext to `out`; 0 when the
-    /// peer closed.
-    pub async fn read_into(&self, out: &mut Vec<u8>, buffers: &Buffers) -> io::Result<usize> {
-        loop {
-            let stream = self.stream();
-            stream.readable().await?;
-            let mut scratch = buffers.take(true);
-            let read = self.read_ready(&mut scratch, out);
-            buffers.give(scratch);
-            match read? {
-                ReadReady::Got(n) => return Ok(n),
-                ReadReady::Nothing => {}
-                ReadReady::Owes(got) => {
-                    // TLS's own answer goes out at once.
-                    self.write(&[]).await?;
-                    if got > 0 {
-                        return Ok(got);
-                    }
-                }
-            }
-        }
-    }
-
-    /// One non-blocking read into `scratch`, its plaintext appended to `out`.
-    fn read_ready(&self, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<ReadReady> {
-        let stream = self.stream();
-        {
-            let capacity = scratch.capacity();
-            let n = match stream.try_read_buf(scratch) {
-                Ok(n) => n,
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::Interrupted =>
-                {
-                    return Ok(ReadReady::Nothing)
-                }
-                Err(e) => return Err(e),
-            };
-            if n > 0 && n < capacity {
-                // A short read emptied the socket: clear its readiness (current-thread runtime,
-                // as the other pumps do) so the next wait sleeps without an EAGAIN read.
-                let _ = stream.try_io(Interest::READABLE, || {
-                    Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
-                });
-            }
-            {
-                let mut tls = self.tls.borrow_mut();
-                let Some(tls) = tls.as_mut() else {
-                    out.extend_from_slice(&scratch[..n]);
-                    return Ok(ReadReady::Got(n));
-                };
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "data connection closed mid-session",
-                    ));
-                }
-                let before = out.len();
-                let outcome = tls
-                    .decrypt(&scratch[..n], out)
-                    .map_err(crate::tls::io_error)?;
-                if outcome.eof {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "TLS close_notify mid-session",
-                    ));
-                }
-                if outcome.wants_write {
-                    tls.take_output(&mut self.owed.borrow_mut());
-                }
-                let got = out.len() - before;
-                Ok(if outcome.wants_write {
-                    ReadReady::Owes(got)
-                } else if got > 0 {
-                    ReadReady::Got(got)
-                } else {
-                    ReadReady::Nothing
-                })
-            }
-        }
-    }
-
-    /// Writes `bytes` (encrypted when TLS is on) in one write where the socket allows, in the
-    /// connection's write turn.
-    pub async fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        let _turn = self.turn.take().await;
-        let records = {
-            let mut tls = self.tls.borrow_mut();
-            match tls.as_mut() {
-                None => None,
-                Some(tls) => {
-                    let mut out = std::mem::take(&mut *self.owed.borrow_mut());
-                    out.reserve(bytes.len() + (bytes.len() / 16_384 + 1) * 64);
-                    tls.encrypt(bytes, &mut out).map_err(crate::tls::io_error)?;
-                    Some(out)
-                }
-            }
-        };
-        match records {
-            None => write_all(self.stream(), bytes).await,
-            Some(out) if out.is_empty() => Ok(()),
-            Some(out) => write_all(self.stream(), &out).await,
-        }
-    }
-
-    /// Shuts the connection down both ways (it will not be reused).
-    pub fn shutdown(&self) {
-        self.conn.shutdown();
-    }
-}
-
-/// What one non-blocking read gave.
-enum ReadReady {
-    /// This many plaintext bytes (0: the peer closed a plaintext connection).
-    Got(usize),
-    /// Nothing yet (no bytes, or a partial TLS record).
-    Nothing,
-    /// This many plaintext bytes, and TLS records owed to the peer.
-    Owes(usize),
-}
+use crate::rt::{shutdown_write, Conn, OwnedIo};
+use std::os::fd::AsRawFd;
 
 /// How a framed session ended.
 #[derive(Debug, Default)]
@@ -238,8 +79,8 @@ pub async fn pump_framed(
         terminal_wait,
     };
     let ended = match local {
-        Conn::Epoll(l) => framed(data, l, inbound, to_data, to_local, ends, buffers).await,
-        Conn::Uring(l) => framed(data, l, inbound, to_data, to_local, ends, buffers).await,
+        Conn::Epoll(l) => framed(data, (l, local), inbound, to_data, to_local, ends, buffers).await,
+        Conn::Uring(l) => framed(data, (l, local), inbound, to_data, to_local, ends, buffers).await,
     };
     if ended.is_err() {
         data.shutdown();
@@ -269,13 +110,21 @@ struct Shared {
     peer_aborted: Cell<bool>,
 }
 
+fn closed_mid_session() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "data connection closed mid-session",
+    )
+}
+
 fn broken(e: crate::protocol::session_frame::RecordError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// `local` twice: as owned-buffer I/O, and as the socket splices use.
 async fn framed<L: OwnedIo>(
     data: &DataLink,
-    local: &L,
+    (local, local_conn): (&L, &Conn),
     inbound: Vec<u8>,
     to_data: Vec<u8>,
     to_local: Vec<u8>,
@@ -287,6 +136,9 @@ async fn framed<L: OwnedIo>(
         terminal_wait,
     } = ends;
     let shared = Shared::default();
+    // Bulk zero-copy only on a plaintext data connection, with pipes (splice on).
+    let pipes = buffers.pipes().filter(|_| data.is_plain());
+    let splice_in = pipes.filter(|_| can_splice_into(local_conn));
     let fail = |e: io::Error| {
         data.shutdown();
         let _ = local.shutdown_how(Shutdown::Both);
@@ -350,6 +202,40 @@ async fn framed<L: OwnedIo>(
             if let Some(abort) = terminal {
                 break Ok((total, abort, buf));
             }
+            if buf.is_empty() && buf.capacity() > super::policy::SMALL_BUFFER_BYTES * 2 {
+                // An idle session holds no read buffer.
+                buf = Vec::new();
+            }
+            let remaining = decoder.payload_remaining();
+            if let Some(pipes) = splice_in.filter(|_| {
+                buf.is_empty()
+                    && remaining >= SPLICE_IN_MIN_BYTES
+                    && shared.local_failed.get().is_none()
+            }) {
+                let Some(pipe) = take_pipe(pipes) else {
+                    // No pipe: copy this time.
+                    match data.read_into(&mut buf, buffers).await {
+                        Ok(0) => break Err(closed_mid_session()),
+                        Ok(_) => continue,
+                        Err(e) => break Err(e),
+                    }
+                };
+                // Not raced against anything: an io_uring write may be in flight inside.
+                match splice_data_to_local(data, local_conn, &pipe, remaining as usize).await {
+                    Ok(SplicedIn::Moved(n)) => {
+                        pipes.give(pipe);
+                        decoder.skip_payload(n as u32);
+                        total += n as u64;
+                    }
+                    Ok(SplicedIn::LocalFailed(n, e)) => {
+                        // The pipe still holds the bytes; it goes with them.
+                        decoder.skip_payload(n as u32);
+                        local_write_failed(&shared, local, local_failure, e).map_err(fail)?;
+                    }
+                    Err(e) => break Err(e),
+                }
+                continue;
+            }
             // Readiness reads: dropping one (the wait ended, or the terminal was sent) loses no
             // byte.
             let read = if shared.sent_terminal.get() {
@@ -371,12 +257,7 @@ async fn framed<L: OwnedIo>(
                 }
             };
             match read {
-                Ok(0) => {
-                    break Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "data connection closed mid-session",
-                    ))
-                }
+                Ok(0) => break Err(closed_mid_session()),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             }
@@ -391,7 +272,7 @@ async fn framed<L: OwnedIo>(
             crate::protocol::session_frame::encode_data(&to_data, &mut out);
             data.write(&out).await.map_err(fail)?;
         }
-        let policy = DirectionPolicy::new(buffers.large_bytes(), false);
+        let policy = DirectionPolicy::new(buffers.large_bytes(), pipes.is_some());
         let mut quiet = true;
         let mut out = Vec::new();
         loop {
@@ -424,7 +305,8 @@ async fn framed<L: OwnedIo>(
                     .await
                     .map_err(fail);
             }
-            quiet = policy.after_read(n, buf.capacity()) == Next::Wait;
+            let next = policy.after_read(n, buf.capacity());
+            quiet = next == Next::Wait;
             if shared.peer_aborted.get() || shared.local_failed.get().is_some() {
                 // The session is over; its socket is shut down and reads run out.
                 buffers.give(buf);
@@ -440,6 +322,35 @@ async fn framed<L: OwnedIo>(
             total += n as u64;
             if out.capacity() > super::policy::SMALL_BUFFER_BYTES * 2 {
                 out = Vec::new();
+            }
+            if next == Next::Splice {
+                let Some(pipe) = pipes.and_then(take_pipe) else {
+                    continue;
+                };
+                // Splice what is queued, then back to a small read (which also sees EOF).
+                let spliced = splice_local_to_data(local_conn.as_raw_fd(), data, &pipe)
+                    .await
+                    .map_err(fail)?;
+                quiet = true;
+                match spliced {
+                    Ok(moved) => {
+                        if let Some(pipes) = pipes {
+                            pipes.give(pipe);
+                        }
+                        total += moved;
+                    }
+                    Err((moved, e)) => {
+                        total += moved;
+                        drop(pipe);
+                        let _ = local.shutdown_how(Shutdown::Both);
+                        let reason = shared.local_failed.get().unwrap_or(local_failure);
+                        shared.local_failed.set(Some(reason));
+                        let abort = (!shared.peer_aborted.get()).then(|| (reason, e.to_string()));
+                        return send_terminal(data, &shared, abort, total)
+                            .await
+                            .map_err(fail);
+                    }
+                }
             }
         }
     };

@@ -6,8 +6,10 @@
 //! An error on either side shuts both sockets down before they are dropped, so no io_uring
 //! operation is left in flight. Pumps know sockets and buffers, never frames or sessions' hosts.
 
+mod data_link;
 pub mod epoll;
 pub mod framed;
+mod framed_splice;
 pub mod policy;
 mod splice;
 pub mod tls;

@@ -24,6 +24,7 @@ use crate::rt::Conn;
 impl Worker {
     /// Runs a framed session on `conn`; returns the bytes moved and whether the connection went
     /// back to the idle pool (else it is closed).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run_framed_session(
         &self,
         conn: IdleConn,
@@ -87,16 +88,8 @@ impl Worker {
         let (stream, tls) = link.into_parts();
         let kept = match stream.into_std() {
             Ok(std) => {
-                let mut idle = IdleConn::new(
-                    conn_id,
-                    host_id,
-                    std,
-                    false,
-                    peer_extension_version,
-                    end.leftover,
-                    0,
-                    tls,
-                );
+                let mut idle = IdleConn::new(conn_id, host_id, std, false, end.leftover, 0, tls)
+                    .with_extension_version(peer_extension_version);
                 idle.sessions_carried = sessions_carried + 1;
                 self.park_again(idle, cluster)
             }

@@ -168,11 +168,11 @@ impl Worker {
             handed.host_id,
             handed.stream,
             handed.legacy,
-            handed.peer_extension_version,
             pending,
             handed.outstanding_pings,
             handed.tls,
-        );
+        )
+        .with_extension_version(handed.peer_extension_version);
         self.state
             .borrow_mut()
             .pools
