@@ -31,37 +31,61 @@ fn reuses(server: &ServerHandle) -> u64 {
     server.counters().data_connection_reuses_total
 }
 
-/// Sequential sessions through one data connection; `tls` runs them through a TLS tunnel.
-fn sequential_sessions(backend: ringtun::config::IoBackend, tls: bool, sessions: usize) {
+/// A server with cluster `c` and an agent with one data connection to `target`, through a TLS
+/// tunnel when `tls`; returns once the connection is idle.
+struct Tunnel {
+    server: ServerHandle,
+    _agent: ringtun::agent::AgentHandle,
+    _pki: Option<Pki>,
+}
+
+fn tunnel(backend: ringtun::config::IoBackend, tls: bool, target: SocketAddr) -> Tunnel {
     let pki = tls.then(Pki::new);
-    let echo = echo_backend();
     let mut builder = server(backend).cluster("c");
     if let Some(p) = &pki {
         builder = builder.tls(p.server_tls());
     }
     let server = builder.run();
-    let mut agent = agent(backend, server.tunnel_addr(), echo.addr).connection_num(1);
+    let mut agent = agent(backend, server.tunnel_addr(), target).connection_num(1);
     if let Some(p) = &pki {
         agent = agent.tls(p.agent_tls());
     }
-    let _agent = agent.run();
+    let agent = agent.run();
     wait_registered(&server, "c", 1, 1);
-    let before = handshakes(&server);
+    Tunnel {
+        server,
+        _agent: agent,
+        _pki: pki,
+    }
+}
+
+/// Runs a test body on plaintext and TLS tunnels.
+fn plain_and_tls(backend: ringtun::config::IoBackend, body: fn(ringtun::config::IoBackend, bool)) {
+    body(backend, false);
+    body(backend, true);
+}
+
+/// Sequential sessions through one data connection; `tls` runs them through a TLS tunnel.
+fn sequential_sessions(backend: ringtun::config::IoBackend, tls: bool, sessions: usize) {
+    let echo = echo_backend();
+    let t = tunnel(backend, tls, echo.addr);
+    let server = &t.server;
+    let before = handshakes(server);
     let frontend = server.frontend_addr("c").unwrap();
     for i in 0..sessions {
         let data = format!("session {i}");
         // Each one a half-close: the client shuts its write side, the echo answers and closes.
         assert_eq!(echo_roundtrip(frontend, data.as_bytes()), data.as_bytes());
     }
-    let grew = handshakes(&server) - before;
+    let grew = handshakes(server) - before;
     assert!(
         grew <= 5,
         "{sessions} sessions took {grew} data-connection handshakes"
     );
     assert!(
-        reuses(&server) >= sessions as u64 - 5,
+        reuses(server) >= sessions as u64 - 5,
         "reuses: {}",
-        reuses(&server)
+        reuses(server)
     );
     // A frontend accepted on a worker with no idle connection may have had one more opened (a
     // pool request), which is reused in turn: a handful of connections carried everything.
@@ -83,82 +107,84 @@ both_backends!(ten_thousand_sessions_through_one_tls_connection, |b| {
 
 both_backends!(
     a_refused_backend_aborts_then_the_same_connection_serves,
-    |b| {
-        // The backend's port is closed for the first session, then listened on.
-        let backend_addr = closed_port();
-        let server = server(b).cluster("c").run();
-        let _agent = agent(b, server.tunnel_addr(), backend_addr)
-            .connection_num(1)
-            .run();
-        wait_registered(&server, "c", 1, 1);
-        let before = handshakes(&server);
-        let frontend = server.frontend_addr("c").unwrap();
-        let mut c = TcpStream::connect(frontend).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = c.write_all(b"hello");
-        let mut buf = [0u8; 16];
-        // Closed (or reset) with no byte.
-        assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
-        assert!(wait_until(Duration::from_secs(10), || {
-            server
-                .counters()
-                .session_aborts_received_backend_connect_total
-                == 1
-        }));
-        let listener = TcpListener::bind(backend_addr).unwrap();
-        std::thread::spawn(move || {
-            for s in listener.incoming() {
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = s.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        wait_registered(&server, "c", 1, 1);
-        assert_eq!(echo_roundtrip(frontend, b"second"), b"second");
-        assert_eq!(handshakes(&server), before, "the connection was replaced");
-    }
+    |b| { plain_and_tls(b, refused_then_served) }
 );
+
+fn refused_then_served(b: ringtun::config::IoBackend, tls: bool) {
+    // The backend's port is closed for the first session, then listened on.
+    let backend_addr = closed_port();
+    let t = tunnel(b, tls, backend_addr);
+    let server = &t.server;
+    let before = handshakes(server);
+    let aborts = server
+        .counters()
+        .session_aborts_received_backend_connect_total;
+    let frontend = server.frontend_addr("c").unwrap();
+    let mut c = TcpStream::connect(frontend).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"hello");
+    let mut buf = [0u8; 16];
+    // Closed (or reset) with no byte.
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    assert!(wait_until(Duration::from_secs(10), || {
+        server
+            .counters()
+            .session_aborts_received_backend_connect_total
+            == aborts + 1
+    }));
+    let listener = TcpListener::bind(backend_addr).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    wait_registered(server, "c", 1, 1);
+    assert_eq!(echo_roundtrip(frontend, b"second"), b"second");
+    assert_eq!(handshakes(server), before, "the connection was replaced");
+}
 
 both_backends!(
     a_frontend_reset_mid_transfer_leaves_the_connection_clean,
-    |b| {
-        let echo = echo_backend();
-        let server = server(b).cluster("c").run();
-        let _agent = agent(b, server.tunnel_addr(), echo.addr)
-            .connection_num(1)
-            .run();
-        wait_registered(&server, "c", 1, 1);
-        let before = handshakes(&server);
-        let frontend = server.frontend_addr("c").unwrap();
-        {
-            let mut c = TcpStream::connect(frontend).unwrap();
-            c.write_all(&pattern(300_000, 3)).unwrap();
-            let mut some = [0u8; 1000];
-            c.read_exact(&mut some).unwrap();
-            // Linger 0: the close is a reset.
-            socket2::SockRef::from(&c)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
-        }
-        assert!(wait_until(Duration::from_secs(10), || {
-            server.counters().session_aborts_sent_frontend_reset_total >= 1
-                && server.hosts("c")[0].idle_connections == 1
-        }));
-        // The next session sees only its own bytes.
-        let data = pattern(70_000, 9);
-        assert_eq!(echo_roundtrip(frontend, &data), data);
-        assert_eq!(handshakes(&server), before, "the connection was replaced");
-    }
+    |b| { plain_and_tls(b, reset_then_served) }
 );
 
-/// Bulk size: 256 MiB in release, 64 MiB in debug (the debug pump copies slowly).
+fn reset_then_served(b: ringtun::config::IoBackend, tls: bool) {
+    let echo = echo_backend();
+    let t = tunnel(b, tls, echo.addr);
+    let server = &t.server;
+    let before = handshakes(server);
+    let resets = server.counters().session_aborts_sent_frontend_reset_total;
+    let frontend = server.frontend_addr("c").unwrap();
+    {
+        let mut c = TcpStream::connect(frontend).unwrap();
+        c.write_all(&pattern(300_000, 3)).unwrap();
+        let mut some = [0u8; 1000];
+        c.read_exact(&mut some).unwrap();
+        // Linger 0: the close is a reset.
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        server.counters().session_aborts_sent_frontend_reset_total > resets
+            && server.hosts("c")[0].idle_connections == 1
+    }));
+    // The next session sees only its own bytes.
+    let data = pattern(70_000, 9);
+    assert_eq!(echo_roundtrip(frontend, &data), data);
+    assert_eq!(handshakes(server), before, "the connection was replaced");
+}
+
+/// Bulk size: 256 MiB in release, 64 MiB in debug (a debug build moves bytes slowly).
 const BULK_BYTES: usize = if cfg!(debug_assertions) {
     64 << 20
 } else {
@@ -167,63 +193,66 @@ const BULK_BYTES: usize = if cfg!(debug_assertions) {
 
 both_backends!(
     bulk_one_way_then_a_small_session_on_the_same_connection,
-    |b| {
-        // A sink that counts and checks what arrives, then answers with the count.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let sink = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in listener.incoming() {
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 1 << 16];
-                    let mut at = 0usize;
-                    let mut ok = true;
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                for (i, byte) in buf[..n].iter().enumerate() {
-                                    ok &= *byte == ((at + i) % 251) as u8;
-                                }
-                                at += n;
+    |b| { plain_and_tls(b, bulk_then_small) }
+);
+
+fn bulk_then_small(b: ringtun::config::IoBackend, tls: bool) {
+    // TLS bytes are copied and encrypted: a quarter of the plaintext size keeps debug runs short.
+    let bulk_bytes = if tls { BULK_BYTES / 4 } else { BULK_BYTES };
+    // A sink that checks what arrives against the pattern, then answers with the count.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut at = 0usize;
+                let mut ok = true;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            for (i, byte) in buf[..n].iter().enumerate() {
+                                ok &= *byte == ((at + i) % 251) as u8;
                             }
+                            at += n;
                         }
                     }
-                    let _ = s.write_all(format!("{at} {ok}").as_bytes());
-                    let _ = s.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        let server = server(b).cluster("c").run();
-        let _agent = agent(b, server.tunnel_addr(), sink).connection_num(1).run();
-        wait_registered(&server, "c", 1, 1);
-        let before = handshakes(&server);
-        let frontend = server.frontend_addr("c").unwrap();
-        let mut c = TcpStream::connect(frontend).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let chunk: Vec<u8> = (0..251 * 1024).map(|i| (i % 251) as u8).collect();
-        let mut sent = 0;
-        while sent < BULK_BYTES {
-            let n = chunk.len().min(BULK_BYTES - sent);
-            c.write_all(&chunk[..n]).unwrap();
-            sent += n;
+                }
+                let _ = s.write_all(format!("{at} {ok}").as_bytes());
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
         }
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
-        assert_eq!(answer, format!("{BULK_BYTES} true"));
-        wait_registered(&server, "c", 1, 1);
-        let small = &chunk[..64];
-        let mut c = TcpStream::connect(frontend).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(small).unwrap();
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
-        assert_eq!(answer, "64 true");
-        assert_eq!(handshakes(&server), before, "the connection was replaced");
+    });
+    let t = tunnel(b, tls, sink);
+    let server = &t.server;
+    let before = handshakes(server);
+    let frontend = server.frontend_addr("c").unwrap();
+    let mut c = TcpStream::connect(frontend).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let chunk: Vec<u8> = (0..251 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0;
+    while sent < bulk_bytes {
+        let n = chunk.len().min(bulk_bytes - sent);
+        c.write_all(&chunk[..n]).unwrap();
+        sent += n;
     }
-);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, format!("{bulk_bytes} true"));
+    wait_registered(server, "c", 1, 1);
+    // The next session's 64 bytes arrive alone: the sink counts 64, from the pattern's start.
+    let mut c = TcpStream::connect(frontend).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(&chunk[..64]).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "64 true");
+    assert_eq!(handshakes(server), before, "the connection was replaced");
+}
 
 // ---- scripted agents ----
 
