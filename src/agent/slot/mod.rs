@@ -2,8 +2,9 @@
 //! attempts fail).
 //!
 //! A data slot keeps one idle data connection to its server: answers heartbeats, and on a session
-//! start connects the hosting listener's backend and pumps; when the session ends it dials a
-//! replacement at once. An extra data slot (asked for by a pool request) does the same, so a pool
+//! start connects the hosting listener's backend and pumps; with framed sessions (extension
+//! version 2, `framed`) the connection then waits for the next session, otherwise the slot dials
+//! a replacement at once. An extra data slot (asked for by a pool request) does the same, so a pool
 //! grown by demand stays grown while the demand lasts; its connection is let go, and the slot
 //! ends, once it idles for `extra_connection_idle_duration_ms`. The aside slot keeps the per-server control
 //! connection: heartbeats, weight updates, graceful close, drain and pool requests.
