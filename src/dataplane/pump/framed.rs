@@ -15,12 +15,16 @@
 //! - a data connection error or broken framing → both sockets shut down, never reused.
 //!
 //! A 64-byte message costs one read and one write per hop (header and payload in one write;
-//! records parsed out of one read). Session bytes here are copied, never spliced. It must not
-//! know hosts, pools or frames other than session records.
+//! records parsed out of one read). On a plaintext data connection with splice on, bulk moves
+//! through pipes (`framed_splice`): a busy local direction's queued bytes go out as chunks
+//! spliced at exactly their announced length, and a large chunk arriving is spliced into the
+//! local socket; TLS bytes are always copied. It must not know hosts, pools or frames other than
+//! session records.
 
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -38,15 +42,13 @@ use crate::protocol::session_frame::{
     DATA_HEADER_LEN,
 };
 use crate::rt::{shutdown_write, Conn, OwnedIo};
-use std::os::fd::AsRawFd;
 
-/// How a framed session ended.
+/// How a framed session ended cleanly: both terminals crossed and the data connection is
+/// healthy, so it may carry the next session (an `Err` from the pump means it must be closed).
 #[derive(Debug, Default)]
 pub struct FramedEnd {
     /// (local → data, data → local) payload bytes.
     pub moved: Moved,
-    /// Both terminals crossed and the data connection is healthy: it may carry the next session.
-    pub clean: bool,
     /// The ABORT this side sent, if any.
     pub sent_abort: Option<AbortReason>,
     /// The ABORT the peer sent, if any.
@@ -362,7 +364,6 @@ async fn framed<L: OwnedIo>(
             a_to_b: to_data_total,
             b_to_a: from_data,
         },
-        clean: true,
         sent_abort,
         received_abort: abort,
         leftover,
