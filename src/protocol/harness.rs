@@ -1,5 +1,6 @@
-//! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`) and of the
-//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`), shared with the property tests
+//! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`), of the
+//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`) and of the session record decoder
+//! (`fuzz/fuzz_targets/session_records.rs`), shared with the property tests
 //! (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
 //!
 //! Panics only when an invariant of the codec is broken; that is what the fuzzer looks for.

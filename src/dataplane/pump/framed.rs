@@ -38,8 +38,8 @@ use super::policy::{DirectionPolicy, Next};
 use super::uring::Buffers;
 use super::{Moved, Pools};
 use crate::protocol::session_frame::{
-    encode_abort, encode_data_header, encode_end, Abort, AbortReason, RecordDecoder, Step,
-    DATA_HEADER_LEN,
+    encode_abort, encode_data_header, encode_end, Abort, AbortReason, RecordDecoder,
+    SessionRecords, Step, DATA_HEADER_LEN,
 };
 use crate::rt::{shutdown_write, Conn, OwnedIo};
 
@@ -107,7 +107,7 @@ struct Shared {
     /// A local write failed before this side's terminal: send ABORT with this reason.
     local_failed: Cell<Option<AbortReason>>,
     /// This side sent its terminal record.
-    sent_terminal: Cell<bool>,
+    records: Cell<SessionRecords>,
     /// The peer aborted: drop what the local socket still gives.
     peer_aborted: Cell<bool>,
 }
@@ -202,6 +202,10 @@ async fn framed<L: OwnedIo>(
             }
             buf.drain(..pos);
             if let Some(abort) = terminal {
+                let mut records = shared.records.get();
+                records.received_terminal = true;
+                records.aborted |= abort.is_some();
+                shared.records.set(records);
                 break Ok((total, abort, buf));
             }
             if buf.is_empty() && buf.capacity() > super::policy::SMALL_BUFFER_BYTES * 2 {
@@ -240,7 +244,7 @@ async fn framed<L: OwnedIo>(
             }
             // Readiness reads: dropping one (the wait ended, or the terminal was sent) loses no
             // byte.
-            let read = if shared.sent_terminal.get() {
+            let read = if shared.records.get().sent_terminal {
                 tokio::time::timeout(terminal_wait, data.read_into(&mut buf, buffers))
                     .await
                     .unwrap_or_else(|_| {
@@ -359,6 +363,13 @@ async fn framed<L: OwnedIo>(
     let (received, sent) = tokio::join!(receive, send);
     let (from_data, abort, leftover) = received?;
     let (to_data_total, sent_abort) = sent?;
+    if !shared.records.get().is_clean() {
+        // Both directions returned, so both terminals crossed; anything else is a bug here,
+        // and the connection must not be reused.
+        return Err(fail(io::Error::other(
+            "session ended without both terminals",
+        )));
+    }
     Ok(FramedEnd {
         moved: Moved {
             a_to_b: to_data_total,
@@ -379,7 +390,7 @@ fn local_write_failed<L: OwnedIo>(
     e: io::Error,
 ) -> io::Result<()> {
     let _ = local.shutdown_how(Shutdown::Both);
-    if shared.sent_terminal.get() {
+    if shared.records.get().sent_terminal {
         return Err(e);
     }
     if shared.local_failed.get().is_none() {
@@ -406,7 +417,10 @@ async fn send_terminal(
             None
         }
     };
-    shared.sent_terminal.set(true);
+    let mut records = shared.records.get();
+    records.sent_terminal = true;
+    records.aborted |= sent.is_some();
+    shared.records.set(records);
     shared.terminal_sent.notify_one();
     data.write(&out).await?;
     Ok((total, sent))
