@@ -35,7 +35,7 @@ fn reuses(server: &ServerHandle) -> u64 {
 /// tunnel when `tls`; returns once the connection is idle.
 struct Tunnel {
     server: ServerHandle,
-    _agent: ringtun::agent::AgentHandle,
+    agent: ringtun::agent::AgentHandle,
     _pki: Option<Pki>,
 }
 
@@ -54,7 +54,7 @@ fn tunnel(backend: ringtun::config::IoBackend, tls: bool, target: SocketAddr) ->
     wait_registered(&server, "c", 1, 1);
     Tunnel {
         server,
-        _agent: agent,
+        agent,
         _pki: pki,
     }
 }
@@ -150,6 +150,14 @@ fn refused_then_served(b: ringtun::config::IoBackend, tls: bool) {
     wait_registered(server, "c", 1, 1);
     assert_eq!(echo_roundtrip(frontend, b"second"), b"second");
     assert_eq!(handshakes(server), before, "the connection was replaced");
+    // The agent counted its abort (backend connect: index 1) and both reuses.
+    let status = t.agent.status();
+    assert_eq!(status.session_aborts_sent_total, [0, 1, 0, 0]);
+    assert!(wait_until(Duration::from_secs(10), || t
+        .agent
+        .status()
+        .data_connection_reuses_total
+        == 2));
 }
 
 both_backends!(
