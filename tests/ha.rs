@@ -549,8 +549,8 @@ both_backends!(
     |backend| {
         // Released only after an hour idle: nothing here depends on how fast the test runs.
         let (server, _agent, _echo) = grown_pool(backend, 3_600_000, 6);
-        // The extra connections that carried sessions are replaced like the first two, so the
-        // pool keeps what the demand needed.
+        // The extra connections that carried sessions are kept (framed sessions) or replaced
+        // like the first two, so the pool keeps what the demand needed.
         let grown = wait_for_host(&server, |h| h.idle_connections >= 6);
         assert!(grown, "pool did not stay grown: {:?}", server.hosts("c"));
         let waits = server.counters().pool_waits_total;

@@ -98,6 +98,8 @@ both_backends!(agent_leaves_a_silent_server_and_redials, |backend| {
                     status: Status::SUCCESS,
                     connection_id: Some(1),
                     heartbeat_interval_ms: Some(100),
+                    // A version 1 server: one session per connection.
+                    extension_version: None,
                 };
                 s.write_all(&protocol::encode_to_vec(&Frame::InitResponse(ok)).unwrap())
                     .unwrap();
@@ -244,6 +246,7 @@ both_backends!(
                         status: Status::SUCCESS,
                         connection_id: Some(n as u64 + 1),
                         heartbeat_interval_ms: Some(HEARTBEAT_MS),
+                        extension_version: None,
                     };
                     let mut out = protocol::encode_to_vec(&Frame::InitResponse(ok)).unwrap();
                     if init.ringtun().map(|r| r.role) != Some(protocol::Role::Aside) {

@@ -164,7 +164,9 @@ both_backends!(an_agent_rereads_its_ca_file, |backend| {
         .reconnect_ms(50, 200)
         .run();
     wait_registered(&server, "c", 1, 4);
-    // The server moves to a certificate of another CA: the agent's replacement dials fail.
+    // The server moves to a certificate of another CA: the agent's new dials fail. Framed
+    // sessions keep their connections, so new dials come from demand: more sessions at once
+    // than the pool holds make the server ask for more (pool requests).
     put(&key_file, &key2);
     put(&chain_file, &chain2);
     server.reload(server.config().unwrap()).unwrap();
@@ -172,10 +174,15 @@ both_backends!(an_agent_rereads_its_ca_file, |backend| {
     for i in 0..2u8 {
         assert_eq!(echo_roundtrip(frontend, &[i; 3]), [i; 3]);
     }
+    let held = hold_sessions(frontend, 4);
+    let waiting: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(frontend).unwrap())
+        .collect();
     assert!(wait_until(Duration::from_secs(10), || agent
         .status()
         .dial_failures_total
         > 0));
+    drop((held, waiting));
     // A ca_file that does not load is refused; nothing changes.
     put(&agent_ca, "not a certificate");
     assert!(agent.reload_tls().is_err());
@@ -184,6 +191,16 @@ both_backends!(an_agent_rereads_its_ca_file, |backend| {
     assert_eq!(agent.reload_tls().unwrap(), 1);
     wait_registered(&server, "c", 1, 4);
     assert_eq!(echo_roundtrip(frontend, b"trusted again"), b"trusted again");
+    // New dials succeed again: demand beyond the pool adds connections.
+    let held = hold_sessions(frontend, 4);
+    let _more: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(frontend).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || server
+        .hosts("c")
+        .first()
+        .is_some_and(|h| h.data_connections > 4)));
+    drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 });
 
@@ -253,20 +270,49 @@ both_backends!(
         std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
         let process = process::Process::start("agent", &config_file);
         wait_registered(&server, "c", 1, 4);
-        // The server moves to a certificate of another CA: the agent's new dials fail.
+        // The server moves to a certificate of another CA: the agent's new dials fail. Framed
+        // sessions keep their connections, so new dials come from demand: more sessions at once
+        // than the pool holds make the server ask for more (pool requests).
         put(&key_file, &key2);
         put(&chain_file, &chain2);
         server.reload(server.config().unwrap()).unwrap();
         let frontend = server.frontend_addr("c").unwrap();
-        assert_eq!(echo_roundtrip(frontend, b"spends one"), b"spends one");
+        let held = hold_sessions(frontend, 4);
+        let waiting: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(frontend).unwrap())
+            .collect();
         process.line_with(&["certificate"]);
-        // The agent's CA file names the new CA; SIGHUP re-reads it and the pool fills again.
+        drop((held, waiting));
+        // The agent's CA file names the new CA; SIGHUP re-reads it and new dials succeed again.
         put(&agent_ca, &new_ca.pem());
         process.hangup();
         process.line_with(&["SIGHUP: TLS files re-read"]);
         wait_registered(&server, "c", 1, 4);
         assert_eq!(echo_roundtrip(frontend, b"trusted again"), b"trusted again");
+        let held = hold_sessions(frontend, 4);
+        let _more: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(frontend).unwrap())
+            .collect();
+        assert!(wait_until(Duration::from_secs(10), || server
+            .hosts("c")
+            .first()
+            .is_some_and(|h| h.data_connections > 4)));
+        drop(held);
         drop(process);
         let _ = std::fs::remove_dir_all(&dir);
     }
 );
+/// `n` sessions running at once (each has echoed one byte), held until dropped.
+fn hold_sessions(frontend: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    (0..n)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(frontend).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            c
+        })
+        .collect()
+}

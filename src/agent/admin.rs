@@ -165,6 +165,38 @@ impl AgentAdmin {
             s.sessions_idle_timeout_total,
         );
         e.family(
+            "ringtun_agent_data_connection_reuses_total",
+            Kind::Counter,
+            "Framed data connections that waited for another session after one ended (a handshake saved each); sessions per connection = sessions / (sessions - reuses).",
+        )
+        .sample_u64(
+            "ringtun_agent_data_connection_reuses_total",
+            &[],
+            s.data_connection_reuses_total,
+        );
+        e.family(
+            "ringtun_agent_session_aborts_total",
+            Kind::Counter,
+            "Framed sessions aborted, by who aborted (sent: this agent, received: the server) and reason.",
+        );
+        for (direction, counts) in [
+            ("sent", &s.session_aborts_sent_total),
+            ("received", &s.session_aborts_received_total),
+        ] {
+            for (i, reason) in crate::protocol::session_frame::AbortReason::KNOWN
+                .iter()
+                .map(|r| r.label())
+                .chain(["other"])
+                .enumerate()
+            {
+                e.sample_u64(
+                    "ringtun_agent_session_aborts_total",
+                    &[("direction", direction), ("reason", reason)],
+                    counts[i],
+                );
+            }
+        }
+        e.family(
             "ringtun_agent_session_bytes_total",
             Kind::Counter,
             "Session bytes by direction, counted when a session ends.",

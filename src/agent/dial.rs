@@ -70,6 +70,9 @@ pub struct Dialed {
     pub stream: Channel,
     pub connection_id: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
+    /// The extension version both sides speak (1 when the server named none): 2 or more means
+    /// framed sessions, many on this connection.
+    pub extension_version: u32,
     /// Bytes the server sent after its answer (a ping, or a session start and its bytes).
     pub leftover: Vec<u8>,
 }
@@ -192,6 +195,7 @@ pub async fn dial(peer: SocketAddr, params: &InitParams<'_>) -> Result<Dialed, D
         stream,
         connection_id: response.connection_id,
         heartbeat_interval_ms: response.heartbeat_interval_ms,
+        extension_version: response.extension_version.unwrap_or(1),
         leftover,
     })
 }

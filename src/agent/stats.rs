@@ -8,7 +8,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::protocol::session_frame::AbortReason;
 use crate::protocol::Role;
+
+/// The slot of a reason in the abort counters: `AbortReason::KNOWN` order, then "other".
+pub fn abort_index(reason: AbortReason) -> usize {
+    AbortReason::KNOWN
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(AbortReason::KNOWN.len())
+}
 
 /// One agent worker's counters and gauges (connection events only, never per byte).
 #[derive(Debug, Default)]
@@ -30,6 +39,12 @@ pub struct AgentStats {
     pub sessions_idle_timeout_total: AtomicU64,
     pub bytes_to_backend_total: AtomicU64,
     pub bytes_from_backend_total: AtomicU64,
+    /// Framed data connections that came back idle after a session (and waited for another).
+    pub data_connection_reuses_total: AtomicU64,
+    /// Framed sessions this agent aborted, by reason (`AbortReason::KNOWN` order, then other).
+    pub session_aborts_sent_total: [AtomicU64; 4],
+    /// Framed sessions the server aborted, by reason (same order).
+    pub session_aborts_received_total: [AtomicU64; 4],
     /// One per `config.tunnels` entry: this worker's connections of that tunnel that are up.
     pub tunnels: Vec<TunnelGauges>,
 }
@@ -41,6 +56,16 @@ impl AgentStats {
             tunnels: (0..tunnels).map(|_| TunnelGauges::default()).collect(),
             ..Self::default()
         }
+    }
+
+    /// Counts an ABORT this agent sent.
+    pub fn count_abort_sent(&self, reason: AbortReason) {
+        self.session_aborts_sent_total[abort_index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an ABORT the server sent.
+    pub fn count_abort_received(&self, reason: AbortReason) {
+        self.session_aborts_received_total[abort_index(reason)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a handshaken connection of `tunnel` until the returned guard is dropped.
@@ -67,6 +92,10 @@ pub struct AgentStatus {
     pub bytes_to_backend_total: u64,
     pub bytes_from_backend_total: u64,
     pub sessions_idle_timeout_total: u64,
+    pub data_connection_reuses_total: u64,
+    /// By reason, `AbortReason::KNOWN` order then other.
+    pub session_aborts_sent_total: [u64; 4],
+    pub session_aborts_received_total: [u64; 4],
 }
 
 impl AgentStatus {
@@ -84,6 +113,11 @@ impl AgentStatus {
             t.bytes_to_backend_total += load(&s.bytes_to_backend_total);
             t.bytes_from_backend_total += load(&s.bytes_from_backend_total);
             t.sessions_idle_timeout_total += load(&s.sessions_idle_timeout_total);
+            t.data_connection_reuses_total += load(&s.data_connection_reuses_total);
+            for i in 0..4 {
+                t.session_aborts_sent_total[i] += load(&s.session_aborts_sent_total[i]);
+                t.session_aborts_received_total[i] += load(&s.session_aborts_received_total[i]);
+            }
         }
         t
     }

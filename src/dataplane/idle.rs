@@ -43,6 +43,10 @@ pub struct IdleConn {
     pub host_id: HostId,
     pub stream: TcpStream,
     pub legacy: bool,
+    /// The extension version the agent announced (0: legacy); see `framed`.
+    pub peer_extension_version: u32,
+    /// Sessions this connection carried on this worker before it became idle again.
+    pub sessions_carried: u32,
     /// ringtun: bytes of a partial frame. Legacy: raw bytes the agent sent while idle.
     pub pending: Vec<u8>,
     /// Pings sent and not yet answered.
@@ -69,12 +73,27 @@ impl IdleConn {
             host_id,
             stream,
             legacy,
+            peer_extension_version: 0,
+            sessions_carried: 0,
             pending,
             outstanding_pings,
             tls,
             idle_since: std::time::Instant::now(),
             next_ping_seq: 1,
         }
+    }
+
+    /// This connection, its agent having announced extension `version`.
+    pub fn with_extension_version(mut self, version: u32) -> Self {
+        self.peer_extension_version = version;
+        self
+    }
+
+    /// True when its sessions are framed: many sessions, one after another, on this connection.
+    pub fn framed(&self) -> bool {
+        !self.legacy
+            && self.peer_extension_version.min(protocol::EXTENSION_VERSION)
+                >= protocol::FRAMED_SESSIONS_VERSION
     }
 
     /// Reads whatever the agent sent (pongs; raw bytes for legacy agents) without waiting.

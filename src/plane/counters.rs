@@ -92,6 +92,37 @@ counters! {
     proxy_headers_refused_timeout_total,
     /// ... they closed (or failed) before their header was whole.
     proxy_headers_refused_closed_total,
+    /// Framed data connections put back in the idle pool after a session (each reuse saves a
+    /// handshake).
+    data_connection_reuses_total,
+    /// Framed sessions this server aborted: the frontend reset or failed.
+    session_aborts_sent_frontend_reset_total,
+    /// ... for another reason.
+    session_aborts_sent_other_total,
+    /// Framed sessions the agent aborted: its backend could not be connected.
+    session_aborts_received_backend_connect_total,
+    /// ... its backend reset or failed.
+    session_aborts_received_backend_error_total,
+    /// ... for another reason.
+    session_aborts_received_other_total,
+}
+
+impl WorkerCounters {
+    /// The counter of an ABORT sent by this server (`sent`) or received from an agent.
+    pub fn abort_counter(
+        &self,
+        reason: crate::protocol::session_frame::AbortReason,
+        sent: bool,
+    ) -> &AtomicU64 {
+        use crate::protocol::session_frame::AbortReason as R;
+        match (sent, reason) {
+            (true, R::FrontendReset) => &self.session_aborts_sent_frontend_reset_total,
+            (true, _) => &self.session_aborts_sent_other_total,
+            (false, R::BackendConnect) => &self.session_aborts_received_backend_connect_total,
+            (false, R::BackendError) => &self.session_aborts_received_backend_error_total,
+            (false, _) => &self.session_aborts_received_other_total,
+        }
+    }
 }
 
 counters! {

@@ -51,6 +51,9 @@ pub struct HandedConn {
     pub stream: std::net::TcpStream,
     /// A MOSN agent without the ringtun extension: no session start frame, no heartbeat.
     pub legacy: bool,
+    /// The extension version the agent announced (0 for a legacy MOSN agent): framed sessions,
+    /// many per connection, when it and this build both speak `FRAMED_SESSIONS_VERSION`.
+    pub peer_extension_version: u32,
     /// Bytes already read after the init frame.
     pub pending: Vec<u8>,
     /// Pings sent on it and not yet answered (their pongs precede any session bytes).
@@ -64,6 +67,8 @@ pub struct HandedConn {
 pub enum WorkerEvent {
     /// An idle data connection was taken by a session.
     Leased { conn_id: ConnId },
+    /// A framed session ended cleanly and its data connection is idle again on `worker`.
+    Returned { conn_id: ConnId, worker: usize },
     /// A data connection closed (idle or after its session).
     Closed { conn_id: ConnId },
     /// Frontends of `cluster` wait on `worker`, which has no idle connection for them.

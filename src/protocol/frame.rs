@@ -201,6 +201,10 @@ pub struct ConnectionInitResponse {
     /// ringtun: how often the server pings this connection while idle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// ringtun: the extension version both sides speak (the smaller of the two); 2 or more
+    /// means framed sessions. Absent from version 1 servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_version: Option<u32>,
 }
 
 impl ConnectionInitResponse {
@@ -210,6 +214,7 @@ impl ConnectionInitResponse {
             status,
             connection_id: None,
             heartbeat_interval_ms: None,
+            extension_version: None,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`) and of the
-//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`), shared with the property tests
+//! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`), of the
+//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`) and of the session record decoder
+//! (`fuzz/fuzz_targets/session_records.rs`), shared with the property tests
 //! (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
 //!
 //! Panics only when an invariant of the codec is broken; that is what the fuzzer looks for.
@@ -76,4 +77,75 @@ pub fn proxy_header_round_trip(data: &[u8]) {
         }
         Err(_) => {}
     }
+}
+
+/// Decodes `data[2..]` as one direction of session records (chunk limit from `data[0]`), once
+/// whole and once fed in pieces of `data[1]` bytes (at least 1): both must hand out the same
+/// payload bytes, terminal and error; no input may panic the decoder; a decoded stream must
+/// re-encode to records that decode to the same payload.
+pub fn session_records_round_trip(data: &[u8]) {
+    use super::session_frame::{encode_data, RecordDecoder, Step};
+    let [limit, piece, rest @ ..] = data else {
+        return;
+    };
+    let max = u32::from(*limit).max(1) * 64;
+    let whole = feed_records(RecordDecoder::new(max), rest, rest.len().max(1));
+    let pieces = feed_records(RecordDecoder::new(max), rest, usize::from(*piece).max(1));
+    assert_eq!(whole, pieces, "piecewise decoding differs");
+    let (payload, _, _) = whole;
+    let mut again = Vec::new();
+    encode_data(&payload, &mut again);
+    let mut d = RecordDecoder::new(super::session_frame::MAX_SESSION_CHUNK_BYTES);
+    let mut got = Vec::new();
+    let mut input = &again[..];
+    loop {
+        match d.decode(input) {
+            Ok(Step::Payload(p, used)) => {
+                got.extend_from_slice(p);
+                input = &input[used..];
+            }
+            Ok(Step::NeedMore) => break,
+            other => panic!("re-encoded payload decodes as {other:?}"),
+        }
+    }
+    assert_eq!(got, payload, "payload changed in a round trip");
+}
+
+/// What a record decoder made of `input` fed `piece` bytes at a time: the payload, the terminal
+/// (as text) and the error (as text).
+fn feed_records(
+    mut d: super::session_frame::RecordDecoder,
+    input: &[u8],
+    piece: usize,
+) -> (Vec<u8>, Option<String>, Option<String>) {
+    use super::session_frame::Step;
+    let mut payload = Vec::new();
+    let mut terminal = None;
+    let mut pending: Vec<u8> = Vec::new();
+    for chunk in input.chunks(piece) {
+        pending.extend_from_slice(chunk);
+        loop {
+            match d.decode(&pending) {
+                Ok(Step::NeedMore) => break,
+                Ok(Step::Payload(p, used)) => {
+                    assert!(used >= p.len() && used <= pending.len(), "used {used}");
+                    payload.extend_from_slice(p);
+                    if used == 0 {
+                        break;
+                    }
+                    pending.drain(..used);
+                }
+                Ok(Step::End(used)) => {
+                    terminal = Some("end".to_string());
+                    pending.drain(..used);
+                }
+                Ok(Step::Abort(a, used)) => {
+                    terminal = Some(format!("{a:?}"));
+                    pending.drain(..used);
+                }
+                Err(e) => return (payload, terminal, Some(e.to_string())),
+            }
+        }
+    }
+    (payload, terminal, None)
 }

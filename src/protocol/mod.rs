@@ -5,6 +5,9 @@
 //! frames: it does no I/O, reads no clock and keeps no state, so it can be tested on literal bytes
 //! and fuzzed. "Need more bytes" is a normal answer of the decoder, not an error.
 //!
+//! After a SessionStart between two peers of extension version 2, session bytes travel as
+//! records (`session_frame`), so one data connection carries many sessions.
+//!
 //! Beside the frames: the PROXY protocol header (`proxy`) a frontend may be sent and a backend
 //! may be written, and the CIDR networks (`cidr`) that say who may send one. Both as pure.
 
@@ -14,6 +17,7 @@ mod frame;
 #[doc(hidden)]
 pub mod harness;
 pub mod proxy;
+pub mod session_frame;
 
 pub use codec::{decode, encode, encode_to_vec, DecodeError, Decoded, EncodeError};
 pub use frame::{
@@ -32,7 +36,10 @@ pub const TYPE_REQUEST: [u8; 2] = [0x01, 0x00];
 /// Type bytes of a response frame.
 pub const TYPE_RESPONSE: [u8; 2] = [0x02, 0x00];
 /// The ringtun extension version this build speaks.
-pub const EXTENSION_VERSION: u32 = 1;
+pub const EXTENSION_VERSION: u32 = 2;
+/// The first extension version with framed sessions (`session_frame`): a data connection then
+/// carries many sessions, one after another.
+pub const FRAMED_SESSIONS_VERSION: u32 = 2;
 /// Largest payload the header can describe.
 pub const MAX_WIRE_PAYLOAD_BYTES: usize = u16::MAX as usize;
 /// Default limit on a received payload; peers' frames are small JSON objects.

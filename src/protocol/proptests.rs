@@ -49,12 +49,14 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<i64>(),
             proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>())
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>())
         )
-            .prop_map(|(s, c, h)| Frame::InitResponse(ConnectionInitResponse {
+            .prop_map(|(s, c, h, v)| Frame::InitResponse(ConnectionInitResponse {
                 status: Status(s),
                 connection_id: c,
                 heartbeat_interval_ms: h,
+                extension_version: v,
             })),
         (
             proptest::collection::vec(text(), 0..4),
@@ -269,6 +271,92 @@ mod proxy_header {
             data.extend_from_slice(&(body.len() as u16).to_be_bytes());
             data.extend_from_slice(&body);
             harness::proxy_header_round_trip(&data);
+        }
+    }
+}
+
+mod session_records {
+    //! Session records: any stream of records decodes to what was encoded, fed in any pieces,
+    //! and random bytes never panic the decoder.
+    use proptest::prelude::*;
+
+    use crate::protocol::harness;
+    use crate::protocol::session_frame::*;
+
+    fn record() -> impl Strategy<Value = (u8, Vec<u8>)> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 1..300).prop_map(|p| (KIND_DATA, p)),
+            Just((KIND_END, Vec::new())),
+            (any::<u8>(), "[ -~é]{0,40}")
+                .prop_map(|(r, t)| (KIND_ABORT, [vec![r], t.into_bytes()].concat())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The `session_records` fuzz target's harness on random bytes.
+        #[test]
+        fn fuzz_harness_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            harness::session_records_round_trip(&bytes);
+        }
+
+        /// Chunks then a terminal decode, in any pieces, to the same payload and terminal.
+        #[test]
+        fn records_round_trip_in_pieces(
+            chunks in proptest::collection::vec(record(), 0..6),
+            piece in 1usize..64,
+        ) {
+            let mut wire = Vec::new();
+            let mut payload = Vec::new();
+            let mut terminal = None;
+            for (kind, body) in &chunks {
+                match *kind {
+                    KIND_DATA => {
+                        encode_data(body, &mut wire);
+                        payload.extend_from_slice(body);
+                    }
+                    KIND_END => {
+                        encode_end(&mut wire);
+                        terminal = Some(None);
+                        break;
+                    }
+                    _ => {
+                        let text = String::from_utf8_lossy(&body[1..]).into_owned();
+                        let reason = AbortReason::from_byte(body[0]);
+                        encode_abort(reason, &text, &mut wire);
+                        terminal = Some(Some(Abort { reason, text }));
+                        break;
+                    }
+                }
+            }
+            let mut d = RecordDecoder::default();
+            let mut got = Vec::new();
+            let mut got_terminal = None;
+            let mut pending = Vec::new();
+            for part in wire.chunks(piece) {
+                pending.extend_from_slice(part);
+                loop {
+                    match d.decode(&pending).expect("valid records") {
+                        Step::NeedMore => break,
+                        Step::Payload(p, used) => {
+                            got.extend_from_slice(p);
+                            pending.drain(..used);
+                        }
+                        Step::End(used) => {
+                            got_terminal = Some(None);
+                            pending.drain(..used);
+                        }
+                        Step::Abort(a, used) => {
+                            got_terminal = Some(Some(a));
+                            pending.drain(..used);
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(got, payload);
+            prop_assert_eq!(got_terminal, terminal);
+            prop_assert!(pending.is_empty());
         }
     }
 }

@@ -200,6 +200,7 @@ impl ServerAdmin {
                             "active_connections": active,
                             "idle_per_worker": h.idle_per_worker,
                             "active_per_worker": h.active_per_worker,
+                            "sessions_per_data_connection": h.sessions_per_data_connection,
                         })
                     })
                     .collect();
@@ -428,6 +429,50 @@ impl ServerAdmin {
             "Idle data connections that closed or failed while parked (agent closed, bad frame).",
         )
         .sample_u64("ringtun_idle_closes_total", &[], totals.idle_closes_total);
+        e.family(
+            "ringtun_data_connection_reuses_total",
+            Kind::Counter,
+            "Framed data connections put back in an idle pool after a session (a handshake saved each); sessions per connection = sessions started / (sessions started - reuses).",
+        )
+        .sample_u64(
+            "ringtun_data_connection_reuses_total",
+            &[],
+            totals.data_connection_reuses_total,
+        );
+        e.family(
+            "ringtun_session_aborts_total",
+            Kind::Counter,
+            "Framed sessions aborted, by who aborted (sent: this server, received: the agent) and reason.",
+        );
+        for (direction, reason, n) in [
+            (
+                "sent",
+                "frontend_reset",
+                totals.session_aborts_sent_frontend_reset_total,
+            ),
+            ("sent", "other", totals.session_aborts_sent_other_total),
+            (
+                "received",
+                "backend_connect",
+                totals.session_aborts_received_backend_connect_total,
+            ),
+            (
+                "received",
+                "backend_error",
+                totals.session_aborts_received_backend_error_total,
+            ),
+            (
+                "received",
+                "other",
+                totals.session_aborts_received_other_total,
+            ),
+        ] {
+            e.sample_u64(
+                "ringtun_session_aborts_total",
+                &[("direction", direction), ("reason", reason)],
+                n,
+            );
+        }
         e.family(
             "ringtun_sessions_over_limit_total",
             Kind::Counter,

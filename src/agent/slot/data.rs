@@ -24,62 +24,100 @@ pub(super) async fn serve_data(
     let Dialed {
         mut stream,
         heartbeat_interval_ms,
-        leftover,
+        mut leftover,
         connection_id,
+        extension_version,
     } = conn;
+    let framed = extension_version >= protocol::FRAMED_SESSIONS_VERSION;
     let Some(tunnel) = shared.config.tunnels.get(spec.peer.tunnel) else {
         return Ended::Lost("no such tunnel".into());
     };
     let _up = local.stats.connection_up(spec.peer.tunnel, Role::Data);
-    local
-        .stats
-        .idle_data_connections
-        .fetch_add(1, Ordering::Relaxed);
-    let silence = heartbeat_interval_ms
-        .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
-    let release = match (spec.extra, connection_id) {
-        (true, Some(id)) => Some((
-            id,
-            Duration::from_millis(tunnel.extra_connection_idle_duration_ms),
-        )),
-        _ => None,
-    };
-    // The wait reads through tokio (readiness): it may be dropped on stop.
-    let waited = tokio::select! {
-        w = wait_for_session(&mut stream, leftover, silence, &spec.peer, release) => Some(w),
-        _ = stop.changed() => None,
-    };
-    local
-        .stats
-        .idle_data_connections
-        .fetch_sub(1, Ordering::Relaxed);
-    let Some(waited) = waited else {
-        return Ended::Stopped;
-    };
-    match waited {
-        Ok((start, rest)) => {
-            spec.peer.conn_down(cell);
-            let span = tracing::debug_span!("session", id = start.session_id,
-                client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
-            // Boxed: only a session pays for its pump's state, not every idle connection.
-            let stopped = Box::pin(run_session(
-                shared,
-                local,
-                spec.peer.tunnel,
-                stream,
-                start,
-                rest,
-                stop,
-            ))
-            .instrument(span)
-            .await;
-            if stopped {
-                Ended::Stopped
-            } else {
-                Ended::Session
-            }
+    // A framed connection comes back here after each session; any other carries one.
+    let mut reused = false;
+    loop {
+        if reused {
+            local
+                .stats
+                .data_connection_reuses_total
+                .fetch_add(1, Ordering::Relaxed);
+            spec.peer.conn_up(cell, connection_id);
         }
-        Err(why) => Ended::Lost(why),
+        local
+            .stats
+            .idle_data_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let silence = heartbeat_interval_ms
+            .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
+        let release = match (spec.extra, connection_id) {
+            (true, Some(id)) => Some((
+                id,
+                Duration::from_millis(tunnel.extra_connection_idle_duration_ms),
+            )),
+            _ => None,
+        };
+        // The wait reads through tokio (readiness): it may be dropped on stop.
+        let waited = tokio::select! {
+            w = wait_for_session(&mut stream, std::mem::take(&mut leftover), silence, &spec.peer, release) => Some(w),
+            _ = stop.changed() => None,
+        };
+        local
+            .stats
+            .idle_data_connections
+            .fetch_sub(1, Ordering::Relaxed);
+        let Some(waited) = waited else {
+            return Ended::Stopped;
+        };
+        match waited {
+            Ok((start, rest)) => {
+                spec.peer.conn_down(cell);
+                let span = tracing::debug_span!("session", id = start.session_id,
+                client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
+                if framed {
+                    // Boxed, like the pump below.
+                    let ended = Box::pin(super::framed::run_framed_session(
+                        shared,
+                        local,
+                        spec.peer.tunnel,
+                        stream,
+                        start,
+                        rest,
+                        silence.unwrap_or(Duration::from_secs(60)),
+                        stop,
+                    ))
+                    .instrument(span)
+                    .await;
+                    match ended {
+                        super::framed::Framed::Again(channel, left) => {
+                            stream = channel;
+                            leftover = left;
+                            reused = true;
+                            continue;
+                        }
+                        super::framed::Framed::Closed => return Ended::Session,
+                        super::framed::Framed::Stopped => return Ended::Stopped,
+                    }
+                }
+                // Boxed: only a session pays for its pump's state, not every idle connection.
+                let stopped = Box::pin(run_session(
+                    shared,
+                    local,
+                    spec.peer.tunnel,
+                    stream,
+                    start,
+                    rest,
+                    stop,
+                ))
+                .instrument(span)
+                .await;
+                return if stopped {
+                    Ended::Stopped
+                } else {
+                    Ended::Session
+                };
+            }
+            Err(why) => return Ended::Lost(why),
+        }
     }
 }
 
@@ -156,44 +194,20 @@ pub(super) async fn run_session(
     let Some(listener) = shared.listener_of(tunnel) else {
         return false;
     };
-    // Boxed: the connect future is large, and the pump does not need it. Readiness-based (tokio),
-    // so it may be dropped on stop.
-    let connect = Box::pin(tokio::time::timeout(
-        Duration::from_millis(listener.connect_timeout_ms),
-        async {
-            let addrs = local.backends.resolve(&listener.backend).await?;
-            TcpStream::connect(&addrs[..]).await
-        },
-    ));
     let connect = tokio::select! {
-        c = connect => c,
+        c = connect_backend(local, listener) => c,
         _ = stop.changed() => return true,
     };
     let backend = match connect {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+        Ok(b) => b,
+        Err(why) => {
             stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
             warn!(session = start.session_id, client = %start.client_addr, backend = %listener.backend,
-                "cannot connect to backend: {e}; closing the session");
-            return false;
-        }
-        Err(_) => {
-            stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
-            warn!(session = start.session_id, backend = %listener.backend,
-                "backend connect timed out after {} ms; closing the session", listener.connect_timeout_ms);
+                "{why}; closing the session");
             return false;
         }
     };
-    let _ = backend.set_nodelay(true);
-    crate::rt::set_session_keepalive(&backend);
-    let prefix = match listener.send_proxy_protocol.version() {
-        Some(version) => {
-            let mut header = encode_proxy_header(version, &proxy_header_of(&start));
-            header.extend_from_slice(&prefix);
-            header
-        }
-        None => prefix,
-    };
+    let prefix = proxy_prefix(listener, &start, prefix);
     let (data, tls) = data.into_parts();
     let adopted = Conn::from_tokio(shared.backend, data)
         .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));
@@ -258,6 +272,51 @@ pub(super) async fn run_session(
         Err(e) => debug!(session = start.session_id, error = %e, "session ended with error"),
     }
     stopped
+}
+
+/// Connects the listener's backend within its `connect_timeout_ms` (readiness-based, so the
+/// future may be dropped on stop); the error says why it could not.
+pub(super) async fn connect_backend(
+    local: &Local,
+    listener: &crate::config::HostingListenerConfig,
+) -> Result<TcpStream, String> {
+    // Boxed: the connect future is large, and the pump does not need it.
+    let connect = Box::pin(tokio::time::timeout(
+        Duration::from_millis(listener.connect_timeout_ms),
+        async {
+            let addrs = local.backends.resolve(&listener.backend).await?;
+            TcpStream::connect(&addrs[..]).await
+        },
+    ));
+    match connect.await {
+        Ok(Ok(backend)) => {
+            let _ = backend.set_nodelay(true);
+            crate::rt::set_session_keepalive(&backend);
+            Ok(backend)
+        }
+        Ok(Err(e)) => Err(format!("cannot connect to backend: {e}")),
+        Err(_) => Err(format!(
+            "backend connect timed out after {} ms",
+            listener.connect_timeout_ms
+        )),
+    }
+}
+
+/// The bytes the backend gets first: the PROXY header when the listener sends one, then
+/// `prefix`.
+pub(super) fn proxy_prefix(
+    listener: &crate::config::HostingListenerConfig,
+    start: &SessionStart,
+    prefix: Vec<u8>,
+) -> Vec<u8> {
+    match listener.send_proxy_protocol.version() {
+        Some(version) => {
+            let mut header = encode_proxy_header(version, &proxy_header_of(start));
+            header.extend_from_slice(&prefix);
+            header
+        }
+        None => prefix,
+    }
 }
 
 /// What the PROXY header to the backend names: the frontend client and the address it connected

@@ -2,8 +2,9 @@
 //! attempts fail).
 //!
 //! A data slot keeps one idle data connection to its server: answers heartbeats, and on a session
-//! start connects the hosting listener's backend and pumps; when the session ends it dials a
-//! replacement at once. An extra data slot (asked for by a pool request) does the same, so a pool
+//! start connects the hosting listener's backend and pumps; with framed sessions (extension
+//! version 2, `framed`) the connection then waits for the next session, otherwise the slot dials
+//! a replacement at once. An extra data slot (asked for by a pool request) does the same, so a pool
 //! grown by demand stays grown while the demand lasts; its connection is let go, and the slot
 //! ends, once it idles for `extra_connection_idle_duration_ms`. The aside slot keeps the per-server control
 //! connection: heartbeats, weight updates, graceful close, drain and pool requests.
@@ -23,6 +24,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 mod aside;
 mod data;
+mod framed;
 mod mosn;
 
 use super::backoff::Backoff;
@@ -258,7 +260,10 @@ pub async fn run(
             .dial_failures_total
             .fetch_add(1, Ordering::Relaxed);
         if spec.extra {
-            debug!(peer = %peer.addr, "extra data connection not opened: {lost}");
+            // A warning: an extra connection that cannot be opened (a bad certificate, a full
+            // server) is what a starving frontend waits on.
+            crate::log_limited!(warn!(peer = %peer.addr, cluster = %tunnel.cluster,
+                "extra data connection (pool request) not opened: {lost}"));
             return;
         }
         if let Some(limit) = tunnel.retry_limit() {

@@ -21,7 +21,7 @@ use super::Swarm;
 use crate::agent::dial::{read_frame, ReadFrameError, MAX_SERVER_FRAME_PAYLOAD_BYTES};
 use crate::protocol::{
     self, ConnectionInitInfo, Decoded, Frame, InitExtra, Pong, RingtunInit, Role, Status,
-    WeightUpdate, EXTENSION_VERSION,
+    WeightUpdate,
 };
 use crate::tls::Channel;
 
@@ -202,7 +202,8 @@ async fn dial(sw: &Swarm, slot: Slot, weight: i64) -> Result<Dialed, Failure> {
         ),
         extra: Some(InitExtra {
             ringtun: Some(RingtunInit {
-                version: EXTENSION_VERSION,
+                // Version 1: the swarm's data connections carry one raw session each.
+                version: 1,
                 role: slot.role,
                 agent_id,
                 max_connection_num: Some(sw.max_connection_num),

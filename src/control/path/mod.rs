@@ -261,6 +261,13 @@ impl Control {
     pub(super) fn on_worker_event(&self, event: WorkerEvent) {
         match event {
             WorkerEvent::Leased { conn_id } => self.registry.borrow_mut().conn_leased(conn_id),
+            WorkerEvent::Returned { conn_id, worker } => {
+                if !self.registry.borrow_mut().conn_returned(conn_id, worker) {
+                    if let Some(tx) = self.workers.get(worker) {
+                        let _ = tx.send(WorkerMsg::CloseConns(vec![conn_id]));
+                    }
+                }
+            }
             WorkerEvent::Closed { conn_id } => self.conn_closed(conn_id),
             WorkerEvent::Starving {
                 worker,

@@ -121,6 +121,8 @@ impl Control {
             return;
         }
         let legacy = ext.is_none();
+        // 0 for a MOSN agent; framed sessions need 2 on both sides.
+        let peer_extension_version = ext.as_ref().map_or(0, |e| e.version);
         let role = ext.as_ref().map_or(Role::Data, |e| e.role);
         let identity = HostIdentity {
             host_name: init.host_name.clone(),
@@ -193,6 +195,9 @@ impl Control {
                 status: Status::SUCCESS,
                 connection_id: Some(reg.conn_id),
                 heartbeat_interval_ms: Some(self.config.heartbeat_interval_ms),
+                extension_version: Some(
+                    peer_extension_version.min(crate::protocol::EXTENSION_VERSION),
+                ),
             }
         };
         if let Err(e) = send_frame(&mut stream, &Frame::InitResponse(response)).await {
@@ -230,6 +235,7 @@ impl Control {
                     reg.host_id,
                     &init.cluster_name,
                     legacy,
+                    peer_extension_version,
                     leftover,
                 );
             }
@@ -276,6 +282,7 @@ impl Control {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn hand_to_worker(
         &self,
         stream: Channel,
@@ -283,6 +290,7 @@ impl Control {
         host_id: HostId,
         cluster: &str,
         legacy: bool,
+        peer_extension_version: u32,
         pending: Vec<u8>,
     ) {
         let (stream, tls) = stream.into_parts();
@@ -312,6 +320,7 @@ impl Control {
                 cluster: Arc::from(cluster),
                 stream: std_stream,
                 legacy,
+                peer_extension_version,
                 pending,
                 outstanding_pings: 0,
                 tls,

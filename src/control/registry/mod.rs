@@ -132,6 +132,8 @@ struct ConnRecord {
     idle_on: Option<usize>,
     /// Worker running its session, once leased.
     active_on: Option<usize>,
+    /// Sessions leased on it so far (more than one only with framed sessions).
+    sessions: u64,
     /// The agent's address of this connection (a MOSN graceful close names it).
     peer: SocketAddr,
 }
@@ -246,6 +248,7 @@ impl Registry {
                 closing: false,
                 idle_on: None,
                 active_on: None,
+                sessions: 0,
                 peer,
             },
         );
@@ -445,7 +448,34 @@ impl Registry {
         self.leave_idle(conn_id);
         if let Some(conn) = self.conns.get_mut(&conn_id) {
             conn.active_on = worker;
+            conn.sessions += 1;
         }
+    }
+
+    /// A data connection's framed session ended cleanly: it is idle again on `worker`. False
+    /// when it must not be leased again (named by a graceful close or a drain, or unknown): the
+    /// caller has the worker close it.
+    pub fn conn_returned(&mut self, conn_id: ConnId, worker: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return false;
+        };
+        conn.active_on = None;
+        if conn.closing {
+            return false;
+        }
+        let Some(host) = self
+            .clusters
+            .get_mut(&conn.cluster)
+            .and_then(|c| c.hosts.get_mut(&conn.host))
+        else {
+            return false;
+        };
+        let Some(n) = host.idle_per_worker.get_mut(worker) else {
+            return false;
+        };
+        *n += 1;
+        conn.idle_on = Some(worker);
+        true
     }
 
     fn leave_idle(&mut self, conn_id: ConnId) {

@@ -17,6 +17,9 @@ pub struct HostStatus {
     pub idle_per_worker: Vec<u32>,
     /// Data connections leased to a session, per worker that leased them.
     pub active_per_worker: Vec<u32>,
+    /// Sessions each live data connection has carried (oldest connection first; more than one
+    /// only with framed sessions).
+    pub sessions_per_data_connection: Vec<u64>,
 }
 
 /// A cluster as the admin sees it: its settings (never its credentials) and its hosts.
@@ -71,6 +74,15 @@ impl Registry {
                             }
                         }
                         per
+                    },
+                    sessions_per_data_connection: {
+                        let mut ids: Vec<ConnId> = h.conns.iter().copied().collect();
+                        ids.sort_unstable();
+                        ids.iter()
+                            .filter_map(|c| self.conns.get(c))
+                            .filter(|r| r.role == Role::Data)
+                            .map(|r| r.sessions)
+                            .collect()
                     },
                 }
             })

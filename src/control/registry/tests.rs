@@ -315,3 +315,35 @@ fn only_workers_holding_a_changed_hosts_idle_connections_are_woken() {
     r.drain_host(a.host_id).unwrap();
     assert_eq!(r.take_changes().unwrap().wake, vec![1]);
 }
+
+#[test]
+fn a_returned_connection_is_idle_again_and_counts_its_sessions() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert_eq!(r.assign_worker(a.conn_id), Some(0));
+    for worker in [0, 1, 1] {
+        r.conn_leased(a.conn_id);
+        let h = &r.clusters()[0].hosts[0];
+        assert_eq!(h.idle_per_worker, vec![0, 0]);
+        assert_eq!(h.active_per_worker.iter().sum::<u32>(), 1);
+        // Back idle on the worker that ran the session.
+        assert!(r.conn_returned(a.conn_id, worker));
+    }
+    let h = &r.clusters()[0].hosts[0];
+    assert_eq!(h.idle_per_worker, vec![0, 1]);
+    assert_eq!(h.active_per_worker, vec![0, 0]);
+    assert_eq!(h.sessions_per_data_connection, vec![3]);
+}
+
+#[test]
+fn a_connection_named_for_closing_mid_session_is_not_returned() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    r.assign_worker(a.conn_id);
+    r.conn_leased(a.conn_id);
+    let host = r.clusters()[0].hosts[0].id;
+    r.drain_host(host);
+    assert!(!r.conn_returned(a.conn_id, 0));
+    assert_eq!(r.clusters()[0].hosts[0].idle_per_worker, vec![0, 0]);
+    assert!(!r.conn_returned(999, 0), "an unknown connection");
+}

@@ -1,12 +1,18 @@
 //! Moving session bytes both ways between two sockets, on either backend.
 //!
 //! `epoll` and `uring` are the plaintext pumps of the two backends, `tls` the TLS pump written
-//! once over owned-buffer I/O; all follow one direction `policy` (when to wait, grow a buffer or
-//! splice) and carry a half-close across (one side's EOF becomes a write shutdown on the other).
-//! An error on either side shuts both sockets down before they are dropped, so no io_uring
-//! operation is left in flight. Pumps know sockets and buffers, never frames or sessions' hosts.
+//! once over owned-buffer I/O, `framed` the pump of framed sessions (extension version 2: session
+//! records on a data connection that outlives the session, plaintext or TLS, both backends); all
+//! follow one direction `policy` (when to wait, grow a buffer or splice) and carry a half-close
+//! across (one side's EOF becomes a write shutdown on the other, or an END record). An error on
+//! either side shuts both sockets down before they are dropped, so no io_uring operation is left
+//! in flight. Pumps know sockets, buffers and session records, never control frames or
+//! sessions' hosts.
 
+mod data_link;
 pub mod epoll;
+pub mod framed;
+mod framed_splice;
 pub mod policy;
 mod splice;
 pub mod tls;
@@ -15,6 +21,7 @@ pub mod uring;
 use std::io;
 
 pub use epoll::BufferPool;
+pub use framed::{abort_framed, pump_framed, DataLink, FramedEnd};
 pub use tls::pump_tls;
 
 use crate::rt::Conn;

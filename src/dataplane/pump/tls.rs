@@ -64,14 +64,14 @@ pub async fn pump_tls(
 /// and a `Notify` wakes a writer that found the turn taken (rare: both directions writing at
 /// once).
 #[derive(Default)]
-struct Turn {
+pub(super) struct Turn {
     taken: Cell<bool>,
     waiting: Cell<u32>,
     wake: Notify,
 }
 
 impl Turn {
-    async fn take(&self) -> TurnGuard<'_> {
+    pub(super) async fn take(&self) -> TurnGuard<'_> {
         while self.taken.get() {
             self.waiting.set(self.waiting.get() + 1);
             self.wake.notified().await;
@@ -83,7 +83,7 @@ impl Turn {
 }
 
 /// Holds the data socket's write turn; gives it back when dropped.
-struct TurnGuard<'a>(&'a Turn);
+pub(super) struct TurnGuard<'a>(&'a Turn);
 
 impl Drop for TurnGuard<'_> {
     fn drop(&mut self) {
@@ -98,7 +98,7 @@ impl Drop for TurnGuard<'_> {
 /// `quiet` (most messages fit; one that fills it turns the direction busy), a large one while
 /// bytes flow. On a readiness backend the buffer is taken only once bytes are there. The caller
 /// gives the buffer back.
-async fn read_next<S: OwnedIo>(
+pub(super) async fn read_next<S: OwnedIo>(
     from: &S,
     buffers: &Buffers,
     quiet: bool,

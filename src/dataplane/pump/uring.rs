@@ -58,6 +58,11 @@ impl Buffers {
             .unwrap_or_else(|| Vec::with_capacity(size))
     }
 
+    /// The pipes busy plaintext directions splice through, when splice is on.
+    pub(super) fn pipes(&self) -> Option<&PipePool> {
+        self.pipes.as_ref()
+    }
+
     /// Size of a large buffer.
     pub(super) fn large_bytes(&self) -> usize {
         self.policy.large_bytes()

@@ -12,6 +12,7 @@
 //! operation in flight (end it by shutting its socket down); never block on a peer.
 
 mod accept;
+mod framed;
 mod lease;
 mod pool;
 mod proxy;
@@ -170,7 +171,8 @@ impl Worker {
             pending,
             handed.outstanding_pings,
             handed.tls,
-        );
+        )
+        .with_extension_version(handed.peer_extension_version);
         self.state
             .borrow_mut()
             .pools

@@ -140,6 +140,7 @@ impl Worker {
             cluster: cluster.clone(),
             stream: conn.stream,
             legacy: conn.legacy,
+            peer_extension_version: conn.peer_extension_version,
             pending: conn.pending,
             outstanding_pings: conn.outstanding_pings,
             tls: conn.tls,

@@ -56,9 +56,34 @@ impl Worker {
         let session_id = (self.index as u64) << 48 | self.next_session.get();
         self.next_session.set(self.next_session.get() + 1);
         tracing::Span::current().record("id", session_id);
-        let result = self
-            .run_session(conn, &frontend, &mut client, session_id, &setup, idle)
-            .await;
+        let (result, kept) = if conn.framed() {
+            match session_start(session_id, &client, &frontend) {
+                // Boxed: only framed sessions pay for their pump's state.
+                Ok(frame) => {
+                    Box::pin(self.run_framed_session(
+                        conn,
+                        &frontend,
+                        &mut client,
+                        &cluster,
+                        frame,
+                        &setup,
+                        idle,
+                    ))
+                    .await
+                }
+                Err(e) => {
+                    conn.shutdown();
+                    (Err(e), false)
+                }
+            }
+        } else {
+            // Boxed too: a session task holds only the state of the kind it runs (version 1
+            // sessions pay a handshake each anyway).
+            let result =
+                Box::pin(self.run_session(conn, &frontend, &mut client, session_id, &setup, idle))
+                    .await;
+            (result, false)
+        };
         match result {
             Ok(moved) => {
                 add(&self.counters.bytes_to_agent_total, moved.a_to_b);
@@ -84,7 +109,9 @@ impl Worker {
         if let Some(pool) = self.state.borrow_mut().pools.get_mut(&host_id) {
             pool.active = pool.active.saturating_sub(1);
         }
-        let _ = self.events.send(WorkerEvent::Closed { conn_id });
+        if !kept {
+            let _ = self.events.send(WorkerEvent::Closed { conn_id });
+        }
     }
 
     pub(super) async fn run_session(
@@ -133,7 +160,7 @@ impl Worker {
 
     /// Counts a session ended by its cluster's `session_idle_timeout_ms` (which ended it like a
     /// closed one: both sockets shut down).
-    fn count_idle_timeout(&self, timed_out: bool) {
+    pub(super) fn count_idle_timeout(&self, timed_out: bool) {
         if timed_out {
             bump(&self.counters.sessions_idle_timeout_total);
             trace!(

@@ -1,0 +1,168 @@
+//! A framed session on the server (extension version 2): SessionStart, then the frontend's
+//! bytes as session records (`pump::framed`); when both terminals have crossed, the data
+//! connection goes back to this worker's idle pool for its host, newest, and heartbeats resume.
+//!
+//! A connection that errs, breaks framing, or sends anything but a Pong after its END is closed,
+//! never reused; it carries no byte of an earlier session into the next.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tracing::{debug, trace};
+
+use super::proxy::Client;
+use super::Worker;
+use crate::dataplane::idle::IdleConn;
+use crate::dataplane::pump::{pump_framed, DataLink, Moved};
+use crate::dataplane::session_timeout::with_idle_timeout;
+use crate::plane::counters::{bump, SessionSetup};
+use crate::plane::WorkerEvent;
+use crate::protocol::session_frame::AbortReason;
+use crate::rt::Conn;
+
+impl Worker {
+    /// Runs a framed session on `conn`; returns the bytes moved and whether the connection went
+    /// back to the idle pool (else it is closed).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_framed_session(
+        &self,
+        conn: IdleConn,
+        frontend: &Conn,
+        client: &mut Client,
+        cluster: &std::sync::Arc<str>,
+        start_frame: Vec<u8>,
+        setup: &SessionSetup,
+        idle: Option<Duration>,
+    ) -> (io::Result<Moved>, bool) {
+        let IdleConn {
+            conn_id,
+            host_id,
+            stream,
+            peer_extension_version,
+            sessions_carried,
+            pending,
+            outstanding_pings,
+            tls,
+            ..
+        } = conn;
+        let link = match self
+            .start_framed(stream, tls, &start_frame, pending, outstanding_pings)
+            .await
+        {
+            Ok(started) => started,
+            Err(e) => return (Err(e), false),
+        };
+        let (link, rest) = link;
+        setup.started();
+        let ended = {
+            let pump = std::pin::pin!(pump_framed(
+                &link,
+                frontend,
+                rest,
+                client.take_early(),
+                Vec::new(),
+                AbortReason::FrontendReset,
+                self.heartbeat_interval * self.heartbeat_max_missed.max(1),
+                &self.buffers,
+            ));
+            let (ended, timed_out) = with_idle_timeout(frontend, link.conn(), idle, pump).await;
+            self.count_idle_timeout(timed_out);
+            ended
+        };
+        let end = match ended {
+            Ok(end) => end,
+            Err(e) => return (Err(e), false),
+        };
+        if let Some(reason) = end.sent_abort {
+            self.count_abort(reason, true);
+        }
+        if let Some(abort) = &end.received_abort {
+            self.count_abort(abort.reason, false);
+            debug!(conn = conn_id, reason = abort.reason.label(), text = %abort.text,
+                "agent aborted the session");
+        }
+        // The frontend's socket is done with (both its directions ended or reset).
+        frontend.shutdown();
+        let moved = end.moved;
+        let (stream, tls) = link.into_parts();
+        let kept = match stream.into_std() {
+            Ok(std) => {
+                let mut idle = IdleConn::new(conn_id, host_id, std, false, end.leftover, 0, tls)
+                    .with_extension_version(peer_extension_version);
+                idle.sessions_carried = sessions_carried + 1;
+                self.park_again(idle, cluster)
+            }
+            Err(e) => {
+                debug!(conn = conn_id, error = %e, "cannot park the data connection again");
+                false
+            }
+        };
+        (Ok(moved), kept)
+    }
+
+    /// Writes the session start frame and drops pongs still due, through the connection's TLS
+    /// session when it has one; returns the link and the record bytes already read.
+    async fn start_framed(
+        &self,
+        stream: std::net::TcpStream,
+        tls: Option<Box<crate::tls::TlsSession>>,
+        frame: &[u8],
+        pending: Vec<u8>,
+        outstanding_pings: u32,
+    ) -> io::Result<(DataLink, Vec<u8>)> {
+        let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, tls);
+        let started = async {
+            channel.write_all(frame).await?;
+            self.strip_pongs(&mut channel, pending, outstanding_pings)
+                .await
+        }
+        .await;
+        let (stream, tls) = channel.into_parts();
+        match started {
+            Ok(rest) => Ok((DataLink::new(stream, tls), rest)),
+            Err(e) => {
+                let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts a data connection whose framed session ended cleanly back in its host's pool
+    /// (newest) and tells the control path; false when it must be closed (it sent bytes that
+    /// are not a Pong).
+    fn park_again(&self, mut conn: IdleConn, cluster: &std::sync::Arc<str>) -> bool {
+        if let Err(e) = conn.poll(self.max_frame_payload_bytes) {
+            debug!(conn = conn.conn_id, reason = %e, "data connection closed after its session");
+            conn.shutdown();
+            return false;
+        }
+        let conn_id = conn.conn_id;
+        trace!(
+            conn = conn_id,
+            sessions = conn.sessions_carried,
+            "data connection idle again"
+        );
+        bump(&self.counters.data_connection_reuses_total);
+        self.state
+            .borrow_mut()
+            .pools
+            .entry(conn.host_id)
+            .or_default()
+            .idle
+            .push_back(conn);
+        let _ = self.events.send(WorkerEvent::Returned {
+            conn_id,
+            worker: self.index,
+        });
+        if let Some(n) = self.waiters.borrow().get(cluster) {
+            n.notify_one();
+        }
+        true
+    }
+
+    /// Counts an ABORT sent (`sent`) or received, by reason.
+    fn count_abort(&self, reason: AbortReason, sent: bool) {
+        bump(self.counters.abort_counter(reason, sent));
+    }
+}
