@@ -344,8 +344,8 @@ impl Registry {
     }
 
     /// Graceful close asked by `host_id`'s own aside connection: of `ids`, those that are this
-    /// host's data connections are never leased again. Returns the idle ones to close now, with
-    /// the worker holding each; leased ones end with their session. Ids of other hosts are
+    /// host's data connections are never leased again. Returns them with the worker holding
+    /// each: idle ones close now, leased ones when their session ends. Ids of other hosts are
     /// ignored (a host may only close its own connections).
     pub fn graceful_close(&mut self, host_id: HostId, ids: &[ConnId]) -> Vec<(usize, ConnId)> {
         let mut close = Vec::new();
@@ -357,7 +357,9 @@ impl Registry {
                 continue;
             }
             c.closing = true;
-            if let Some(w) = c.idle_on {
+            // A leased one too: its worker closes it when its session ends instead of pooling
+            // it again (the return the worker reports may still be in its batch).
+            if let Some(w) = c.idle_on.or(c.active_on) {
                 close.push((w, *id));
             }
         }

@@ -132,6 +132,14 @@ impl Worker {
     /// (newest) and tells the control path; false when it must be closed (it sent bytes that
     /// are not a Pong).
     fn park_again(&self, mut conn: IdleConn, cluster: &std::sync::Arc<str>) -> bool {
+        if self.leased.borrow().get(&conn.conn_id) == Some(&true) {
+            debug!(
+                conn = conn.conn_id,
+                "data connection named for closing; closed after its session"
+            );
+            conn.shutdown();
+            return false;
+        }
         if let Err(e) = conn.poll(self.max_frame_payload_bytes) {
             debug!(conn = conn.conn_id, reason = %e, "data connection closed after its session");
             conn.shutdown();
@@ -151,7 +159,7 @@ impl Worker {
             .or_default()
             .idle
             .push_back(conn);
-        let _ = self.events.send(WorkerEvent::Returned {
+        self.events.soon(WorkerEvent::Returned {
             conn_id,
             worker: self.index,
         });

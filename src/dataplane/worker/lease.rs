@@ -125,7 +125,7 @@ impl Worker {
     pub(super) fn ask_for_connections(&self, cluster: &Arc<str>) {
         let waiting = self.waiting.borrow().get(cluster).copied().unwrap_or(0);
         if waiting > 0 && self.starving.borrow_mut().insert(cluster.clone()) {
-            let _ = self.events.send(WorkerEvent::Starving {
+            self.events.now(WorkerEvent::Starving {
                 worker: self.index,
                 cluster: cluster.clone(),
                 waiting,

@@ -5,6 +5,7 @@
 //! `pool` (idle connections per host, leasing order, donation, heartbeat sweep), `lease`
 //! (waiting for a connection, asking the control path for more, `max_sessions`), `accept`
 //! (frontend accept loops), `proxy` (a frontend's PROXY header, read before its session),
+//! `reports` (events to the control path, leases and returns batched),
 //! `session` (one frontend's session from lease to close), `update` (applying the control
 //! path's snapshots and host changes to clusters and balancers).
 //!
@@ -16,6 +17,7 @@ mod framed;
 mod lease;
 mod pool;
 mod proxy;
+mod reports;
 mod session;
 mod update;
 
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, Notify};
 
 use self::accept::AcceptLoop;
 use self::pool::State;
+use self::reports::Reports;
 use super::idle::IdleConn;
 use super::pump::Pools;
 use crate::plane::counters::WorkerCounters;
@@ -64,7 +67,8 @@ struct Worker {
     index: usize,
     updates: Arc<UpdateSlot>,
     backend: Backend,
-    events: mpsc::UnboundedSender<WorkerEvent>,
+    /// Reports to the control path (leases and returns batched, `reports`).
+    events: Rc<Reports>,
     counters: Arc<WorkerCounters>,
     heartbeat_interval: Duration,
     heartbeat_max_missed: u32,
@@ -80,6 +84,9 @@ struct Worker {
     accepting: Cell<bool>,
     /// Clusters for which a donation was asked and has not arrived yet.
     starving: RefCell<std::collections::HashSet<Arc<str>>>,
+    /// Data connections leased to a session here; true once named for closing (a graceful
+    /// close): the connection is closed when its session ends, not pooled again.
+    leased: RefCell<HashMap<crate::plane::snapshot::ConnId, bool>>,
     next_session: Cell<u64>,
 }
 
@@ -105,7 +112,7 @@ pub async fn run(setup: WorkerSetup) {
         index,
         updates,
         backend,
-        events,
+        events: Reports::new(events),
         counters,
         heartbeat_interval,
         heartbeat_max_missed,
@@ -117,6 +124,7 @@ pub async fn run(setup: WorkerSetup) {
         accepting: Cell::new(true),
         waiting: RefCell::new(HashMap::new()),
         starving: RefCell::new(Default::default()),
+        leased: RefCell::new(HashMap::new()),
         next_session: Cell::new(1),
     });
     worker.apply_full(&snapshot);

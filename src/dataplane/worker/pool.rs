@@ -128,7 +128,7 @@ impl Worker {
             found
         };
         let Some(conn) = conn else {
-            let _ = self.events.send(WorkerEvent::DonateFailed {
+            self.events.now(WorkerEvent::DonateFailed {
                 to,
                 cluster: cluster.clone(),
             });
@@ -145,7 +145,7 @@ impl Worker {
             outstanding_pings: conn.outstanding_pings,
             tls: conn.tls,
         };
-        let _ = self.events.send(WorkerEvent::Donated { to, conn: handed });
+        self.events.now(WorkerEvent::Donated { to, conn: handed });
     }
 
     pub(super) fn retire(&self, conn: IdleConn, why: &IdleError) {
@@ -157,7 +157,7 @@ impl Worker {
             bump(&self.counters.idle_closes_total);
         }
         conn.shutdown();
-        let _ = self.events.send(WorkerEvent::Closed {
+        self.events.now(WorkerEvent::Closed {
             conn_id: conn.conn_id,
         });
     }
@@ -187,6 +187,14 @@ impl Worker {
                 pool.idle = kept;
             }
         }
+        // The others may be leased here: closed when their session ends.
+        let mut leased = self.leased.borrow_mut();
+        for id in &ids {
+            if let Some(closing) = leased.get_mut(id) {
+                *closing = true;
+            }
+        }
+        drop(leased);
         for c in removed {
             self.retire(c, &IdleError::Closed);
         }

@@ -48,7 +48,8 @@ impl Worker {
         };
         let (conn_id, host_id) = (conn.conn_id, conn.host_id);
         let idle = self.session_idle_timeout(&cluster);
-        let _ = self.events.send(WorkerEvent::Leased { conn_id });
+        self.events.soon(WorkerEvent::Leased { conn_id });
+        self.leased.borrow_mut().insert(conn_id, false);
         bump(&self.counters.sessions_started_total);
         add(&self.counters.active_sessions, 1);
         bump(&stats.sessions_started_total);
@@ -109,8 +110,9 @@ impl Worker {
         if let Some(pool) = self.state.borrow_mut().pools.get_mut(&host_id) {
             pool.active = pool.active.saturating_sub(1);
         }
+        self.leased.borrow_mut().remove(&conn_id);
         if !kept {
-            let _ = self.events.send(WorkerEvent::Closed { conn_id });
+            self.events.now(WorkerEvent::Closed { conn_id });
         }
     }
 

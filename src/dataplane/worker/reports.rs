@@ -1,0 +1,74 @@
+//! A worker's reports to the control path (`plane::WorkerEvent`), in order.
+//!
+//! Leases and returns of data connections are batched: a framed session would otherwise wake the
+//! control thread twice (a lease, a return) for two counter updates, which at thousands of short
+//! sessions per second is most of that thread's work. They are sent together at most
+//! `BATCH_INTERVAL` after the first of them, or at once when the batch is full; every other event
+//! (a close, starvation, a donation) is sent at once, after whatever is batched, so the control
+//! path sees every event in the order the worker made them. The registry's idle counts and
+//! session counts lag by at most the interval; leasing never waits for them (the worker owns its
+//! pools), and a lagging count only makes a donation fail, which the control path answers with a
+//! pool request. It must not hold events any longer than that, nor reorder them.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::plane::WorkerEvent;
+
+/// Longest a lease or return waits for its batch to be sent.
+pub(super) const BATCH_INTERVAL: Duration = Duration::from_millis(5);
+/// A batch this large is sent at once.
+const MAX_BATCH: usize = 256;
+
+pub(super) struct Reports {
+    tx: mpsc::UnboundedSender<WorkerEvent>,
+    batch: RefCell<Vec<WorkerEvent>>,
+    /// A flush is scheduled.
+    armed: Cell<bool>,
+}
+
+impl Reports {
+    pub(super) fn new(tx: mpsc::UnboundedSender<WorkerEvent>) -> Rc<Self> {
+        Rc::new(Self {
+            tx,
+            batch: RefCell::new(Vec::new()),
+            armed: Cell::new(false),
+        })
+    }
+
+    /// Sends `event` now, after the batched ones.
+    pub(super) fn now(&self, event: WorkerEvent) {
+        self.flush();
+        // The control path gone means the process is stopping: nothing to tell.
+        let _ = self.tx.send(event);
+    }
+
+    /// Sends a lease or return within `BATCH_INTERVAL`, with the others made meanwhile.
+    pub(super) fn soon(self: &Rc<Self>, event: WorkerEvent) {
+        let full = {
+            let mut batch = self.batch.borrow_mut();
+            batch.push(event);
+            batch.len() >= MAX_BATCH
+        };
+        if full {
+            self.flush();
+        } else if !self.armed.replace(true) {
+            let me = self.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(BATCH_INTERVAL).await;
+                me.armed.set(false);
+                me.flush();
+            });
+        }
+    }
+
+    fn flush(&self) {
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        for event in batch {
+            let _ = self.tx.send(event);
+        }
+    }
+}
