@@ -314,7 +314,6 @@ mod future_sizes {
                 run(a, b, c, d)
             },
         );
-        eprintln!("SIZES slot {slot}");
         assert!(slot <= 1536, "slot::run future is {slot} bytes");
         let data = future_bytes(
             |(a, b, c, d, e, f): (
@@ -326,7 +325,6 @@ mod future_sizes {
                 &mut watch::Receiver<bool>,
             )| serve_data(a, b, c, d, e, f),
         );
-        eprintln!("SIZES data {data}");
         assert!(data <= 2048, "serve_data future is {data} bytes");
         let dialing = future_bytes(|(a, p): (SocketAddr, &InitParams)| dial(a, p));
         assert!(dialing <= 1024, "dial future is {dialing} bytes");
