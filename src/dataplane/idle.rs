@@ -51,6 +51,9 @@ pub struct IdleConn {
     pub tls: Option<Box<crate::tls::TlsSession>>,
     /// When it became idle on this worker (legacy connections have an idle bound).
     pub idle_since: std::time::Instant,
+    /// The ringtun extension version its agent announced (0: legacy). Set after `new` by the
+    /// worker that adopts it; UDP flows lease only connections of version 2 or more.
+    pub peer_extension_version: u32,
     next_ping_seq: u64,
 }
 
@@ -73,6 +76,7 @@ impl IdleConn {
             outstanding_pings,
             tls,
             idle_since: std::time::Instant::now(),
+            peer_extension_version: 0,
             next_ping_seq: 1,
         }
     }

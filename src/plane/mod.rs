@@ -57,6 +57,9 @@ pub struct HandedConn {
     pub outstanding_pings: u32,
     /// The TLS session when the tunnel listener has TLS (`pending` is then plaintext).
     pub tls: Option<Box<crate::tls::TlsSession>>,
+    /// The ringtun extension version its agent announced (0: a legacy MOSN agent). UDP flows
+    /// are leased only to connections of version 2 or more.
+    pub peer_extension_version: u32,
 }
 
 /// Worker → control path.

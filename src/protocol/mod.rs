@@ -5,11 +5,13 @@
 //! frames: it does no I/O, reads no clock and keeps no state, so it can be tested on literal bytes
 //! and fuzzed. "Need more bytes" is a normal answer of the decoder, not an error.
 //!
-//! Beside the frames: the PROXY protocol header (`proxy`) a frontend may be sent and a backend
-//! may be written, and the CIDR networks (`cidr`) that say who may send one. Both as pure.
+//! Beside the frames: the length framing of a UDP flow's datagrams (`datagram`), the PROXY
+//! protocol header (`proxy`) a frontend may be sent and a backend may be written, and the CIDR
+//! networks (`cidr`) that say who may send one. All as pure.
 
 pub mod cidr;
 mod codec;
+pub mod datagram;
 mod frame;
 #[doc(hidden)]
 pub mod harness;
@@ -18,7 +20,8 @@ pub mod proxy;
 pub use codec::{decode, encode, encode_to_vec, DecodeError, Decoded, EncodeError};
 pub use frame::{
     ConnectionInitInfo, ConnectionInitResponse, Drain, Flag, Frame, GracefulCloseOnewayRequest,
-    InitExtra, Ping, Pong, PoolRequest, RingtunInit, Role, SessionStart, Status, WeightUpdate,
+    InitExtra, Ping, Pong, PoolRequest, RingtunInit, Role, SessionStart, Status, TransportProtocol,
+    WeightUpdate,
 };
 
 /// The two magic bytes every frame starts with.
@@ -31,8 +34,9 @@ pub const HEADER_LEN: usize = 8;
 pub const TYPE_REQUEST: [u8; 2] = [0x01, 0x00];
 /// Type bytes of a response frame.
 pub const TYPE_RESPONSE: [u8; 2] = [0x02, 0x00];
-/// The ringtun extension version this build speaks.
-pub const EXTENSION_VERSION: u32 = 1;
+/// The ringtun extension version this build speaks. 2: framed sessions and UDP flows (a server
+/// leases a UDP flow only to a connection that announced 2 or more).
+pub const EXTENSION_VERSION: u32 = 2;
 /// Largest payload the header can describe.
 pub const MAX_WIRE_PAYLOAD_BYTES: usize = u16::MAX as usize;
 /// Default limit on a received payload; peers' frames are small JSON objects.

@@ -299,6 +299,7 @@ mod tests {
             session_id: 1,
             client_addr: client.into(),
             frontend_addr: frontend.map(str::to_string),
+            protocol: Default::default(),
         }
     }
 

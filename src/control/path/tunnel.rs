@@ -231,6 +231,7 @@ impl Control {
                     &init.cluster_name,
                     legacy,
                     leftover,
+                    ext.as_ref().map_or(0, |e| e.version),
                 );
             }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
@@ -284,6 +285,7 @@ impl Control {
         cluster: &str,
         legacy: bool,
         pending: Vec<u8>,
+        peer_extension_version: u32,
     ) {
         let (stream, tls) = stream.into_parts();
         let std_stream = match stream.into_std() {
@@ -315,6 +317,7 @@ impl Control {
                 pending,
                 outstanding_pings: 0,
                 tls,
+                peer_extension_version,
             }))
         });
         if !matches!(sent, Some(Ok(()))) {

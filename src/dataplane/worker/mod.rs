@@ -162,7 +162,7 @@ impl Worker {
         // every idle connection.
         let mut pending = handed.pending;
         pending.shrink_to_fit();
-        let conn = IdleConn::new(
+        let mut conn = IdleConn::new(
             handed.conn_id,
             handed.host_id,
             handed.stream,
@@ -171,6 +171,7 @@ impl Worker {
             handed.outstanding_pings,
             handed.tls,
         );
+        conn.peer_extension_version = handed.peer_extension_version;
         self.state
             .borrow_mut()
             .pools

@@ -143,6 +143,7 @@ impl Worker {
             pending: conn.pending,
             outstanding_pings: conn.outstanding_pings,
             tls: conn.tls,
+            peer_extension_version: conn.peer_extension_version,
         };
         let _ = self.events.send(WorkerEvent::Donated { to, conn: handed });
     }
