@@ -30,6 +30,26 @@ pub struct AgentStats {
     pub sessions_idle_timeout_total: AtomicU64,
     pub bytes_to_backend_total: AtomicU64,
     pub bytes_from_backend_total: AtomicU64,
+    /// UDP flows started by servers (a `"protocol":"udp"` session start to a UDP listener).
+    pub udp_flows_total: AtomicU64,
+    /// UDP flows running now.
+    pub active_udp_flows: AtomicU64,
+    /// Session starts refused for a listener protocol mismatch (UDP flow to a TCP listener or the reverse).
+    pub udp_flows_refused_total: AtomicU64,
+    /// UDP flows ended by their listener's `session_idle_timeout_ms`.
+    pub udp_flows_idle_timeout_total: AtomicU64,
+    /// Datagrams sent to backends (counted when a flow ends).
+    pub udp_datagrams_to_backend_total: AtomicU64,
+    /// Datagrams from backends carried to the server (counted when a flow ends).
+    pub udp_datagrams_from_backend_total: AtomicU64,
+    /// Their payload bytes (counted when a flow ends).
+    pub udp_bytes_to_backend_total: AtomicU64,
+    /// Their payload bytes (counted when a flow ends).
+    pub udp_bytes_from_backend_total: AtomicU64,
+    /// Backend datagrams dropped: longer than 65507 bytes.
+    pub udp_dropped_oversized_total: AtomicU64,
+    /// Datagrams the backend socket could not send or that were refused (ICMP unreachable).
+    pub udp_dropped_send_failed_total: AtomicU64,
     /// One per `config.tunnels` entry: this worker's connections of that tunnel that are up.
     pub tunnels: Vec<TunnelGauges>,
 }
@@ -67,6 +87,16 @@ pub struct AgentStatus {
     pub bytes_to_backend_total: u64,
     pub bytes_from_backend_total: u64,
     pub sessions_idle_timeout_total: u64,
+    pub udp_flows_total: u64,
+    pub active_udp_flows: u64,
+    pub udp_flows_refused_total: u64,
+    pub udp_flows_idle_timeout_total: u64,
+    pub udp_datagrams_to_backend_total: u64,
+    pub udp_datagrams_from_backend_total: u64,
+    pub udp_bytes_to_backend_total: u64,
+    pub udp_bytes_from_backend_total: u64,
+    pub udp_dropped_oversized_total: u64,
+    pub udp_dropped_send_failed_total: u64,
 }
 
 impl AgentStatus {
@@ -84,6 +114,16 @@ impl AgentStatus {
             t.bytes_to_backend_total += load(&s.bytes_to_backend_total);
             t.bytes_from_backend_total += load(&s.bytes_from_backend_total);
             t.sessions_idle_timeout_total += load(&s.sessions_idle_timeout_total);
+            t.udp_flows_total += load(&s.udp_flows_total);
+            t.active_udp_flows += load(&s.active_udp_flows);
+            t.udp_flows_refused_total += load(&s.udp_flows_refused_total);
+            t.udp_flows_idle_timeout_total += load(&s.udp_flows_idle_timeout_total);
+            t.udp_datagrams_to_backend_total += load(&s.udp_datagrams_to_backend_total);
+            t.udp_datagrams_from_backend_total += load(&s.udp_datagrams_from_backend_total);
+            t.udp_bytes_to_backend_total += load(&s.udp_bytes_to_backend_total);
+            t.udp_bytes_from_backend_total += load(&s.udp_bytes_from_backend_total);
+            t.udp_dropped_oversized_total += load(&s.udp_dropped_oversized_total);
+            t.udp_dropped_send_failed_total += load(&s.udp_dropped_send_failed_total);
         }
         t
     }

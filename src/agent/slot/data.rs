@@ -62,17 +62,30 @@ pub(super) async fn serve_data(
             let span = tracing::debug_span!("session", id = start.session_id,
                 client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
             // Boxed: only a session pays for its pump's state, not every idle connection.
-            let stopped = Box::pin(run_session(
-                shared,
-                local,
-                spec.peer.tunnel,
-                stream,
-                start,
-                rest,
-                stop,
-            ))
-            .instrument(span)
-            .await;
+            let stopped = if start.protocol == crate::protocol::TransportProtocol::Udp {
+                let flow = super::udp::run_flow(
+                    shared,
+                    local,
+                    spec.peer.tunnel,
+                    stream,
+                    start,
+                    rest,
+                    stop,
+                );
+                Box::pin(flow).instrument(span).await
+            } else {
+                Box::pin(run_session(
+                    shared,
+                    local,
+                    spec.peer.tunnel,
+                    stream,
+                    start,
+                    rest,
+                    stop,
+                ))
+                .instrument(span)
+                .await
+            };
             if stopped {
                 Ended::Stopped
             } else {
@@ -156,6 +169,9 @@ pub(super) async fn run_session(
     let Some(listener) = shared.listener_of(tunnel) else {
         return false;
     };
+    if !super::udp::accepts(local, listener, &start) {
+        return false;
+    }
     // Boxed: the connect future is large, and the pump does not need it. Readiness-based (tokio),
     // so it may be dropped on stop.
     let connect = Box::pin(tokio::time::timeout(

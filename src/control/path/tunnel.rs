@@ -229,9 +229,8 @@ impl Control {
                     reg.conn_id,
                     reg.host_id,
                     &init.cluster_name,
-                    legacy,
+                    ext.as_ref().map(|e| e.version),
                     leftover,
-                    ext.as_ref().map_or(0, |e| e.version),
                 );
             }
             // Boxed: data connections' handshakes should not carry the aside loop's state.
@@ -283,10 +282,12 @@ impl Control {
         conn_id: ConnId,
         host_id: HostId,
         cluster: &str,
-        legacy: bool,
+        // The ringtun extension version the agent announced; `None`: a legacy (MOSN) agent.
+        extension: Option<u32>,
         pending: Vec<u8>,
-        peer_extension_version: u32,
     ) {
+        let legacy = extension.is_none();
+        let peer_extension_version = extension.unwrap_or(0);
         let (stream, tls) = stream.into_parts();
         let std_stream = match stream.into_std() {
             Ok(s) => s,
