@@ -271,3 +271,32 @@ both_backends!(
             == 1));
     }
 );
+
+both_backends!(
+    a_reload_that_changes_the_cluster_ends_its_flows_and_rebinds,
+    |backend| {
+        let target = udp_backend(echo);
+        let server = udp_server(backend, 2, |_| {});
+        let _agent = udp_agent(backend, &server, target, 4);
+        wait_registered(&server, "c", 1, 4);
+        let frontend = server.frontend_addr("c").unwrap();
+        let c = client();
+        assert_eq!(ask(&c, frontend, b"before"), b"before");
+        let mut changed = server.config().unwrap();
+        changed.clusters[0].frontends[0].address = frontend.to_string();
+        changed.clusters[0].udp_flow_idle_timeout_ms = 30_000;
+        let summary = server.reload(changed).unwrap();
+        assert_eq!(summary.changed, vec!["c".to_string()]);
+        // The old sockets' flows end with them, so the old sockets close.
+        assert!(wait_until(Duration::from_secs(10), || server
+            .counters()
+            .active_udp_flows
+            == 0));
+        wait_registered(&server, "c", 1, 4);
+        for i in 0..20 {
+            let q = format!("after {i}");
+            assert_eq!(ask(&client(), frontend, q.as_bytes()), q.as_bytes());
+        }
+        assert_eq!(ask(&c, frontend, b"same client"), b"same client");
+    }
+);

@@ -37,6 +37,8 @@ enum FlowEnd {
     Idle,
     /// The agent closed the data connection (its backend failed, or its own idle bound).
     AgentClosed,
+    /// The frontend stopped receiving (drain, reload).
+    FrontendClosed,
 }
 
 impl Worker {
@@ -73,6 +75,7 @@ impl Worker {
                         trace!("UDP flow ended by udp_flow_idle_timeout_ms");
                     }
                     Ok(FlowEnd::AgentClosed) => trace!("UDP flow ended by the agent"),
+                    Ok(FlowEnd::FrontendClosed) => trace!("UDP flow ended with its frontend"),
                     Err(e) => {
                         bump(&self.counters.udp_flow_errors_total);
                         debug!(error = %e, "UDP flow ended with error");
@@ -148,6 +151,9 @@ impl Worker {
         let mut out = Vec::new();
         let mut replies = 0u64;
         loop {
+            if frontend.closed.get() {
+                return Ok(FlowEnd::FrontendClosed);
+            }
             {
                 let mut queue = flow.queue.borrow_mut();
                 while let Some(d) = queue.pop_front() {
@@ -180,6 +186,7 @@ impl Worker {
                     _ => {}
                 },
                 _ = tokio::time::sleep_until(last_datagram + idle) => return Ok(FlowEnd::Idle),
+                _ = frontend.closing.notified() => return Ok(FlowEnd::FrontendClosed),
             }
         }
     }

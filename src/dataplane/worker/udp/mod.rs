@@ -17,6 +17,10 @@
 //! operation in flight, does not arise), and one receive buffer serves every flow. Flows' data
 //! connections likewise go through `tls::Channel` (readiness, plaintext or TLS).
 //!
+//! When the receive loop is stopped (a drain, or a reload that changed or removed the cluster)
+//! its flows end with it (their data connections closed), so the old socket closes at once and a
+//! rebound frontend's socket gets every datagram.
+//!
 //! Must not: hold a `RefCell` borrow across an `.await`, block the frontend loop on a flow, or
 //! keep a datagram beyond a flow's queue bound.
 
@@ -75,6 +79,20 @@ pub(super) struct UdpFrontend {
     pub(super) limits: Arc<UdpFrontendLimits>,
     pub(super) local_addr: Option<SocketAddr>,
     pub(super) table: RefCell<FlowTable>,
+    /// Set, and `closing` signalled, when the receive loop stops (drain, reload): its flows end
+    /// too, so the socket closes with them and a rebound frontend gets every datagram.
+    pub(super) closed: Cell<bool>,
+    pub(super) closing: Notify,
+}
+
+/// Owned by the receive loop's future: dropped when its task is aborted, it ends the flows.
+struct EndFlowsOnDrop(Rc<UdpFrontend>);
+
+impl Drop for EndFlowsOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.set(true);
+        self.0.closing.notify_waiters();
+    }
 }
 
 impl Worker {
@@ -99,6 +117,8 @@ impl Worker {
             socket,
             limits,
             table: RefCell::new(FlowTable::default()),
+            closed: Cell::new(false),
+            closing: Notify::new(),
         });
         Some(tokio::task::spawn_local(
             self.clone().udp_receive_loop(frontend),
@@ -108,6 +128,7 @@ impl Worker {
     /// Receives client datagrams until its task is aborted (a drain or a reload). A datagram one
     /// byte over the limit is enough to know it is too long, so the buffer is limit + 1.
     async fn udp_receive_loop(self: Rc<Self>, frontend: Rc<UdpFrontend>) {
+        let _end_flows = EndFlowsOnDrop(frontend.clone());
         let mut buf = vec![0u8; frontend.limits.max_datagram_bytes + 1];
         loop {
             match frontend.socket.recv_from(&mut buf).await {
