@@ -300,3 +300,108 @@ both_backends!(
         assert_eq!(ask(&c, frontend, b"same client"), b"same client");
     }
 );
+
+/// A CA and a server certificate for `tunnel.test` in a fresh directory: (dir, ca, cert, key).
+fn tls_files() -> (std::path::PathBuf, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringtun-udp-tls-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["tunnel.test".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca_file = write("ca.pem", issuer.pem());
+    let cert_file = write("server.crt", cert.pem());
+    let key_file = write("server.key", key.serialize_pem());
+    (dir, ca_file, cert_file, key_file)
+}
+
+both_backends!(flows_over_tls_data_connections, |backend| {
+    let (dir, ca, cert, key) = tls_files();
+    let target = udp_backend(echo);
+    let mut config = server(backend)
+        .cluster("c")
+        .tls(serde_json::json!({"cert_chain_file": cert, "private_key_file": key}))
+        .config();
+    config.clusters[0].protocol = TransportProtocol::Udp;
+    let server = ServerHandle::start(config).unwrap();
+    let _agent = agent(backend, server.tunnel_addr(), target)
+        .tls(serde_json::json!({"ca_file": ca, "server_name": "tunnel.test"}))
+        .listener_field("protocol", serde_json::json!("udp"))
+        .run();
+    wait_registered(&server, "c", 1, 4);
+    let frontend = server.frontend_addr("c").unwrap();
+    let clients: Vec<UdpSocket> = (0..3).map(|_| client()).collect();
+    for i in 0..100 {
+        for (k, c) in clients.iter().enumerate() {
+            let q = format!("{k}/{i}");
+            assert_eq!(ask(c, frontend, q.as_bytes()), q.as_bytes());
+        }
+    }
+    assert_eq!(ask(&clients[0], frontend, &[9u8; 4000]), vec![9u8; 4000]);
+    let _ = std::fs::remove_dir_all(dir);
+});
+
+both_backends!(a_version_1_agent_is_never_given_a_flow, |backend| {
+    use ringtun::protocol::{self, ConnectionInitInfo, Frame, InitExtra, RingtunInit, Role};
+    use std::io::{Read, Write};
+    let target = udp_backend(echo);
+    let server = udp_server(backend, 1, |c| c.clusters[0].pool_wait_ms = 200);
+    // An agent of extension version 1 (before UDP flows): one data connection, idle.
+    let mut old = std::net::TcpStream::connect(server.tunnel_addr()).unwrap();
+    let init = protocol::encode_to_vec(&Frame::Init(ConnectionInitInfo {
+        cluster_name: "c".into(),
+        weight: 10,
+        host_name: "old-agent".into(),
+        extra: Some(InitExtra {
+            ringtun: Some(RingtunInit {
+                version: 1,
+                role: Role::Data,
+                agent_id: "old".into(),
+                max_connection_num: None,
+            }),
+            other: Default::default(),
+        }),
+        ..Default::default()
+    }))
+    .unwrap();
+    old.write_all(&init).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server
+        .hosts("c")
+        .iter()
+        .any(|h| h.idle_connections == 1)));
+    let frontend = server.frontend_addr("c").unwrap();
+    let c = client();
+    c.send_to(b"nobody for me", frontend).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let t = server.counters();
+        t.pool_exhausted_total == 1 && t.udp_dropped_no_connection_total == 1
+    }));
+    // A version 2 agent carries the next flow; the old connection still gets nothing.
+    let _agent = udp_agent(backend, &server, target, 2);
+    assert!(wait_until(Duration::from_secs(10), || server
+        .hosts("c")
+        .iter()
+        .any(|h| h.host_name == "edge-test" && h.idle_connections >= 1)));
+    assert_eq!(ask(&c, frontend, b"now"), b"now");
+    old.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = old.read(&mut response).unwrap();
+    // Only its init response: no session start followed it.
+    assert!(matches!(
+        protocol::decode(&response[..n], 65_535),
+        Ok(protocol::Decoded::Frame(Frame::InitResponse(_), used)) if used == n
+    ));
+});
