@@ -30,7 +30,7 @@ struct Report<'a> {
     late: u64,
     loss_ratio: f64,
     requests_per_sec: f64,
-    /// Answered requests per second of the slowest and of the fastest flow.
+    /// Answered requests per second (after the warmup) of the slowest and of the fastest flow.
     flow_min_requests_per_sec: f64,
     flow_max_requests_per_sec: f64,
     latency_us: Percentiles,
@@ -45,6 +45,8 @@ struct FlowCount {
     received: u64,
     lost: u64,
     late: u64,
+    /// Answers to requests sent after the warmup (what the rates count).
+    recorded: u64,
 }
 
 pub(crate) async fn run(ctx: &Ctx, args: &UdpArgs) -> Result<Outcome, BenchError> {
@@ -105,7 +107,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &UdpArgs) -> Result<Outcome, BenchError
     for (c, t) in tasks.into_iter().enumerate() {
         match t.await {
             Ok(Ok(count)) => {
-                per_flow.push(count.received as f64);
+                per_flow.push(count.recorded as f64);
                 total.sent += count.sent;
                 total.received += count.received;
                 total.lost += count.lost;
@@ -121,7 +123,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &UdpArgs) -> Result<Outcome, BenchError
     }
     let histogram = latency.merged();
     let measured_secs = ctx.duration.as_secs_f64();
-    let per_sec = |answered: f64| answered / secs.max(1e-9);
+    let per_sec = |answered: f64| answered / measured_secs.max(1e-9);
     let slowest = per_flow.iter().copied().reduce(f64::min).unwrap_or(0.0);
     let fastest = per_flow.iter().copied().reduce(f64::max).unwrap_or(0.0);
     let report = Report {
@@ -244,6 +246,7 @@ async fn flow(
             count.received += 1;
             if sent_at >= record_from {
                 latency.record(c, nanos(done - sent_at));
+                count.recorded += 1;
             }
             counters.add_ops(1);
             break;

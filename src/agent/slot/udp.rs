@@ -81,8 +81,13 @@ pub(super) async fn run_flow(
         return false;
     }
     let stats = &local.stats;
+    // Bounded like a TCP backend's connect (the name may need a lookup).
+    let limit = Duration::from_millis(listener.connect_timeout_ms);
     let socket = tokio::select! {
-        s = backend_socket(local, listener) => s,
+        s = tokio::time::timeout(limit, backend_socket(local, listener)) => s.unwrap_or_else(|_| {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!(
+                "no backend address within connect_timeout_ms ({} ms)", listener.connect_timeout_ms)))
+        }),
         _ = stop.changed() => return true,
     };
     let socket = match socket {
