@@ -220,36 +220,20 @@ pub struct ClusterConfig {
     pub protocol: crate::protocol::TransportProtocol,
     /// A UDP flow with no datagram either way this long is ended (its data connection closed),
     /// in milliseconds. Default 60000; 100 to 86400000.
-    #[serde(default = "default_udp_flow_idle_timeout_ms")]
+    #[serde(default = "super::udp::default_udp_flow_idle_timeout_ms")]
     pub udp_flow_idle_timeout_ms: u64,
     /// Largest client datagram a UDP frontend carries, in bytes; a larger one is dropped and
     /// counted. Default 65507; 1 to 65507.
-    #[serde(default = "default_max_udp_datagram_bytes")]
+    #[serde(default = "super::udp::default_max_udp_datagram_bytes")]
     pub max_udp_datagram_bytes: usize,
     /// UDP flows one client IP address may hold at once, per worker (a flow from a new address
     /// beyond it is dropped and counted). Default 256; 1 to 1000000.
-    #[serde(default = "default_max_udp_flows_per_client_ip")]
+    #[serde(default = "super::udp::default_max_udp_flows_per_client_ip")]
     pub max_udp_flows_per_client_ip: u32,
     /// Client datagrams queued per UDP flow while its data connection is being leased or is
     /// slow; when full the oldest is dropped and counted. Default 256; 1 to 65536.
-    #[serde(default = "default_max_udp_queued_datagrams_per_flow")]
+    #[serde(default = "super::udp::default_max_udp_queued_datagrams_per_flow")]
     pub max_udp_queued_datagrams_per_flow: usize,
-}
-
-fn default_udp_flow_idle_timeout_ms() -> u64 {
-    defaults::UDP_FLOW_IDLE_TIMEOUT_MS
-}
-
-fn default_max_udp_datagram_bytes() -> usize {
-    defaults::MAX_UDP_DATAGRAM_BYTES
-}
-
-fn default_max_udp_flows_per_client_ip() -> u32 {
-    defaults::MAX_UDP_FLOWS_PER_CLIENT_IP
-}
-
-fn default_max_udp_queued_datagrams_per_flow() -> usize {
-    defaults::MAX_UDP_QUEUED_DATAGRAMS_PER_FLOW
 }
 
 impl ClusterConfig {
@@ -617,7 +601,7 @@ impl ServerConfig {
                     format!("{} is more than 600000", c.pool_wait_ms),
                 );
             }
-            validate_udp(path, &at, c)?;
+            super::udp::validate_cluster(path, &at, c)?;
             for (j, f) in c.frontends.iter().enumerate() {
                 let field = at(&format!("frontends[{j}].address"));
                 let addr = socket_addr(path, &field, &f.address)?;
@@ -635,53 +619,6 @@ impl ServerConfig {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7070)))
     }
-}
-
-/// The UDP rules of a cluster (checked for TCP clusters too: a file stays valid when its
-/// `protocol` changes).
-fn validate_udp(
-    path: &Path,
-    at: &dyn Fn(&str) -> String,
-    c: &ClusterConfig,
-) -> Result<(), ConfigError> {
-    let err = |field: String, msg: String| Err(ConfigError::new(path, field, msg));
-    if !(100..=86_400_000).contains(&c.udp_flow_idle_timeout_ms) {
-        return err(
-            at("udp_flow_idle_timeout_ms"),
-            format!("{} is outside 100..=86400000", c.udp_flow_idle_timeout_ms),
-        );
-    }
-    let max = crate::protocol::datagram::MAX_DATAGRAM_BYTES;
-    if !(1..=max).contains(&c.max_udp_datagram_bytes) {
-        return err(
-            at("max_udp_datagram_bytes"),
-            format!("{} is outside 1..={max}", c.max_udp_datagram_bytes),
-        );
-    }
-    if !(1..=1_000_000).contains(&c.max_udp_flows_per_client_ip) {
-        return err(
-            at("max_udp_flows_per_client_ip"),
-            format!("{} is outside 1..=1000000", c.max_udp_flows_per_client_ip),
-        );
-    }
-    if !(1..=65_536).contains(&c.max_udp_queued_datagrams_per_flow) {
-        return err(
-            at("max_udp_queued_datagrams_per_flow"),
-            format!(
-                "{} is outside 1..=65536",
-                c.max_udp_queued_datagrams_per_flow
-            ),
-        );
-    }
-    if c.protocol == crate::protocol::TransportProtocol::Udp {
-        if let Some(j) = c.frontends.iter().position(|f| f.accept_proxy_protocol) {
-            return err(
-                at(&format!("frontends[{j}].accept_proxy_protocol")),
-                "a UDP cluster's frontends cannot read a PROXY header".into(),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Cluster and listener names: short, printable, safe in logs and metric labels.
