@@ -36,6 +36,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 session_id: 9_876_543_210,
                 client_addr: "203.0.113.17:54321".into(),
                 frontend_addr: Some("198.51.100.1:443".into()),
+                protocol: Default::default(),
             }),
         ),
     ]

@@ -414,3 +414,64 @@ fn a_dead_target_ends_the_run_with_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connection succeeded"));
 }
+
+#[test]
+fn udp_request_response_against_udp_echo_reports_rate_latency_and_loss() {
+    let (_echo, addr) = far_end("udp-echo");
+    let out = bench(&[
+        "udp",
+        "--target",
+        &addr,
+        "--duration-secs",
+        "0.5",
+        "--connections",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["mode"], "udp");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["flows"], 2);
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(
+        v["sent"].as_u64().unwrap(),
+        received + v["lost"].as_u64().unwrap(),
+        "{v}"
+    );
+    assert!(
+        v["flow_min_requests_per_sec"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn udp_to_a_silent_target_counts_every_request_lost() {
+    // Bound and never read: nothing answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let out = bench(&[
+        "udp",
+        "--target",
+        &silent.local_addr().unwrap().to_string(),
+        "--duration-secs",
+        "0.3",
+        "--loss-timeout-ms",
+        "50",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v = json_of(&out);
+    assert_eq!(v["received"], 0, "{v}");
+    assert!(v["lost"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["loss_ratio"].as_f64().unwrap(), 1.0, "{v}");
+}

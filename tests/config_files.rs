@@ -16,6 +16,7 @@ use ringtun::config::{
     SendProxyProtocol, ServerConfig, ServerTlsConfig, ServerType, TlsMinVersion, TunnelConfig,
     TunnelListenerConfig,
 };
+use ringtun::protocol::TransportProtocol;
 use ringtun::secret::Secret;
 use serde_json::{json, Value};
 
@@ -302,6 +303,11 @@ fn full_server() -> ServerConfig {
             session_idle_timeout_ms: 3_600_000,
             max_hosts: 10_000,
             max_aside_connections_per_agent: 4,
+            protocol: TransportProtocol::Tcp,
+            udp_flow_idle_timeout_ms: 60_000,
+            max_udp_datagram_bytes: 65_507,
+            max_udp_flows_per_client_ip: 256,
+            max_udp_queued_datagrams_per_flow: 256,
         }],
     }
 }
@@ -329,6 +335,7 @@ fn full_agent() -> AgentConfig {
             connect_timeout_ms: 5_000,
             send_proxy_protocol: SendProxyProtocol::V2,
             session_idle_timeout_ms: 3_600_000,
+            protocol: TransportProtocol::Tcp,
         }],
         tunnels: vec![TunnelConfig {
             enable: true,

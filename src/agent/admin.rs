@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::Shared;
+use super::{AgentStatus, Shared};
 use crate::admin::{get_only, Handler, Request, Response};
 use crate::metrics::{self, Exposition, Kind};
 
@@ -211,6 +211,88 @@ impl AgentAdmin {
             &[("direction", "from_backend")],
             s.bytes_from_backend_total,
         );
+        render_udp(&mut e, &s);
         e.finish()
     }
+}
+
+/// The UDP flows' families: flows, datagrams and bytes each way, drops by reason.
+fn render_udp(e: &mut Exposition, s: &AgentStatus) {
+    e.family(
+        "ringtun_agent_udp_flows_total",
+        Kind::Counter,
+        "UDP flows started by servers.",
+    )
+    .sample_u64("ringtun_agent_udp_flows_total", &[], s.udp_flows_total);
+    e.family(
+        "ringtun_agent_udp_flows_active",
+        Kind::Gauge,
+        "UDP flows running now.",
+    )
+    .sample_u64("ringtun_agent_udp_flows_active", &[], s.active_udp_flows);
+    e.family(
+        "ringtun_agent_udp_flows_idle_timeout_total",
+        Kind::Counter,
+        "UDP flows ended by their listener's session_idle_timeout_ms.",
+    )
+    .sample_u64(
+        "ringtun_agent_udp_flows_idle_timeout_total",
+        &[],
+        s.udp_flows_idle_timeout_total,
+    );
+    e.family(
+        "ringtun_agent_protocol_mismatches_total",
+        Kind::Counter,
+        "Session starts refused because the listener's protocol differs (UDP flow to a TCP listener or the reverse).",
+    )
+    .sample_u64(
+        "ringtun_agent_protocol_mismatches_total",
+        &[],
+        s.udp_flows_refused_total,
+    );
+    e.family(
+        "ringtun_agent_udp_datagrams_total",
+        Kind::Counter,
+        "UDP datagrams by direction, counted when a flow ends.",
+    )
+    .sample_u64(
+        "ringtun_agent_udp_datagrams_total",
+        &[("direction", "to_backend")],
+        s.udp_datagrams_to_backend_total,
+    )
+    .sample_u64(
+        "ringtun_agent_udp_datagrams_total",
+        &[("direction", "from_backend")],
+        s.udp_datagrams_from_backend_total,
+    );
+    e.family(
+        "ringtun_agent_udp_bytes_total",
+        Kind::Counter,
+        "UDP payload bytes by direction, counted when a flow ends.",
+    )
+    .sample_u64(
+        "ringtun_agent_udp_bytes_total",
+        &[("direction", "to_backend")],
+        s.udp_bytes_to_backend_total,
+    )
+    .sample_u64(
+        "ringtun_agent_udp_bytes_total",
+        &[("direction", "from_backend")],
+        s.udp_bytes_from_backend_total,
+    );
+    e.family(
+        "ringtun_agent_udp_datagrams_dropped_total",
+        Kind::Counter,
+        "UDP datagrams dropped, by reason.",
+    )
+    .sample_u64(
+        "ringtun_agent_udp_datagrams_dropped_total",
+        &[("reason", "oversized")],
+        s.udp_dropped_oversized_total,
+    )
+    .sample_u64(
+        "ringtun_agent_udp_datagrams_dropped_total",
+        &[("reason", "send_failed")],
+        s.udp_dropped_send_failed_total,
+    );
 }

@@ -45,6 +45,26 @@ pub struct AgentStats {
     pub session_aborts_sent_total: [AtomicU64; 4],
     /// Framed sessions the server aborted, by reason (same order).
     pub session_aborts_received_total: [AtomicU64; 4],
+    /// UDP flows started by servers (a `"protocol":"udp"` session start to a UDP listener).
+    pub udp_flows_total: AtomicU64,
+    /// UDP flows running now.
+    pub active_udp_flows: AtomicU64,
+    /// Session starts refused for a listener protocol mismatch (UDP flow to a TCP listener or the reverse).
+    pub udp_flows_refused_total: AtomicU64,
+    /// UDP flows ended by their listener's `session_idle_timeout_ms`.
+    pub udp_flows_idle_timeout_total: AtomicU64,
+    /// Datagrams sent to backends (counted when a flow ends).
+    pub udp_datagrams_to_backend_total: AtomicU64,
+    /// Datagrams from backends carried to the server (counted when a flow ends).
+    pub udp_datagrams_from_backend_total: AtomicU64,
+    /// Their payload bytes (counted when a flow ends).
+    pub udp_bytes_to_backend_total: AtomicU64,
+    /// Their payload bytes (counted when a flow ends).
+    pub udp_bytes_from_backend_total: AtomicU64,
+    /// Backend datagrams dropped: longer than 65507 bytes.
+    pub udp_dropped_oversized_total: AtomicU64,
+    /// Datagrams the backend socket could not send or that were refused (ICMP unreachable).
+    pub udp_dropped_send_failed_total: AtomicU64,
     /// One per `config.tunnels` entry: this worker's connections of that tunnel that are up.
     pub tunnels: Vec<TunnelGauges>,
 }
@@ -96,6 +116,16 @@ pub struct AgentStatus {
     /// By reason, `AbortReason::KNOWN` order then other.
     pub session_aborts_sent_total: [u64; 4],
     pub session_aborts_received_total: [u64; 4],
+    pub udp_flows_total: u64,
+    pub active_udp_flows: u64,
+    pub udp_flows_refused_total: u64,
+    pub udp_flows_idle_timeout_total: u64,
+    pub udp_datagrams_to_backend_total: u64,
+    pub udp_datagrams_from_backend_total: u64,
+    pub udp_bytes_to_backend_total: u64,
+    pub udp_bytes_from_backend_total: u64,
+    pub udp_dropped_oversized_total: u64,
+    pub udp_dropped_send_failed_total: u64,
 }
 
 impl AgentStatus {
@@ -118,6 +148,16 @@ impl AgentStatus {
                 t.session_aborts_sent_total[i] += load(&s.session_aborts_sent_total[i]);
                 t.session_aborts_received_total[i] += load(&s.session_aborts_received_total[i]);
             }
+            t.udp_flows_total += load(&s.udp_flows_total);
+            t.active_udp_flows += load(&s.active_udp_flows);
+            t.udp_flows_refused_total += load(&s.udp_flows_refused_total);
+            t.udp_flows_idle_timeout_total += load(&s.udp_flows_idle_timeout_total);
+            t.udp_datagrams_to_backend_total += load(&s.udp_datagrams_to_backend_total);
+            t.udp_datagrams_from_backend_total += load(&s.udp_datagrams_from_backend_total);
+            t.udp_bytes_to_backend_total += load(&s.udp_bytes_to_backend_total);
+            t.udp_bytes_from_backend_total += load(&s.udp_bytes_from_backend_total);
+            t.udp_dropped_oversized_total += load(&s.udp_dropped_oversized_total);
+            t.udp_dropped_send_failed_total += load(&s.udp_dropped_send_failed_total);
         }
         t
     }

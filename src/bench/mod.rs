@@ -3,10 +3,11 @@
 //! (request/response percentiles, closed or open loop), `connect` (a connection per request),
 //! `idle` (many held sessions and the memory they cost a process), `burst` (time to first byte
 //! of bursts of new connections), a slow link (`relay`: a delay each way), two far ends: `sink` (for
-//! one-way throughput) and `echo` (a backend to measure against), and `swarm` (many emulated
+//! one-way throughput) and `echo` (a backend to measure against), `udp` (UDP request/response:
+//! rate, latency percentiles, loss) with its far end `udp-echo`, and `swarm` (many emulated
 //! agents against a ringtun server, the only mode that speaks the tunnel protocol).
 //!
-//! The other modes speak plain TCP only. None starts tunnels or other processes (`perf/compare`
+//! The other modes speak plain TCP (or UDP) only. None starts tunnels or other processes (`perf/compare`
 //! and `perf/swarm` do). Every wait is bounded by `--connect-timeout-ms` or
 //! `--io-timeout-ms`, so a dead target ends a run with an error instead of a hang. Results go to
 //! stdout (a table, or one JSON document with `--json`); progress goes to stderr.
@@ -33,6 +34,7 @@ pub mod sink;
 pub mod stats;
 mod swarm;
 mod throughput;
+mod udp;
 
 pub use burst::BurstArgs;
 pub use error::BenchError;
@@ -99,6 +101,10 @@ pub enum Mode {
     Echo(EchoArgs),
     /// A TCP relay to --target adding a delay each way: a slow link for tests and perf/slowlink.
     Relay(RelayArgs),
+    /// UDP request/response over C flows: req/s (total and per flow), latency percentiles, loss.
+    Udp(UdpArgs),
+    /// A UDP echo backend for `udp`.
+    UdpEcho(EchoArgs),
     /// N emulated ringtun agents against a server: registration time, handshakes/s, server CPU/RSS.
     Swarm(Box<SwarmArgs>),
 }
@@ -134,6 +140,19 @@ pub struct LatencyArgs {
     /// intended send time (coordinated-omission correction). Without it: closed loop.
     #[arg(long, value_name = "REQ_PER_SEC")]
     pub rate: Option<f64>,
+    /// Run this long before recording.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub warmup_secs: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UdpArgs {
+    /// Request (and echoed answer) size; the first 8 bytes carry the sequence number.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub size: usize,
+    /// A request not answered within this long is counted lost (and the flow sends the next).
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub loss_timeout_ms: u64,
     /// Run this long before recording.
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
     pub warmup_secs: f64,
@@ -255,6 +274,8 @@ pub fn run(args: &BenchArgs) -> Result<Outcome, BenchError> {
             Mode::Sink(a) => sink::run(common, a).await,
             Mode::Echo(a) => echo::run(common, a).await,
             Mode::Relay(a) => relay::run(common, a).await,
+            Mode::Udp(a) => udp::run(&Ctx::new(common, "udp")?, a).await,
+            Mode::UdpEcho(a) => udp::echo(common, a).await,
             // Dispatched above: it runs on runtimes of its own.
             Mode::Swarm(a) => Err(BenchError::InvalidArgument(format!(
                 "swarm of {} agents cannot run on the shared runtime",

@@ -78,6 +78,11 @@ pub struct HostingListenerConfig {
     /// sockets shut down), in milliseconds; `0` = never. Default 3600000; 0, or 100 to 86400000.
     #[serde(default = "super::default_session_idle_timeout_ms")]
     pub session_idle_timeout_ms: u64,
+    /// What the backend speaks: `"tcp"` (default) or `"udp"`. A UDP listener takes only UDP
+    /// flows (one connected UDP socket to `backend` per flow, ended after the start's idle
+    /// timeout); a session start of the other protocol is refused and its connection closed.
+    #[serde(default)]
+    pub protocol: crate::protocol::TransportProtocol,
 }
 
 impl HostingListenerConfig {
@@ -377,6 +382,14 @@ impl AgentConfig {
                 &at("session_idle_timeout_ms"),
                 l.session_idle_timeout_ms,
             )?;
+            if l.protocol == crate::protocol::TransportProtocol::Udp
+                && l.send_proxy_protocol.version().is_some()
+            {
+                return err(
+                    at("send_proxy_protocol"),
+                    "a UDP listener cannot send a PROXY header".into(),
+                );
+            }
             if !(1..=600_000).contains(&l.connect_timeout_ms) {
                 return err(
                     at("connect_timeout_ms"),

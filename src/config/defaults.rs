@@ -48,6 +48,16 @@ pub const MAX_FRAME_PAYLOAD_BYTES: usize = crate::protocol::DEFAULT_MAX_FRAME_PA
 pub const POOL_WAIT_MS: u64 = 2_000;
 /// Time a frontend connection has to send its PROXY header (`accept_proxy_protocol`).
 pub const PROXY_PROTOCOL_TIMEOUT_MS: u64 = 5_000;
+/// A UDP flow with no datagram either way this long is ended (`clusters[].udp_flow_idle_timeout_ms`).
+pub const UDP_FLOW_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Largest client datagram a UDP frontend carries; larger are dropped and counted (the IPv4
+/// UDP maximum).
+pub const MAX_UDP_DATAGRAM_BYTES: usize = crate::protocol::datagram::MAX_DATAGRAM_BYTES;
+/// UDP flows one client IP address may hold at once on one worker of one cluster.
+pub const MAX_UDP_FLOWS_PER_CLIENT_IP: u32 = 256;
+/// Client datagrams queued per UDP flow while its data connection is slow (the oldest is
+/// dropped when full).
+pub const MAX_UDP_QUEUED_DATAGRAMS_PER_FLOW: usize = 256;
 
 // Agent.
 pub const AGENT_WEIGHT: i64 = 10;

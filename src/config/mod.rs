@@ -12,6 +12,7 @@ mod error;
 pub mod mosn;
 mod proxy;
 mod server;
+mod udp;
 
 pub use admin::AdminConfig;
 pub use agent::{

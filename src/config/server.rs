@@ -212,6 +212,28 @@ pub struct ClusterConfig {
     /// Default 3600000; 0, or 100 to 86400000.
     #[serde(default = "super::default_session_idle_timeout_ms")]
     pub session_idle_timeout_ms: u64,
+    /// What the frontends carry: `"tcp"` (default) or `"udp"`. A UDP cluster's frontends are
+    /// UDP sockets; each client address on a frontend is a flow, carried over its own data
+    /// connection to an agent listener with `protocol` `"udp"`. Its flows count against
+    /// `max_sessions`.
+    #[serde(default)]
+    pub protocol: crate::protocol::TransportProtocol,
+    /// A UDP flow with no datagram either way this long is ended (its data connection closed),
+    /// in milliseconds. Default 60000; 100 to 86400000.
+    #[serde(default = "super::udp::default_udp_flow_idle_timeout_ms")]
+    pub udp_flow_idle_timeout_ms: u64,
+    /// Largest client datagram a UDP frontend carries, in bytes; a larger one is dropped and
+    /// counted. Default 65507; 1 to 65507.
+    #[serde(default = "super::udp::default_max_udp_datagram_bytes")]
+    pub max_udp_datagram_bytes: usize,
+    /// UDP flows one client IP address may hold at once, per worker (a flow from a new address
+    /// beyond it is dropped and counted). Default 256; 1 to 1000000.
+    #[serde(default = "super::udp::default_max_udp_flows_per_client_ip")]
+    pub max_udp_flows_per_client_ip: u32,
+    /// Client datagrams queued per UDP flow while its data connection is being leased or is
+    /// slow; when full the oldest is dropped and counted. Default 256; 1 to 65536.
+    #[serde(default = "super::udp::default_max_udp_queued_datagrams_per_flow")]
+    pub max_udp_queued_datagrams_per_flow: usize,
 }
 
 impl ClusterConfig {
@@ -579,6 +601,7 @@ impl ServerConfig {
                     format!("{} is more than 600000", c.pool_wait_ms),
                 );
             }
+            super::udp::validate_cluster(path, &at, c)?;
             for (j, f) in c.frontends.iter().enumerate() {
                 let field = at(&format!("frontends[{j}].address"));
                 let addr = socket_addr(path, &field, &f.address)?;

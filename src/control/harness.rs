@@ -33,6 +33,11 @@ pub fn clusters() -> Vec<ClusterConfig> {
         session_idle_timeout_ms: 0,
         max_hosts: 10_000,
         max_aside_connections_per_agent: 4,
+        protocol: Default::default(),
+        udp_flow_idle_timeout_ms: 60_000,
+        max_udp_datagram_bytes: 65_507,
+        max_udp_flows_per_client_ip: 256,
+        max_udp_queued_datagrams_per_flow: 256,
     };
     vec![
         cluster("open", CredentialPolicy::None, &[]),

@@ -43,7 +43,8 @@ pub struct IdleConn {
     pub host_id: HostId,
     pub stream: TcpStream,
     pub legacy: bool,
-    /// The extension version the agent announced (0: legacy); see `framed`.
+    /// The extension version the agent announced (0: legacy); see `framed`. UDP flows lease
+    /// only connections of `protocol::UDP_FLOWS_VERSION` or more.
     pub peer_extension_version: u32,
     /// Sessions this connection carried on this worker before it became idle again.
     pub sessions_carried: u32,

@@ -105,6 +105,38 @@ counters! {
     session_aborts_received_backend_error_total,
     /// ... for another reason.
     session_aborts_received_other_total,
+    /// UDP flows that got a data connection and started.
+    udp_flows_started_total,
+    /// UDP flows that ended (any cause; those that never started included).
+    udp_flows_ended_total,
+    /// UDP flows in progress (waiting for a connection or running).
+    active_udp_flows,
+    /// UDP flows ended by `udp_flow_idle_timeout_ms`.
+    udp_flows_idle_timeout_total,
+    /// UDP flows ended by an error (the data connection failed or broke the framing, or the
+    /// agent closed it before any reply, e.g. refused for a listener protocol mismatch).
+    udp_flow_errors_total,
+    /// Client datagrams written towards agents.
+    udp_datagrams_to_agent_total,
+    /// Datagrams from agents sent to clients.
+    udp_datagrams_from_agent_total,
+    /// Payload bytes of those client datagrams.
+    udp_bytes_to_agent_total,
+    /// Payload bytes of those agent datagrams.
+    udp_bytes_from_agent_total,
+    /// Client datagrams dropped: longer than `max_udp_datagram_bytes`.
+    udp_dropped_oversized_total,
+    /// ... the oldest of a flow's full queue (`max_udp_queued_datagrams_per_flow`).
+    udp_dropped_queue_full_total,
+    /// ... a new flow beyond `max_udp_flows_per_client_ip`.
+    udp_dropped_client_ip_flows_total,
+    /// ... a new flow beyond the cluster's `max_sessions`.
+    udp_dropped_over_limit_total,
+    /// ... no data connection (of extension version 2) within `pool_wait_ms`, or the flow
+    /// ended before they were written.
+    udp_dropped_no_connection_total,
+    /// Datagrams from agents that could not be sent to their client (socket error).
+    udp_dropped_send_failed_total,
 }
 
 impl WorkerCounters {

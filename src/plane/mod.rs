@@ -52,7 +52,8 @@ pub struct HandedConn {
     /// A MOSN agent without the ringtun extension: no session start frame, no heartbeat.
     pub legacy: bool,
     /// The extension version the agent announced (0 for a legacy MOSN agent): framed sessions,
-    /// many per connection, when it and this build both speak `FRAMED_SESSIONS_VERSION`.
+    /// many per connection, when it and this build both speak `FRAMED_SESSIONS_VERSION`; UDP
+    /// flows are leased only to connections of `UDP_FLOWS_VERSION` or more.
     pub peer_extension_version: u32,
     /// Bytes already read after the init frame.
     pub pending: Vec<u8>,

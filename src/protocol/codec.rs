@@ -258,6 +258,7 @@ mod tests {
             session_id: 7,
             client_addr: "127.0.0.1:5555".into(),
             frontend_addr: None,
+            protocol: Default::default(),
         }))
         .unwrap();
         let frame_len = bytes.len();
@@ -277,6 +278,7 @@ mod tests {
             session_id: 1,
             client_addr: "[::1]:9".into(),
             frontend_addr: None,
+            protocol: Default::default(),
         }))
         .unwrap();
         assert_eq!(&old[8..], br#"{"session_id":1,"client_addr":"[::1]:9"}"#);
@@ -287,6 +289,34 @@ mod tests {
             Decoded::Frame(Frame::SessionStart(s), _) => {
                 assert_eq!(s.frontend_addr.as_deref(), Some("[::1]:80"))
             }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_udp_session_start_says_so_and_a_tcp_one_is_unchanged() {
+        let udp = encode_to_vec(&Frame::SessionStart(SessionStart {
+            session_id: 1,
+            client_addr: "[::1]:9".into(),
+            frontend_addr: None,
+            protocol: crate::protocol::TransportProtocol::Udp,
+        }))
+        .unwrap();
+        assert_eq!(
+            &udp[8..],
+            br#"{"session_id":1,"client_addr":"[::1]:9","protocol":"udp"}"#
+        );
+        match decode(&udp, MAX).unwrap() {
+            Decoded::Frame(Frame::SessionStart(s), _) => {
+                assert_eq!(s.protocol, crate::protocol::TransportProtocol::Udp)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let tcp = br#"{"session_id":1,"client_addr":"[::1]:9","protocol":"tcp"}"#;
+        let mut bytes = vec![0x20, 0x88, 0x01, 0x10, 0x01, 0x00, 0x00, tcp.len() as u8];
+        bytes.extend_from_slice(tcp);
+        match decode(&bytes, MAX).unwrap() {
+            Decoded::Frame(Frame::SessionStart(s), _) => assert!(s.protocol.is_tcp()),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -241,6 +241,35 @@ pub struct SessionStart {
     /// older servers; not written when unknown, so older agents see the frame they know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontend_addr: Option<String>,
+    /// `"udp"`: the connection carries one UDP flow (length-framed datagrams, `datagram`).
+    /// Absent means TCP and is not written for it, so a TCP start is the frame older agents know.
+    #[serde(default, skip_serializing_if = "TransportProtocol::is_tcp")]
+    pub protocol: TransportProtocol,
+}
+
+/// What a cluster's frontends, a hosting listener and a session carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportProtocol {
+    /// A byte stream (the default).
+    #[default]
+    Tcp,
+    /// Datagrams; a session is one flow (one client address on one frontend).
+    Udp,
+}
+
+impl TransportProtocol {
+    pub fn is_tcp(&self) -> bool {
+        *self == TransportProtocol::Tcp
+    }
+
+    /// As the config and the frame spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportProtocol::Tcp => "tcp",
+            TransportProtocol::Udp => "udp",
+        }
+    }
 }
 
 /// Heartbeat probe.

@@ -1,6 +1,7 @@
 //! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`), of the
-//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`) and of the session record decoder
-//! (`fuzz/fuzz_targets/session_records.rs`), shared with the property tests
+//! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`), of the session record decoder
+//! (`fuzz/fuzz_targets/session_records.rs`) and of the UDP flow's datagram decoder
+//! (`fuzz/fuzz_targets/datagram_decoder.rs`), shared with the property tests
 //! (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
 //!
 //! Panics only when an invariant of the codec is broken; that is what the fuzzer looks for.
@@ -148,4 +149,50 @@ fn feed_records(
         }
     }
     (payload, terminal, None)
+}
+
+/// Decodes `data[1..]` as a stream of framed datagrams under a limit taken from `data[0]`. No
+/// input may panic the decoder; each decoded datagram must re-encode to the bytes it came from,
+/// and every prefix of those bytes must be "need more" with a count that does not overshoot.
+pub fn datagram_round_trip(data: &[u8]) {
+    use super::datagram::{decode_datagram, encode_datagram, DatagramDecoded, DATAGRAM_HEADER_LEN};
+    let Some((&limit_byte, mut rest)) = data.split_first() else {
+        return;
+    };
+    let max = if limit_byte == u8::MAX {
+        super::datagram::MAX_DATAGRAM_BYTES
+    } else {
+        usize::from(limit_byte) * 2
+    };
+    loop {
+        match decode_datagram(rest, max) {
+            Ok(DatagramDecoded::NeedMore(n)) => {
+                assert!(n >= 1, "NeedMore(0)");
+                return;
+            }
+            Ok(DatagramDecoded::Datagram { used }) => {
+                assert!(
+                    used >= DATAGRAM_HEADER_LEN && used <= rest.len(),
+                    "used {used}"
+                );
+                assert!(used - DATAGRAM_HEADER_LEN <= max, "over the limit");
+                let mut again = Vec::new();
+                encode_datagram(&rest[DATAGRAM_HEADER_LEN..used], &mut again)
+                    .expect("a decoded datagram encodes");
+                assert_eq!(
+                    &again[..],
+                    &rest[..used],
+                    "datagram changed in a round trip"
+                );
+                for cut in 0..used {
+                    match decode_datagram(&rest[..cut], max) {
+                        Ok(DatagramDecoded::NeedMore(n)) => assert!(n >= 1 && cut + n <= used),
+                        other => panic!("prefix of {cut} of {used} bytes gave {other:?}"),
+                    }
+                }
+                rest = &rest[used..];
+            }
+            Err(_) => return,
+        }
+    }
 }

@@ -70,13 +70,24 @@ fn frame() -> impl Strategy<Value = Frame> {
                     connection_ids: ids,
                 })
             ),
-        (any::<u64>(), text(), proptest::option::of(text())).prop_map(|(id, addr, front)| {
-            Frame::SessionStart(SessionStart {
-                session_id: id,
-                client_addr: addr,
-                frontend_addr: front,
-            })
-        }),
+        (
+            any::<u64>(),
+            text(),
+            proptest::option::of(text()),
+            any::<bool>()
+        )
+            .prop_map(|(id, addr, front, udp)| {
+                Frame::SessionStart(SessionStart {
+                    session_id: id,
+                    client_addr: addr,
+                    frontend_addr: front,
+                    protocol: if udp {
+                        TransportProtocol::Udp
+                    } else {
+                        TransportProtocol::Tcp
+                    },
+                })
+            }),
         any::<u64>().prop_map(|seq| Frame::Ping(Ping { seq })),
         any::<u64>().prop_map(|seq| Frame::Pong(Pong { seq })),
         (text(), any::<i64>()).prop_map(|(c, w)| Frame::WeightUpdate(WeightUpdate {
@@ -357,6 +368,58 @@ mod session_records {
             prop_assert_eq!(got, payload);
             prop_assert_eq!(got_terminal, terminal);
             prop_assert!(pending.is_empty());
+        }
+    }
+}
+
+mod datagram {
+    use proptest::prelude::*;
+
+    use crate::protocol::datagram::*;
+    use crate::protocol::harness;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Datagrams framed one after another decode back to themselves, in order, whatever
+        /// the split of the stream into reads.
+        #[test]
+        fn datagrams_round_trip_across_any_split(
+            datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let mut stream = Vec::new();
+            for d in &datagrams {
+                encode_datagram(d, &mut stream).expect("fits");
+            }
+            let cut = if stream.is_empty() { 0 } else { cut % stream.len() };
+            let mut buf = stream[..cut].to_vec();
+            let mut rest = &stream[cut..];
+            let mut got = Vec::new();
+            loop {
+                match decode_datagram(&buf, MAX_DATAGRAM_BYTES).expect("valid") {
+                    DatagramDecoded::Datagram { used } => {
+                        got.push(buf[DATAGRAM_HEADER_LEN..used].to_vec());
+                        buf.drain(..used);
+                    }
+                    DatagramDecoded::NeedMore(n) => {
+                        prop_assert!(n >= 1);
+                        if rest.is_empty() {
+                            break;
+                        }
+                        buf.extend_from_slice(rest);
+                        rest = &[];
+                    }
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, datagrams);
+        }
+
+        /// The `datagram_decoder` fuzz target's harness on random bytes.
+        #[test]
+        fn fuzz_harness_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            harness::datagram_round_trip(&bytes);
         }
     }
 }

@@ -62,6 +62,15 @@ pub struct AcceptStop {
 }
 
 impl AcceptStop {
+    /// The stop of a loop that waits by readiness on either backend (a UDP frontend's tokio
+    /// socket): aborting its task drops no operation in flight.
+    pub fn abort() -> Self {
+        Self {
+            fd: -1,
+            uring: false,
+        }
+    }
+
     /// Ends `task`, the loop accepting on this listener. The loop must check its own stop flag
     /// after every accept error, and be set to stop before this is called.
     pub fn stop(self, task: tokio::task::JoinHandle<()>) {

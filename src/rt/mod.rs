@@ -23,13 +23,14 @@ pub(crate) use io::shutdown_write;
 pub use io::write_all;
 pub(crate) use io::OwnedIo;
 pub use listen::{
-    bind_frontends, parse_addr, BindError, FrontendSocket, FrontendSockets, ProxyAccept,
+    bind_frontends, parse_addr, BindError, FrontendListener, FrontendSocket, FrontendSockets,
+    ProxyAccept, UdpFrontendLimits,
 };
 pub use liveness::{data_idle_ms, set_session_keepalive, set_tunnel_liveness};
 pub use pipe::{Pipe, PipePool};
 pub use socket::{
-    bind_reuseport, bind_tunnel_listener, poll_readable_nonblocking, readable_bytes,
-    send_nonblocking, splice_nonblocking, ReadPoll,
+    bind_reuseport, bind_tunnel_listener, bind_udp_reuseport, poll_readable_nonblocking,
+    readable_bytes, send_nonblocking, splice_nonblocking, ReadPoll, UDP_SOCKET_BUFFER_BYTES,
 };
 
 use std::future::Future;

@@ -20,6 +20,25 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// A UDP frontend socket of one worker: SO_REUSEPORT (the kernel spreads clients over the
+/// workers' sockets by address, so one client's datagrams always reach the same worker),
+/// non-blocking, with larger buffers than the default so a burst of datagrams waits in the
+/// kernel rather than being lost while the worker is busy.
+pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // Best effort: capped by net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Requested kernel buffer of a UDP socket each way (frontends and the agent's flow sockets).
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 1024 * 1024;
+
 /// The tunnel listener: SO_REUSEADDR (a restarted server rebinds at once), no SO_REUSEPORT (two
 /// servers must not share agents' port by accident).
 pub fn bind_tunnel_listener(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -521,6 +521,7 @@ impl ServerAdmin {
                 n,
             );
         }
+        super::udp_metrics::render(&mut e, &totals);
         e.family(
             "ringtun_snapshots_applied_total",
             Kind::Counter,

@@ -73,6 +73,24 @@ pub(super) async fn serve_data(
                 spec.peer.conn_down(cell);
                 let span = tracing::debug_span!("session", id = start.session_id,
                 client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
+                if start.protocol == crate::protocol::TransportProtocol::Udp {
+                    // A UDP flow: its own framing; the connection closes when it ends.
+                    let flow = super::udp::run_flow(
+                        shared,
+                        local,
+                        spec.peer.tunnel,
+                        stream,
+                        start,
+                        rest,
+                        stop,
+                    );
+                    let stopped = Box::pin(flow).instrument(span).await;
+                    return if stopped {
+                        Ended::Stopped
+                    } else {
+                        Ended::Session
+                    };
+                }
                 if framed {
                     // Boxed, like the pump below.
                     let ended = Box::pin(super::framed::run_framed_session(
@@ -194,6 +212,9 @@ pub(super) async fn run_session(
     let Some(listener) = shared.listener_of(tunnel) else {
         return false;
     };
+    if !super::udp::accepts(local, listener, &start) {
+        return false;
+    }
     let connect = tokio::select! {
         c = connect_backend(local, listener) => c,
         _ = stop.changed() => return true,
@@ -358,6 +379,7 @@ mod tests {
             session_id: 1,
             client_addr: client.into(),
             frontend_addr: frontend.map(str::to_string),
+            protocol: Default::default(),
         }
     }
 

@@ -40,6 +40,10 @@ pub(super) async fn run_framed_session(
     let Some(listener) = shared.listener_of(tunnel) else {
         return Framed::Closed;
     };
+    // A TCP session start for a UDP listener: refused, the connection closed (logged, counted).
+    if !super::udp::accepts(local, listener, &start) {
+        return Framed::Closed;
+    }
     let (stream, tls) = data.into_parts();
     let link = DataLink::new(stream, tls);
     let connect = tokio::select! {

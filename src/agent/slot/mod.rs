@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, error, info, trace, warn, Instrument};
 
 mod aside;
 mod data;
 mod framed;
 mod mosn;
+mod udp;
 
 use super::backoff::Backoff;
 use super::dial::{dial, open, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};

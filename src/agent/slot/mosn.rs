@@ -41,6 +41,7 @@ pub(super) async fn serve_mosn_data(
         session_id: 0,
         client_addr: String::new(),
         frontend_addr: None,
+        protocol: Default::default(),
     };
     let span = tracing::debug_span!("mosn session", local = ?local_addr);
     let stopped = Box::pin(run_session(

@@ -62,6 +62,7 @@ fn session_ends_on_stop(io: IoBackend) {
             session_id: 1,
             client_addr: "127.0.0.1:9".into(),
             frontend_addr: None,
+            protocol: Default::default(),
         };
         let session = tokio::task::spawn_local(async move {
             let mut stop = stop_rx;

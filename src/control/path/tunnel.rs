@@ -234,8 +234,7 @@ impl Control {
                     reg.conn_id,
                     reg.host_id,
                     &init.cluster_name,
-                    legacy,
-                    peer_extension_version,
+                    ext.as_ref().map(|e| e.version),
                     leftover,
                 );
             }
@@ -289,10 +288,12 @@ impl Control {
         conn_id: ConnId,
         host_id: HostId,
         cluster: &str,
-        legacy: bool,
-        peer_extension_version: u32,
+        // The ringtun extension version the agent announced; `None`: a legacy (MOSN) agent.
+        extension: Option<u32>,
         pending: Vec<u8>,
     ) {
+        let legacy = extension.is_none();
+        let peer_extension_version = extension.unwrap_or(0);
         let (stream, tls) = stream.into_parts();
         let std_stream = match stream.into_std() {
             Ok(s) => s,
@@ -320,10 +321,10 @@ impl Control {
                 cluster: Arc::from(cluster),
                 stream: std_stream,
                 legacy,
-                peer_extension_version,
                 pending,
                 outstanding_pings: 0,
                 tls,
+                peer_extension_version,
             }))
         });
         if !matches!(sent, Some(Ok(()))) {

@@ -15,7 +15,7 @@ use tracing::{warn, Instrument};
 use super::proxy::Client;
 use super::Worker;
 use crate::plane::counters::bump;
-use crate::rt::{AcceptStop, Conn, FrontendSocket, Listener, ProxyAccept};
+use crate::rt::{AcceptStop, Conn, FrontendListener, FrontendSocket, Listener, ProxyAccept};
 
 /// A running accept loop of one frontend listener.
 pub(super) struct AcceptLoop {
@@ -46,6 +46,21 @@ impl Worker {
             proxy,
         } in listeners
         {
+            let listener = match listener {
+                FrontendListener::Tcp(listener) => listener,
+                FrontendListener::Udp { socket, limits } => {
+                    // Readiness on both backends: aborting its task is a safe stop.
+                    if let Some(task) = self.start_udp(cluster.clone(), socket, limits) {
+                        into.push(AcceptLoop {
+                            cluster,
+                            task,
+                            stop: AcceptStop::abort(),
+                            stopped: Rc::new(Cell::new(false)),
+                        });
+                    }
+                    continue;
+                }
+            };
             match Listener::from_std(self.backend, listener) {
                 Ok((listener, stop)) => {
                     let stopped = Rc::new(Cell::new(false));

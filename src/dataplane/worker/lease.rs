@@ -66,13 +66,23 @@ impl Worker {
 
     /// `try_lease` with the published changes applied first (a new host is known before its
     /// connection is leased).
-    fn lease_now(&self, cluster: &str, ip: std::net::IpAddr) -> Option<IdleConn> {
+    fn lease_now(&self, cluster: &str, ip: std::net::IpAddr, min_version: u32) -> Option<IdleConn> {
         self.catch_up();
-        self.try_lease(cluster, ip)
+        self.try_lease(cluster, ip, min_version)
     }
 
     pub(super) async fn lease(&self, cluster: &Arc<str>, client: SocketAddr) -> Option<IdleConn> {
-        if let Some(conn) = self.lease_now(cluster, client.ip()) {
+        self.lease_min_version(cluster, client, 0).await
+    }
+
+    /// `lease`, of a connection whose agent announced `min_version` or more (a UDP flow's).
+    pub(super) async fn lease_min_version(
+        &self,
+        cluster: &Arc<str>,
+        client: SocketAddr,
+        min_version: u32,
+    ) -> Option<IdleConn> {
+        if let Some(conn) = self.lease_now(cluster, client.ip(), min_version) {
             return Some(conn);
         }
         bump(&self.counters.pool_waits_total);
@@ -87,7 +97,7 @@ impl Worker {
         let notify = self.waiter(cluster);
         let leased = loop {
             let notified = notify.notified();
-            if let Some(conn) = self.lease_now(cluster, client.ip()) {
+            if let Some(conn) = self.lease_now(cluster, client.ip(), min_version) {
                 break Some(conn);
             }
             let wake = deadline.min(Instant::now() + Duration::from_millis(REASK_MS));
@@ -95,7 +105,7 @@ impl Worker {
                 // Let a later frontend ask again.
                 self.starving.borrow_mut().remove(cluster);
                 if Instant::now() >= deadline {
-                    break self.lease_now(cluster, client.ip());
+                    break self.lease_now(cluster, client.ip(), min_version);
                 }
                 // Still waiting: ask again (an answer may have gone to another worker, or a
                 // donor may have had nothing left).

@@ -7,7 +7,8 @@
 //! (frontend accept loops), `proxy` (a frontend's PROXY header, read before its session),
 //! `reports` (events to the control path, leases and returns batched),
 //! `session` (one frontend's session from lease to close), `update` (applying the control
-//! path's snapshots and host changes to clusters and balancers).
+//! path's snapshots and host changes to clusters and balancers), `udp` (a UDP cluster's
+//! frontends and their flows).
 //!
 //! Never hold a `RefCell` borrow of the worker's state across an `.await`; never drop an io_uring
 //! operation in flight (end it by shutting its socket down); never block on a peer.
@@ -19,6 +20,7 @@ mod pool;
 mod proxy;
 mod reports;
 mod session;
+mod udp;
 mod update;
 
 use std::cell::{Cell, RefCell};

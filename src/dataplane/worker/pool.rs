@@ -44,6 +44,26 @@ pub(super) struct State {
 pub(super) struct PoolView<'a> {
     pub(super) hosts: &'a [SnapshotHost],
     pub(super) pools: &'a HashMap<HostId, HostPool>,
+    /// Only connections whose agent announced at least this extension version count (0: all).
+    pub(super) min_version: u32,
+}
+
+impl HostPool {
+    /// The index of the idle connection to lease next among those of `min_version` or more:
+    /// the newest, or a legacy host's oldest (see `try_lease`).
+    fn next_index(&self, min_version: u32) -> Option<usize> {
+        if min_version == 0 {
+            let oldest = self.idle.front().is_some_and(|c| c.legacy);
+            return match self.idle.len() {
+                0 => None,
+                n if !oldest => Some(n - 1),
+                _ => Some(0),
+            };
+        }
+        self.idle
+            .iter()
+            .rposition(|c| c.peer_extension_version >= min_version)
+    }
 }
 
 impl HostState for PoolView<'_> {
@@ -51,7 +71,7 @@ impl HostState for PoolView<'_> {
         self.hosts
             .get(index)
             .and_then(|h| self.pools.get(&h.id))
-            .is_some_and(|p| !p.idle.is_empty())
+            .is_some_and(|p| p.next_index(self.min_version).is_some())
     }
 
     fn active_sessions(&self, index: usize) -> u32 {
@@ -63,8 +83,14 @@ impl HostState for PoolView<'_> {
 }
 
 impl Worker {
-    /// Takes an idle connection of the host the balancer picks, skipping dead ones.
-    pub(super) fn try_lease(&self, cluster: &str, client_ip: IpAddr) -> Option<IdleConn> {
+    /// Takes an idle connection of the host the balancer picks, skipping dead ones; only
+    /// connections whose agent announced `min_version` or more (a UDP flow needs 2).
+    pub(super) fn try_lease(
+        &self,
+        cluster: &str,
+        client_ip: IpAddr,
+        min_version: u32,
+    ) -> Option<IdleConn> {
         let mut dead = Vec::new();
         let leased = {
             let mut state = self.state.borrow_mut();
@@ -74,6 +100,7 @@ impl Worker {
                 let view = PoolView {
                     hosts: &local.snap.hosts,
                     pools,
+                    min_version,
                 };
                 let Some(i) = local.balancer.pick(client_ip, &view) else {
                     break None;
@@ -85,12 +112,9 @@ impl Worker {
                 // agent can let its extra ones go once idle (a rotating pool never would).
                 // A legacy (MOSN) host's oldest first: the longest settled after its response,
                 // and MOSN has no extra connections to let go.
-                let oldest = pool.idle.front().is_some_and(|c| c.legacy);
-                let next = if oldest {
-                    pool.idle.pop_front()
-                } else {
-                    pool.idle.pop_back()
-                };
+                let next = pool
+                    .next_index(min_version)
+                    .and_then(|at| pool.idle.remove(at));
                 let Some(mut conn) = next else {
                     break None;
                 };

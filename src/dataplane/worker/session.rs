@@ -301,6 +301,7 @@ fn session_start(session_id: u64, client: &Client, frontend: &Conn) -> io::Resul
         session_id,
         client_addr: client.addr.to_string(),
         frontend_addr: to.map(|a| a.to_string()),
+        protocol: Default::default(),
     });
     protocol::encode_to_vec(&start).map_err(io::Error::other)
 }
