@@ -94,19 +94,23 @@ impl Drop for TurnGuard<'_> {
     }
 }
 
-/// Reads the next chunk from `from` into a pool buffer: a small one while the direction is
-/// `quiet` (most messages fit; one that fills it turns the direction busy), a large one while
-/// bytes flow. On a readiness backend the buffer is taken only once bytes are there. The caller
-/// gives the buffer back.
+/// Reads the next chunk from `from` into a pool buffer. On a readiness backend (epoll) the buffer
+/// is taken only once bytes are there, and is a large one. Without readiness (io_uring) it is a
+/// small one while the direction is `quiet` (most messages fit; one that fills it turns the
+/// direction busy), a large one while bytes flow. The caller gives the buffer back.
 pub(super) async fn read_next<S: OwnedIo>(
     from: &S,
     buffers: &Buffers,
     quiet: bool,
 ) -> (io::Result<usize>, Vec<u8>) {
-    if let Err(e) = from.wait_readable().await {
-        return (Err(e), Vec::new());
-    }
-    from.read_owned(buffers.take(!quiet)).await
+    let waited = match from.wait_readable().await {
+        Ok(waited) => waited,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    // After a readiness wait (epoll) the buffer is held for this one read only: a large one
+    // takes a whole message at once (a 660-byte HTTP response in a 512-byte buffer cost two
+    // reads and two records). Without readiness (io_uring) a quiet direction parks a small read.
+    from.read_owned(buffers.take(waited || !quiet)).await
 }
 
 /// Encrypts `bytes` (or, when None, closes; `Some(&[])` sends what TLS owes) and writes the
