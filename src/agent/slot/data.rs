@@ -80,7 +80,7 @@ pub(super) async fn serve_data(
         };
         spec.peer.conn_down(cell);
         // Boxed: only a session pays for its state (its pump's), not every idle connection.
-        let session = Box::pin(run_started_session(
+        let session = start_session(
             shared,
             local,
             spec.peer.tunnel,
@@ -90,7 +90,7 @@ pub(super) async fn serve_data(
             framed,
             silence,
             stop,
-        ))
+        )
         .await;
         match session {
             Session::Again(channel, left) => {
@@ -115,60 +115,67 @@ enum Session {
     Ended(Ended),
 }
 
-/// Runs the session `start` began on `stream`: a UDP flow, a framed session (on a `framed`
+/// Starts the session `start` began on `stream`: a UDP flow, a framed session (on a `framed`
 /// connection, which then waits for the next), or a plain session that closes the connection.
-/// Each is boxed again: a session pays only for its own kind's state.
+/// Its future is boxed: a session pays only for its own kind's state, in one allocation.
 #[allow(clippy::too_many_arguments)]
-async fn run_started_session(
-    shared: &Shared,
-    local: &Local,
+fn start_session<'a>(
+    shared: &'a Shared,
+    local: &'a Local,
     tunnel: usize,
     stream: Channel,
     start: SessionStart,
     rest: Vec<u8>,
     framed: bool,
     silence: Option<Duration>,
-    stop: &mut watch::Receiver<bool>,
-) -> Session {
+    stop: &'a mut watch::Receiver<bool>,
+) -> Running<'a> {
     let span = tracing::debug_span!("session", id = start.session_id,
         client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
-    let stopped = if start.protocol == crate::protocol::TransportProtocol::Udp {
+    if start.protocol == crate::protocol::TransportProtocol::Udp {
         // A UDP flow: its own framing; the connection closes when it ends.
-        Box::pin(super::udp::run_flow(
-            shared, local, tunnel, stream, start, rest, stop,
-        ))
-        .instrument(span)
-        .await
+        let flow = super::udp::run_flow(shared, local, tunnel, stream, start, rest, stop);
+        Running::Closing(Box::pin(flow.instrument(span)))
     } else if framed {
-        let ended = Box::pin(super::framed::run_framed_session(
-            shared,
-            local,
-            tunnel,
-            stream,
-            start,
-            rest,
-            silence.unwrap_or(Duration::from_secs(60)),
-            stop,
-        ))
-        .instrument(span)
-        .await;
-        match ended {
-            super::framed::Framed::Again(channel, left) => return Session::Again(channel, left),
-            super::framed::Framed::Closed => false,
-            super::framed::Framed::Stopped => true,
+        let silence = silence.unwrap_or(Duration::from_secs(60));
+        let session = super::framed::run_framed_session(
+            shared, local, tunnel, stream, start, rest, silence, stop,
+        );
+        Running::Framed(Box::pin(session.instrument(span)))
+    } else {
+        let session = run_session(shared, local, tunnel, stream, start, rest, stop);
+        Running::Closing(Box::pin(session.instrument(span)))
+    }
+}
+
+/// A started session's future (each kind boxed), resolving to how it ended.
+enum Running<'a> {
+    /// A session that closes its connection: true when the agent's stop ended it.
+    Closing(Pin<Box<dyn Future<Output = bool> + 'a>>),
+    /// A framed session.
+    Framed(Pin<Box<dyn Future<Output = super::framed::Framed> + 'a>>),
+}
+
+impl Future for Running<'_> {
+    type Output = Session;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Session> {
+        use super::framed::Framed;
+        match self.get_mut() {
+            Running::Closing(session) => session.as_mut().poll(cx).map(|stopped| {
+                Session::Ended(if stopped {
+                    Ended::Stopped
+                } else {
+                    Ended::Session
+                })
+            }),
+            Running::Framed(session) => session.as_mut().poll(cx).map(|ended| match ended {
+                Framed::Again(channel, left) => Session::Again(channel, left),
+                Framed::Closed => Session::Ended(Ended::Session),
+                Framed::Stopped => Session::Ended(Ended::Stopped),
+            }),
         }
-    } else {
-        Box::pin(run_session(
-            shared, local, tunnel, stream, start, rest, stop,
-        ))
-        .instrument(span)
-        .await
-    };
-    Session::Ended(if stopped {
-        Ended::Stopped
-    } else {
-        Ended::Session
-    })
+    }
 }
 
 /// Answers pings until a session starts; returns it and the session bytes already read. An
