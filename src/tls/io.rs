@@ -181,13 +181,15 @@ impl Channel {
     /// 0 when the peer closed. Cancel-safe: nothing is lost when the future is dropped.
     ///
     /// It waits for readiness holding no buffer, then reads into this thread's scratch buffer
-    /// without awaiting: an idle connection's future stays small and parks no read buffer.
+    /// without awaiting: an idle connection's future stays small and parks no read buffer. The
+    /// wait polls the socket's readiness (no waiter future of its own): a channel is read by one
+    /// task.
     pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             if self.eof {
                 return Ok(0);
             }
-            self.stream.readable().await?;
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
             let read = SCRATCH.with(|scratch| {
                 let mut chunk = scratch.borrow_mut();
                 match self.stream.try_read(&mut chunk[..]) {

@@ -13,29 +13,39 @@ use super::*;
 use crate::dataplane::session_timeout::with_idle_timeout;
 use crate::protocol::proxy::{encode_proxy_header, ProxyHeader};
 
+/// Serves one data connection for its slot (marked up for the slot's graceful stop while it
+/// idles, down once it is gone): idle waits, and each session, until it is lost or carried its
+/// last session.
+///
+/// Every idle data connection holds this future (boxed by the slot): it keeps only the idle
+/// wait's state inline, and a session runs in one boxed future of its own.
 pub(super) async fn serve_data(
     shared: &Shared,
     spec: &SlotSpec,
     cell: &ConnCell,
-    conn: Dialed,
+    conn: Box<Dialed>,
     local: &Local,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
+    let silence = conn
+        .heartbeat_interval_ms
+        .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
+    let framed = conn.extension_version >= protocol::FRAMED_SESSIONS_VERSION;
     let Dialed {
         mut stream,
-        heartbeat_interval_ms,
         mut leftover,
         connection_id,
-        extension_version,
-    } = conn;
-    let framed = extension_version >= protocol::FRAMED_SESSIONS_VERSION;
+        ..
+    } = *conn;
+    spec.peer.conn_up(cell, connection_id);
     let Some(tunnel) = shared.config.tunnels.get(spec.peer.tunnel) else {
+        spec.peer.conn_down(cell);
         return Ended::Lost("no such tunnel".into());
     };
-    let _up = local.stats.connection_up(spec.peer.tunnel, Role::Data);
+    let up = local.stats.connection_up(spec.peer.tunnel, Role::Data);
     // A framed connection comes back here after each session; any other carries one.
     let mut reused = false;
-    loop {
+    let ended = loop {
         if reused {
             local
                 .stats
@@ -47,8 +57,6 @@ pub(super) async fn serve_data(
             .stats
             .idle_data_connections
             .fetch_add(1, Ordering::Relaxed);
-        let silence = heartbeat_interval_ms
-            .map(|ms| Duration::from_millis(ms.saturating_mul(SERVER_SILENCE_INTERVALS)));
         let release = match (spec.extra, connection_id) {
             (true, Some(id)) => Some((
                 id,
@@ -65,76 +73,107 @@ pub(super) async fn serve_data(
             .stats
             .idle_data_connections
             .fetch_sub(1, Ordering::Relaxed);
-        let Some(waited) = waited else {
-            return Ended::Stopped;
+        let (start, rest) = match waited {
+            Some(Ok(started)) => started,
+            Some(Err(why)) => break Ended::Lost(why),
+            None => break Ended::Stopped,
         };
-        match waited {
-            Ok((start, rest)) => {
-                spec.peer.conn_down(cell);
-                let span = tracing::debug_span!("session", id = start.session_id,
-                client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
-                if start.protocol == crate::protocol::TransportProtocol::Udp {
-                    // A UDP flow: its own framing; the connection closes when it ends.
-                    let flow = super::udp::run_flow(
-                        shared,
-                        local,
-                        spec.peer.tunnel,
-                        stream,
-                        start,
-                        rest,
-                        stop,
-                    );
-                    let stopped = Box::pin(flow).instrument(span).await;
-                    return if stopped {
-                        Ended::Stopped
-                    } else {
-                        Ended::Session
-                    };
-                }
-                if framed {
-                    // Boxed, like the pump below.
-                    let ended = Box::pin(super::framed::run_framed_session(
-                        shared,
-                        local,
-                        spec.peer.tunnel,
-                        stream,
-                        start,
-                        rest,
-                        silence.unwrap_or(Duration::from_secs(60)),
-                        stop,
-                    ))
-                    .instrument(span)
-                    .await;
-                    match ended {
-                        super::framed::Framed::Again(channel, left) => {
-                            stream = channel;
-                            leftover = left;
-                            reused = true;
-                            continue;
-                        }
-                        super::framed::Framed::Closed => return Ended::Session,
-                        super::framed::Framed::Stopped => return Ended::Stopped,
-                    }
-                }
-                // Boxed: only a session pays for its pump's state, not every idle connection.
-                let stopped = Box::pin(run_session(
-                    shared,
-                    local,
-                    spec.peer.tunnel,
-                    stream,
-                    start,
-                    rest,
-                    stop,
-                ))
-                .instrument(span)
-                .await;
-                return if stopped {
+        spec.peer.conn_down(cell);
+        // Boxed: only a session pays for its state (its pump's), not every idle connection.
+        let session = start_session(
+            shared,
+            local,
+            spec.peer.tunnel,
+            stream,
+            start,
+            rest,
+            framed,
+            silence,
+            stop,
+        )
+        .await;
+        match session {
+            Session::Again(channel, left) => {
+                stream = channel;
+                leftover = left;
+                reused = true;
+            }
+            Session::Ended(ended) => break ended,
+        }
+    };
+    drop(up);
+    spec.peer.conn_down(cell);
+    ended
+}
+
+/// How a session on a data connection ended.
+enum Session {
+    /// A framed session ended and its connection waits for the next (with the bytes already
+    /// read for it).
+    Again(Channel, Vec<u8>),
+    /// The connection is done.
+    Ended(Ended),
+}
+
+/// Starts the session `start` began on `stream`: a UDP flow, a framed session (on a `framed`
+/// connection, which then waits for the next), or a plain session that closes the connection.
+/// Its future is boxed: a session pays only for its own kind's state, in one allocation.
+#[allow(clippy::too_many_arguments)]
+fn start_session<'a>(
+    shared: &'a Shared,
+    local: &'a Local,
+    tunnel: usize,
+    stream: Channel,
+    start: SessionStart,
+    rest: Vec<u8>,
+    framed: bool,
+    silence: Option<Duration>,
+    stop: &'a mut watch::Receiver<bool>,
+) -> Running<'a> {
+    let span = tracing::debug_span!("session", id = start.session_id,
+        client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
+    if start.protocol == crate::protocol::TransportProtocol::Udp {
+        // A UDP flow: its own framing; the connection closes when it ends.
+        let flow = super::udp::run_flow(shared, local, tunnel, stream, start, rest, stop);
+        Running::Closing(Box::pin(flow.instrument(span)))
+    } else if framed {
+        let silence = silence.unwrap_or(Duration::from_secs(60));
+        let session = super::framed::run_framed_session(
+            shared, local, tunnel, stream, start, rest, silence, stop,
+        );
+        Running::Framed(Box::pin(session.instrument(span)))
+    } else {
+        let session = run_session(shared, local, tunnel, stream, start, rest, stop);
+        Running::Closing(Box::pin(session.instrument(span)))
+    }
+}
+
+/// A started session's future (each kind boxed), resolving to how it ended.
+enum Running<'a> {
+    /// A session that closes its connection: true when the agent's stop ended it.
+    Closing(Pin<Box<dyn Future<Output = bool> + 'a>>),
+    /// A framed session.
+    Framed(Pin<Box<dyn Future<Output = super::framed::Framed> + 'a>>),
+}
+
+impl Future for Running<'_> {
+    type Output = Session;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Session> {
+        use super::framed::Framed;
+        match self.get_mut() {
+            Running::Closing(session) => session.as_mut().poll(cx).map(|stopped| {
+                Session::Ended(if stopped {
                     Ended::Stopped
                 } else {
                     Ended::Session
-                };
-            }
-            Err(why) => return Ended::Lost(why),
+                })
+            }),
+            Running::Framed(session) => session.as_mut().poll(cx).map(|ended| match ended {
+                Framed::Again(channel, left) => Session::Again(channel, left),
+                Framed::Closed => Session::Ended(Ended::Session),
+                Framed::Stopped => Session::Ended(Ended::Stopped),
+            }),
         }
     }
 }
@@ -142,6 +181,9 @@ pub(super) async fn serve_data(
 /// Answers pings until a session starts; returns it and the session bytes already read. An
 /// extra connection asks once, after `release`'s delay, to be let go. Bytes live in `buf` across
 /// waits (a cancelled `read` loses none), so timers can be raced against reads safely.
+///
+/// Every idle data connection holds this future: it waits on one timer (the nearer of the
+/// silence and release deadlines), and a pong is sent from a boxed future.
 pub(super) async fn wait_for_session(
     stream: &mut Channel,
     mut buf: Vec<u8>,
@@ -151,31 +193,23 @@ pub(super) async fn wait_for_session(
 ) -> Result<(SessionStart, Vec<u8>), String> {
     let started = tokio::time::Instant::now();
     let mut last_heard = started;
-    let far = Duration::from_secs(86_400 * 365);
     loop {
-        match protocol::decode(&buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
-            Ok(Decoded::Frame(frame, used)) => {
-                buf.drain(..used);
-                match frame {
-                    Frame::Ping(p) => {
-                        let pong = Frame::Pong(Pong { seq: p.seq });
-                        send(stream, &pong).await?;
-                    }
-                    Frame::SessionStart(s) => return Ok((s, buf)),
-                    other => {
-                        return Err(format!(
-                            "unexpected {} frame on a data connection",
-                            other.flag().name()
-                        ))
-                    }
-                }
-                continue;
-            }
-            Ok(Decoded::NeedMore(_)) => {}
-            Err(e) => return Err(e.to_string()),
+        let ping = match next_idle_frame(&mut buf)? {
+            Some(Heard::Start(start)) => return Ok((start, buf)),
+            Some(Heard::Ping(seq)) => Some(seq),
+            None => None,
+        };
+        if let Some(seq) = ping {
+            Box::pin(send_pong(stream, seq)).await?;
+            continue;
         }
-        let silent_at = last_heard + silence.unwrap_or(far);
-        let release_at = release.map_or(started + far, |(_, after)| started + after);
+        let silent_at = silence.map(|after| last_heard + after);
+        let release_at = release.map(|(_, after)| started + after);
+        let wake_at = match (silent_at, release_at) {
+            (Some(s), Some(r)) => s.min(r),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => started + Duration::from_secs(86_400 * 365),
+        };
         tokio::select! {
             read = stream.read_into(&mut buf) => match read {
                 Ok(0) => return Err("server closed the connection".into()),
@@ -184,16 +218,52 @@ pub(super) async fn wait_for_session(
                 }
                 Err(e) => return Err(format!("read failed: {e}")),
             },
-            _ = tokio::time::sleep_until(silent_at) => {
-                return Err(format!("server silent for {} ms (missed heartbeats)", silence.unwrap_or(far).as_millis()));
-            }
-            _ = tokio::time::sleep_until(release_at), if release.is_some() => {
-                if let Some((id, _)) = release.take() {
-                    peer.release(id);
+            _ = tokio::time::sleep_until(wake_at) => {
+                let now = tokio::time::Instant::now();
+                if let (Some(at), Some(after)) = (silent_at, silence) {
+                    if at <= now {
+                        return Err(format!("server silent for {} ms (missed heartbeats)", after.as_millis()));
+                    }
+                }
+                if release_at.is_some_and(|at| at <= now) {
+                    if let Some((id, _)) = release.take() {
+                        peer.release(id);
+                    }
                 }
             }
         }
     }
+}
+
+/// What an idle data connection heard.
+enum Heard {
+    Ping(u64),
+    Start(SessionStart),
+}
+
+/// The next whole frame in `buf` (taken out of it), `None` until one is whole; anything but a
+/// ping or a session start is an error.
+fn next_idle_frame(buf: &mut Vec<u8>) -> Result<Option<Heard>, String> {
+    match protocol::decode(buf, MAX_SERVER_FRAME_PAYLOAD_BYTES) {
+        Ok(Decoded::Frame(frame, used)) => {
+            buf.drain(..used);
+            match frame {
+                Frame::Ping(p) => Ok(Some(Heard::Ping(p.seq))),
+                Frame::SessionStart(s) => Ok(Some(Heard::Start(s))),
+                other => Err(format!(
+                    "unexpected {} frame on a data connection",
+                    other.flag().name()
+                )),
+            }
+        }
+        Ok(Decoded::NeedMore(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Answers a ping (boxed by its caller: the frame and the write stay out of the idle wait).
+async fn send_pong(stream: &mut Channel, seq: u64) -> Result<(), String> {
+    send(stream, &Frame::Pong(Pong { seq })).await
 }
 
 /// Runs one session: connects the backend and pumps. Returns true when the agent's stop ended it
