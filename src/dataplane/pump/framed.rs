@@ -119,27 +119,6 @@ fn closed_mid_session() -> io::Error {
     )
 }
 
-/// Writes `out` (the payloads of one read) to the local socket; the bytes written. A local
-/// write error is handled as the session's local failure (ABORT to the peer), not returned.
-async fn write_local<L: OwnedIo>(
-    local: &L,
-    buffers: &Buffers,
-    shared: &Shared,
-    local_failure: AbortReason,
-    out: Option<Vec<u8>>,
-) -> io::Result<u64> {
-    let Some(out) = out else {
-        return Ok(0);
-    };
-    let n = out.len() as u64;
-    let (w, b) = local.write_owned(out).await;
-    buffers.give(b);
-    match w {
-        Ok(()) => Ok(n),
-        Err(e) => local_write_failed(shared, local, local_failure, e).map(|()| 0),
-    }
-}
-
 fn broken(e: crate::protocol::session_frame::RecordError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -182,9 +161,6 @@ async fn framed<L: OwnedIo>(
         let result = loop {
             let mut pos = 0;
             let mut terminal = None;
-            // Every payload of this read goes out in one write (a response that crossed as two
-            // records, headers then body, costs one send, not two).
-            let mut out: Option<Vec<u8>> = None;
             while terminal.is_none() {
                 let step = match decoder.decode(&buf[pos..]) {
                     Ok(step) => step,
@@ -193,20 +169,24 @@ async fn framed<L: OwnedIo>(
                 match step {
                     Step::NeedMore => break,
                     Step::Payload(p, used) => {
-                        if !p.is_empty() && shared.local_failed.get().is_none() {
-                            let left = buf.len() - pos;
-                            out.get_or_insert_with(|| {
-                                buffers.take(left > super::policy::SMALL_BUFFER_BYTES)
-                            })
-                            .extend_from_slice(p);
+                        let n = p.len();
+                        if n > 0 && shared.local_failed.get().is_none() {
+                            let mut out = buffers.take(n > super::policy::SMALL_BUFFER_BYTES);
+                            out.extend_from_slice(p);
+                            let (w, b) = local.write_owned(out).await;
+                            buffers.give(b);
+                            match w {
+                                Ok(()) => total += n as u64,
+                                Err(e) => {
+                                    local_write_failed(&shared, local, local_failure, e)
+                                        .map_err(fail)?;
+                                }
+                            }
                         }
                         pos += used;
                     }
                     Step::End(used) => {
                         pos += used;
-                        total += write_local(local, buffers, &shared, local_failure, out.take())
-                            .await
-                            .map_err(fail)?;
                         if shared.local_failed.get().is_none() {
                             let _ = shutdown_write(local);
                         }
@@ -214,19 +194,12 @@ async fn framed<L: OwnedIo>(
                     }
                     Step::Abort(a, used) => {
                         pos += used;
-                        // The peer reset its side: what it sent before goes nowhere either.
-                        if let Some(b) = out.take() {
-                            buffers.give(b);
-                        }
                         shared.peer_aborted.set(true);
                         let _ = local.shutdown_how(Shutdown::Both);
                         terminal = Some(Some(a));
                     }
                 }
             }
-            total += write_local(local, buffers, &shared, local_failure, out.take())
-                .await
-                .map_err(fail)?;
             buf.drain(..pos);
             if let Some(abort) = terminal {
                 let mut records = shared.records.get();
