@@ -84,7 +84,10 @@ fn ask_retrying(c: &UdpSocket, to: SocketAddr, what: &[u8]) -> Vec<u8> {
             }
         }
     }
-    panic!("no reply to {:?} in 10 tries", String::from_utf8_lossy(what));
+    panic!(
+        "no reply to {:?} in 10 tries",
+        String::from_utf8_lossy(what)
+    );
 }
 
 both_backends!(
