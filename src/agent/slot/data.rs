@@ -341,25 +341,9 @@ pub(super) async fn run_session(
             pump.await
         }
     };
-    stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
-    if timed_out {
-        stats
-            .sessions_idle_timeout_total
-            .fetch_add(1, Ordering::Relaxed);
-        debug!(
-            session = start.session_id,
-            "session ended by session_idle_timeout_ms"
-        );
-    }
+    count_session_end(stats, start.session_id, timed_out);
     match moved {
-        Ok(m) => {
-            stats
-                .bytes_to_backend_total
-                .fetch_add(m.a_to_b, Ordering::Relaxed);
-            stats
-                .bytes_from_backend_total
-                .fetch_add(m.b_to_a, Ordering::Relaxed);
-        }
+        Ok(m) => count_moved(stats, m.a_to_b, m.b_to_a),
         Err(e) => debug!(session = start.session_id, error = %e, "session ended with error"),
     }
     stopped
@@ -438,6 +422,30 @@ fn proxy_header_of(start: &SessionStart) -> ProxyHeader {
         source,
         destination,
     }
+}
+
+/// A session's end in the worker's counters: one fewer active; an idle timeout counted and logged.
+pub(super) fn count_session_end(stats: &AgentStats, session_id: u64, timed_out: bool) {
+    stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
+    if timed_out {
+        stats
+            .sessions_idle_timeout_total
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(
+            session = session_id,
+            "session ended by session_idle_timeout_ms"
+        );
+    }
+}
+
+/// A session's payload bytes, to and from the backend.
+pub(super) fn count_moved(stats: &AgentStats, to_backend: u64, from_backend: u64) {
+    stats
+        .bytes_to_backend_total
+        .fetch_add(to_backend, Ordering::Relaxed);
+    stats
+        .bytes_from_backend_total
+        .fetch_add(from_backend, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! breaks framing is closed. On the agent's stop a session in flight is ended by shutting its
 //! sockets down and letting its pump finish, never by dropping the pump.
 
-use super::data::{connect_backend, proxy_prefix};
+use super::data::{connect_backend, count_moved, count_session_end, proxy_prefix};
 use super::*;
 use crate::dataplane::pump::{abort_framed, pump_framed, DataLink};
 use crate::dataplane::session_timeout::with_idle_timeout;
@@ -110,24 +110,10 @@ pub(super) async fn run_framed_session(
             }
         }
     };
-    stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
-    if timed_out {
-        stats
-            .sessions_idle_timeout_total
-            .fetch_add(1, Ordering::Relaxed);
-        debug!(
-            session = start.session_id,
-            "session ended by session_idle_timeout_ms"
-        );
-    }
+    count_session_end(stats, start.session_id, timed_out);
     match ended {
         Ok(end) => {
-            stats
-                .bytes_to_backend_total
-                .fetch_add(end.moved.b_to_a, Ordering::Relaxed);
-            stats
-                .bytes_from_backend_total
-                .fetch_add(end.moved.a_to_b, Ordering::Relaxed);
+            count_moved(stats, end.moved.b_to_a, end.moved.a_to_b);
             if let Some(reason) = end.sent_abort {
                 stats.count_abort_sent(reason);
             }
