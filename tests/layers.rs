@@ -242,3 +242,38 @@ fn the_checker_sees_grouped_and_super_paths() {
     let nested = vec!["dataplane".to_string(), "worker".to_string()];
     assert!(referenced_modules("use super::pool::X;", &nested).is_empty());
 }
+
+/// Worker-side code spawns tasks and waits on timers through the runtime seam (`rt::spawn_local`,
+/// `rt::time`), never through tokio directly, so a worker runtime of its own can serve them
+/// (docs/architecture.md, "io_uring worker"). Test modules may use tokio's paused clock.
+#[test]
+fn worker_code_takes_tasks_and_timers_from_the_runtime_seam() {
+    let mut files = Vec::new();
+    for dir in ["src/dataplane", "src/agent", "src/tls"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let mut offenders = Vec::new();
+    for file in files {
+        let name = file.to_string_lossy().to_string();
+        if name.ends_with("tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("source file is readable");
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let code = strip_comments(text.split("#[cfg(test)]").next().unwrap_or(""));
+        for needle in [
+            "tokio::time::",
+            "tokio::task::spawn_local",
+            "tokio::task::JoinHandle",
+        ] {
+            if code.contains(needle) {
+                offenders.push(format!("{name}: {needle}"));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "use crate::rt::spawn_local / crate::rt::time instead of:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -81,7 +81,7 @@ pub async fn run(shared: Arc<Shared>, tunnel: usize, mut stop: watch::Receiver<b
     };
     let interval = Duration::from_millis(cfg.refresh_interval_ms);
     let mut last_mtime = None;
-    let mut next_full = tokio::time::Instant::now();
+    let mut next_full = crate::rt::time::Instant::now();
     loop {
         let file_changed = match (&cfg.path, cfg.dynamic_server_lister.as_str()) {
             (Some(path), "file") => {
@@ -92,8 +92,8 @@ pub async fn run(shared: Arc<Shared>, tunnel: usize, mut stop: watch::Receiver<b
             }
             _ => false,
         };
-        if file_changed || tokio::time::Instant::now() >= next_full {
-            next_full = tokio::time::Instant::now() + interval;
+        if file_changed || crate::rt::time::Instant::now() >= next_full {
+            next_full = crate::rt::time::Instant::now() + interval;
             let listed = match cfg.dynamic_server_lister.as_str() {
                 "dns" => resolve_all(&[cfg.dns_name.clone().unwrap_or_default()]).await,
                 "file" => {
@@ -124,7 +124,7 @@ pub async fn run(shared: Arc<Shared>, tunnel: usize, mut stop: watch::Receiver<b
             interval
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = crate::rt::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
     }

@@ -332,13 +332,13 @@ async fn worker(
         tokio::select! {
             task = tasks.recv() => match task {
                 Some(Task::Slot(spec)) => {
-                    tokio::task::spawn_local(slot::run(shared.clone(), spec, local.clone(), stop.clone()));
+                    crate::rt::spawn_local(slot::run(shared.clone(), spec, local.clone(), stop.clone()));
                 }
                 Some(Task::Resolve { tunnel, server }) => {
-                    tokio::task::spawn_local(resolve(shared.clone(), tunnel, server, stop.clone()));
+                    crate::rt::spawn_local(resolve(shared.clone(), tunnel, server, stop.clone()));
                 }
                 Some(Task::Discover { tunnel }) => {
-                    tokio::task::spawn_local(discovery::run(shared.clone(), tunnel, stop.clone()));
+                    crate::rt::spawn_local(discovery::run(shared.clone(), tunnel, stop.clone()));
                 }
                 None => {
                     let _ = stop.changed().await;
@@ -385,7 +385,7 @@ async fn resolve(
         failures += 1;
         let delay = backoff.delay(failures, fastrand::f64());
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = crate::rt::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
     };

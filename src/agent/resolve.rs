@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::rt::time::Instant;
 
 /// How long a successful lookup of a backend name is used (tokio's resolver gives no TTL).
 pub const BACKEND_CACHE_MS: u64 = 30_000;

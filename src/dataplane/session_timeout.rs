@@ -33,7 +33,7 @@ pub async fn with_idle_timeout<F: Future + ?Sized>(
     // Boxed (one allocation per session, its timer reset in place): a timer is large, and
     // every session's future would carry it.
     let mut watch = Box::pin(async move {
-        let mut timer = std::pin::pin!(tokio::time::sleep(timeout));
+        let mut timer = std::pin::pin!(crate::rt::time::sleep(timeout));
         loop {
             // A socket whose state cannot be read counts as active: the pump sees its error.
             let idle = match (data_idle_ms(a), data_idle_ms(b)) {
@@ -48,7 +48,7 @@ pub async fn with_idle_timeout<F: Future + ?Sized>(
             let wait = (timeout_ms - idle).max(MIN_CHECK_MS);
             timer
                 .as_mut()
-                .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+                .reset(crate::rt::time::Instant::now() + Duration::from_millis(wait));
             timer.as_mut().await;
         }
     });

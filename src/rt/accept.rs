@@ -73,7 +73,7 @@ impl AcceptStop {
 
     /// Ends `task`, the loop accepting on this listener. The loop must check its own stop flag
     /// after every accept error, and be set to stop before this is called.
-    pub fn stop(self, task: tokio::task::JoinHandle<()>) {
+    pub fn stop(self, task: crate::rt::JoinHandle<()>) {
         if self.uring {
             // Shutting the listener down completes the accept in flight with an error.
             // SAFETY: the fd belongs to a listener owned by `task`, which is still alive: it

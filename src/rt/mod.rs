@@ -1,7 +1,8 @@
 //! The runtime seam: which I/O backend a worker runs, worker threads, sockets (binding,
 //! adoption on a backend, owned-buffer I/O, non-blocking probes), pipes, and the io_uring runtime.
 //!
-//! Everything above this module is shared by the backends. A worker is one OS thread with its own
+//! Everything above this module is shared by the backends; it spawns tasks (`task`) and waits on
+//! timers (`time`) through this module too, never through tokio directly. A worker is one OS thread with its own
 //! single-threaded runtime; connections reach it as `std::net::TcpStream`s and are adopted there.
 //! This module must not know about clusters, frames or sessions.
 
@@ -12,6 +13,8 @@ mod listen;
 mod liveness;
 mod pipe;
 mod socket;
+mod task;
+pub mod time;
 pub mod uring;
 #[doc(hidden)]
 pub mod uring_gate;
@@ -32,9 +35,9 @@ pub use socket::{
     bind_reuseport, bind_tunnel_listener, bind_udp_reuseport, poll_readable_nonblocking,
     readable_bytes, send_nonblocking, splice_nonblocking, ReadPoll, UDP_SOCKET_BUFFER_BYTES,
 };
+pub use task::{spawn_local, JoinHandle};
 
 use std::future::Future;
-use std::thread::JoinHandle;
 
 use crate::config::IoBackend;
 
@@ -108,13 +111,13 @@ pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend,
 }
 
 /// Starts a named worker thread running `make()`'s future to completion on `backend`. The
-/// future may use `tokio::task::spawn_local`.
+/// future may spawn local tasks (`rt::spawn_local`) and use timers (`rt::time`).
 pub fn spawn_worker<F, Fut>(
     name: String,
     backend: Backend,
     pin_to: Option<usize>,
     make: F,
-) -> Result<JoinHandle<()>, RtError>
+) -> Result<std::thread::JoinHandle<()>, RtError>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,

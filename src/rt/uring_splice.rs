@@ -122,7 +122,7 @@ impl SpliceRing {
             AsyncFd::register_with_interest(Watched(ring.clone()), tokio::io::Interest::READABLE)
         }
         .map_err(|e| format!("cannot watch the splice ring: {e}"))?;
-        tokio::task::spawn_local(drive(watched));
+        crate::rt::spawn_local(drive(watched));
         Ok(ring)
     }
 

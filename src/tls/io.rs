@@ -43,7 +43,7 @@ pub async fn accept(
 ) -> Result<Established, TlsError> {
     let session = TlsSession::server(config)?;
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    tokio::time::timeout(timeout, drive(stream, session))
+    crate::rt::time::timeout(timeout, drive(stream, session))
         .await
         .unwrap_or(Err(TlsError::Timeout(timeout_ms)))
 }

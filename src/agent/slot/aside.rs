@@ -39,8 +39,8 @@ pub(super) async fn serve_aside(
     weight.mark_changed();
     let mut state = peer.subscribe();
     let mut buf = leftover;
-    let mut last_heard = tokio::time::Instant::now();
-    let silence_deadline = |last_heard: tokio::time::Instant| {
+    let mut last_heard = crate::rt::time::Instant::now();
+    let silence_deadline = |last_heard: crate::rt::time::Instant| {
         last_heard + silence.min(Duration::from_secs(86_400 * 365))
     };
     let ended = 'conn: loop {
@@ -87,11 +87,11 @@ pub(super) async fn serve_aside(
             read = stream.read_into(&mut buf) => match read {
                 Ok(0) => break Ended::Lost("server closed the aside connection".into()),
                 Ok(_) => {
-                    last_heard = tokio::time::Instant::now();
+                    last_heard = crate::rt::time::Instant::now();
                 }
                 Err(e) => break Ended::Lost(format!("read failed: {e}")),
             },
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = crate::rt::time::sleep_until(deadline) => {
                 break Ended::Lost(format!("server silent for {} ms (missed heartbeats)", silence.as_millis()));
             }
             changed = weight.changed() => {
@@ -116,7 +116,7 @@ pub(super) async fn serve_aside(
             }
             _ = state.changed() => {}
             // Wake up now and then to notice the peer finishing.
-            _ = tokio::time::sleep(Duration::from_millis(100)), if peer.stopping() => {}
+            _ = crate::rt::time::sleep(Duration::from_millis(100)), if peer.stopping() => {}
         }
     };
     local
@@ -130,10 +130,10 @@ pub(super) async fn serve_aside(
 async fn send_by(
     stream: &mut Channel,
     frame: &Frame,
-    deadline: tokio::time::Instant,
+    deadline: crate::rt::time::Instant,
     silence: Duration,
 ) -> Result<(), String> {
-    tokio::time::timeout_at(deadline, send(stream, frame))
+    crate::rt::time::timeout_at(deadline, send(stream, frame))
         .await
         .unwrap_or_else(|_| {
             Err(format!(

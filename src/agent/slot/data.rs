@@ -191,7 +191,7 @@ pub(super) async fn wait_for_session(
     peer: &Peer,
     mut release: Option<(u64, Duration)>,
 ) -> Result<(SessionStart, Vec<u8>), String> {
-    let started = tokio::time::Instant::now();
+    let started = crate::rt::time::Instant::now();
     let mut last_heard = started;
     loop {
         let ping = match next_idle_frame(&mut buf)? {
@@ -214,12 +214,12 @@ pub(super) async fn wait_for_session(
             read = stream.read_into(&mut buf) => match read {
                 Ok(0) => return Err("server closed the connection".into()),
                 Ok(_) => {
-                    last_heard = tokio::time::Instant::now();
+                    last_heard = crate::rt::time::Instant::now();
                 }
                 Err(e) => return Err(format!("read failed: {e}")),
             },
-            _ = tokio::time::sleep_until(wake_at) => {
-                let now = tokio::time::Instant::now();
+            _ = crate::rt::time::sleep_until(wake_at) => {
+                let now = crate::rt::time::Instant::now();
                 if let (Some(at), Some(after)) = (silent_at, silence) {
                     if at <= now {
                         return Err(format!("server silent for {} ms (missed heartbeats)", after.as_millis()));
@@ -356,7 +356,7 @@ pub(super) async fn connect_backend(
     listener: &crate::config::HostingListenerConfig,
 ) -> Result<TcpStream, String> {
     // Boxed: the connect future is large, and the pump does not need it.
-    let connect = Box::pin(tokio::time::timeout(
+    let connect = Box::pin(crate::rt::time::timeout(
         Duration::from_millis(listener.connect_timeout_ms),
         async {
             let addrs = local.backends.resolve(&listener.backend).await?;

@@ -216,7 +216,7 @@ async fn connect(
     if aside_kind == Some(ServerKind::Mosn) {
         let tls = shared.tls.get(peer.tunnel).and_then(Option::as_ref);
         let opened = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(open(peer.addr, &peer.name, tls))) => {
+            r = crate::rt::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(open(peer.addr, &peer.name, tls))) => {
                 r.unwrap_or(Err(DialError::Timeout { peer: peer.addr, timeout_ms: connect_timeout_ms }))
             }
             _ = stop.changed() => return Next::End,
@@ -241,13 +241,13 @@ async fn connect(
         warn!(peer = %peer.addr, cluster = %tunnel.cluster, role = ?spec.role, attempt = attempts.failures,
             retry_in_ms = delay.as_millis() as u64, "{lost}; retrying in {} ms", delay.as_millis());
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = crate::rt::time::sleep(delay) => {}
             _ = stop.changed() => return Next::End,
         }
         return Next::Again;
     }
     let dialed = tokio::select! {
-        r = tokio::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(dial(peer.addr, &params))) => {
+        r = crate::rt::time::timeout(Duration::from_millis(connect_timeout_ms), Box::pin(dial(peer.addr, &params))) => {
             r.unwrap_or(Err(DialError::Timeout { peer: peer.addr, timeout_ms: connect_timeout_ms }))
         }
         _ = stop.changed() => return Next::End,
@@ -303,7 +303,7 @@ async fn connect(
         retry_in_ms = delay.as_millis() as u64, "{lost}; retrying in {} ms", delay.as_millis());
     let mut state = peer.subscribe();
     tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
+        _ = crate::rt::time::sleep(delay) => {}
         _ = state.changed() => {}
         _ = stop.changed() => return Next::End,
     }

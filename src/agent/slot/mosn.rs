@@ -65,7 +65,7 @@ pub(super) async fn serve_mosn_data(
         // The backend could not be connected (and the connection is closed): a re-dial at once
         // would loop connect/handshake/close as fast as the server answers.
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(tunnel.reconnect_base_duration_ms)) => {}
+            _ = crate::rt::time::sleep(Duration::from_millis(tunnel.reconnect_base_duration_ms)) => {}
             _ = stop.changed() => return Ended::Stopped,
         }
     }
@@ -110,7 +110,7 @@ pub(super) async fn serve_mosn_aside(
             while !peer.finished() {
                 tokio::select! {
                     _ = state.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = crate::rt::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
             break Ended::Lost("peer stopped".into());

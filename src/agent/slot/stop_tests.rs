@@ -64,7 +64,7 @@ fn session_ends_on_stop(io: IoBackend) {
             frontend_addr: None,
             protocol: Default::default(),
         };
-        let session = tokio::task::spawn_local(async move {
+        let session = crate::rt::spawn_local(async move {
             let mut stop = stop_rx;
             run_session(&shared, &local, 0, data, start, Vec::new(), &mut stop).await
         });

@@ -87,7 +87,7 @@ pub(super) async fn run_flow(
     // Bounded like a TCP backend's connect (the name may need a lookup).
     let limit = Duration::from_millis(listener.connect_timeout_ms);
     let socket = tokio::select! {
-        s = tokio::time::timeout(limit, backend_socket(local, listener)) => s.unwrap_or_else(|_| {
+        s = crate::rt::time::timeout(limit, backend_socket(local, listener)) => s.unwrap_or_else(|_| {
             Err(io::Error::new(io::ErrorKind::TimedOut, format!(
                 "no backend address within connect_timeout_ms ({} ms)", listener.connect_timeout_ms)))
         }),
@@ -168,7 +168,7 @@ async fn carry(
 ) -> io::Result<FlowEnd> {
     let stats = &local.stats;
     let far = Duration::from_secs(86_400 * 365);
-    let mut last_datagram = tokio::time::Instant::now();
+    let mut last_datagram = crate::rt::time::Instant::now();
     // One datagram over the maximum is enough to know a reply is too long.
     let mut reply = vec![0u8; MAX_DATAGRAM_BYTES + 1];
     let mut out = Vec::new();
@@ -191,7 +191,7 @@ async fn carry(
                         }
                     }
                     at += used;
-                    last_datagram = tokio::time::Instant::now();
+                    last_datagram = crate::rt::time::Instant::now();
                 }
                 Ok(DatagramDecoded::NeedMore(_)) => break,
                 Err(e) => {
@@ -239,7 +239,7 @@ async fn carry(
                         }
                     }
                     data.write_all(&out).await?;
-                    last_datagram = tokio::time::Instant::now();
+                    last_datagram = crate::rt::time::Instant::now();
                 }
                 // An ICMP unreachable for an earlier datagram: the backend is not listening
                 // (yet); the flow goes on, as UDP would.
@@ -248,7 +248,7 @@ async fn carry(
                 }
                 Err(e) => return Err(e),
             },
-            _ = tokio::time::sleep_until(idle_at) => return Ok(FlowEnd::Idle),
+            _ = crate::rt::time::sleep_until(idle_at) => return Ok(FlowEnd::Idle),
             _ = stop.changed() => return Ok(FlowEnd::Stopped),
         }
     }

@@ -245,7 +245,7 @@ async fn framed<L: OwnedIo>(
             // Readiness reads: dropping one (the wait ended, or the terminal was sent) loses no
             // byte.
             let read = if shared.records.get().sent_terminal {
-                tokio::time::timeout(terminal_wait, data.read_into(&mut buf, buffers))
+                crate::rt::time::timeout(terminal_wait, data.read_into(&mut buf, buffers))
                     .await
                     .unwrap_or_else(|_| {
                         Err(io::Error::new(

@@ -49,7 +49,7 @@ fn run(pool: BufferPool, test: impl AsyncFnOnce(TcpStream, TcpStream) -> Expecte
     tokio::task::LocalSet::new().block_on(&rt, async move {
         let (a_peer, a) = pair().await;
         let (b, b_peer) = pair().await;
-        let pumping = tokio::task::spawn_local(async move { pump(&a, &b, &[], &[], &pool).await });
+        let pumping = crate::rt::spawn_local(async move { pump(&a, &b, &[], &[], &pool).await });
         let expected = test(a_peer, b_peer).await;
         let moved = pumping.await.expect("join").expect("pump");
         assert_eq!((moved.a_to_b, moved.b_to_a), expected, "bytes counted");
@@ -112,7 +112,7 @@ fn run_uring(pools: Pools, test: impl AsyncFnOnce(TcpStream, TcpStream) -> Expec
         let uring = crate::rt::Backend::Uring { entries: 64 };
         let a = Conn::from_tokio(uring, a).expect("adopt");
         let b = Conn::from_tokio(uring, b).expect("adopt");
-        let pumping = tokio::task::spawn_local(async move {
+        let pumping = crate::rt::spawn_local(async move {
             pump_conns(&a, &b, Vec::new(), Vec::new(), &pools).await
         });
         let expected = test(a_peer, b_peer).await;
@@ -139,9 +139,9 @@ fn an_io_uring_direction_quiet_after_bulk_pins_no_large_buffer() {
     run_uring(pools, async move |mut a_peer, mut b_peer| {
         bulk(&mut a_peer, &mut b_peer, &pattern(4 << 20, 3)).await;
         // Quiet now: the direction's one large buffer goes back to the pool while it waits.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while uring.large_free() == 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let deadline = crate::rt::time::Instant::now() + std::time::Duration::from_secs(5);
+        while uring.large_free() == 0 && crate::rt::time::Instant::now() < deadline {
+            crate::rt::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         assert_eq!(
             uring.large_free(),

@@ -20,7 +20,7 @@ use crate::rt::{AcceptStop, Conn, FrontendListener, FrontendSocket, Listener, Pr
 /// A running accept loop of one frontend listener.
 pub(super) struct AcceptLoop {
     pub(super) cluster: Arc<str>,
-    task: tokio::task::JoinHandle<()>,
+    task: crate::rt::JoinHandle<()>,
     stop: AcceptStop,
     /// Set before the listener is stopped, so the loop knows its accept error means "stop".
     stopped: Rc<Cell<bool>>,
@@ -64,7 +64,7 @@ impl Worker {
             match Listener::from_std(self.backend, listener) {
                 Ok((listener, stop)) => {
                     let stopped = Rc::new(Cell::new(false));
-                    let task = tokio::task::spawn_local(self.clone().accept_loop(
+                    let task = crate::rt::spawn_local(self.clone().accept_loop(
                         cluster.clone(),
                         listener,
                         proxy,
@@ -102,7 +102,7 @@ impl Worker {
                     None => self.accepted(&cluster, frontend, client),
                     Some(policy) => {
                         bump(&self.counters.frontends_accepted_total);
-                        tokio::task::spawn_local(self.clone().serve_proxied(
+                        crate::rt::spawn_local(self.clone().serve_proxied(
                             cluster.clone(),
                             frontend,
                             client,
@@ -124,7 +124,7 @@ impl Worker {
     fn accepted(self: &Rc<Self>, cluster: &Arc<str>, frontend: Conn, client: SocketAddr) {
         bump(&self.counters.frontends_accepted_total);
         let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
-        tokio::task::spawn_local(
+        crate::rt::spawn_local(
             self.clone()
                 .serve_frontend(cluster.clone(), frontend, Client::direct(client))
                 .instrument(span),
@@ -136,6 +136,6 @@ impl Worker {
         crate::log_limited!(
             warn!(worker = self.index, %cluster, error = %e, "frontend accept failed")
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        crate::rt::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::rt::time::Instant;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use super::Worker;
 use crate::dataplane::idle::IdleConn;
@@ -101,7 +101,7 @@ impl Worker {
                 break Some(conn);
             }
             let wake = deadline.min(Instant::now() + Duration::from_millis(REASK_MS));
-            if tokio::time::timeout_at(wake, notified).await.is_err() {
+            if crate::rt::time::timeout_at(wake, notified).await.is_err() {
                 // Let a later frontend ask again.
                 self.starving.borrow_mut().remove(cluster);
                 if Instant::now() >= deadline {

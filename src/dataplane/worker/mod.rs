@@ -133,7 +133,7 @@ pub async fn run(setup: WorkerSetup) {
     // Accept loops, and the listener fds a drain or reload shuts down to end them.
     let mut accepting: Vec<AcceptLoop> = Vec::new();
     worker.start_accepting(frontends, &mut accepting);
-    tokio::task::spawn_local(worker.clone().heartbeat_loop());
+    crate::rt::spawn_local(worker.clone().heartbeat_loop());
     while let Some(msg) = rx.recv().await {
         match msg {
             WorkerMsg::Update => worker.apply_update(),

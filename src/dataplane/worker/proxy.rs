@@ -126,7 +126,7 @@ async fn read_client(
     if !policy.trusted.iter().any(|net| net.contains(peer.ip())) {
         return Err(Refused::Untrusted);
     }
-    let read = tokio::time::timeout(policy.timeout, read_header(frontend));
+    let read = crate::rt::time::timeout(policy.timeout, read_header(frontend));
     let (header, early) = read
         .await
         .map_err(|_| Refused::Timeout(policy.timeout.as_millis()))??;

@@ -57,8 +57,8 @@ impl Reports {
             self.flush();
         } else if !self.armed.replace(true) {
             let me = self.clone();
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep(BATCH_INTERVAL).await;
+            crate::rt::spawn_local(async move {
+                crate::rt::time::sleep(BATCH_INTERVAL).await;
                 me.armed.set(false);
                 me.flush();
             });

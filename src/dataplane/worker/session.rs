@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::rt::time::Instant;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::proxy::Client;
@@ -265,7 +265,7 @@ impl Worker {
                     outstanding -= 1;
                 }
                 Ok(Decoded::NeedMore(_)) => {
-                    let n = tokio::time::timeout_at(deadline, data.read_into(&mut buf))
+                    let n = crate::rt::time::timeout_at(deadline, data.read_into(&mut buf))
                         .await
                         .map_err(|_| {
                             io::Error::new(

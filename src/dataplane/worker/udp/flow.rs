@@ -13,8 +13,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use crate::rt::time::Instant;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::{FlowShared, UdpFrontend};
@@ -182,7 +182,7 @@ impl Worker {
                     0 => return Ok(FlowEnd::AgentClosed),
                     _ => {}
                 },
-                _ = tokio::time::sleep_until(last_datagram + idle) => return Ok(FlowEnd::Idle),
+                _ = crate::rt::time::sleep_until(last_datagram + idle) => return Ok(FlowEnd::Idle),
                 _ = frontend.closing.notified() => return Ok(FlowEnd::FrontendClosed),
             }
         }

@@ -103,7 +103,7 @@ impl Worker {
         cluster: Arc<str>,
         socket: std::net::UdpSocket,
         limits: Arc<UdpFrontendLimits>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
+    ) -> Option<crate::rt::JoinHandle<()>> {
         let socket = match UdpSocket::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
@@ -120,7 +120,7 @@ impl Worker {
             closed: Cell::new(false),
             closing: Notify::new(),
         });
-        Some(tokio::task::spawn_local(
+        Some(crate::rt::spawn_local(
             self.clone().udp_receive_loop(frontend),
         ))
     }
@@ -147,7 +147,7 @@ impl Worker {
                         debug!(worker = self.index, cluster = %frontend.cluster, error = %e, "UDP frontend receive failed")
                     );
                     if !is_transient(&e) {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        crate::rt::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 }
             }
@@ -223,7 +223,7 @@ impl Worker {
         }
         add(&self.counters.active_udp_flows, 1);
         let span = tracing::debug_span!("udp_flow", worker = self.index, cluster = %frontend.cluster, %client, id = tracing::field::Empty);
-        tokio::task::spawn_local(tracing::Instrument::instrument(
+        crate::rt::spawn_local(tracing::Instrument::instrument(
             self.clone()
                 .run_flow(frontend.clone(), client, flow.clone(), slot),
             span,
