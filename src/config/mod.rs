@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod agent;
+mod agent_rules;
 pub mod defaults;
 mod error;
 pub mod mosn;

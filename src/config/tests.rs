@@ -60,7 +60,7 @@ fn host_port_accepts_names_ipv4_and_bracketed_ipv6() {
         "tunnel.example.com:7070",
         "edge_backend-1:65535",
     ] {
-        assert_eq!(agent::host_port(ok), Ok(()), "{ok}");
+        assert_eq!(agent_rules::host_port(ok), Ok(()), "{ok}");
     }
     for bad in [
         "127.0.0.1",
@@ -73,7 +73,7 @@ fn host_port_accepts_names_ipv4_and_bracketed_ipv6() {
         "a b:80",
         "http://a:80",
     ] {
-        assert!(agent::host_port(bad).is_err(), "{bad}");
+        assert!(agent_rules::host_port(bad).is_err(), "{bad}");
     }
 }
 
