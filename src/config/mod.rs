@@ -13,6 +13,7 @@ mod error;
 pub mod mosn;
 mod proxy;
 mod server;
+mod server_rules;
 mod udp;
 
 pub use admin::AdminConfig;

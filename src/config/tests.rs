@@ -80,15 +80,21 @@ fn host_port_accepts_names_ipv4_and_bracketed_ipv6() {
 #[test]
 fn listen_addresses_overlap_on_same_port_and_covering_ip() {
     let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
-    assert!(server::overlaps(a("127.0.0.1:80"), a("127.0.0.1:80")));
-    assert!(server::overlaps(a("0.0.0.0:80"), a("127.0.0.1:80")));
-    assert!(server::overlaps(a("127.0.0.1:80"), a("0.0.0.0:80")));
-    assert!(server::overlaps(a("[::]:80"), a("127.0.0.1:80")));
-    assert!(server::overlaps(a("[::1]:80"), a("[::]:80")));
-    assert!(!server::overlaps(a("0.0.0.0:80"), a("[::1]:80")));
-    assert!(!server::overlaps(a("127.0.0.1:80"), a("127.0.0.2:80")));
-    assert!(!server::overlaps(a("127.0.0.1:80"), a("127.0.0.1:81")));
-    assert!(!server::overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    assert!(server_rules::overlaps(a("127.0.0.1:80"), a("127.0.0.1:80")));
+    assert!(server_rules::overlaps(a("0.0.0.0:80"), a("127.0.0.1:80")));
+    assert!(server_rules::overlaps(a("127.0.0.1:80"), a("0.0.0.0:80")));
+    assert!(server_rules::overlaps(a("[::]:80"), a("127.0.0.1:80")));
+    assert!(server_rules::overlaps(a("[::1]:80"), a("[::]:80")));
+    assert!(!server_rules::overlaps(a("0.0.0.0:80"), a("[::1]:80")));
+    assert!(!server_rules::overlaps(
+        a("127.0.0.1:80"),
+        a("127.0.0.2:80")
+    ));
+    assert!(!server_rules::overlaps(
+        a("127.0.0.1:80"),
+        a("127.0.0.1:81")
+    ));
+    assert!(!server_rules::overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")));
 }
 
 #[test]
