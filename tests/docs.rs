@@ -185,6 +185,8 @@ fn every_metric_is_in_the_operator_guide() {
     // The metric handlers live beside what they read.
     let files = [
         root().join("src/server/admin.rs"),
+        root().join("src/server/metrics_page.rs"),
+        root().join("src/server/udp_metrics.rs"),
         root().join("src/agent/admin.rs"),
     ];
     for file in files {

@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::admin::{AdminError, AdminServer};
 mod admin;
+mod metrics_page;
 mod udp_metrics;
 
 use crate::config::ServerConfig;
