@@ -131,6 +131,7 @@ impl Worker {
                 last_datagram = Instant::now();
             }
             if let Some(abort) = terminal {
+                flow.ended.set(true);
                 let end = match ended {
                     Some((end, _)) => end,
                     None => {
@@ -147,7 +148,7 @@ impl Worker {
             }
             if frontend.closed.get() && ended.is_none() {
                 ended = Some(
-                    self.send_end(channel, FlowEnd::FrontendClosed, terminal_wait)
+                    self.send_end(channel, flow, FlowEnd::FrontendClosed, terminal_wait)
                         .await?,
                 );
                 continue;
@@ -161,10 +162,10 @@ impl Worker {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 },
                 _ = tokio::time::sleep_until(last_datagram + idle), if ended.is_none() => {
-                    ended = Some(self.send_end(channel, FlowEnd::Idle, terminal_wait).await?);
+                    ended = Some(self.send_end(channel, flow, FlowEnd::Idle, terminal_wait).await?);
                 }
                 _ = frontend.closing.notified(), if ended.is_none() => {
-                    ended = Some(self.send_end(channel, FlowEnd::FrontendClosed, terminal_wait).await?);
+                    ended = Some(self.send_end(channel, flow, FlowEnd::FrontendClosed, terminal_wait).await?);
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or(last_datagram)), if due.is_some() => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, format!(
@@ -174,14 +175,18 @@ impl Worker {
         }
     }
 
-    /// Sends this side's END for `why`; the agent's terminal is due within `terminal_wait`.
+    /// Sends this side's END for `why` (the flow takes no more datagrams); the agent's terminal is
+    /// due within `terminal_wait`.
     async fn send_end(
         &self,
         channel: &mut Channel,
+        flow: &FlowShared,
         why: FlowEnd,
         terminal_wait: std::time::Duration,
     ) -> io::Result<(FlowEnd, Instant)> {
         trace!("UDP flow: END sent");
+        // The client's next datagram starts a new flow rather than wait behind this one's end.
+        flow.ended.set(true);
         let mut out = Vec::with_capacity(1);
         encode_end(&mut out);
         channel.write_all(&out).await?;

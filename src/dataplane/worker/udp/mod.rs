@@ -48,7 +48,8 @@ pub(super) struct FlowShared {
     queue: RefCell<VecDeque<Vec<u8>>>,
     /// Signalled when the queue gets a datagram.
     wake: Notify,
-    /// Set by the flow task when it ends: the frontend loop starts a new flow instead.
+    /// Set by the flow task when it ends (or sent its END): the frontend loop starts a new flow
+    /// instead.
     ended: Cell<bool>,
 }
 
