@@ -552,3 +552,36 @@ both_backends!(
         backend_failures_abort_and_reuse(backend, true);
     }
 );
+
+both_backends!(
+    an_agent_side_idle_end_returns_the_connection_too,
+    |backend| {
+        let target = udp_backend(echo);
+        let server = udp_server(backend, 1, |_| {});
+        let agent = agent(backend, server.tunnel_addr(), target)
+            .connection_num(1)
+            .listener_field("protocol", serde_json::json!("udp"))
+            .listener_field("session_idle_timeout_ms", serde_json::json!(300))
+            .run();
+        wait_registered(&server, "c", 1, 1);
+        let frontend = server.frontend_addr("c").unwrap();
+        let before = handshakes(&server);
+        let c = client();
+        assert_eq!(ask(&c, frontend, b"one"), b"one");
+        // The agent ends the flow (END), the server answers END: the connection is pooled again.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let t = server.counters();
+                agent.status().udp_flows_idle_timeout_total == 1
+                    && t.active_udp_flows == 0
+                    && t.data_connection_reuses_total == 1
+            }),
+            "{:?}",
+            server.counters()
+        );
+        assert_eq!(server.counters().udp_flows_idle_timeout_total, 0);
+        assert_eq!(ask(&c, frontend, b"two"), b"two");
+        assert_eq!(server.counters().udp_flows_started_total, 2);
+        assert_eq!(handshakes(&server), before);
+    }
+);
