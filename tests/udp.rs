@@ -1,7 +1,8 @@
 //! UDP services through the tunnel (issue 18), on both I/O backends: flows keep their own
 //! datagrams in order, a real client (`dig`) reaches a DNS responder, idle flows end and new
 //! ones start, a silent backend delays no other flow, and limits drop and count while existing
-//! flows go on.
+//! flows go on. Between version 2 peers a flow's data connection returns to the pool after it
+//! (idle timeout, backend failure), plaintext and TLS, with no handshake per flow.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use ringtun::config::{IoBackend, ServerConfig};
+use ringtun::control::stats::HandshakeOutcome;
 use ringtun::protocol::TransportProtocol;
 use ringtun::server::ServerHandle;
 
@@ -206,7 +208,7 @@ both_backends!(
             let t = server.counters();
             t.udp_flows_idle_timeout_total == 1 && t.active_udp_flows == 0
         }));
-        // Its data connection was closed; the agent dials a replacement.
+        // Its data connection went back to the pool (framed sessions, version 2).
         wait_registered(&server, "c", 1, 2);
         assert_eq!(ask(&c, frontend, b"two"), b"two");
         assert_eq!(server.counters().udp_flows_started_total, 2);
@@ -431,3 +433,155 @@ both_backends!(a_version_1_agent_is_never_given_a_flow, |backend| {
         Ok(protocol::Decoded::Frame(Frame::InitResponse(_), used)) if used == n
     ));
 });
+
+fn handshakes(server: &ServerHandle) -> u64 {
+    server.control_stats().handshakes(HandshakeOutcome::Success)
+}
+
+/// A server with one UDP cluster `c` (idle flows end after `flow_idle_ms`) and an agent with one
+/// data connection to `target`, through a TLS tunnel when `tls`; returns once it is idle. The
+/// directory of the TLS files is the last member.
+fn one_connection_tunnel(
+    backend: IoBackend,
+    tls: bool,
+    target: SocketAddr,
+    flow_idle_ms: u64,
+) -> (
+    ServerHandle,
+    ringtun::agent::AgentHandle,
+    Option<std::path::PathBuf>,
+) {
+    let files = tls.then(tls_files);
+    let mut builder = server(backend).cluster("c").workers(1);
+    if let Some((_, _, cert, key)) = &files {
+        builder =
+            builder.tls(serde_json::json!({"cert_chain_file": cert, "private_key_file": key}));
+    }
+    let mut config = builder.config();
+    config.clusters[0].protocol = TransportProtocol::Udp;
+    config.clusters[0].udp_flow_idle_timeout_ms = flow_idle_ms;
+    let server = ServerHandle::start(config).unwrap();
+    let mut agent = agent(backend, server.tunnel_addr(), target)
+        .connection_num(1)
+        .listener_field("protocol", serde_json::json!("udp"));
+    if let Some((_, ca, _, _)) = &files {
+        agent = agent.tls(serde_json::json!({"ca_file": ca, "server_name": "tunnel.test"}));
+    }
+    let agent = agent.run();
+    wait_registered(&server, "c", 1, 1);
+    (server, agent, files.map(|(dir, ..)| dir))
+}
+
+/// Flows that idle out, one after another from new clients, each on the same data connection.
+fn idle_flows_reuse_their_connection(backend: IoBackend, tls: bool) {
+    let target = udp_backend(echo);
+    let (server, _agent, dir) = one_connection_tunnel(backend, tls, target, 200);
+    let frontend = server.frontend_addr("c").unwrap();
+    let before = handshakes(&server);
+    const FLOWS: u64 = 12;
+    for i in 0..FLOWS {
+        let c = client();
+        let q = format!("flow {i}");
+        assert_eq!(ask(&c, frontend, q.as_bytes()), q.as_bytes());
+        assert_eq!(ask(&c, frontend, b"again"), b"again");
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let t = server.counters();
+                t.udp_flows_idle_timeout_total == i + 1
+                    && t.active_udp_flows == 0
+                    && t.data_connection_reuses_total == i + 1
+            }),
+            "{:?}",
+            server.counters()
+        );
+    }
+    let t = server.counters();
+    assert_eq!(t.udp_flows_started_total, FLOWS);
+    assert_eq!(t.udp_flow_errors_total, 0);
+    assert_eq!(t.udp_datagrams_from_agent_total, 2 * FLOWS);
+    // No handshake per flow: the one connection carried them all.
+    assert_eq!(handshakes(&server), before, "handshakes during the flows");
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+both_backends!(an_idle_flow_returns_its_connection_to_the_pool, |backend| {
+    idle_flows_reuse_their_connection(backend, false);
+});
+
+both_backends!(
+    an_idle_flow_returns_its_tls_connection_to_the_pool,
+    |backend| {
+        idle_flows_reuse_their_connection(backend, true);
+    }
+);
+
+/// A backend the agent cannot open a socket to (a broadcast address without SO_BROADCAST):
+/// each flow is aborted (backend connect) and its connection carries the next one.
+fn backend_failures_abort_and_reuse(backend: IoBackend, tls: bool) {
+    let broadcast: SocketAddr = "255.255.255.255:9".parse().unwrap();
+    let (server, agent, dir) = one_connection_tunnel(backend, tls, broadcast, 60_000);
+    let frontend = server.frontend_addr("c").unwrap();
+    let before = handshakes(&server);
+    for i in 1..=3u64 {
+        client().send_to(b"anyone?", frontend).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let t = server.counters();
+                t.session_aborts_received_backend_connect_total == i
+                    && t.active_udp_flows == 0
+                    && t.data_connection_reuses_total == i
+            }),
+            "{:?}",
+            server.counters()
+        );
+    }
+    assert_eq!(server.counters().udp_flow_errors_total, 0);
+    assert_eq!(handshakes(&server), before);
+    assert!(agent.status().backend_failures_total >= 3);
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+both_backends!(
+    a_backend_failure_aborts_the_flow_and_keeps_the_connection,
+    |backend| {
+        backend_failures_abort_and_reuse(backend, false);
+        backend_failures_abort_and_reuse(backend, true);
+    }
+);
+
+both_backends!(
+    an_agent_side_idle_end_returns_the_connection_too,
+    |backend| {
+        let target = udp_backend(echo);
+        let server = udp_server(backend, 1, |_| {});
+        let agent = agent(backend, server.tunnel_addr(), target)
+            .connection_num(1)
+            .listener_field("protocol", serde_json::json!("udp"))
+            .listener_field("session_idle_timeout_ms", serde_json::json!(300))
+            .run();
+        wait_registered(&server, "c", 1, 1);
+        let frontend = server.frontend_addr("c").unwrap();
+        let before = handshakes(&server);
+        let c = client();
+        assert_eq!(ask(&c, frontend, b"one"), b"one");
+        // The agent ends the flow (END), the server answers END: the connection is pooled again.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let t = server.counters();
+                agent.status().udp_flows_idle_timeout_total == 1
+                    && t.active_udp_flows == 0
+                    && t.data_connection_reuses_total == 1
+            }),
+            "{:?}",
+            server.counters()
+        );
+        assert_eq!(server.counters().udp_flows_idle_timeout_total, 0);
+        assert_eq!(ask(&c, frontend, b"two"), b"two");
+        assert_eq!(server.counters().udp_flows_started_total, 2);
+        assert_eq!(handshakes(&server), before);
+    }
+);

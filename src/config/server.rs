@@ -218,8 +218,8 @@ pub struct ClusterConfig {
     /// `max_sessions`.
     #[serde(default)]
     pub protocol: crate::protocol::TransportProtocol,
-    /// A UDP flow with no datagram either way this long is ended (its data connection closed),
-    /// in milliseconds. Default 60000; 100 to 86400000.
+    /// A UDP flow with no datagram either way this long is ended (its data connection pooled
+    /// again), in milliseconds. Default 60000; 100 to 86400000.
     #[serde(default = "super::udp::default_udp_flow_idle_timeout_ms")]
     pub udp_flow_idle_timeout_ms: u64,
     /// Largest client datagram a UDP frontend carries, in bytes; a larger one is dropped and

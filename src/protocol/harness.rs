@@ -1,6 +1,6 @@
 //! The fuzz harnesses of the frame decoder (`fuzz/fuzz_targets/frame_decoder.rs`), of the
 //! PROXY header decoder (`fuzz/fuzz_targets/proxy_header.rs`), of the session record decoder
-//! (`fuzz/fuzz_targets/session_records.rs`) and of the UDP flow's datagram decoder
+//! (`fuzz/fuzz_targets/session_records.rs`) and of the UDP flow's two datagram decoders
 //! (`fuzz/fuzz_targets/datagram_decoder.rs`), shared with the property tests
 //! (so CI, which cannot run cargo-fuzz, runs the same checks on random inputs).
 //!
@@ -194,5 +194,54 @@ pub fn datagram_round_trip(data: &[u8]) {
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Decodes `data[1..]` as a framed UDP flow's records under a limit taken from `data[0]`. No
+/// input may panic the decoder; each decoded datagram must re-encode to the bytes it came from,
+/// and every prefix of a record (END and ABORT too) must be "need more" without overshooting.
+pub fn flow_record_round_trip(data: &[u8]) {
+    use super::datagram::{decode_flow_record, encode_datagram_record, FlowRecord};
+    use super::session_frame::DATA_HEADER_LEN;
+    let Some((&limit_byte, mut rest)) = data.split_first() else {
+        return;
+    };
+    let max = if limit_byte == u8::MAX {
+        super::datagram::MAX_DATAGRAM_BYTES
+    } else {
+        usize::from(limit_byte) * 2
+    };
+    loop {
+        let used = match decode_flow_record(rest, max) {
+            Ok(FlowRecord::NeedMore(n)) => {
+                assert!(n >= 1, "NeedMore(0)");
+                return;
+            }
+            Ok(FlowRecord::Datagram { used }) => {
+                assert!(used > DATA_HEADER_LEN && used <= rest.len(), "used {used}");
+                assert!(used - DATA_HEADER_LEN <= max, "over the limit");
+                let mut again = Vec::new();
+                encode_datagram_record(&rest[DATA_HEADER_LEN..used], &mut again)
+                    .expect("a decoded datagram encodes");
+                assert_eq!(
+                    &again[..],
+                    &rest[..used],
+                    "datagram changed in a round trip"
+                );
+                used
+            }
+            Ok(FlowRecord::End { used }) | Ok(FlowRecord::Abort { used, .. }) => {
+                assert!(used >= 1 && used <= rest.len(), "used {used}");
+                used
+            }
+            Err(_) => return,
+        };
+        for cut in 0..used {
+            match decode_flow_record(&rest[..cut], max) {
+                Ok(FlowRecord::NeedMore(n)) => assert!(n >= 1 && cut + n <= used),
+                other => panic!("prefix of {cut} of {used} bytes gave {other:?}"),
+            }
+        }
+        rest = &rest[used..];
     }
 }

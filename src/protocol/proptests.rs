@@ -420,6 +420,49 @@ mod datagram {
         #[test]
         fn fuzz_harness_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             harness::datagram_round_trip(&bytes);
+            harness::flow_record_round_trip(&bytes);
+        }
+
+        /// Datagrams as records on a framed connection, then END, decode back to themselves in
+        /// order and whole, whatever the split of the stream into reads.
+        #[test]
+        fn datagram_records_round_trip_across_any_split(
+            datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..8),
+            cut in any::<usize>(),
+        ) {
+            use crate::protocol::session_frame::{encode_end, DATA_HEADER_LEN};
+            let mut stream = Vec::new();
+            for d in &datagrams {
+                encode_datagram_record(d, &mut stream).expect("fits");
+            }
+            encode_end(&mut stream);
+            stream.push(0x20); // the next frame's first byte: not the flow's
+            let cut = cut % stream.len();
+            let mut buf = stream[..cut].to_vec();
+            let mut rest = &stream[cut..];
+            let mut got = Vec::new();
+            loop {
+                match decode_flow_record(&buf, MAX_DATAGRAM_BYTES).expect("valid") {
+                    FlowRecord::Datagram { used } => {
+                        got.push(buf[DATA_HEADER_LEN..used].to_vec());
+                        buf.drain(..used);
+                    }
+                    FlowRecord::End { used } => {
+                        buf.drain(..used);
+                        break;
+                    }
+                    FlowRecord::Abort { .. } => prop_assert!(false, "no abort was sent"),
+                    FlowRecord::NeedMore(n) => {
+                        prop_assert!(n >= 1);
+                        prop_assert!(!rest.is_empty());
+                        buf.extend_from_slice(rest);
+                        rest = &[];
+                    }
+                }
+            }
+            buf.extend_from_slice(rest);
+            prop_assert_eq!(buf, vec![0x20]);
+            prop_assert_eq!(got, datagrams);
         }
     }
 }

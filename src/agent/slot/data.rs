@@ -132,8 +132,16 @@ fn start_session<'a>(
 ) -> Running<'a> {
     let span = tracing::debug_span!("session", id = start.session_id,
         client = %start.client_addr, frontend = %start.frontend_addr.as_deref().unwrap_or("-"));
-    if start.protocol == crate::protocol::TransportProtocol::Udp {
-        // A UDP flow: its own framing; the connection closes when it ends.
+    if start.protocol == crate::protocol::TransportProtocol::Udp && framed {
+        // A UDP flow as session records: the connection waits for the next session after it.
+        let silence = silence.unwrap_or(Duration::from_secs(60));
+        let flow = super::udp_framed::run_framed_flow(
+            shared, local, tunnel, stream, start, rest, silence, stop,
+        );
+        Running::Framed(Box::pin(flow.instrument(span)))
+    } else if start.protocol == crate::protocol::TransportProtocol::Udp {
+        // A UDP flow on a connection without framed sessions: u16-length datagrams; the
+        // connection closes when it ends.
         let flow = super::udp::run_flow(shared, local, tunnel, stream, start, rest, stop);
         Running::Closing(Box::pin(flow.instrument(span)))
     } else if framed {

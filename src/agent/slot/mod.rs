@@ -29,6 +29,7 @@ mod data;
 mod framed;
 mod mosn;
 mod udp;
+mod udp_framed;
 
 use super::backoff::Backoff;
 use super::dial::{dial, open, DialError, Dialed, InitParams, MAX_SERVER_FRAME_PAYLOAD_BYTES};

@@ -3,7 +3,9 @@
 //! server's length-framed ones (`protocol::datagram`) sent to the backend, the backend's replies
 //! framed back. It ends when the server closes the data connection, on an error of either side,
 //! after the listener's `session_idle_timeout_ms` without a datagram either way, or on the
-//! agent's stop. The data connection then closes and the slot dials a replacement.
+//! agent's stop. The data connection then closes and the slot dials a replacement. On a framed
+//! connection (version 2) a flow travels as session records instead and its connection waits
+//! for the next session after it (`udp_framed.rs`).
 //!
 //! A start whose protocol differs from the listener's (a UDP flow to a TCP listener, or a TCP
 //! session to a UDP listener) is refused: an error logged, counted, the connection closed.
@@ -23,22 +25,24 @@ use crate::protocol::datagram::{
 };
 
 /// Most bytes of backend replies gathered into one write to the server.
-const REPLY_BATCH_BYTES: usize = 64 * 1024;
+pub(super) const REPLY_BATCH_BYTES: usize = 64 * 1024;
 
 /// Datagrams and bytes a flow moved, added to the worker's counters when it ends.
 #[derive(Default)]
-struct Moved {
-    to_backend: u64,
-    from_backend: u64,
-    bytes_to_backend: u64,
-    bytes_from_backend: u64,
+pub(super) struct Moved {
+    pub(super) to_backend: u64,
+    pub(super) from_backend: u64,
+    pub(super) bytes_to_backend: u64,
+    pub(super) bytes_from_backend: u64,
 }
 
 /// How a flow ended without an error.
-enum FlowEnd {
+pub(super) enum FlowEnd {
     ServerClosed,
     Idle,
     Stopped,
+    /// The backend socket failed (a framed flow aborts, its connection stays).
+    BackendFailed,
 }
 
 /// Whether `listener` takes a session start of `protocol`; logs and counts a refusal.
@@ -108,6 +112,19 @@ pub(super) async fn run_flow(
     let idle = listener.session_idle_timeout();
     let ended = carry(&mut data, &socket, inbound, idle, stop, local, &mut moved).await;
     let _ = socket2::SockRef::from(&data.stream).shutdown(std::net::Shutdown::Both);
+    let stopped = matches!(ended, Ok(FlowEnd::Stopped));
+    count_flow_end(local, start.session_id, &moved, ended);
+    stopped
+}
+
+/// Counts a started flow's end and what it moved.
+pub(super) fn count_flow_end(
+    local: &Local,
+    session_id: u64,
+    moved: &Moved,
+    ended: io::Result<FlowEnd>,
+) {
+    let stats = &local.stats;
     stats.active_udp_flows.fetch_sub(1, Ordering::Relaxed);
     stats
         .udp_datagrams_to_backend_total
@@ -122,24 +139,28 @@ pub(super) async fn run_flow(
         .udp_bytes_from_backend_total
         .fetch_add(moved.bytes_from_backend, Ordering::Relaxed);
     match ended {
-        Ok(FlowEnd::Stopped) => return true,
         Ok(FlowEnd::Idle) => {
             stats
                 .udp_flows_idle_timeout_total
                 .fetch_add(1, Ordering::Relaxed);
             debug!(
-                session = start.session_id,
+                session = session_id,
                 "UDP flow ended by session_idle_timeout_ms"
             );
         }
-        Ok(FlowEnd::ServerClosed) => {}
-        Err(e) => debug!(session = start.session_id, error = %e, "UDP flow ended with error"),
+        Ok(FlowEnd::BackendFailed) => {
+            debug!(session = session_id, "UDP flow aborted: its backend failed")
+        }
+        Ok(FlowEnd::ServerClosed | FlowEnd::Stopped) => {}
+        Err(e) => debug!(session = session_id, error = %e, "UDP flow ended with error"),
     }
-    false
 }
 
 /// A UDP socket connected to the listener's backend (the first address of its name).
-async fn backend_socket(local: &Local, listener: &HostingListenerConfig) -> io::Result<UdpSocket> {
+pub(super) async fn backend_socket(
+    local: &Local,
+    listener: &HostingListenerConfig,
+) -> io::Result<UdpSocket> {
     let addrs = local.backends.resolve(&listener.backend).await?;
     let backend = *addrs
         .first()

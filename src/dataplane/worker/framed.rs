@@ -131,7 +131,7 @@ impl Worker {
     /// Puts a data connection whose framed session ended cleanly back in its host's pool
     /// (newest) and tells the control path; false when it must be closed (it sent bytes that
     /// are not a Pong).
-    fn park_again(&self, mut conn: IdleConn, cluster: &std::sync::Arc<str>) -> bool {
+    pub(super) fn park_again(&self, mut conn: IdleConn, cluster: &std::sync::Arc<str>) -> bool {
         if self.leased.borrow().get(&conn.conn_id) == Some(&true) {
             debug!(
                 conn = conn.conn_id,

@@ -4,9 +4,9 @@
 //! length-framed datagrams (`protocol::datagram`) both ways until the flow idles for
 //! `udp_flow_idle_timeout_ms`, either side fails, or the agent closes the connection.
 //!
-//! A flow ends by closing its data connection (the agent dials a replacement); reusing the
-//! connection for another session after a flow (issue 14's framed sessions) is not wired here.
-//! The data connection is driven through `tls::Channel` (readiness; plaintext or TLS) on both
+//! On a framed connection (version 2) the flow travels as session records and its connection
+//! returns to the pool after it (`framed_flow.rs`); otherwise it ends by closing its data
+//! connection (the agent dials a replacement). The data connection is driven through `tls::Channel` (readiness; plaintext or TLS) on both
 //! backends: reads are cancel-safe, so a read can be raced against the queue and the idle timer.
 
 use std::io;
@@ -29,7 +29,7 @@ use crate::protocol::datagram::{
 use crate::protocol::{self, Frame, SessionStart, TransportProtocol};
 
 /// How a started flow ended without an error.
-enum FlowEnd {
+pub(super) enum FlowEnd {
     /// No datagram either way for `udp_flow_idle_timeout_ms`.
     Idle,
     /// The agent closed the data connection (its backend failed, or its own idle bound).
@@ -60,13 +60,28 @@ impl Worker {
             Some(conn) => {
                 let (conn_id, host_id) = (conn.conn_id, conn.host_id);
                 self.events.soon(WorkerEvent::Leased { conn_id });
+                self.leased.borrow_mut().insert(conn_id, false);
                 let session_id = (self.index as u64) << 48 | self.next_session.get();
                 self.next_session.set(self.next_session.get() + 1);
                 tracing::Span::current().record("id", session_id);
-                match self
-                    .carry_flow(conn, &frontend, client, &flow, session_id)
-                    .await
-                {
+                let (ended, kept) = if conn.framed() {
+                    match start_frame(session_id, &frontend, client) {
+                        Ok(frame) => {
+                            Box::pin(self.carry_framed_flow(conn, &frame, &frontend, client, &flow))
+                                .await
+                        }
+                        Err(e) => {
+                            conn.shutdown();
+                            (Err(e), false)
+                        }
+                    }
+                } else {
+                    let ended = self
+                        .carry_flow(conn, &frontend, client, &flow, session_id)
+                        .await;
+                    (ended, false)
+                };
+                match ended {
                     Ok(FlowEnd::Idle) => {
                         bump(&self.counters.udp_flows_idle_timeout_total);
                         trace!("UDP flow ended by udp_flow_idle_timeout_ms");
@@ -81,7 +96,10 @@ impl Worker {
                 if let Some(pool) = self.state.borrow_mut().pools.get_mut(&host_id) {
                     pool.active = pool.active.saturating_sub(1);
                 }
-                self.events.now(WorkerEvent::Closed { conn_id });
+                self.leased.borrow_mut().remove(&conn_id);
+                if !kept {
+                    self.events.now(WorkerEvent::Closed { conn_id });
+                }
             }
         }
         flow.ended.set(true);
@@ -112,13 +130,7 @@ impl Worker {
             tls,
             ..
         } = conn;
-        let start = Frame::SessionStart(SessionStart {
-            session_id,
-            client_addr: client.to_string(),
-            frontend_addr: frontend.local_addr.map(|a| a.to_string()),
-            protocol: TransportProtocol::Udp,
-        });
-        let frame = protocol::encode_to_vec(&start).map_err(io::Error::other)?;
+        let frame = start_frame(session_id, frontend, client)?;
         let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, tls);
         let result = async {
             channel.write_all(&frame).await?;
@@ -229,4 +241,15 @@ impl Worker {
         inbound.drain(..at);
         Ok(sent)
     }
+}
+
+/// The flow's `SessionStart{"protocol":"udp"}` frame.
+fn start_frame(session_id: u64, frontend: &UdpFrontend, client: SocketAddr) -> io::Result<Vec<u8>> {
+    let start = Frame::SessionStart(SessionStart {
+        session_id,
+        client_addr: client.to_string(),
+        frontend_addr: frontend.local_addr.map(|a| a.to_string()),
+        protocol: TransportProtocol::Udp,
+    });
+    protocol::encode_to_vec(&start).map_err(io::Error::other)
 }

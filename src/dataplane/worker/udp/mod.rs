@@ -1,8 +1,9 @@
 //! A UDP cluster's frontends on one worker: one SO_REUSEPORT datagram socket per frontend, and
 //! its flows. A **flow** is one client address on one frontend; its first datagram creates it
 //! (`flow.rs`: lease a data connection of an agent speaking extension version 2 or more, send
-//! `SessionStart{"protocol":"udp"}`, then length-framed datagrams both ways). Replies go back to
-//! that client from the same frontend socket.
+//! `SessionStart{"protocol":"udp"}`, then length-framed datagrams both ways; on a framed
+//! connection, `framed_flow.rs`: session records, the connection pooled again after the flow).
+//! Replies go back to that client from the same frontend socket.
 //!
 //! The frontend loop never waits on a flow: it hands each datagram to its flow's bounded queue
 //! (the oldest dropped and counted when full) and goes on, so no flow waits behind another.
@@ -25,6 +26,7 @@
 //! keep a datagram beyond a flow's queue bound.
 
 mod flow;
+mod framed_flow;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -46,7 +48,8 @@ pub(super) struct FlowShared {
     queue: RefCell<VecDeque<Vec<u8>>>,
     /// Signalled when the queue gets a datagram.
     wake: Notify,
-    /// Set by the flow task when it ends: the frontend loop starts a new flow instead.
+    /// Set by the flow task when it ends (or sent its END): the frontend loop starts a new flow
+    /// instead.
     ended: Cell<bool>,
 }
 
