@@ -199,18 +199,7 @@ async fn carry(
             match decode_datagram(&inbound[at..], MAX_DATAGRAM_BYTES) {
                 Ok(DatagramDecoded::Datagram { used }) => {
                     let payload = &inbound[at + DATAGRAM_HEADER_LEN..at + used];
-                    match socket.send(payload).await {
-                        Ok(_) => {
-                            moved.to_backend += 1;
-                            moved.bytes_to_backend += payload.len() as u64;
-                        }
-                        Err(e) => {
-                            stats
-                                .udp_dropped_send_failed_total
-                                .fetch_add(1, Ordering::Relaxed);
-                            trace!(error = %e, "datagram to the backend failed");
-                        }
-                    }
+                    send_to_backend(socket, payload, local, moved).await;
                     at += used;
                     last_datagram = crate::rt::time::Instant::now();
                 }
@@ -232,34 +221,13 @@ async fn carry(
                 }
             }
             got = socket.recv(&mut reply) => match got {
-                Ok(n) if n > MAX_DATAGRAM_BYTES => {
-                    stats.udp_dropped_oversized_total.fetch_add(1, Ordering::Relaxed);
-                }
                 Ok(n) => {
-                    out.clear();
-                    encode_datagram(&reply[..n], &mut out).map_err(io::Error::other)?;
-                    moved.from_backend += 1;
-                    moved.bytes_from_backend += n as u64;
-                    // Replies already waiting go in the same write (one syscall for a burst).
-                    while out.len() < REPLY_BATCH_BYTES {
-                        match socket.try_recv(&mut reply) {
-                            Ok(n) if n > MAX_DATAGRAM_BYTES => {
-                                stats.udp_dropped_oversized_total.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(n) => {
-                                encode_datagram(&reply[..n], &mut out).map_err(io::Error::other)?;
-                                moved.from_backend += 1;
-                                moved.bytes_from_backend += n as u64;
-                            }
-                            Err(e) => {
-                                if e.kind() == io::ErrorKind::ConnectionRefused {
-                                    stats.udp_dropped_send_failed_total.fetch_add(1, Ordering::Relaxed);
-                                }
-                                break;
-                            }
-                        }
+                    batch_replies(socket, &mut reply, n, &mut out, local, moved, |d, out| {
+                        encode_datagram(d, out).is_ok()
+                    });
+                    if !out.is_empty() {
+                        data.write_all(&out).await?;
                     }
-                    data.write_all(&out).await?;
                     last_datagram = crate::rt::time::Instant::now();
                 }
                 // An ICMP unreachable for an earlier datagram: the backend is not listening
@@ -271,6 +239,69 @@ async fn carry(
             },
             _ = crate::rt::time::sleep_until(idle_at) => return Ok(FlowEnd::Idle),
             _ = stop.changed() => return Ok(FlowEnd::Stopped),
+        }
+    }
+}
+
+/// Sends one datagram of the flow to its backend; a failed send is counted and dropped (UDP).
+pub(super) async fn send_to_backend(
+    socket: &UdpSocket,
+    payload: &[u8],
+    local: &Local,
+    moved: &mut Moved,
+) {
+    match socket.send(payload).await {
+        Ok(_) => {
+            moved.to_backend += 1;
+            moved.bytes_to_backend += payload.len() as u64;
+        }
+        Err(e) => {
+            local
+                .stats
+                .udp_dropped_send_failed_total
+                .fetch_add(1, Ordering::Relaxed);
+            trace!(error = %e, "datagram to the backend failed");
+        }
+    }
+}
+
+/// Frames into `out` (cleared first) the reply of `n` bytes in `reply` and the replies already
+/// waiting on `socket`, up to `REPLY_BATCH_BYTES`, so a burst goes in one write. `encode` frames
+/// one reply for the connection and says whether it did; oversized replies are dropped and
+/// counted.
+pub(super) fn batch_replies(
+    socket: &UdpSocket,
+    reply: &mut [u8],
+    mut n: usize,
+    out: &mut Vec<u8>,
+    local: &Local,
+    moved: &mut Moved,
+    encode: impl Fn(&[u8], &mut Vec<u8>) -> bool,
+) {
+    let stats = &local.stats;
+    out.clear();
+    loop {
+        if n > MAX_DATAGRAM_BYTES {
+            stats
+                .udp_dropped_oversized_total
+                .fetch_add(1, Ordering::Relaxed);
+        } else if encode(&reply[..n], out) {
+            moved.from_backend += 1;
+            moved.bytes_from_backend += n as u64;
+        }
+        if out.len() >= REPLY_BATCH_BYTES {
+            return;
+        }
+        match socket.try_recv(reply) {
+            Ok(got) => n = got,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    stats
+                        .udp_dropped_send_failed_total
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
         }
     }
 }

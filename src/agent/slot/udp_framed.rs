@@ -16,7 +16,9 @@ use std::io;
 use tokio::net::UdpSocket;
 
 use super::framed::Framed;
-use super::udp::{accepts, backend_socket, count_flow_end, FlowEnd, Moved, REPLY_BATCH_BYTES};
+use super::udp::{
+    accepts, backend_socket, batch_replies, count_flow_end, send_to_backend, FlowEnd, Moved,
+};
 use super::*;
 use crate::protocol::datagram::{
     decode_flow_record, encode_datagram_record, FlowRecord, MAX_DATAGRAM_BYTES,
@@ -210,18 +212,7 @@ async fn carry(
                 FlowRecord::NeedMore(_) => break,
                 FlowRecord::Datagram { used } => {
                     let payload = &inbound[at + DATA_HEADER_LEN..at + used];
-                    match socket.send(payload).await {
-                        Ok(_) => {
-                            moved.to_backend += 1;
-                            moved.bytes_to_backend += payload.len() as u64;
-                        }
-                        Err(e) => {
-                            stats
-                                .udp_dropped_send_failed_total
-                                .fetch_add(1, Ordering::Relaxed);
-                            trace!(error = %e, "datagram to the backend failed");
-                        }
-                    }
+                    send_to_backend(socket, payload, local, moved).await;
                     at += used;
                     last_datagram = crate::rt::time::Instant::now();
                 }
@@ -247,20 +238,10 @@ async fn carry(
             }
             got = socket.recv(&mut reply) => match got {
                 Ok(n) => {
-                    out.clear();
-                    frame_reply(&reply[..n], &mut out, moved, local);
-                    // Replies already waiting go in the same write (one syscall for a burst).
-                    while out.len() < REPLY_BATCH_BYTES {
-                        match socket.try_recv(&mut reply) {
-                            Ok(n) => frame_reply(&reply[..n], &mut out, moved, local),
-                            Err(e) => {
-                                if e.kind() == io::ErrorKind::ConnectionRefused {
-                                    stats.udp_dropped_send_failed_total.fetch_add(1, Ordering::Relaxed);
-                                }
-                                break;
-                            }
-                        }
-                    }
+                    // An empty reply cannot be a record and is not carried.
+                    batch_replies(socket, &mut reply, n, &mut out, local, moved, |d, out| {
+                        encode_datagram_record(d, out).is_ok()
+                    });
                     if !out.is_empty() {
                         data.write_all(&out).await?;
                     }
@@ -280,21 +261,5 @@ async fn carry(
             _ = crate::rt::time::sleep_until(idle_at) => return Ok((FlowEnd::Idle, Terminal::Mine(inbound, None))),
             _ = stop.changed() => return Ok((FlowEnd::Stopped, Terminal::Mine(inbound, None))),
         }
-    }
-}
-
-/// Appends one backend reply as a record (an oversized one is dropped and counted; an empty
-/// one cannot be a record and is not carried).
-fn frame_reply(reply: &[u8], out: &mut Vec<u8>, moved: &mut Moved, local: &Local) {
-    if reply.len() > MAX_DATAGRAM_BYTES {
-        local
-            .stats
-            .udp_dropped_oversized_total
-            .fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    if encode_datagram_record(reply, out).is_ok() {
-        moved.from_backend += 1;
-        moved.bytes_from_backend += reply.len() as u64;
     }
 }

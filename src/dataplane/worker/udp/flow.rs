@@ -146,6 +146,24 @@ impl Worker {
         result
     }
 
+    /// Frames the flow's queued client datagrams into `out` with `encode` (which says whether it
+    /// framed one) and counts those framed. They are within MAX_DATAGRAM_BYTES: the frontend
+    /// dropped longer ones.
+    pub(super) fn frame_queued(
+        &self,
+        flow: &FlowShared,
+        out: &mut Vec<u8>,
+        encode: impl Fn(&[u8], &mut Vec<u8>) -> bool,
+    ) {
+        let mut queue = flow.queue.borrow_mut();
+        while let Some(d) = queue.pop_front() {
+            if encode(&d, out) {
+                bump(&self.counters.udp_datagrams_to_agent_total);
+                add(&self.counters.udp_bytes_to_agent_total, d.len() as u64);
+            }
+        }
+    }
+
     /// The started flow: queued client datagrams to the agent, the agent's to the client.
     async fn flow_loop(
         &self,
@@ -163,16 +181,7 @@ impl Worker {
             if frontend.closed.get() {
                 return Ok(FlowEnd::FrontendClosed);
             }
-            {
-                let mut queue = flow.queue.borrow_mut();
-                while let Some(d) = queue.pop_front() {
-                    // Within MAX_DATAGRAM_BYTES: the frontend dropped longer ones.
-                    if encode_datagram(&d, &mut out).is_ok() {
-                        bump(&self.counters.udp_datagrams_to_agent_total);
-                        add(&self.counters.udp_bytes_to_agent_total, d.len() as u64);
-                    }
-                }
-            }
+            self.frame_queued(flow, &mut out, |d, out| encode_datagram(d, out).is_ok());
             if !out.is_empty() {
                 last_datagram = Instant::now();
                 channel.write_all(&out).await?;

@@ -109,15 +109,10 @@ impl Worker {
         let mut ended: Option<(FlowEnd, Instant)> = None;
         loop {
             if ended.is_none() {
-                let mut queue = flow.queue.borrow_mut();
-                while let Some(d) = queue.pop_front() {
-                    // Within MAX_DATAGRAM_BYTES (the frontend dropped longer ones); an empty
-                    // datagram cannot be a record and is not carried.
-                    if encode_datagram_record(&d, &mut out).is_ok() {
-                        bump(&self.counters.udp_datagrams_to_agent_total);
-                        add(&self.counters.udp_bytes_to_agent_total, d.len() as u64);
-                    }
-                }
+                // An empty datagram cannot be a record and is not carried.
+                self.frame_queued(flow, &mut out, |d, out| {
+                    encode_datagram_record(d, out).is_ok()
+                });
             }
             if !out.is_empty() {
                 last_datagram = Instant::now();
