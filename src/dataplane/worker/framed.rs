@@ -86,18 +86,13 @@ impl Worker {
         frontend.shutdown();
         let moved = end.moved;
         let (stream, tls) = link.into_parts();
-        let kept = match stream.into_std() {
-            Ok(std) => {
-                let mut idle = IdleConn::new(conn_id, host_id, std, false, end.leftover, 0, tls)
-                    .with_extension_version(peer_extension_version);
-                idle.sessions_carried = sessions_carried + 1;
-                self.park_again(idle, cluster)
-            }
-            Err(e) => {
-                debug!(conn = conn_id, error = %e, "cannot park the data connection again");
-                false
-            }
+        let lent = Lent {
+            conn_id,
+            host_id,
+            peer_extension_version,
+            sessions_carried,
         };
+        let kept = self.park_after(lent, stream, end.leftover, tls, cluster);
         (Ok(moved), kept)
     }
 
@@ -124,6 +119,31 @@ impl Worker {
             Err(e) => {
                 let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
                 Err(e)
+            }
+        }
+    }
+
+    /// A framed connection whose session or flow ended both ways, idle again with one more
+    /// session carried: `leftover` are the record bytes after the peer's terminal.
+    pub(super) fn park_after(
+        &self,
+        lent: Lent,
+        stream: TcpStream,
+        leftover: Vec<u8>,
+        tls: Option<Box<crate::tls::TlsSession>>,
+        cluster: &std::sync::Arc<str>,
+    ) -> bool {
+        match stream.into_std() {
+            Ok(std) => {
+                let mut idle =
+                    IdleConn::new(lent.conn_id, lent.host_id, std, false, leftover, 0, tls)
+                        .with_extension_version(lent.peer_extension_version);
+                idle.sessions_carried = lent.sessions_carried + 1;
+                self.park_again(idle, cluster)
+            }
+            Err(e) => {
+                debug!(conn = lent.conn_id, error = %e, "cannot park the data connection again");
+                false
             }
         }
     }
@@ -173,4 +193,12 @@ impl Worker {
     fn count_abort(&self, reason: AbortReason, sent: bool) {
         bump(self.counters.abort_counter(reason, sent));
     }
+}
+
+/// Who a framed connection is, kept while a session or flow borrows its socket.
+pub(super) struct Lent {
+    pub conn_id: crate::plane::snapshot::ConnId,
+    pub host_id: crate::plane::snapshot::HostId,
+    pub peer_extension_version: u32,
+    pub sessions_carried: u32,
 }

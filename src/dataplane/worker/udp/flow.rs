@@ -146,6 +146,29 @@ impl Worker {
         result
     }
 
+    /// Sends one of the agent's datagrams to the flow's client; a failed send is counted and
+    /// dropped (UDP).
+    pub(super) async fn reply_to_client(
+        &self,
+        frontend: &UdpFrontend,
+        client: SocketAddr,
+        payload: &[u8],
+    ) {
+        match frontend.socket.send_to(payload, client).await {
+            Ok(_) => {
+                bump(&self.counters.udp_datagrams_from_agent_total);
+                add(
+                    &self.counters.udp_bytes_from_agent_total,
+                    payload.len() as u64,
+                );
+            }
+            Err(e) => {
+                bump(&self.counters.udp_dropped_send_failed_total);
+                trace!(error = %e, "reply to the UDP client failed");
+            }
+        }
+    }
+
     /// Frames the flow's queued client datagrams into `out` with `encode` (which says whether it
     /// framed one) and counts those framed. They are within MAX_DATAGRAM_BYTES: the frontend
     /// dropped longer ones.
@@ -222,19 +245,7 @@ impl Worker {
             match decode_datagram(&inbound[at..], MAX_DATAGRAM_BYTES) {
                 Ok(DatagramDecoded::Datagram { used }) => {
                     let payload = &inbound[at + DATAGRAM_HEADER_LEN..at + used];
-                    match frontend.socket.send_to(payload, client).await {
-                        Ok(_) => {
-                            bump(&self.counters.udp_datagrams_from_agent_total);
-                            add(
-                                &self.counters.udp_bytes_from_agent_total,
-                                payload.len() as u64,
-                            );
-                        }
-                        Err(e) => {
-                            bump(&self.counters.udp_dropped_send_failed_total);
-                            trace!(error = %e, "reply to the UDP client failed");
-                        }
-                    }
+                    self.reply_to_client(frontend, client, payload).await;
                     at += used;
                     sent += 1;
                 }

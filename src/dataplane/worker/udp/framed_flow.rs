@@ -22,8 +22,9 @@ use tracing::{debug, trace};
 use super::flow::FlowEnd;
 use super::{FlowShared, UdpFrontend};
 use crate::dataplane::idle::IdleConn;
+use crate::dataplane::worker::framed::Lent;
 use crate::dataplane::worker::Worker;
-use crate::plane::counters::{add, bump};
+use crate::plane::counters::bump;
 use crate::protocol::datagram::{
     decode_flow_record, encode_datagram_record, FlowRecord, MAX_DATAGRAM_BYTES,
 };
@@ -75,18 +76,13 @@ impl Worker {
             }
         };
         let (stream, tls) = channel.into_parts();
-        let kept = match stream.into_std() {
-            Ok(std) => {
-                let mut idle = IdleConn::new(conn_id, host_id, std, false, leftover, 0, tls)
-                    .with_extension_version(peer_extension_version);
-                idle.sessions_carried = sessions_carried + 1;
-                self.park_again(idle, &frontend.cluster)
-            }
-            Err(e) => {
-                debug!(conn = conn_id, error = %e, "cannot park the data connection again");
-                false
-            }
+        let lent = Lent {
+            conn_id,
+            host_id,
+            peer_extension_version,
+            sessions_carried,
         };
+        let kept = self.park_after(lent, stream, leftover, tls, &frontend.cluster);
         (Ok(end), kept)
     }
 
@@ -217,19 +213,7 @@ impl Worker {
                     if ended {
                         continue;
                     }
-                    match frontend.socket.send_to(payload, client).await {
-                        Ok(_) => {
-                            bump(&self.counters.udp_datagrams_from_agent_total);
-                            add(
-                                &self.counters.udp_bytes_from_agent_total,
-                                payload.len() as u64,
-                            );
-                        }
-                        Err(e) => {
-                            bump(&self.counters.udp_dropped_send_failed_total);
-                            trace!(error = %e, "reply to the UDP client failed");
-                        }
-                    }
+                    self.reply_to_client(frontend, client, payload).await;
                     sent += 1;
                 }
                 FlowRecord::End { used } => {
