@@ -60,9 +60,22 @@ pub(super) async fn run_framed_session(
             stats.count_abort_sent(AbortReason::BackendConnect);
             warn!(session = start.session_id, client = %start.client_addr, backend = %listener.backend,
                 "{why}; aborting the session");
-            return match abort_framed(&link, rest, AbortReason::BackendConnect, &why, &local.pool)
-                .await
-            {
+            let abort = abort_framed(
+                &link,
+                rest,
+                AbortReason::BackendConnect,
+                &why,
+                terminal_wait,
+                &local.pool,
+            );
+            let aborted = tokio::select! {
+                a = abort => a,
+                _ = stop.changed() => {
+                    link.shutdown();
+                    return Framed::Stopped;
+                }
+            };
+            return match aborted {
                 Ok(left) => again(link, left),
                 Err(e) => {
                     debug!(session = start.session_id, error = %e, "data connection closed");

@@ -428,15 +428,30 @@ async fn send_terminal(
 
 /// Ends a framed session that has no local socket (the agent could not connect its backend):
 /// sends ABORT with `reason`, drops the peer's DATA until its terminal, and returns the bytes
-/// after it. On an `Err` the data connection is shut down and must be closed.
+/// after it. The peer's terminal must come within `terminal_wait`, as in `pump_framed`. On an
+/// `Err` the data connection is shut down and must be closed.
 pub async fn abort_framed(
     data: &DataLink,
     inbound: Vec<u8>,
     reason: AbortReason,
     text: &str,
+    terminal_wait: Duration,
     pools: &Pools,
 ) -> io::Result<Vec<u8>> {
-    let ended = abort_and_drain(data, inbound, reason, text, &pools.uring).await;
+    // Readiness I/O on the data link: dropping it at the deadline loses nothing that matters (the
+    // connection is shut down and closed).
+    let drain = abort_and_drain(data, inbound, reason, text, &pools.uring);
+    let ended = crate::rt::time::timeout(terminal_wait, drain)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "peer sent no end of session within {} ms of an abort",
+                    terminal_wait.as_millis()
+                ),
+            ))
+        });
     if ended.is_err() {
         data.shutdown();
     }

@@ -168,3 +168,35 @@ fn busy_directions_return_their_pipes() {
     let kept = pipes.free_count();
     assert!((1..=2).contains(&kept), "{kept} pipes in the pool");
 }
+
+/// A peer that never answers an ABORT (no END, no ABORT back) does not hold the connection
+/// forever: the drain gives up after `terminal_wait` with a timeout naming why.
+#[test]
+fn an_abort_unanswered_ends_within_the_terminal_wait() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (link_side, mut peer) = pair().await;
+        let link = DataLink::new(link_side, None);
+        let pools = Pools::default();
+        let abort = abort_framed(
+            &link,
+            Vec::new(),
+            crate::protocol::session_frame::AbortReason::BackendConnect,
+            "backend refused",
+            std::time::Duration::from_millis(200),
+            &pools,
+        );
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), abort)
+            .await
+            .expect("the abort's drain ended by itself");
+        let e = ended.expect_err("no terminal came");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // The peer got the ABORT record, then the connection was shut down.
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got.first(), Some(&3), "an ABORT record: {got:?}");
+    });
+}
