@@ -8,7 +8,7 @@
 //!
 //! - `epoll copy`: ringtun's epoll pump with splice off (`splice_pipe_bytes: 0`) — the baseline.
 //! - `epoll splice`: the same pump with its default pipe (busy directions splice).
-//! - `io_uring copy`: ringtun's io_uring pump (tokio-uring, owned buffers), splice off.
+//! - `io_uring copy`: ringtun's io_uring pump (the ring runtime, owned buffers), splice off.
 //! - `io_uring splice`: the same pump with its default pipe: a busy direction splices what is
 //!   queued socket → pipe with a plain call and pipe → socket with a plain non-blocking call,
 //!   waiting for a full socket with a poll on a second ring.
@@ -145,7 +145,7 @@ fn pump_epoll(a: TcpStream, b: TcpStream, splice: bool) {
 
 fn pump_uring(a: TcpStream, b: TcpStream, splice: bool) {
     let rt = ringtun::rt::uring::runtime(256).expect("io_uring runtime");
-    ringtun::rt::uring::block_on(&rt, async move {
+    ringtun::rt::uring::block_on(rt, async move {
         let a = ringtun::rt::uring::Stream::from_std(a).expect("adopt");
         let b = ringtun::rt::uring::Stream::from_std(b).expect("adopt");
         let buffers = ringtun::dataplane::pump::uring::Buffers::new(PUMP_BUFFER_BYTES)

@@ -70,13 +70,13 @@ async fn receiver_pair() -> (TcpStream, TcpStream) {
 async fn session(
     backend: ringtun::rt::Backend,
     pools: &Rc<Pools>,
-) -> (TcpStream, TcpStream, tokio::task::JoinHandle<bool>) {
+) -> (TcpStream, TcpStream, ringtun::rt::JoinHandle<bool>) {
     let (a_peer, a) = pair().await;
     let (b, b_peer) = receiver_pair().await;
     let a = Conn::from_tokio(backend, a).unwrap();
     let b = Conn::from_tokio(backend, b).unwrap();
     let pools = pools.clone();
-    let pumping = tokio::task::spawn_local(async move {
+    let pumping = ringtun::rt::spawn_local(async move {
         pump_conns(&a, &b, Vec::new(), Vec::new(), &pools)
             .await
             .is_ok()
@@ -110,7 +110,7 @@ async fn probe(backend: ringtun::rt::Backend, pools: &Rc<Pools>) -> Result<Durat
         w?;
         r
     };
-    let got = tokio::time::timeout(PROBE_LIMIT, transfer)
+    let got = ringtun::rt::time::timeout(PROBE_LIMIT, transfer)
         .await
         .map_err(|_| format!("64 MiB did not pass within {PROBE_LIMIT:?}"))?
         .map_err(|e| format!("probe transfer failed: {e}"))?;
@@ -150,7 +150,7 @@ fn run(backend_name: IoBackend) -> Report {
                     let data = data.clone();
                     // Never finishes: the receiver does not read. Ends with an error when the
                     // session is torn down.
-                    let writer = tokio::task::spawn_local(async move {
+                    let writer = ringtun::rt::spawn_local(async move {
                         let _ = a_peer.write_all(&data).await;
                         a_peer
                     });
@@ -167,7 +167,7 @@ fn run(backend_name: IoBackend) -> Report {
                     if Instant::now() > deadline {
                         return Err("the stalled sessions never reached splice".to_string());
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ringtun::rt::time::sleep(Duration::from_millis(10)).await;
                 }
                 let stalled_threads = threads();
                 let loaded = probe(backend, &pools).await?;
@@ -190,7 +190,7 @@ fn run(backend_name: IoBackend) -> Report {
                     ends.push((pumping, writer));
                 }
                 for (pumping, writer) in ends {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), pumping)
+                    let _ = ringtun::rt::time::timeout(Duration::from_secs(30), pumping)
                         .await
                         .map_err(|_| "a stalled pump did not end after its receiver left")?;
                     let _ = writer.await;

@@ -11,7 +11,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::rt::{data_idle_ms, Conn};
+use std::os::fd::AsRawFd;
+
+use crate::rt::{data_idle_ms, shutdown_both};
 
 /// Shortest re-check, so clock rounding never spins the timer.
 const MIN_CHECK_MS: u64 = 5;
@@ -21,8 +23,8 @@ const MIN_CHECK_MS: u64 = 5;
 /// whether the timeout ended it. The pump is pinned by the caller, so a session's future holds
 /// it once.
 pub async fn with_idle_timeout<F: Future + ?Sized>(
-    a: &Conn,
-    b: &Conn,
+    a: &impl AsRawFd,
+    b: &impl AsRawFd,
     timeout: Option<Duration>,
     mut pump: Pin<&mut F>,
 ) -> (F::Output, bool) {
@@ -41,8 +43,8 @@ pub async fn with_idle_timeout<F: Future + ?Sized>(
                 _ => 0,
             };
             if idle >= timeout_ms {
-                a.shutdown();
-                b.shutdown();
+                shutdown_both(a);
+                shutdown_both(b);
                 return;
             }
             let wait = (timeout_ms - idle).max(MIN_CHECK_MS);

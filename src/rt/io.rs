@@ -6,27 +6,96 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Writes all of `data`, waiting for writability as needed. For current-thread runtimes only
-/// (every runtime ringtun runs sockets on is one): it clears readiness it has just seen go stale.
+/// Writes all of `data`, waiting for writability as needed. The first send is tried without
+/// looking at readiness (most writes complete at once); once the send buffer is full, each
+/// retry runs under tokio's readiness ([`io_clearing`]), so a wait sleeps until room appears.
 pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    loop {
-        let sent = super::send_nonblocking(to, data)?;
-        data = &data[sent..];
-        if data.is_empty() {
-            return Ok(());
-        }
-        // The send buffer is full: clear tokio's writable readiness (it may predate the full
-        // buffer) so the wait below sleeps until the next edge. Safe on this current-thread
-        // runtime: the reactor cannot record newer readiness between the send and this line.
-        let _ = to.try_io(Interest::WRITABLE, || {
-            Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
-        });
+    let sent = super::send_nonblocking(to, data)?;
+    data = &data[sent..];
+    while !data.is_empty() {
         to.writable().await?;
+        match io_clearing(
+            to,
+            Interest::WRITABLE,
+            || super::send_nonblocking(to, data),
+            |&n| n < data.len(),
+        ) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
+}
+
+/// Runs the non-blocking call `op` under `stream`'s tokio readiness for `interest`. When
+/// `drained` says the call emptied (a short read) or filled (a short send) the socket, that
+/// readiness is cleared as of *before* the call: the next wait sleeps until a new edge, and an
+/// edge the reactor recorded during the call is kept. That holds whichever thread runs the
+/// reactor (an io_uring worker's tokio sockets are served by a background one), unlike clearing
+/// after the call. `WouldBlock` when tokio holds no readiness for `interest` (`op` not run).
+pub(crate) fn io_clearing<R>(
+    stream: &TcpStream,
+    interest: Interest,
+    op: impl FnOnce() -> io::Result<R>,
+    drained: impl FnOnce(&R) -> bool,
+) -> io::Result<R> {
+    let mut out = None;
+    let ran = stream.try_io(interest, || {
+        let value = op()?;
+        let clear = drained(&value);
+        out = Some(value);
+        if clear {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (out, ran) {
+        (Some(value), _) => Ok(value),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+/// One non-blocking read into `buf`'s spare capacity (appended); returns the bytes read.
+pub(crate) fn read_spare(fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: reads at most `spare.len()` bytes into the vector's spare capacity, which the
+    // vector owns; the fd is owned by `fd`, which outlives the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Reads once into `buf`'s spare capacity after readiness, clearing the readiness when the
+/// read came up short (the socket is empty: the next wait sleeps without an EAGAIN read).
+/// `WouldBlock` when tokio holds no readiness or the socket had nothing after all.
+pub(crate) fn read_clearing(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    io_clearing(
+        stream,
+        Interest::READABLE,
+        || read_spare(stream, buf),
+        |&n| n > 0 && n < room,
+    )
 }
 
 /// Owned-buffer socket I/O, as both backends can do it: the TLS pump is written once over it.
@@ -53,19 +122,8 @@ impl OwnedIo for TcpStream {
                 return (Err(e), buf);
             }
             // Reads into the spare capacity: no zeroing, no growth (the buffer is empty).
-            let capacity = buf.capacity();
-            match self.try_read_buf(&mut buf) {
-                Ok(n) => {
-                    if n > 0 && n < capacity {
-                        // A short read emptied the socket: clear its readiness so the next wait
-                        // sleeps until new bytes (current-thread runtime: no newer readiness can
-                        // have been recorded in between), as `tls::Channel` does.
-                        let _ = self.try_io(Interest::READABLE, || {
-                            Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
-                        });
-                    }
-                    return (Ok(n), buf);
-                }
+            match read_clearing(self, &mut buf) {
+                Ok(n) => return (Ok(n), buf),
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted => {}
@@ -95,4 +153,30 @@ pub(crate) fn shutdown_write(socket: &impl OwnedIo) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(()),
     }
+}
+
+/// One non-blocking read into `buf`; returns the bytes read.
+pub(crate) fn read_into_slice(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reads at most `buf.len()` bytes into `buf`; the fd is owned by `fd`, which
+    // outlives the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Shuts a socket down both ways (ending every operation and wait on it); errors are ignored
+/// (a socket already shut down or reset).
+pub fn shutdown_both(socket: &impl AsRawFd) {
+    // SAFETY: the fd is owned by `socket`, which outlives the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Both);
 }

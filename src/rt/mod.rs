@@ -12,6 +12,8 @@ mod io;
 mod listen;
 mod liveness;
 mod pipe;
+mod ready;
+pub mod ring;
 mod socket;
 mod task;
 pub mod time;
@@ -22,15 +24,16 @@ pub mod uring_splice;
 
 pub use accept::{AcceptStop, Listener};
 pub use conn::{Conn, ReadyView};
-pub(crate) use io::shutdown_write;
-pub use io::write_all;
 pub(crate) use io::OwnedIo;
+pub(crate) use io::{io_clearing, read_into_slice, shutdown_write};
+pub use io::{shutdown_both, write_all};
 pub use listen::{
     bind_frontends, parse_addr, BindError, FrontendListener, FrontendSocket, FrontendSockets,
     ProxyAccept, UdpFrontendLimits,
 };
 pub use liveness::{data_idle_ms, set_session_keepalive, set_tunnel_liveness};
 pub use pipe::{Pipe, PipePool};
+pub use ready::ReadyStream;
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, bind_udp_reuseport, poll_readable_nonblocking,
     readable_bytes, send_nonblocking, splice_nonblocking, ReadPoll, UDP_SOCKET_BUFFER_BYTES,
@@ -46,7 +49,7 @@ use crate::config::IoBackend;
 pub enum Backend {
     /// A tokio current-thread runtime (epoll).
     Epoll,
-    /// A tokio-uring runtime with `entries` submission queue entries.
+    /// The ring runtime (`rt::ring`) with `entries` submission queue entries.
     Uring { entries: u32 },
 }
 
@@ -157,8 +160,14 @@ where
                             return;
                         }
                     };
+                    let setup = runtime.setup();
+                    tracing::debug!(
+                        entries = setup.entries,
+                        deferred_taskrun = setup.deferred_taskrun,
+                        "io_uring worker ring ready"
+                    );
                     let _ = ready_tx.send(Ok(()));
-                    uring::block_on(&runtime, make());
+                    uring::block_on(runtime, make());
                 }
             }
         })

@@ -1,25 +1,27 @@
-//! The io_uring backend: the only module that names tokio-uring.
+//! The io_uring backend: the probe, a worker's ring runtime (`rt::ring`), and accept and
+//! owned-buffer stream operations on it; the session pump over them is `dataplane::pump::uring`.
 //!
-//! It probes whether io_uring can be used, runs a worker's runtime, and offers accept and
-//! owned-buffer stream operations on io_uring; the session pump over them is
-//! `dataplane::pump::uring`. tokio-uring's rules are kept here: an in-flight read or
-//! accept is never dropped to cancel it (a timeout would lose its bytes or leak the accepted fd);
-//! to end a session early the sockets are shut down, which completes every read in flight, and
-//! every socket is shut down before it is dropped.
+//! Every operation here may be dropped in flight (the ring runtime cancels it and keeps its
+//! buffer until the kernel is done), but a dropped read may have taken bytes with it: to end a
+//! session early its sockets are shut down, which completes every read in flight, and a socket
+//! that must stay usable (a data connection going back to its pool) waits by readiness instead.
 
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 
 use io_uring::opcode;
-use tokio_uring::buf::BoundedBuf;
 
-/// Opcodes ringtun's use of tokio-uring submits (cancel is used when ops are dropped at exit).
-const OPCODES_USED: [(&str, u8); 5] = [
+use super::ring;
+
+/// Opcodes the ring runtime submits.
+const OPCODES_USED: [(&str, u8); 6] = [
     ("accept", opcode::Accept::CODE),
+    ("recv", opcode::Recv::CODE),
+    ("send", opcode::Send::CODE),
     ("read", opcode::Read::CODE),
-    ("write", opcode::Write::CODE),
-    ("close", opcode::Close::CODE),
+    ("poll_add", opcode::PollAdd::CODE),
     ("async_cancel", opcode::AsyncCancel::CODE),
 ];
 
@@ -51,6 +53,12 @@ fn probe_here() -> Result<(), String> {
         Some(libc::ENOSYS) => format!("this kernel has no io_uring ({e})"),
         _ => format!("cannot create an io_uring instance: {e}"),
     })?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err(
+            "this kernel's io_uring cannot wait with a timeout (IORING_FEAT_EXT_ARG, Linux 5.11)"
+                .into(),
+        );
+    }
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -65,42 +73,43 @@ fn probe_here() -> Result<(), String> {
     Ok(())
 }
 
-/// Builds an io_uring runtime with `entries` submission queue entries.
-pub fn runtime(entries: u32) -> io::Result<tokio_uring::Runtime> {
-    tokio_uring::Runtime::new(tokio_uring::builder().entries(entries))
+/// Builds this thread's ring runtime with `entries` submission queue entries.
+pub fn runtime(entries: u32) -> io::Result<ring::Runtime> {
+    ring::Runtime::new(entries)
 }
 
 /// Runs `future` on `runtime`; spawned local tasks run on the same ring.
-pub fn block_on<F: Future>(runtime: &tokio_uring::Runtime, future: F) -> F::Output {
+pub fn block_on<F: Future>(runtime: ring::Runtime, future: F) -> F::Output {
     runtime.block_on(future)
 }
 
 /// A listener accepting on io_uring.
-pub struct Listener(tokio_uring::net::TcpListener);
+pub struct Listener(std::net::TcpListener);
 
 impl Listener {
     /// Adopts a bound listener. io_uring waits for connections itself, so the socket is put
     /// back in blocking mode.
     pub fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(false)?;
-        Ok(Self(tokio_uring::net::TcpListener::from_std(listener)))
+        Ok(Self(listener))
     }
 
-    /// Accepts one connection. Never race this future: dropping it in flight leaks the fd.
+    /// Accepts one connection (a connection accepted by a dropped future is closed).
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok((Stream(stream), peer))
+        let (fd, peer) = ring::accept(self.0.as_raw_fd()).await?;
+        Ok((Stream(std::net::TcpStream::from(fd)), peer))
     }
 }
 
 /// A TCP stream doing its I/O on io_uring.
-pub struct Stream(tokio_uring::net::TcpStream);
+pub struct Stream(std::net::TcpStream);
 
 impl Stream {
-    /// Adopts a connected socket (put in blocking mode: io_uring does the waiting).
+    /// Adopts a connected socket (put in blocking mode: io_uring does the waiting, and
+    /// `rt::uring_splice` relies on it).
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
         stream.set_nonblocking(false)?;
-        Ok(Self(tokio_uring::net::TcpStream::from_std(stream)))
+        Ok(Self(stream))
     }
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
@@ -113,27 +122,19 @@ impl Stream {
 
     /// Writes all of `data` (owned buffer, returned).
     pub async fn write_all(&self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        self.0.write_all(data).await
+        ring::send_all(self.0.as_raw_fd(), data, 0).await
     }
 
-    /// Reads into `buf`'s capacity (its contents are replaced); 0 means EOF. Never race this
-    /// future: dropping it in flight loses the bytes it reads.
-    pub async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        buf.clear();
-        self.0.read(buf).await
+    /// Reads into `buf`'s capacity (its contents are replaced); 0 means EOF. A dropped read may
+    /// have taken bytes with it.
+    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        ring::recv(self.0.as_raw_fd(), buf).await
     }
 
     /// Writes `buf[from..]` through the ring (the part a non-blocking send could not take);
-    /// callers pass `from < buf.len()`. The future is the ring write itself, nothing more, so a
-    /// session's pump future stays small.
-    pub fn write_rest(
-        &self,
-        buf: Vec<u8>,
-        from: usize,
-    ) -> WriteRest<impl Future<Output = (io::Result<()>, tokio_uring::buf::Slice<Vec<u8>>)> + '_>
-    {
-        let len = buf.len();
-        WriteRest(self.0.write_all(buf.slice(from.min(len)..len)))
+    /// gives the whole buffer back.
+    pub async fn write_rest(&self, buf: Vec<u8>, from: usize) -> (io::Result<()>, Vec<u8>) {
+        ring::send_all(self.0.as_raw_fd(), buf, from).await
     }
 
     /// Writes what the socket takes now without waiting; returns how many bytes. Callers
@@ -141,26 +142,10 @@ impl Stream {
     pub fn send_now(&self, data: &[u8]) -> io::Result<usize> {
         super::send_nonblocking(&self.0, data)
     }
-}
 
-/// The future of `Stream::write_rest`: the ring write, giving the whole buffer back.
-pub struct WriteRest<F>(F);
-
-impl<F> Future for WriteRest<F>
-where
-    F: Future<Output = (io::Result<()>, tokio_uring::buf::Slice<Vec<u8>>)>,
-{
-    type Output = (io::Result<()>, Vec<u8>);
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        // SAFETY: the inner future is never moved out of the pinned wrapper.
-        let inner = unsafe { self.map_unchecked_mut(|w| &mut w.0) };
-        inner
-            .poll(cx)
-            .map(|(written, slice)| (written, slice.into_inner()))
+    /// The socket itself (to move it to another owner once no operation is in flight).
+    pub fn into_std(self) -> std::net::TcpStream {
+        self.0
     }
 }
 

@@ -143,8 +143,8 @@ impl Established {
 
 /// A handshaken tunnel connection on the epoll side (control path, agent slots): a tokio
 /// `TcpStream`, with a [`TlsSession`] when TLS is on. Reads deliver plaintext, writes take
-/// plaintext; the TLS records stay inside. For current-thread runtimes only (it clears readiness
-/// it has just seen go stale, as the pumps do).
+/// plaintext; the TLS records stay inside. A short read clears the socket's readiness as of
+/// before the read (`rt::io_clearing`), so it is right whichever thread runs the reactor.
 #[derive(Debug)]
 pub struct Channel {
     pub stream: TcpStream,
@@ -192,18 +192,14 @@ impl Channel {
             std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
             let read = SCRATCH.with(|scratch| {
                 let mut chunk = scratch.borrow_mut();
-                match self.stream.try_read(&mut chunk[..]) {
-                    Ok(n) => {
-                        if n > 0 && n < chunk.len() {
-                            // A short read emptied the socket: clear its readiness so the next
-                            // read waits instead of paying a read that says EAGAIN (as the
-                            // pumps do; current-thread runtime, no newer readiness in between).
-                            let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
-                                Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
-                            });
-                        }
-                        self.take_read(&mut chunk[..n], out)
-                    }
+                let room = chunk.len();
+                match crate::rt::io_clearing(
+                    &self.stream,
+                    tokio::io::Interest::READABLE,
+                    || crate::rt::read_into_slice(&self.stream, &mut chunk[..]),
+                    |&n| n > 0 && n < room,
+                ) {
+                    Ok(n) => self.take_read(&mut chunk[..n], out),
                     Err(e)
                         if e.kind() == io::ErrorKind::WouldBlock
                             || e.kind() == io::ErrorKind::Interrupted =>

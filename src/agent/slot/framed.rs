@@ -45,7 +45,13 @@ pub(super) async fn run_framed_session(
         return Framed::Closed;
     }
     let (stream, tls) = data.into_parts();
-    let link = DataLink::new(stream, tls);
+    let link = match DataLink::new(stream, tls) {
+        Ok(link) => link,
+        Err(e) => {
+            debug!(session = start.session_id, error = %e, "cannot adopt the data connection");
+            return Framed::Closed;
+        }
+    };
     let connect = tokio::select! {
         c = connect_backend(local, listener) => c,
         _ = stop.changed() => {
@@ -110,7 +116,7 @@ pub(super) async fn run_framed_session(
             terminal_wait,
             &local.pool,
         ));
-        let pump = with_idle_timeout(link.conn(), &backend, idle, pump.as_mut());
+        let pump = with_idle_timeout(link.stream(), &backend, idle, pump.as_mut());
         tokio::pin!(pump);
         tokio::select! {
             m = &mut pump => m,
@@ -153,6 +159,11 @@ pub(super) async fn run_framed_session(
 }
 
 fn again(link: DataLink, leftover: Vec<u8>) -> Framed {
-    let (stream, tls) = link.into_parts();
-    Framed::Again(Channel::new(stream, tls), leftover)
+    match link.into_parts() {
+        Ok((stream, tls)) => Framed::Again(Channel::new(stream, tls), leftover),
+        Err(e) => {
+            debug!(error = %e, "cannot keep the data connection");
+            Framed::Closed
+        }
+    }
 }

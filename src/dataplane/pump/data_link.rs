@@ -1,8 +1,8 @@
-//! The data connection of a framed session (`pump::framed`): a tokio socket on either backend
-//! (readiness I/O on the worker's reactor, so it can be parked again as a std socket with no
-//! ring operation to drop), with its TLS session when TLS is on, one writer at a time. On a
-//! plaintext connection bulk payloads may be spliced in and out of a pipe (exact lengths).
-//! It must not know records or sessions.
+//! The data connection of a framed session (`pump::framed`): a readiness socket on either
+//! backend (`rt::ReadyStream`: tokio's reactor on epoll, ring polls on io_uring; a wait holds no
+//! bytes, so the connection can be parked again with nothing in flight to lose), with its TLS
+//! session when TLS is on, one writer at a time. On a plaintext connection bulk payloads may be
+//! spliced in and out of a pipe (exact lengths). It must not know records or sessions.
 
 use std::cell::RefCell;
 use std::io;
@@ -12,13 +12,13 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::uring::Buffers;
-use crate::rt::{splice_nonblocking, write_all, Conn, Pipe};
+use crate::rt::{splice_nonblocking, Pipe, ReadyStream};
 use crate::tls::TlsSession;
 
-/// The data connection of a framed session: a tokio socket (on either backend) and its TLS
-/// session, one writer at a time.
+/// The data connection of a framed session: a readiness socket and its TLS session, one writer
+/// at a time.
 pub struct DataLink {
-    conn: Conn,
+    stream: ReadyStream,
     tls: RefCell<Option<Box<TlsSession>>>,
     /// TLS records owed to the peer (a key update answer), sent before the next write.
     owed: RefCell<Vec<u8>>,
@@ -26,34 +26,25 @@ pub struct DataLink {
 }
 
 impl DataLink {
-    /// The data connection `stream`, encrypted by `tls` when it is `Some`.
-    pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
-        Self {
-            conn: Conn::Epoll(stream),
+    /// The data connection `stream`, encrypted by `tls` when it is `Some`; on an io_uring
+    /// worker it moves to the worker's ring for as long as the link lives.
+    pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> io::Result<Self> {
+        Ok(Self {
+            stream: ReadyStream::adopt(stream)?,
             tls: RefCell::new(tls),
             owed: RefCell::default(),
             turn: super::tls::Turn::default(),
-        }
+        })
     }
 
     /// The socket, for idle timeouts and shutdowns.
-    pub fn conn(&self) -> &Conn {
-        &self.conn
+    pub fn stream(&self) -> &ReadyStream {
+        &self.stream
     }
 
-    /// The socket and the TLS session, to park the connection again.
-    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>) {
-        let Conn::Epoll(stream) = self.conn else {
-            unreachable!("a data link is always a tokio socket")
-        };
-        (stream, self.tls.into_inner())
-    }
-
-    fn stream(&self) -> &TcpStream {
-        match &self.conn {
-            Conn::Epoll(s) => s,
-            Conn::Uring(_) => unreachable!("a data link is always a tokio socket"),
-        }
+    /// The socket (a tokio socket again) and the TLS session, to park the connection again.
+    pub fn into_parts(self) -> io::Result<(TcpStream, Option<Box<TlsSession>>)> {
+        Ok((self.stream.into_tokio()?, self.tls.into_inner()))
     }
 
     /// Waits for bytes (holding no buffer) and appends their plaintext to `out`; 0 when the
@@ -87,8 +78,7 @@ impl DataLink {
     fn read_ready(&self, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<ReadReady> {
         let stream = self.stream();
         {
-            let capacity = scratch.capacity();
-            let n = match stream.try_read_buf(scratch) {
+            let n = match stream.read_spare(scratch) {
                 Ok(n) => n,
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
@@ -98,13 +88,6 @@ impl DataLink {
                 }
                 Err(e) => return Err(e),
             };
-            if n > 0 && n < capacity {
-                // A short read emptied the socket: clear its readiness (current-thread runtime,
-                // as the other pumps do) so the next wait sleeps without an EAGAIN read.
-                let _ = stream.try_io(Interest::READABLE, || {
-                    Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
-                });
-            }
             {
                 let mut tls = self.tls.borrow_mut();
                 let Some(tls) = tls.as_mut() else {
@@ -159,9 +142,9 @@ impl DataLink {
             }
         };
         match records {
-            None => write_all(self.stream(), bytes).await,
+            None => self.stream.write_all(bytes).await,
             Some(out) if out.is_empty() => Ok(()),
-            Some(out) => write_all(self.stream(), &out).await,
+            Some(out) => self.stream.write_all(&out).await,
         }
     }
 
@@ -180,19 +163,32 @@ impl DataLink {
     ) -> io::Result<()> {
         let _turn = self.turn.take().await;
         let stream = self.stream();
-        write_all(stream, header).await?;
+        stream.write_all(header).await?;
         let mut left = len;
         while left > 0 {
             match splice_nonblocking(pipe.read_fd(), stream.as_raw_fd(), left) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => left -= n.min(left),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The socket is full: clear tokio's stale writable readiness and wait for
-                    // the next edge (current-thread runtime, as in `pump::splice`).
-                    let _ = stream.try_io(Interest::WRITABLE, || {
-                        Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
-                    });
-                    stream.writable().await?;
+                    // The socket is full: wait for room, then splice under tokio's readiness
+                    // so a socket still full clears it (`io_clearing`).
+                    loop {
+                        stream.writable().await?;
+                        match stream.io(
+                            Interest::WRITABLE,
+                            || splice_nonblocking(pipe.read_fd(), stream.as_raw_fd(), left),
+                            |_| false,
+                        ) {
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            Ok(n) => {
+                                left -= n.min(left);
+                                break;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -208,9 +204,11 @@ impl DataLink {
         let stream = self.stream();
         loop {
             stream.readable().await?;
-            let spliced = stream.try_io(Interest::READABLE, || {
-                splice_nonblocking(stream.as_raw_fd(), pipe.write_fd(), want)
-            });
+            let spliced = stream.io(
+                Interest::READABLE,
+                || splice_nonblocking(stream.as_raw_fd(), pipe.write_fd(), want),
+                |_| false,
+            );
             match spliced {
                 Ok(n) => return Ok(n),
                 Err(e)
@@ -223,7 +221,7 @@ impl DataLink {
 
     /// Shuts the connection down both ways (it will not be reused).
     pub fn shutdown(&self) {
-        self.conn.shutdown();
+        crate::rt::shutdown_both(&self.stream);
     }
 }
 

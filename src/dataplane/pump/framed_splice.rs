@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use super::data_link::DataLink;
 use crate::protocol::session_frame::{encode_data_header, MAX_SESSION_CHUNK_BYTES};
-use crate::rt::uring_splice::SpliceRing;
+use crate::rt::uring_splice;
 use crate::rt::{readable_bytes, splice_nonblocking, Conn, Pipe, PipePool};
 
 /// A chunk at least this long still to come is spliced into the local socket, not copied.
@@ -29,12 +29,12 @@ pub(super) fn take_pipe(pipes: &PipePool) -> Option<Pipe> {
     }
 }
 
-/// Whether bytes may be spliced into `local` (an io_uring socket needs the splice ring to wait
-/// when it is full).
+/// Whether bytes may be spliced into `local` (an io_uring socket needs its worker's ring to
+/// wait when it is full).
 pub(super) fn can_splice_into(local: &Conn) -> bool {
     match local {
         Conn::Epoll(_) => true,
-        Conn::Uring(_) => SpliceRing::get().is_ok(),
+        Conn::Uring(_) => uring_splice::available(),
     }
 }
 
@@ -99,13 +99,7 @@ pub(super) async fn splice_data_to_local(
     }
     let written = match local {
         Conn::Epoll(s) => pipe_to_tokio(pipe, s, n).await,
-        Conn::Uring(s) => match SpliceRing::get() {
-            Ok(ring) => {
-                ring.splice_to_socket(pipe.read_fd(), s.as_raw_fd(), n)
-                    .await
-            }
-            Err(e) => Err(io::Error::other(e)),
-        },
+        Conn::Uring(s) => uring_splice::splice_to_socket(pipe.read_fd(), s.as_raw_fd(), n).await,
     };
     Ok(match written {
         Ok(()) => SplicedIn::Moved(n),

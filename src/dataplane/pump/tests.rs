@@ -100,13 +100,13 @@ fn a_pipe_smaller_than_the_buffer_still_delivers_everything() {
     );
 }
 
-/// The same traffic through the io_uring pump (tokio-uring runtime), with splice on or off.
+/// The same traffic through the io_uring pump (the ring runtime), with splice on or off.
 fn run_uring(pools: Pools, test: impl AsyncFnOnce(TcpStream, TcpStream) -> Expected) {
     if !crate::rt::uring_gate::available_for_test() {
         return;
     }
     let rt = crate::rt::uring::runtime(64).expect("io_uring runtime");
-    crate::rt::uring::block_on(&rt, async move {
+    crate::rt::uring::block_on(rt, async move {
         let (a_peer, a) = pair().await;
         let (b, b_peer) = pair().await;
         let uring = crate::rt::Backend::Uring { entries: 64 };
@@ -179,7 +179,7 @@ fn an_abort_unanswered_ends_within_the_terminal_wait() {
         .expect("runtime");
     runtime.block_on(async {
         let (link_side, mut peer) = pair().await;
-        let link = DataLink::new(link_side, None);
+        let link = DataLink::new(link_side, None).unwrap();
         let pools = Pools::default();
         let abort = abort_framed(
             &link,

@@ -2,9 +2,9 @@
 //!
 //! A quiet direction parks a small ring read (io_uring learns of bytes only through a read); the
 //! direction policy moves it to a large buffer while bytes flow and, with splice on, splices what
-//! is queued after a full large read. tokio-uring's rules hold here: an in-flight read is never
-//! dropped to cancel it; on an error both sockets are shut down, which completes the other
-//! direction's read. It must not be used on epoll sockets.
+//! is queued after a full large read. An in-flight read is never dropped to cancel it (a dropped
+//! ring read may take bytes with it); on an error both sockets are shut down, which completes
+//! the other direction's read. It must not be used on epoll sockets.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use super::policy::{DirectionPolicy, Next, SMALL_BUFFER_BYTES};
 use crate::rt::uring::Stream;
-use crate::rt::uring_splice::SpliceRing;
+use crate::rt::uring_splice;
 use crate::rt::{readable_bytes, shutdown_write, splice_nonblocking, PipePool, POOL_KEEP};
 
 /// A worker's recycled owned buffers (small and large), and its pipes when busy directions
@@ -196,12 +196,11 @@ async fn one_way(
 
 /// Splices `from` → `to` while `from` has bytes queued, through a pooled pipe; returns the bytes
 /// moved, with `from` empty. Nothing here waits for `from` (see `rt::uring_splice`). Without a
-/// pipe or a splice ring it moves nothing and returns `None`: the pump copies on.
+/// pipe it moves nothing and returns `None`: the pump copies on.
 async fn splice_queued(from: &Stream, to: &Stream, pipes: &PipePool) -> io::Result<Option<u64>> {
-    // Without a splice ring (logged once per worker when it could not be made) it copies.
-    let Ok(ring) = SpliceRing::get() else {
+    if !uring_splice::available() {
         return Ok(None);
-    };
+    }
     let pipe = match pipes.take() {
         Ok(p) => p,
         Err(e) => {
@@ -224,7 +223,7 @@ async fn splice_queued(from: &Stream, to: &Stream, pipes: &PipePool) -> io::Resu
             break;
         }
         // Never waits in the kernel: a full `to` is waited for on the splice ring.
-        ring.splice_to_socket(pipe.read_fd(), to_fd, n).await?;
+        uring_splice::splice_to_socket(pipe.read_fd(), to_fd, n).await?;
         moved += n as u64;
     }
     // Reached only with the pipe empty (errors return above and drop it).

@@ -66,7 +66,7 @@ impl Worker {
                 self.heartbeat_interval * self.heartbeat_max_missed.max(1),
                 &self.buffers,
             ));
-            let (ended, timed_out) = with_idle_timeout(frontend, link.conn(), idle, pump).await;
+            let (ended, timed_out) = with_idle_timeout(frontend, link.stream(), idle, pump).await;
             self.count_idle_timeout(timed_out);
             ended
         };
@@ -85,7 +85,13 @@ impl Worker {
         // The frontend's socket is done with (both its directions ended or reset).
         frontend.shutdown();
         let moved = end.moved;
-        let (stream, tls) = link.into_parts();
+        let (stream, tls) = match link.into_parts() {
+            Ok(parts) => parts,
+            Err(e) => {
+                debug!(conn = conn_id, error = %e, "cannot keep the data connection");
+                return (Ok(moved), false);
+            }
+        };
         let lent = Lent {
             conn_id,
             host_id,
@@ -115,7 +121,7 @@ impl Worker {
         .await;
         let (stream, tls) = channel.into_parts();
         match started {
-            Ok(rest) => Ok((DataLink::new(stream, tls), rest)),
+            Ok(rest) => Ok((DataLink::new(stream, tls)?, rest)),
             Err(e) => {
                 let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
                 Err(e)

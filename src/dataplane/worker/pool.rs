@@ -235,7 +235,6 @@ impl Worker {
 
     pub(super) async fn heartbeat_loop(self: Rc<Self>) {
         let mut tick = crate::rt::time::interval(self.heartbeat_interval);
-        tick.set_missed_tick_behavior(crate::rt::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;

@@ -12,8 +12,8 @@
 //! and per cluster (`max_sessions`, a flow is a session).
 //!
 //! Runtime: the socket is a tokio `UdpSocket` (readiness, non-blocking `recv_from`) on both
-//! backends. tokio-uring runs its ring inside a tokio current-thread runtime (a `LocalSet`), so
-//! tokio's reactor is there on io_uring workers too; readiness keeps no read in flight, so the
+//! backends (an io_uring worker's tokio sockets are served by the ring runtime's background
+//! reactor, `rt::ring`); readiness keeps no read in flight, so the
 //! loop can be stopped by aborting its task on either backend (the io_uring rule, never drop an
 //! operation in flight, does not arise), and one receive buffer serves every flow. Flows' data
 //! connections likewise go through `tls::Channel` (readiness, plaintext or TLS).

@@ -1,0 +1,319 @@
+//! The ring of one worker thread: submissions queued during a turn, one `io_uring_enter` per
+//! turn, completions handed to the operations that wait for them.
+//!
+//! Every operation has a slot (its `user_data`); the slot owns what the kernel may still touch
+//! (a buffer, an address) once the operation's future is dropped: such an orphan is cancelled
+//! and its resources are freed only when its completion arrives, so dropping an operation future
+//! is always safe. An orphaned accept that completes anyway closes the descriptor it got. This
+//! module must not know about tasks, timers or sockets' meaning.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::task::Waker;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// `user_data` of the eventfd read that wakes a parked thread.
+const WAKE_TOKEN: u64 = u64::MAX;
+/// `user_data` of cancellations (their completions carry nothing to deliver).
+const CANCEL_TOKEN: u64 = u64::MAX - 1;
+/// `IORING_ENTER_GETEVENTS`: collect completions (needed on every enter with DEFER_TASKRUN).
+const ENTER_GETEVENTS: u32 = 1;
+
+enum OpState {
+    Waiting(Option<Waker>),
+    Done {
+        result: i32,
+        flags: u32,
+    },
+    /// Its future was dropped: `keep` is freed when the completion comes; `close_result`
+    /// closes a descriptor the operation returns (an accept).
+    Orphaned {
+        _keep: Option<Box<dyn Any>>,
+        close_result: bool,
+    },
+}
+
+/// How the ring was set up, for the worker's start log line.
+#[derive(Clone, Copy, Debug)]
+pub struct RingSetup {
+    pub entries: u32,
+    /// SINGLE_ISSUER, DEFER_TASKRUN and COOP_TASKRUN were accepted by the kernel.
+    pub deferred_taskrun: bool,
+}
+
+pub(super) struct Driver {
+    ring: RefCell<IoUring>,
+    ops: RefCell<Vec<Option<OpState>>>,
+    free: RefCell<Vec<usize>>,
+    in_flight: std::cell::Cell<usize>,
+    /// The eventfd read's target (the kernel writes 8 bytes here). Leaked: a read in flight
+    /// at exit may complete after the ring is gone.
+    wake_buf: &'static mut u64,
+    wake_fd: i32,
+    completions: RefCell<Vec<(u64, i32, u32)>>,
+    setup: RingSetup,
+}
+
+impl Driver {
+    /// A ring of `entries` entries (the deferred task-run flags where the kernel has them), with
+    /// its wake read on `wake_fd` (an eventfd that outlives the driver).
+    pub(super) fn new(entries: u32, wake_fd: i32) -> io::Result<Self> {
+        let entries = entries.max(8);
+        let (ring, deferred_taskrun) = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .build(entries)
+        {
+            Ok(ring) => (ring, true),
+            Err(_) => (IoUring::new(entries)?, false),
+        };
+        if !ring.params().is_feature_ext_arg() {
+            return Err(io::Error::other(
+                "this kernel's io_uring has no IORING_FEAT_EXT_ARG (Linux 5.11 or later is needed)",
+            ));
+        }
+        let driver = Self {
+            ring: RefCell::new(ring),
+            ops: RefCell::default(),
+            free: RefCell::default(),
+            in_flight: std::cell::Cell::new(0),
+            wake_buf: Box::leak(Box::new(0)),
+            wake_fd,
+            completions: RefCell::default(),
+            setup: RingSetup {
+                entries,
+                deferred_taskrun,
+            },
+        };
+        driver.arm_wake();
+        Ok(driver)
+    }
+
+    pub(super) fn setup(&self) -> RingSetup {
+        self.setup
+    }
+
+    fn arm_wake(&self) {
+        let target: *const u64 = &*self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.wake_fd), target.cast_mut().cast(), 8)
+            .build()
+            .user_data(WAKE_TOKEN);
+        self.push(sqe);
+    }
+
+    /// Queues `sqe` for this turn's enter (submitting early only when the queue is full).
+    fn push(&self, sqe: squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            // SAFETY: every pointer in the entries ringtun builds stays valid until the
+            // operation's completion (its slot owns the memory, see `Orphaned`).
+            if unsafe { ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            if let Err(e) = ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::warn!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Starts `sqe` as a new operation; returns its slot.
+    pub(super) fn start(&self, sqe: squeue::Entry) -> usize {
+        let index = {
+            let mut ops = self.ops.borrow_mut();
+            let index = match self.free.borrow_mut().pop() {
+                Some(i) => i,
+                None => {
+                    ops.push(None);
+                    ops.len() - 1
+                }
+            };
+            ops[index] = Some(OpState::Waiting(None));
+            index
+        };
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.push(sqe.user_data(index as u64));
+        index
+    }
+
+    /// The result of operation `index` if it completed (its slot is then free), else records
+    /// `waker`.
+    pub(super) fn poll_op(&self, index: usize, waker: &Waker) -> Option<(i32, u32)> {
+        let mut ops = self.ops.borrow_mut();
+        let slot = ops.get_mut(index)?;
+        match slot {
+            Some(OpState::Done { result, flags }) => {
+                let done = (*result, *flags);
+                *slot = None;
+                self.free.borrow_mut().push(index);
+                Some(done)
+            }
+            Some(OpState::Waiting(w)) => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *w = Some(waker.clone());
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Operation `index`'s future was dropped before its completion was taken: cancel it and
+    /// keep `keep` alive until the kernel is done with it.
+    pub(super) fn orphan(&self, index: usize, keep: Option<Box<dyn Any>>, close_result: bool) {
+        let mut ops = self.ops.borrow_mut();
+        let Some(slot) = ops.get_mut(index) else {
+            return;
+        };
+        match slot {
+            Some(OpState::Waiting(_)) => {
+                *slot = Some(OpState::Orphaned {
+                    _keep: keep,
+                    close_result,
+                });
+                drop(ops);
+                self.push(
+                    opcode::AsyncCancel::new(index as u64)
+                        .build()
+                        .user_data(CANCEL_TOKEN),
+                );
+            }
+            Some(OpState::Done { result, .. }) => {
+                // Completed but never taken.
+                if close_result && *result >= 0 {
+                    // SAFETY: the accepted descriptor was never handed to anyone.
+                    unsafe { libc::close(*result) };
+                }
+                *slot = None;
+                self.free.borrow_mut().push(index);
+            }
+            _ => {}
+        }
+    }
+
+    /// Submits this turn's operations and collects completions; waits for one when `wait` is
+    /// `Some` (at most that long, `Duration::MAX` for no bound). Returns the number handled.
+    pub(super) fn turn(&self, wait: Option<Duration>) -> io::Result<usize> {
+        {
+            let mut ring = self.ring.borrow_mut();
+            let entered = match wait {
+                None => {
+                    let pending = ring.submission().len() as u32;
+                    // SAFETY: plain enter with no argument.
+                    unsafe {
+                        ring.submitter()
+                            .enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None)
+                    }
+                }
+                Some(d) if d == Duration::MAX => ring.submitter().submit_and_wait(1),
+                Some(d) => {
+                    let ts = types::Timespec::new()
+                        .sec(d.as_secs())
+                        .nsec(d.subsec_nanos());
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    ring.submitter().submit_with_args(1, &args)
+                }
+            };
+            match entered {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.reap())
+    }
+
+    /// Hands out every completion in the queue.
+    fn reap(&self) -> usize {
+        let mut done = std::mem::take(&mut *self.completions.borrow_mut());
+        {
+            let mut ring = self.ring.borrow_mut();
+            done.extend(
+                ring.completion()
+                    .map(|c: cqueue::Entry| (c.user_data(), c.result(), c.flags())),
+            );
+        }
+        let n = done.len();
+        let mut wakers = Vec::new();
+        for &(token, result, flags) in &done {
+            match token {
+                WAKE_TOKEN => self.arm_wake(),
+                CANCEL_TOKEN => {}
+                index => {
+                    if let Some(w) = self.complete(index as usize, result, flags) {
+                        wakers.push(w);
+                    }
+                }
+            }
+        }
+        done.clear();
+        *self.completions.borrow_mut() = done;
+        for w in wakers {
+            w.wake();
+        }
+        n
+    }
+
+    fn complete(&self, index: usize, result: i32, flags: u32) -> Option<Waker> {
+        let mut ops = self.ops.borrow_mut();
+        let slot = ops.get_mut(index)?;
+        match slot.take() {
+            Some(OpState::Waiting(waker)) => {
+                self.in_flight.set(self.in_flight.get().saturating_sub(1));
+                *slot = Some(OpState::Done { result, flags });
+                waker
+            }
+            Some(OpState::Orphaned { close_result, .. }) => {
+                self.in_flight.set(self.in_flight.get().saturating_sub(1));
+                if close_result && result >= 0 {
+                    // SAFETY: the accepted descriptor was never handed to anyone.
+                    unsafe { libc::close(result) };
+                }
+                // The kept resources drop with the slot's old state, here.
+                self.free.borrow_mut().push(index);
+                None
+            }
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Operations the kernel still holds.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// At exit: waits (up to `bound`) for orphaned operations to complete so their memory can be
+    /// freed; what is still held then is leaked rather than freed under the kernel.
+    pub(super) fn finish(&self, bound: Duration) {
+        let deadline = std::time::Instant::now() + bound;
+        while self.in_flight() > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.turn(Some(left)).is_err() {
+                break;
+            }
+        }
+        if self.in_flight() > 0 {
+            let ops = std::mem::take(&mut *self.ops.borrow_mut());
+            std::mem::forget(ops);
+        }
+    }
+
+    /// The ring's descriptor (registered as the thread's wake target).
+    #[allow(dead_code)]
+    pub(super) fn fd(&self) -> i32 {
+        self.ring.borrow().as_raw_fd()
+    }
+}

@@ -1,0 +1,160 @@
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn ring() -> Runtime {
+    Runtime::new(64).expect("io_uring is needed for the ring runtime tests")
+}
+
+#[test]
+fn spawned_tasks_run_and_give_their_output() {
+    let out = ring().block_on(async {
+        let a = spawn_local(async { 20 });
+        let b = spawn_local(async { 22 });
+        a.await.unwrap() + b.await.unwrap()
+    });
+    assert_eq!(out, 42);
+}
+
+#[test]
+fn an_aborted_task_is_dropped_and_reports_cancelled() {
+    ring().block_on(async {
+        let dropped = Rc::new(std::cell::Cell::new(false));
+        struct Mark(Rc<std::cell::Cell<bool>>);
+        impl Drop for Mark {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let mark = Mark(dropped.clone());
+        let task = spawn_local(async move {
+            let _mark = mark;
+            std::future::pending::<()>().await;
+        });
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(dropped.get());
+    });
+}
+
+#[test]
+fn sleeps_wait_their_duration_and_the_nearest_bounds_the_ring() {
+    ring().block_on(async {
+        let start = Instant::now();
+        let long = spawn_local(async {
+            Sleep::until(Instant::now() + Duration::from_millis(60)).await;
+            Instant::now()
+        });
+        Sleep::until(Instant::now() + Duration::from_millis(20)).await;
+        let short_done = Instant::now();
+        let long_done = long.await.unwrap();
+        assert!(short_done - start >= Duration::from_millis(20));
+        assert!(long_done - start >= Duration::from_millis(60));
+        assert!(long_done > short_done);
+    });
+}
+
+#[test]
+fn a_reset_sleep_waits_for_its_new_deadline() {
+    ring().block_on(async {
+        let start = Instant::now();
+        let mut sleep = Sleep::until(start + Duration::from_secs(60));
+        sleep.reset(start + Duration::from_millis(10));
+        (&mut sleep).await;
+        assert!(start.elapsed() < Duration::from_secs(30));
+    });
+}
+
+#[test]
+fn a_wake_from_another_thread_reaches_a_parked_ring() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let sender = std::thread::spawn(move || {
+        for i in 0..100 {
+            std::thread::sleep(Duration::from_micros(200));
+            tx.send(i).unwrap();
+        }
+    });
+    let got = ring().block_on(async move {
+        let mut sum = 0;
+        while let Some(i) = rx.recv().await {
+            sum += i;
+        }
+        sum
+    });
+    sender.join().unwrap();
+    assert_eq!(got, (0..100).sum::<u32>());
+}
+
+#[test]
+fn recv_and_send_move_bytes_on_a_socket() {
+    let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    b.write_all(b"hello").unwrap();
+    let (n, buf) = ring().block_on(async move {
+        let (n, buf) = recv(fd, Vec::with_capacity(64)).await;
+        let (sent, _) = send_all(fd, b" world".to_vec(), 1).await;
+        sent.unwrap();
+        (n.unwrap(), buf)
+    });
+    assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
+    let mut back = [0u8; 5];
+    b.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"world");
+    drop(a);
+}
+
+#[test]
+fn a_dropped_recv_is_cancelled_and_the_runtime_ends() {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    ring().block_on(async move {
+        let pending = recv(fd, Vec::with_capacity(64));
+        let timed = async {
+            Sleep::until(Instant::now() + Duration::from_millis(5)).await;
+        };
+        tokio::select! {
+            _ = pending => panic!("nothing was sent"),
+            () = timed => {}
+        }
+        // The recv's slot is freed once its cancellation completes.
+        for _ in 0..100 {
+            if with_driver(|d| d.in_flight()).unwrap() == 0 {
+                break;
+            }
+            Sleep::until(Instant::now() + Duration::from_millis(1)).await;
+        }
+        assert_eq!(with_driver(|d| d.in_flight()).unwrap(), 0);
+    });
+}
+
+#[test]
+fn accept_and_poll_see_a_connection_and_its_bytes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"x").unwrap();
+        c
+    });
+    let lfd = listener.as_raw_fd();
+    ring().block_on(async move {
+        let (conn, peer) = accept(lfd).await.unwrap();
+        assert!(peer.ip().is_loopback());
+        let events = poll(conn.as_raw_fd(), libc::POLLIN).await.unwrap();
+        assert!(events & libc::POLLIN as u32 != 0);
+    });
+    drop(client.join().unwrap());
+}
+
+#[test]
+fn tasks_left_at_exit_are_dropped() {
+    let core_tasks = ring().block_on(async {
+        for _ in 0..10 {
+            spawn_local(std::future::pending::<()>());
+        }
+        core().map(|c| c.executor.live()).unwrap()
+    });
+    assert_eq!(core_tasks, 10);
+}
