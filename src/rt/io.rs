@@ -108,6 +108,11 @@ pub(crate) trait OwnedIo {
     async fn wait_readable(&self) -> io::Result<bool>;
     /// Writes all of `buf`.
     async fn write_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Where reads are ring operations: one non-blocking read appended to `buf`'s spare
+    /// capacity, for bytes already queued (0 at EOF). Elsewhere `WouldBlock`.
+    fn read_now(&self, _buf: &mut Vec<u8>) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
     fn shutdown_how(&self, how: Shutdown) -> io::Result<()>;
 }
 

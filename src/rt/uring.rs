@@ -176,6 +176,10 @@ impl super::OwnedIo for Stream {
         self.write_rest(buf, sent).await
     }
 
+    fn read_now(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        super::io::read_spare(&self.0, buf)
+    }
+
     fn shutdown_how(&self, how: Shutdown) -> io::Result<()> {
         self.0.shutdown(how)
     }

@@ -110,7 +110,21 @@ pub(super) async fn read_next<S: OwnedIo>(
     // After a readiness wait (epoll) the buffer is held for this one read only: a large one
     // takes a whole message at once (a 660-byte HTTP response in a 512-byte buffer cost two
     // reads and two records). Without readiness (io_uring) a quiet direction parks a small read.
-    from.read_owned(buffers.take(waited || !quiet)).await
+    let (read, buf) = from.read_owned(buffers.take(waited || !quiet)).await;
+    match read {
+        Ok(n) if !waited && n > 0 && n == buf.capacity() && n < buffers.large_bytes() => {
+            // The parked small read filled: the rest of the message is most likely queued
+            // already. One non-blocking read takes it now, so the message travels whole (one
+            // record, one write each hop) instead of as a 512-byte piece and its tail. An error
+            // or EOF stays in the socket for the next read.
+            let mut large = buffers.take(true);
+            large.extend_from_slice(&buf);
+            buffers.give(buf);
+            let more = from.read_now(&mut large).unwrap_or(0);
+            (Ok(n + more), large)
+        }
+        other => (other, buf),
+    }
 }
 
 /// Encrypts `bytes` (or, when None, closes; `Some(&[])` sends what TLS owes) and writes the

@@ -55,6 +55,8 @@ pub(super) struct Driver {
     wake_buf: &'static mut u64,
     wake_fd: i32,
     completions: RefCell<Vec<(u64, i32, u32)>>,
+    /// Reused each turn: the wakers of the operations that completed.
+    wakers: RefCell<Vec<Waker>>,
     setup: RingSetup,
 }
 
@@ -85,6 +87,7 @@ impl Driver {
             wake_buf: Box::leak(Box::new(0)),
             wake_fd,
             completions: RefCell::default(),
+            wakers: RefCell::default(),
             setup: RingSetup {
                 entries,
                 deferred_taskrun,
@@ -198,8 +201,13 @@ impl Driver {
     }
 
     /// Submits this turn's operations and collects completions; waits for one when `wait` is
-    /// `Some` (at most that long, `Duration::MAX` for no bound). Returns the number handled.
-    pub(super) fn turn(&self, wait: Option<Duration>) -> io::Result<usize> {
+    /// `Some` (at most that long, `Duration::MAX` for no bound), then calls `returned` (before
+    /// any waker runs). Returns the number handled.
+    pub(super) fn turn(
+        &self,
+        wait: Option<Duration>,
+        returned: impl FnOnce(),
+    ) -> io::Result<usize> {
         {
             let mut ring = self.ring.borrow_mut();
             let entered = match wait {
@@ -220,6 +228,7 @@ impl Driver {
                     ring.submitter().submit_with_args(1, &args)
                 }
             };
+            returned();
             match entered {
                 Ok(_) => {}
                 Err(e)
@@ -244,7 +253,7 @@ impl Driver {
             );
         }
         let n = done.len();
-        let mut wakers = Vec::new();
+        let mut wakers = std::mem::take(&mut *self.wakers.borrow_mut());
         for &(token, result, flags) in &done {
             match token {
                 WAKE_TOKEN => self.arm_wake(),
@@ -258,9 +267,10 @@ impl Driver {
         }
         done.clear();
         *self.completions.borrow_mut() = done;
-        for w in wakers {
+        for w in wakers.drain(..) {
             w.wake();
         }
+        *self.wakers.borrow_mut() = wakers;
         n
     }
 
@@ -301,7 +311,7 @@ impl Driver {
         let deadline = std::time::Instant::now() + bound;
         while self.in_flight() > 0 {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || self.turn(Some(left)).is_err() {
+            if left.is_zero() || self.turn(Some(left), || {}).is_err() {
                 break;
             }
         }

@@ -183,11 +183,13 @@ fn run<F: Future>(core: &Core, future: F) -> F::Output {
                     .unwrap_or(Duration::MAX),
             )
         };
+        // Unparked as soon as the enter returns: the completions' wakes are this thread's own and
+        // must not write the eventfd.
+        let unpark = || core.remote.unpark();
         let entered = match wait {
-            Some(d) if d.is_zero() => core.driver.turn(None),
-            other => core.driver.turn(other),
+            Some(d) if d.is_zero() => core.driver.turn(None, unpark),
+            other => core.driver.turn(other, unpark),
         };
-        core.remote.unpark();
         if let Err(e) = entered {
             tracing::error!("io_uring_enter failed on a ring worker: {e}");
         }
