@@ -116,7 +116,7 @@ pub async fn open(
         .map_err(|source| DialError::Connect { peer, source })?;
     let _ = stream.set_nodelay(true);
     crate::rt::set_tunnel_liveness(&stream);
-    Ok(match tls {
+    let (channel, plaintext) = match tls {
         None => (Channel::plain(stream), Vec::new()),
         Some(t) => {
             let tls = |source| DialError::Tls { peer, source };
@@ -130,7 +130,12 @@ pub async fn open(
                 est.plaintext,
             )
         }
-    })
+    };
+    // On an io_uring worker the slot then waits on the worker's ring, not the background reactor.
+    let channel = channel
+        .localize()
+        .map_err(|source| DialError::Connect { peer, source })?;
+    Ok((channel, plaintext))
 }
 
 fn init_frame(params: &InitParams<'_>) -> Frame {

@@ -32,6 +32,14 @@ impl Conn {
         }
     }
 
+    /// Moves a readiness socket to `backend`.
+    pub fn from_ready(backend: super::Backend, stream: super::ReadyStream) -> io::Result<Self> {
+        match (backend, stream) {
+            (super::Backend::Epoll, super::ReadyStream::Tokio(s)) => Ok(Conn::Epoll(s)),
+            (backend, stream) => Self::from_std(backend, stream.into_std()?),
+        }
+    }
+
     /// Moves a tokio (epoll) socket to `backend`.
     pub fn from_tokio(backend: super::Backend, stream: TcpStream) -> io::Result<Self> {
         match backend {

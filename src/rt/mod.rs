@@ -8,6 +8,7 @@
 
 mod accept;
 mod conn;
+mod connect;
 mod io;
 mod listen;
 mod liveness;
@@ -24,6 +25,7 @@ pub mod uring_splice;
 
 pub use accept::{AcceptStop, Listener};
 pub use conn::{Conn, ReadyView};
+pub use connect::connect;
 pub(crate) use io::OwnedIo;
 pub(crate) use io::{io_clearing, read_into_slice, shutdown_write};
 pub use io::{shutdown_both, write_all};

@@ -8,7 +8,8 @@
 //! readiness can go stale and nothing needs clearing. This module must not know about sessions.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -17,26 +18,67 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub enum ReadyStream {
     Tokio(TcpStream),
-    /// A non-blocking socket on an io_uring worker.
-    Ring(std::net::TcpStream),
+    /// A non-blocking socket on an io_uring worker, and its read poll while one is armed.
+    Ring(std::net::TcpStream, super::ring::PollSlot),
 }
 
 impl ReadyStream {
     /// `stream` as this thread waits on sockets: moved off tokio's reactor on a ring worker.
     pub fn adopt(stream: TcpStream) -> io::Result<Self> {
+        ReadyStream::Tokio(stream).localize()
+    }
+
+    /// A std socket as this thread waits on sockets (put in non-blocking mode).
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
         if super::ring::is_current() {
-            // Stays non-blocking (tokio set it so).
-            Ok(ReadyStream::Ring(stream.into_std()?))
+            Ok(ReadyStream::Ring(stream, Default::default()))
         } else {
-            Ok(ReadyStream::Tokio(stream))
+            Ok(ReadyStream::Tokio(TcpStream::from_std(stream)?))
         }
     }
 
-    /// The socket as a tokio socket again (to park it in an idle pool).
+    /// This socket as this thread waits on sockets: a tokio socket on a ring worker moves to
+    /// the ring (off the background reactor); anything else stays as it is.
+    pub fn localize(self) -> io::Result<Self> {
+        match self {
+            // Stays non-blocking (tokio set it so).
+            ReadyStream::Tokio(s) if super::ring::is_current() => {
+                Ok(ReadyStream::Ring(s.into_std()?, Default::default()))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The socket as a tokio socket (for code that runs on a tokio runtime).
     pub fn into_tokio(self) -> io::Result<TcpStream> {
         match self {
             ReadyStream::Tokio(s) => Ok(s),
-            ReadyStream::Ring(s) => TcpStream::from_std(s),
+            ReadyStream::Ring(s, _) => TcpStream::from_std(s),
+        }
+    }
+
+    /// The plain socket (to park it in an idle pool, or hand it to another thread).
+    pub fn into_std(self) -> io::Result<std::net::TcpStream> {
+        match self {
+            ReadyStream::Tokio(s) => s.into_std(),
+            ReadyStream::Ring(s, _) => Ok(s),
+        }
+    }
+
+    /// Shuts both directions down.
+    pub fn shutdown_std(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both)
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        socket2::SockRef::from(self).set_nodelay(on)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            ReadyStream::Tokio(s) => s.local_addr(),
+            ReadyStream::Ring(s, _) => s.local_addr(),
         }
     }
 
@@ -44,9 +86,22 @@ impl ReadyStream {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             ReadyStream::Tokio(s) => s.readable().await,
-            ReadyStream::Ring(s) => super::ring::poll(s.as_raw_fd(), libc::POLLIN)
+            ReadyStream::Ring(s, _) => super::ring::poll(s.as_raw_fd(), libc::POLLIN)
                 .await
                 .map(|_| ()),
+        }
+    }
+
+    /// Polls for read readiness with no future of its own (a channel read by one task).
+    pub fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self {
+            ReadyStream::Tokio(s) => s.poll_read_ready(cx),
+            ReadyStream::Ring(s, slot) => slot
+                .poll_ready(s.as_raw_fd(), libc::POLLIN, cx)
+                .map(|r| r.map(|_| ())),
         }
     }
 
@@ -54,7 +109,7 @@ impl ReadyStream {
     pub async fn writable(&self) -> io::Result<()> {
         match self {
             ReadyStream::Tokio(s) => s.writable().await,
-            ReadyStream::Ring(s) => super::ring::poll(s.as_raw_fd(), libc::POLLOUT)
+            ReadyStream::Ring(s, _) => super::ring::poll(s.as_raw_fd(), libc::POLLOUT)
                 .await
                 .map(|_| ()),
         }
@@ -70,7 +125,7 @@ impl ReadyStream {
     ) -> io::Result<R> {
         match self {
             ReadyStream::Tokio(s) => super::io_clearing(s, interest, op, drained),
-            ReadyStream::Ring(_) => op(),
+            ReadyStream::Ring(..) => op(),
         }
     }
 
@@ -109,7 +164,16 @@ impl AsRawFd for ReadyStream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             ReadyStream::Tokio(s) => s.as_raw_fd(),
-            ReadyStream::Ring(s) => s.as_raw_fd(),
+            ReadyStream::Ring(s, _) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for ReadyStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ReadyStream::Tokio(s) => s.as_fd(),
+            ReadyStream::Ring(s, _) => s.as_fd(),
         }
     }
 }

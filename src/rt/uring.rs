@@ -83,21 +83,34 @@ pub fn block_on<F: Future>(runtime: ring::Runtime, future: F) -> F::Output {
     runtime.block_on(future)
 }
 
-/// A listener accepting on io_uring.
-pub struct Listener(std::net::TcpListener);
+/// A listener accepting on io_uring with one multishot accept.
+pub struct Listener {
+    /// Declared first: cancelled before the listener closes.
+    accepts: ring::MultiAccept,
+    _socket: std::net::TcpListener,
+}
 
 impl Listener {
     /// Adopts a bound listener. io_uring waits for connections itself, so the socket is put
     /// back in blocking mode.
     pub fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(false)?;
-        Ok(Self(listener))
+        Ok(Self {
+            accepts: ring::MultiAccept::new(listener.as_raw_fd()),
+            _socket: listener,
+        })
     }
 
-    /// Accepts one connection (a connection accepted by a dropped future is closed).
+    /// Accepts one connection (connections accepted for a dropped listener are closed).
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
-        let (fd, peer) = ring::accept(self.0.as_raw_fd()).await?;
-        Ok((Stream(std::net::TcpStream::from(fd)), peer))
+        loop {
+            let stream = std::net::TcpStream::from(self.accepts.next().await?);
+            // A multishot accept returns no address. A client already gone has none either: it
+            // is closed here, not counted as an accept failure.
+            if let Ok(peer) = stream.peer_addr() {
+                return Ok((Stream(stream), peer));
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The TLS handshake over a tokio `TcpStream` (epoll): readiness + `try_read` and `write_all`,
-//! driving the sans-I/O [`TlsSession`]. Used by the control path (accept) and the agent's dial
-//! (connect); data-plane pumps drive `TlsSession` themselves.
+//! driving the sans-I/O [`TlsSession`], and [`Channel`], a handshaken connection read and written
+//! by readiness (`rt::ReadyStream`: tokio's reactor, or the ring on an io_uring worker). Used by
+//! the control path (accept), the agent's dial (connect) and slots, and workers between
+//! sessions; data-plane pumps drive `TlsSession` themselves.
 
 use std::io;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::net::TcpStream;
 
 use super::{TlsError, TlsSession};
-use crate::rt::write_all;
+use crate::rt::{write_all, ReadyStream};
 
 /// One [`Channel::read_into`] reads at most this much.
 const CHANNEL_READ_BYTES: usize = 4096;
@@ -141,13 +143,13 @@ impl Established {
     }
 }
 
-/// A handshaken tunnel connection on the epoll side (control path, agent slots): a tokio
-/// `TcpStream`, with a [`TlsSession`] when TLS is on. Reads deliver plaintext, writes take
+/// A handshaken tunnel connection (control path, agent slots, a worker's session start): a
+/// readiness socket, with a [`TlsSession`] when TLS is on. Reads deliver plaintext, writes take
 /// plaintext; the TLS records stay inside. A short read clears the socket's readiness as of
 /// before the read (`rt::io_clearing`), so it is right whichever thread runs the reactor.
 #[derive(Debug)]
 pub struct Channel {
-    pub stream: TcpStream,
+    pub stream: ReadyStream,
     /// Boxed: a session is large, and most tunnel connections are plaintext.
     pub tls: Option<Box<TlsSession>>,
     /// TLS records produced while reading (a key update answer), sent before the next write.
@@ -164,6 +166,22 @@ impl Channel {
 
     /// `stream`, encrypted by `tls` when it is `Some`.
     pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
+        Self::from_ready(ReadyStream::Tokio(stream), tls)
+    }
+
+    /// A std socket as this thread waits on sockets (on an io_uring worker, on its ring).
+    pub fn from_std(stream: std::net::TcpStream, tls: Option<Box<TlsSession>>) -> io::Result<Self> {
+        Ok(Self::from_ready(ReadyStream::from_std(stream)?, tls))
+    }
+
+    /// This channel waiting as this thread waits on sockets (see `ReadyStream::localize`).
+    pub fn localize(mut self) -> io::Result<Self> {
+        self.stream = self.stream.localize()?;
+        Ok(self)
+    }
+
+    /// `stream`, encrypted by `tls` when it is `Some`.
+    pub fn from_ready(stream: ReadyStream, tls: Option<Box<TlsSession>>) -> Self {
         Self {
             stream,
             tls,
@@ -173,7 +191,7 @@ impl Channel {
     }
 
     /// The socket and the session (for a pump or a worker).
-    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>) {
+    pub fn into_parts(self) -> (ReadyStream, Option<Box<TlsSession>>) {
         (self.stream, self.tls)
     }
 
@@ -193,8 +211,7 @@ impl Channel {
             let read = SCRATCH.with(|scratch| {
                 let mut chunk = scratch.borrow_mut();
                 let room = chunk.len();
-                match crate::rt::io_clearing(
-                    &self.stream,
+                match self.stream.io(
                     tokio::io::Interest::READABLE,
                     || crate::rt::read_into_slice(&self.stream, &mut chunk[..]),
                     |&n| n > 0 && n < room,
@@ -245,11 +262,11 @@ impl Channel {
     /// Writes all of `data` (encrypted when TLS is on).
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self.tls.as_mut() {
-            None => write_all(&self.stream, data).await,
+            None => self.stream.write_all(data).await,
             Some(tls) => {
                 let mut out = std::mem::take(&mut self.owed);
                 tls.encrypt(data, &mut out).map_err(io_error)?;
-                write_all(&self.stream, &out).await
+                self.stream.write_all(&out).await
             }
         }
     }

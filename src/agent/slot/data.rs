@@ -308,8 +308,8 @@ pub(super) async fn run_session(
     };
     let prefix = proxy_prefix(listener, &start, prefix);
     let (data, tls) = data.into_parts();
-    let adopted = Conn::from_tokio(shared.backend, data)
-        .and_then(|d| Ok((d, Conn::from_tokio(shared.backend, backend)?)));
+    let adopted = Conn::from_ready(shared.backend, data)
+        .and_then(|d| Ok((d, Conn::from_ready(shared.backend, backend)?)));
     let (data, backend) = match adopted {
         Ok(pair) => pair,
         Err(e) => {
@@ -362,13 +362,13 @@ pub(super) async fn run_session(
 pub(super) async fn connect_backend(
     local: &Local,
     listener: &crate::config::HostingListenerConfig,
-) -> Result<TcpStream, String> {
+) -> Result<ReadyStream, String> {
     // Boxed: the connect future is large, and the pump does not need it.
     let connect = Box::pin(crate::rt::time::timeout(
         Duration::from_millis(listener.connect_timeout_ms),
         async {
             let addrs = local.backends.resolve(&listener.backend).await?;
-            TcpStream::connect(&addrs[..]).await
+            crate::rt::connect(&addrs[..]).await
         },
     ));
     match connect.await {

@@ -91,7 +91,7 @@ pub(super) async fn run_framed_session(
         }
     };
     let prefix = proxy_prefix(listener, &start, Vec::new());
-    let backend = match Conn::from_tokio(shared.backend, backend) {
+    let backend = match Conn::from_ready(shared.backend, backend) {
         Ok(b) => b,
         Err(e) => {
             warn!(
@@ -159,11 +159,6 @@ pub(super) async fn run_framed_session(
 }
 
 fn again(link: DataLink, leftover: Vec<u8>) -> Framed {
-    match link.into_parts() {
-        Ok((stream, tls)) => Framed::Again(Channel::new(stream, tls), leftover),
-        Err(e) => {
-            debug!(error = %e, "cannot keep the data connection");
-            Framed::Closed
-        }
-    }
+    let (stream, tls) = link.into_parts();
+    Framed::Again(Channel::from_ready(stream, tls), leftover)
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use crate::rt::ReadyStream;
 use tokio::sync::watch;
 use tracing::{debug, error, info, trace, warn, Instrument};
 

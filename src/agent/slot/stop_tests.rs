@@ -57,7 +57,7 @@ fn session_ends_on_stop(io: IoBackend) {
         let (theirs, _) = l.accept().unwrap();
         server_tx.send(theirs).unwrap();
         ours.set_nonblocking(true).unwrap();
-        let data = Channel::plain(TcpStream::from_std(ours).unwrap());
+        let data = Channel::plain(tokio::net::TcpStream::from_std(ours).unwrap());
         let start = SessionStart {
             session_id: 1,
             client_addr: "127.0.0.1:9".into(),

@@ -400,7 +400,10 @@ async fn session(sw: &Swarm, mut channel: Channel, mut buf: Vec<u8>) -> Ended {
 /// Ends a connection: close_notify under TLS, then a write shutdown.
 async fn close(channel: Channel) {
     use tokio::io::AsyncWriteExt;
-    let (mut stream, tls) = channel.into_parts();
+    let (stream, tls) = channel.into_parts();
+    let Ok(mut stream) = stream.into_tokio() else {
+        return;
+    };
     if let Some(mut tls) = tls {
         let mut out = Vec::new();
         tls.close_notify(&mut out);

@@ -43,7 +43,6 @@ use crate::tls::Channel;
 
 pub use super::api::ControlCmd;
 use aside::send_frame;
-use tunnel::ShutdownStd;
 
 /// How often a draining control path checks whether sessions are done.
 const DRAIN_POLL_MS: u64 = 20;

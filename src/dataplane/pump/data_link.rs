@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use super::uring::Buffers;
 use crate::rt::{splice_nonblocking, Pipe, ReadyStream};
@@ -27,10 +26,10 @@ pub struct DataLink {
 
 impl DataLink {
     /// The data connection `stream`, encrypted by `tls` when it is `Some`; on an io_uring
-    /// worker it moves to the worker's ring for as long as the link lives.
-    pub fn new(stream: TcpStream, tls: Option<Box<TlsSession>>) -> io::Result<Self> {
+    /// worker it waits on the worker's ring.
+    pub fn new(stream: ReadyStream, tls: Option<Box<TlsSession>>) -> io::Result<Self> {
         Ok(Self {
-            stream: ReadyStream::adopt(stream)?,
+            stream: stream.localize()?,
             tls: RefCell::new(tls),
             owed: RefCell::default(),
             turn: super::tls::Turn::default(),
@@ -42,9 +41,9 @@ impl DataLink {
         &self.stream
     }
 
-    /// The socket (a tokio socket again) and the TLS session, to park the connection again.
-    pub fn into_parts(self) -> io::Result<(TcpStream, Option<Box<TlsSession>>)> {
-        Ok((self.stream.into_tokio()?, self.tls.into_inner()))
+    /// The socket and the TLS session, to park the connection again.
+    pub fn into_parts(self) -> (ReadyStream, Option<Box<TlsSession>>) {
+        (self.stream, self.tls.into_inner())
     }
 
     /// Waits for bytes (holding no buffer) and appends their plaintext to `out`; 0 when the

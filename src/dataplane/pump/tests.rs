@@ -179,7 +179,7 @@ fn an_abort_unanswered_ends_within_the_terminal_wait() {
         .expect("runtime");
     runtime.block_on(async {
         let (link_side, mut peer) = pair().await;
-        let link = DataLink::new(link_side, None).unwrap();
+        let link = DataLink::new(crate::rt::ReadyStream::Tokio(link_side), None).unwrap();
         let pools = Pools::default();
         let abort = abort_framed(
             &link,

@@ -8,7 +8,6 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tracing::{debug, trace};
 
 use super::proxy::Client;
@@ -19,7 +18,7 @@ use crate::dataplane::session_timeout::with_idle_timeout;
 use crate::plane::counters::{bump, SessionSetup};
 use crate::plane::WorkerEvent;
 use crate::protocol::session_frame::AbortReason;
-use crate::rt::Conn;
+use crate::rt::{Conn, ReadyStream};
 
 impl Worker {
     /// Runs a framed session on `conn`; returns the bytes moved and whether the connection went
@@ -85,13 +84,7 @@ impl Worker {
         // The frontend's socket is done with (both its directions ended or reset).
         frontend.shutdown();
         let moved = end.moved;
-        let (stream, tls) = match link.into_parts() {
-            Ok(parts) => parts,
-            Err(e) => {
-                debug!(conn = conn_id, error = %e, "cannot keep the data connection");
-                return (Ok(moved), false);
-            }
-        };
+        let (stream, tls) = link.into_parts();
         let lent = Lent {
             conn_id,
             host_id,
@@ -112,7 +105,7 @@ impl Worker {
         pending: Vec<u8>,
         outstanding_pings: u32,
     ) -> io::Result<(DataLink, Vec<u8>)> {
-        let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, tls);
+        let mut channel = crate::tls::Channel::from_std(stream, tls)?;
         let started = async {
             channel.write_all(frame).await?;
             self.strip_pongs(&mut channel, pending, outstanding_pings)
@@ -123,7 +116,7 @@ impl Worker {
         match started {
             Ok(rest) => Ok((DataLink::new(stream, tls)?, rest)),
             Err(e) => {
-                let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
+                let _ = stream.shutdown_std();
                 Err(e)
             }
         }
@@ -134,7 +127,7 @@ impl Worker {
     pub(super) fn park_after(
         &self,
         lent: Lent,
-        stream: TcpStream,
+        stream: ReadyStream,
         leftover: Vec<u8>,
         tls: Option<Box<crate::tls::TlsSession>>,
         cluster: &std::sync::Arc<str>,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rt::time::Instant;
-use tokio::net::TcpStream;
 use tracing::{debug, trace};
 
 use super::proxy::Client;
@@ -193,7 +192,7 @@ impl Worker {
         } = conn;
         let tls = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
         let frame = session_start(session_id, client, frontend)?;
-        let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, Some(tls));
+        let mut channel = crate::tls::Channel::from_std(stream, Some(tls))?;
         let rest = if legacy {
             pending
         } else {
@@ -203,7 +202,7 @@ impl Worker {
         };
         setup.started();
         let (stream, tls) = channel.into_parts();
-        let data = Conn::from_tokio(self.backend, stream)?;
+        let data = Conn::from_ready(self.backend, stream)?;
         let session = tls.ok_or_else(|| io::Error::other("TLS session lost"))?;
         let pump = std::pin::pin!(pump_tls(
             &data,
@@ -240,13 +239,13 @@ impl Worker {
         if written == frame.len() && outstanding_pings == 0 {
             return Ok((Conn::from_std(self.backend, stream)?, pending));
         }
-        let mut channel = crate::tls::Channel::plain(TcpStream::from_std(stream)?);
+        let mut channel = crate::tls::Channel::from_std(stream, None)?;
         channel.write_all(&frame[written..]).await?;
         let rest = self
             .strip_pongs(&mut channel, pending, outstanding_pings)
             .await?;
         let (data, _) = channel.into_parts();
-        Ok((Conn::from_tokio(self.backend, data)?, rest))
+        Ok((Conn::from_ready(self.backend, data)?, rest))
     }
 
     /// Pongs for pings sent before the lease precede the session's raw bytes; drop them (decoded

@@ -29,6 +29,13 @@ enum OpState {
         result: i32,
         flags: u32,
     },
+    /// A multishot operation: its completions queue up until taken; `armed` until one arrives
+    /// without `IORING_CQE_F_MORE`.
+    Multi {
+        queued: std::collections::VecDeque<(i32, u32)>,
+        waker: Option<Waker>,
+        armed: bool,
+    },
     /// Its future was dropped: `keep` is freed when the completion comes; `close_result`
     /// closes a descriptor the operation returns (an accept).
     Orphaned {
@@ -143,6 +150,76 @@ impl Driver {
         self.in_flight.set(self.in_flight.get() + 1);
         self.push(sqe.user_data(index as u64));
         index
+    }
+
+    /// Starts `sqe` as a multishot operation; returns its slot.
+    pub(super) fn start_multi(&self, sqe: squeue::Entry) -> usize {
+        let index = self.start(sqe);
+        if let Some(slot) = self.ops.borrow_mut().get_mut(index) {
+            *slot = Some(OpState::Multi {
+                queued: Default::default(),
+                waker: None,
+                armed: true,
+            });
+        }
+        index
+    }
+
+    /// The next completion of multishot operation `index` and whether more may follow; else
+    /// records `waker`. The slot stays until [`Driver::end_multi`].
+    pub(super) fn poll_multi(&self, index: usize, waker: &Waker) -> Option<(i32, u32, bool)> {
+        let mut ops = self.ops.borrow_mut();
+        let Some(Some(OpState::Multi {
+            queued,
+            waker: w,
+            armed,
+        })) = ops.get_mut(index)
+        else {
+            return None;
+        };
+        match queued.pop_front() {
+            Some((result, flags)) => Some((result, flags, *armed || !queued.is_empty())),
+            None => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *w = Some(waker.clone());
+                }
+                None
+            }
+        }
+    }
+
+    /// Ends multishot operation `index`: cancelled if still armed (descriptors it still
+    /// returns are closed), queued descriptors closed when `close_results`, slot freed once done.
+    pub(super) fn end_multi(&self, index: usize, close_results: bool) {
+        let mut ops = self.ops.borrow_mut();
+        let Some(slot) = ops.get_mut(index) else {
+            return;
+        };
+        let Some(OpState::Multi { queued, armed, .. }) = slot.take() else {
+            return;
+        };
+        if close_results {
+            for (result, _) in queued {
+                if result >= 0 {
+                    // SAFETY: an accepted descriptor never handed to anyone.
+                    unsafe { libc::close(result) };
+                }
+            }
+        }
+        if armed {
+            *slot = Some(OpState::Orphaned {
+                _keep: None,
+                close_result: close_results,
+            });
+            drop(ops);
+            self.push(
+                opcode::AsyncCancel::new(index as u64)
+                    .build()
+                    .user_data(CANCEL_TOKEN),
+            );
+        } else {
+            self.free.borrow_mut().push(index);
+        }
     }
 
     /// The result of operation `index` if it completed (its slot is then free), else records
@@ -283,12 +360,38 @@ impl Driver {
                 *slot = Some(OpState::Done { result, flags });
                 waker
             }
-            Some(OpState::Orphaned { close_result, .. }) => {
-                self.in_flight.set(self.in_flight.get().saturating_sub(1));
+            Some(OpState::Multi {
+                mut queued, waker, ..
+            }) => {
+                let more = cqueue::more(flags);
+                if !more {
+                    self.in_flight.set(self.in_flight.get().saturating_sub(1));
+                }
+                queued.push_back((result, flags));
+                *slot = Some(OpState::Multi {
+                    queued,
+                    waker: None,
+                    armed: more,
+                });
+                waker
+            }
+            Some(OpState::Orphaned {
+                _keep,
+                close_result,
+            }) => {
                 if close_result && result >= 0 {
                     // SAFETY: the accepted descriptor was never handed to anyone.
                     unsafe { libc::close(result) };
                 }
+                if cqueue::more(flags) {
+                    // A multishot operation its cancellation has not ended yet.
+                    *slot = Some(OpState::Orphaned {
+                        _keep,
+                        close_result,
+                    });
+                    return None;
+                }
+                self.in_flight.set(self.in_flight.get().saturating_sub(1));
                 // The kept resources drop with the slot's old state, here.
                 self.free.borrow_mut().push(index);
                 None

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use driver::RingSetup;
 pub use executor::{JoinError, JoinHandle};
-pub use ops::{accept, poll, recv, send, send_all};
+pub use ops::{accept, poll, recv, send, send_all, MultiAccept, PollSlot};
 pub use timer::Sleep;
 
 use driver::Driver;

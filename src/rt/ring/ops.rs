@@ -170,3 +170,135 @@ pub async fn poll(fd: RawFd, events: i16) -> io::Result<u32> {
     let (res, _, ()) = Op::start(sqe, (), false)?.await;
     result(res).map(|e| e as u32)
 }
+
+/// A listener's multishot accept (`IORING_ACCEPT_MULTISHOT`): armed on the first
+/// [`MultiAccept::next`], armed again when the kernel ends it; dropped, it is cancelled and the
+/// connections it accepted that nobody took are closed.
+pub struct MultiAccept {
+    fd: RawFd,
+    slot: std::cell::Cell<Option<usize>>,
+    /// The kernel refused multishot (before Linux 5.19, `EINVAL`): one accept at a time.
+    single: std::cell::Cell<bool>,
+}
+
+impl MultiAccept {
+    /// Accepts on listener `fd`, which must outlive this.
+    pub fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            slot: std::cell::Cell::new(None),
+            single: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The next accepted connection (close-on-exec). The future may be dropped.
+    pub async fn next(&self) -> io::Result<OwnedFd> {
+        if self.single.get() {
+            return accept(self.fd).await.map(|(fd, _)| fd);
+        }
+        let slot = match self.slot.get() {
+            Some(slot) => slot,
+            None => {
+                let sqe = opcode::AcceptMulti::new(types::Fd(self.fd))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build();
+                let slot =
+                    super::with_driver(|d| d.start_multi(sqe)).ok_or_else(not_ring_thread)?;
+                self.slot.set(Some(slot));
+                slot
+            }
+        };
+        let (res, _, armed) = std::future::poll_fn(|cx| {
+            match super::with_driver(|d| d.poll_multi(slot, cx.waker())) {
+                Some(Some(done)) => Poll::Ready(Ok(done)),
+                Some(None) => Poll::Pending,
+                None => Poll::Ready(Err(not_ring_thread())),
+            }
+        })
+        .await?;
+        if !armed {
+            // The kernel ended it (an error, or it stopped multishot): armed again next time.
+            super::with_driver(|d| d.end_multi(slot, true));
+            self.slot.set(None);
+        }
+        if res == -libc::EINVAL {
+            // Also what a listener that was shut down gives; one accept at a time is right for
+            // both (it fails the same way on a shut-down listener).
+            self.single.set(true);
+        }
+        let accepted = result(res)? as RawFd;
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(accepted) })
+    }
+}
+
+impl Drop for MultiAccept {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            super::with_driver(|d| d.end_multi(slot, true));
+        }
+    }
+}
+
+/// A readiness poll kept across polls of its owner's own future, so a wait needs no future of
+/// its own (an idle connection's waiting future stays small). Dropped while armed, the poll is
+/// cancelled. (Atomic only so that its owner stays `Sync`; it is used by one ring thread.)
+#[derive(Debug)]
+pub struct PollSlot(std::sync::atomic::AtomicUsize);
+
+/// No poll armed.
+const NO_POLL: usize = usize::MAX;
+
+impl Default for PollSlot {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicUsize::new(NO_POLL))
+    }
+}
+
+impl PollSlot {
+    fn armed(&self) -> Option<usize> {
+        Some(self.0.load(std::sync::atomic::Ordering::Relaxed)).filter(|&i| i != NO_POLL)
+    }
+
+    fn set(&self, index: usize) {
+        self.0.store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ready once `fd` is ready for `events` (a poll is armed on the first call and each call
+    /// after a completion).
+    pub fn poll_ready(
+        &self,
+        fd: RawFd,
+        events: i16,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<u32>> {
+        let index = match self.armed() {
+            Some(index) => index,
+            None => {
+                let sqe = opcode::PollAdd::new(types::Fd(fd), events as u16 as u32).build();
+                match super::with_driver(|d| d.start(sqe)) {
+                    Some(index) => {
+                        self.set(index);
+                        index
+                    }
+                    None => return Poll::Ready(Err(not_ring_thread())),
+                }
+            }
+        };
+        match super::with_driver(|d| d.poll_op(index, cx.waker())).flatten() {
+            Some((res, _)) => {
+                self.set(NO_POLL);
+                Poll::Ready(result(res).map(|e| e as u32))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        if let Some(index) = self.armed() {
+            super::with_driver(|d| d.orphan(index, None, false));
+        }
+    }
+}

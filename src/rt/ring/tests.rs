@@ -158,3 +158,35 @@ fn tasks_left_at_exit_are_dropped() {
     });
     assert_eq!(core_tasks, 10);
 }
+
+#[test]
+fn a_multishot_accept_takes_many_connections_and_closes_what_it_holds_when_dropped() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lfd = listener.as_raw_fd();
+    let clients: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    ring().block_on(async move {
+        let accepts = MultiAccept::new(lfd);
+        for _ in 0..3 {
+            let conn = accepts.next().await.unwrap();
+            assert!(conn.as_raw_fd() >= 0);
+        }
+        // The fourth may already sit in the op's queue: dropping closes it.
+        drop(accepts);
+        for _ in 0..100 {
+            if with_driver(|d| d.in_flight()).unwrap() == 0 {
+                break;
+            }
+            Sleep::until(Instant::now() + Duration::from_millis(1)).await;
+        }
+        assert_eq!(with_driver(|d| d.in_flight()).unwrap(), 0);
+    });
+    // The fourth client sees its connection closed (EOF), or it is still in the backlog.
+    let mut last = clients.into_iter().nth(3).unwrap();
+    last.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let _ = last.read(&mut byte);
+}

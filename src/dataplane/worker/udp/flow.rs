@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::rt::time::Instant;
-use tokio::net::TcpStream;
 use tracing::{debug, trace};
 
 use super::{FlowShared, UdpFrontend};
@@ -131,7 +130,7 @@ impl Worker {
             ..
         } = conn;
         let frame = start_frame(session_id, frontend, client)?;
-        let mut channel = crate::tls::Channel::new(TcpStream::from_std(stream)?, tls);
+        let mut channel = crate::tls::Channel::from_std(stream, tls)?;
         let result = async {
             channel.write_all(&frame).await?;
             let inbound = self

@@ -16,7 +16,6 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::rt::time::Instant;
-use tokio::net::TcpStream;
 use tracing::{debug, trace};
 
 use super::flow::FlowEnd;
@@ -54,8 +53,8 @@ impl Worker {
             tls,
             ..
         } = conn;
-        let mut channel = match TcpStream::from_std(stream) {
-            Ok(s) => Channel::new(s, tls),
+        let mut channel = match Channel::from_std(stream, tls) {
+            Ok(c) => c,
             Err(e) => return (Err(e), false),
         };
         let carried = async {

@@ -1,0 +1,50 @@
+//! Outgoing TCP connections on whichever backend the worker runs: tokio's connect on epoll, a
+//! non-blocking connect waited for with a ring poll on an io_uring worker (so a backend connect
+//! wakes no other thread). The future may be dropped at any point. This module must not know
+//! about sessions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::ReadyStream;
+
+/// Connects to the first of `addrs` that accepts; the error is the last address's.
+pub async fn connect(addrs: &[SocketAddr]) -> io::Result<ReadyStream> {
+    if !super::ring::is_current() {
+        return tokio::net::TcpStream::connect(addrs)
+            .await
+            .map(ReadyStream::Tokio);
+    }
+    let mut last = None;
+    for &addr in addrs {
+        match connect_on_ring(addr).await {
+            Ok(s) => return Ok(ReadyStream::Ring(s, Default::default())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")))
+}
+
+async fn connect_on_ring(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            super::ring::poll(socket.as_raw_fd(), libc::POLLOUT).await?;
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
