@@ -32,6 +32,14 @@ impl JoinError {
             JoinError::Ring(e) => e.is_cancelled(),
         }
     }
+
+    /// The task panicked.
+    pub fn is_panic(&self) -> bool {
+        match self {
+            JoinError::Tokio(e) => e.is_panic(),
+            JoinError::Ring(e) => e.is_panic(),
+        }
+    }
 }
 
 impl<T> JoinHandle<T> {

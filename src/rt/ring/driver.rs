@@ -59,12 +59,15 @@ pub(super) struct Driver {
     in_flight: std::cell::Cell<usize>,
     /// The eventfd read's target (the kernel writes 8 bytes here). Leaked: a read in flight
     /// at exit may complete after the ring is gone.
-    wake_buf: &'static mut u64,
+    wake_buf: *mut u64,
     wake_fd: i32,
     completions: RefCell<Vec<(u64, i32, u32)>>,
     /// Reused each turn: the wakers of the operations that completed.
     wakers: RefCell<Vec<Waker>>,
     setup: RingSetup,
+    /// Unique per driver: an operation made on one ring is never completed or cancelled on
+    /// another's slots.
+    id: u64,
 }
 
 impl Driver {
@@ -91,13 +94,17 @@ impl Driver {
             ops: RefCell::default(),
             free: RefCell::default(),
             in_flight: std::cell::Cell::new(0),
-            wake_buf: Box::leak(Box::new(0)),
+            wake_buf: Box::into_raw(Box::new(0)),
             wake_fd,
             completions: RefCell::default(),
             wakers: RefCell::default(),
             setup: RingSetup {
                 entries,
                 deferred_taskrun,
+            },
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
         };
         driver.arm_wake();
@@ -108,9 +115,12 @@ impl Driver {
         self.setup
     }
 
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
     fn arm_wake(&self) {
-        let target: *const u64 = &*self.wake_buf;
-        let sqe = opcode::Read::new(types::Fd(self.wake_fd), target.cast_mut().cast(), 8)
+        let sqe = opcode::Read::new(types::Fd(self.wake_fd), self.wake_buf.cast(), 8)
             .build()
             .user_data(WAKE_TOKEN);
         self.push(sqe);
@@ -129,6 +139,12 @@ impl Driver {
                 if e.raw_os_error() != Some(libc::EBUSY) {
                     tracing::warn!("io_uring submit failed: {e}");
                 }
+                // EBUSY: the completion queue is full (older kernels refuse to submit then).
+                // Move its entries aside for the next reap, making room.
+                self.completions.borrow_mut().extend(
+                    ring.completion()
+                        .map(|c: cqueue::Entry| (c.user_data(), c.result(), c.flags())),
+                );
             }
         }
     }
@@ -321,6 +337,19 @@ impl Driver {
 
     /// Hands out every completion in the queue.
     fn reap(&self) -> usize {
+        let mut total = 0;
+        loop {
+            let n = self.reap_once();
+            total += n;
+            // Completions set aside by a `push` during the pass are handled now, not after the
+            // next (possibly blocking) enter.
+            if self.completions.borrow().is_empty() {
+                return total;
+            }
+        }
+    }
+
+    fn reap_once(&self) -> usize {
         let mut done = std::mem::take(&mut *self.completions.borrow_mut());
         {
             let mut ring = self.ring.borrow_mut();
@@ -343,7 +372,13 @@ impl Driver {
             }
         }
         done.clear();
-        *self.completions.borrow_mut() = done;
+        {
+            // Keep what was set aside during the pass; else reuse the allocation.
+            let mut aside = self.completions.borrow_mut();
+            if aside.is_empty() {
+                *aside = done;
+            }
+        }
         for w in wakers.drain(..) {
             w.wake();
         }

@@ -261,15 +261,21 @@ impl Executor {
     }
 }
 
-/// Why a task gave no output.
+/// Why a task gave no output: it was aborted, or it panicked (the panic is reported by the
+/// panic hook; the worker and its other tasks go on, as with tokio's local tasks).
 #[derive(Debug, thiserror::Error)]
-#[error("the task was aborted")]
-pub struct JoinError;
+#[error("{}", if self.panicked { "the task panicked" } else { "the task was aborted" })]
+pub struct JoinError {
+    panicked: bool,
+}
 
 impl JoinError {
-    /// Always true: a ring task gives no output only when it was aborted.
     pub fn is_cancelled(&self) -> bool {
-        true
+        !self.panicked
+    }
+
+    pub fn is_panic(&self) -> bool {
+        self.panicked
     }
 }
 
@@ -327,17 +333,22 @@ impl<F: Future> Future for Spawned<F> {
         // SAFETY: `future` is never moved out of the pinned `Spawned`; `state` is not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         if this.state.aborted.get() {
-            this.state.finish(Err(JoinError));
+            this.state.finish(Err(JoinError { panicked: false }));
             return Poll::Ready(());
         }
         // SAFETY: see above.
         let future = unsafe { Pin::new_unchecked(&mut this.future) };
-        match future.poll(cx) {
-            Poll::Ready(out) => {
+        // A panicking task ends alone (its future is dropped with its slot).
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(out)) => {
                 this.state.finish(Ok(out));
                 Poll::Ready(())
             }
-            Poll::Pending => Poll::Pending,
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => {
+                this.state.finish(Err(JoinError { panicked: true }));
+                Poll::Ready(())
+            }
         }
     }
 }

@@ -63,6 +63,12 @@ fn with_driver<R>(f: impl FnOnce(&Driver) -> R) -> Option<R> {
     core().map(|c| f(&c.driver))
 }
 
+/// `f` on driver `id` when it is this thread's (`None` elsewhere: an operation is only ever
+/// completed or cancelled on the ring it was made on).
+fn with_driver_of<R>(id: u64, f: impl FnOnce(&Driver) -> R) -> Option<R> {
+    core().filter(|c| c.driver.id() == id).map(|c| f(&c.driver))
+}
+
 fn with_timers<R>(f: impl FnOnce(&Timers) -> R) -> Option<R> {
     core().map(|c| f(&c.timers))
 }
@@ -107,7 +113,9 @@ impl Runtime {
     pub fn new(entries: u32) -> io::Result<Self> {
         background()?;
         // SAFETY: eventfd returns a new descriptor or -1.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // Blocking: before Linux 5.16 io_uring completes a read on a non-blocking file at once
+        // with EAGAIN instead of waiting (a parked worker would spin). A write never blocks.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -135,11 +143,18 @@ impl Runtime {
     pub fn block_on<F: Future>(self, future: F) -> F::Output {
         let _reactor = background().ok().map(|rt| rt.enter());
         CORE.with(|c| *c.borrow_mut() = Some(self.core.clone()));
-        let out = run(&self.core, future);
-        self.core.executor.drop_all();
-        self.core.driver.finish(EXIT_WAIT);
-        CORE.with(|c| *c.borrow_mut() = None);
-        out
+        // Also on a panic of the worker's own future: tasks are dropped (their operations
+        // cancelled) while the ring is still there.
+        struct Exit<'a>(&'a Core);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                self.0.executor.drop_all();
+                self.0.driver.finish(EXIT_WAIT);
+                let _ = CORE.try_with(|c| c.borrow_mut().take());
+            }
+        }
+        let _exit = Exit(&self.core);
+        run(&self.core, future)
     }
 }
 

@@ -16,9 +16,12 @@ use std::task::{Context, Poll};
 
 use io_uring::{opcode, squeue, types};
 
-/// One operation in flight, owning `T` until its completion.
+/// One operation in flight on this thread's ring, owning `T` until its completion. It completes
+/// and is cancelled only on the ring it was made on (its `driver`): moved to another thread it
+/// never completes, and dropped there it leaks `T` rather than free memory the kernel may use.
 struct Op<T: 'static> {
     index: usize,
+    driver: u64,
     keep: Option<T>,
     /// Whether a completion's result is a descriptor to close if nobody takes it.
     returns_fd: bool,
@@ -26,9 +29,11 @@ struct Op<T: 'static> {
 
 impl<T: 'static> Op<T> {
     fn start(sqe: squeue::Entry, keep: T, returns_fd: bool) -> io::Result<Self> {
-        let index = super::with_driver(|d| d.start(sqe)).ok_or_else(not_ring_thread)?;
+        let (index, driver) =
+            super::with_driver(|d| (d.start(sqe), d.id())).ok_or_else(not_ring_thread)?;
         Ok(Self {
             index,
+            driver,
             keep: Some(keep),
             returns_fd,
         })
@@ -41,7 +46,7 @@ impl<T: Unpin + 'static> Future for Op<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let index = self.index;
-        match super::with_driver(|d| d.poll_op(index, cx.waker())).flatten() {
+        match super::with_driver_of(self.driver, |d| d.poll_op(index, cx.waker())).flatten() {
             Some((result, flags)) => match self.keep.take() {
                 Some(keep) => Poll::Ready((result, flags, keep)),
                 None => Poll::Pending,
@@ -57,8 +62,13 @@ impl<T: 'static> Drop for Op<T> {
             let returns_fd = self.returns_fd;
             let index = self.index;
             let kept: Box<dyn std::any::Any> = Box::new(keep);
-            if super::with_driver(|d| d.orphan(index, Some(kept), returns_fd)).is_none() {
-                // The runtime is gone (thread exit): its ring was closed, nothing to cancel.
+            let mut kept = Some(kept);
+            let orphaned =
+                super::with_driver_of(self.driver, |d| d.orphan(index, kept.take(), returns_fd));
+            if orphaned.is_none() {
+                // Not on its ring's thread (or the ring is gone): the kernel may still use the
+                // memory, so it is leaked rather than freed.
+                std::mem::forget(kept);
             }
         }
     }
@@ -173,10 +183,12 @@ pub async fn poll(fd: RawFd, events: i16) -> io::Result<u32> {
 
 /// A listener's multishot accept (`IORING_ACCEPT_MULTISHOT`): armed on the first
 /// [`MultiAccept::next`], armed again when the kernel ends it; dropped, it is cancelled and the
-/// connections it accepted that nobody took are closed.
+/// connections it accepted that nobody took are closed. One caller at a time (an accept loop):
+/// it keeps one waker.
 pub struct MultiAccept {
     fd: RawFd,
-    slot: std::cell::Cell<Option<usize>>,
+    /// The multishot op's slot and the driver it runs on.
+    slot: std::cell::Cell<Option<(usize, u64)>>,
     /// The kernel refused multishot (before Linux 5.19, `EINVAL`): one accept at a time.
     single: std::cell::Cell<bool>,
 }
@@ -196,20 +208,20 @@ impl MultiAccept {
         if self.single.get() {
             return accept(self.fd).await.map(|(fd, _)| fd);
         }
-        let slot = match self.slot.get() {
+        let (slot, driver) = match self.slot.get() {
             Some(slot) => slot,
             None => {
                 let sqe = opcode::AcceptMulti::new(types::Fd(self.fd))
                     .flags(libc::SOCK_CLOEXEC)
                     .build();
-                let slot =
-                    super::with_driver(|d| d.start_multi(sqe)).ok_or_else(not_ring_thread)?;
+                let slot = super::with_driver(|d| (d.start_multi(sqe), d.id()))
+                    .ok_or_else(not_ring_thread)?;
                 self.slot.set(Some(slot));
                 slot
             }
         };
         let (res, _, armed) = std::future::poll_fn(|cx| {
-            match super::with_driver(|d| d.poll_multi(slot, cx.waker())) {
+            match super::with_driver_of(driver, |d| d.poll_multi(slot, cx.waker())) {
                 Some(Some(done)) => Poll::Ready(Ok(done)),
                 Some(None) => Poll::Pending,
                 None => Poll::Ready(Err(not_ring_thread())),
@@ -218,7 +230,7 @@ impl MultiAccept {
         .await?;
         if !armed {
             // The kernel ended it (an error, or it stopped multishot): armed again next time.
-            super::with_driver(|d| d.end_multi(slot, true));
+            super::with_driver_of(driver, |d| d.end_multi(slot, true));
             self.slot.set(None);
         }
         if res == -libc::EINVAL {
@@ -234,8 +246,8 @@ impl MultiAccept {
 
 impl Drop for MultiAccept {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            super::with_driver(|d| d.end_multi(slot, true));
+        if let Some((slot, driver)) = self.slot.take() {
+            super::with_driver_of(driver, |d| d.end_multi(slot, true));
         }
     }
 }
@@ -244,14 +256,17 @@ impl Drop for MultiAccept {
 /// its own (an idle connection's waiting future stays small). Dropped while armed, the poll is
 /// cancelled. (Atomic only so that its owner stays `Sync`; it is used by one ring thread.)
 #[derive(Debug)]
-pub struct PollSlot(std::sync::atomic::AtomicUsize);
+pub struct PollSlot(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicU64);
 
 /// No poll armed.
 const NO_POLL: usize = usize::MAX;
 
 impl Default for PollSlot {
     fn default() -> Self {
-        Self(std::sync::atomic::AtomicUsize::new(NO_POLL))
+        Self(
+            std::sync::atomic::AtomicUsize::new(NO_POLL),
+            std::sync::atomic::AtomicU64::new(0),
+        )
     }
 }
 
@@ -276,16 +291,18 @@ impl PollSlot {
             Some(index) => index,
             None => {
                 let sqe = opcode::PollAdd::new(types::Fd(fd), events as u16 as u32).build();
-                match super::with_driver(|d| d.start(sqe)) {
-                    Some(index) => {
+                match super::with_driver(|d| (d.start(sqe), d.id())) {
+                    Some((index, driver)) => {
                         self.set(index);
+                        self.1.store(driver, std::sync::atomic::Ordering::Relaxed);
                         index
                     }
                     None => return Poll::Ready(Err(not_ring_thread())),
                 }
             }
         };
-        match super::with_driver(|d| d.poll_op(index, cx.waker())).flatten() {
+        let driver = self.1.load(std::sync::atomic::Ordering::Relaxed);
+        match super::with_driver_of(driver, |d| d.poll_op(index, cx.waker())).flatten() {
             Some((res, _)) => {
                 self.set(NO_POLL);
                 Poll::Ready(result(res).map(|e| e as u32))
@@ -298,7 +315,8 @@ impl PollSlot {
 impl Drop for PollSlot {
     fn drop(&mut self) {
         if let Some(index) = self.armed() {
-            super::with_driver(|d| d.orphan(index, None, false));
+            let driver = self.1.load(std::sync::atomic::Ordering::Relaxed);
+            super::with_driver_of(driver, |d| d.orphan(index, None, false));
         }
     }
 }

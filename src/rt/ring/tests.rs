@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -189,4 +190,42 @@ fn a_multishot_accept_takes_many_connections_and_closes_what_it_holds_when_dropp
         .unwrap();
     let mut byte = [0u8; 1];
     let _ = last.read(&mut byte);
+}
+
+#[test]
+fn a_panicking_task_ends_alone() {
+    let out = ring().block_on(async {
+        let bad = spawn_local(async {
+            if Instant::now().elapsed() < Duration::from_secs(3600) {
+                panic!("a task panics on purpose");
+            }
+            1
+        });
+        let good = spawn_local(async { 2 });
+        (bad.await.unwrap_err().is_panic(), good.await.unwrap())
+    });
+    assert_eq!(out, (true, 2));
+}
+
+#[test]
+fn a_registered_sleep_reset_earlier_fires_at_its_new_deadline() {
+    ring().block_on(async {
+        let start = Instant::now();
+        let mut sleep = Box::pin(Sleep::until(start + Duration::from_secs(60)));
+        // Registered by one poll, then reset while the task waits elsewhere.
+        let waker = futures_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        sleep.as_mut().reset(start + Duration::from_millis(5));
+        sleep.await;
+        assert!(start.elapsed() < Duration::from_secs(30));
+    });
+}
+
+fn futures_waker() -> std::task::Waker {
+    struct Nop;
+    impl std::task::Wake for Nop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    std::task::Waker::from(std::sync::Arc::new(Nop))
 }

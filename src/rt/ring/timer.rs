@@ -42,8 +42,8 @@ impl Timers {
         }
     }
 
-    fn remove(&self, key: Key) {
-        self.waiting.borrow_mut().remove(&key);
+    fn remove(&self, key: Key) -> Option<Waker> {
+        self.waiting.borrow_mut().remove(&key)
     }
 
     /// How long the ring may wait: until the nearest deadline (`None`: no sleep waits).
@@ -95,10 +95,14 @@ impl Sleep {
         Instant::now() >= self.deadline
     }
 
-    /// Waits until `deadline` instead.
+    /// Waits until `deadline` instead; a registered sleep stays registered (its task is woken
+    /// at the new deadline even if it does not poll the sleep again first, as with tokio).
     pub fn reset(&mut self, deadline: Instant) {
-        self.deregister();
         self.deadline = deadline;
+        if let Some(key) = self.key.take() {
+            self.key =
+                super::with_timers(|t| t.remove(key).map(|w| t.insert(deadline, w))).flatten();
+        }
     }
 
     fn deregister(&mut self) {
