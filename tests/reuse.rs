@@ -187,10 +187,17 @@ fn reset_then_served(b: ringtun::config::IoBackend, tls: bool) {
             .set_linger(Some(Duration::ZERO))
             .unwrap();
     }
-    assert!(wait_until(Duration::from_secs(10), || {
+    let parked = wait_until(Duration::from_secs(10), || {
         server.counters().session_aborts_sent_frontend_reset_total > resets
             && server.hosts("c")[0].idle_connections == 1
-    }));
+    });
+    assert!(
+        parked,
+        "{b:?} tls={tls}: after the reset, frontend-reset aborts {} (before {resets}), idle connections {}, handshakes {} (before {before})",
+        server.counters().session_aborts_sent_frontend_reset_total,
+        server.hosts("c")[0].idle_connections,
+        handshakes(server),
+    );
     // The next session sees only its own bytes.
     let data = pattern(70_000, 9);
     assert_eq!(echo_roundtrip(frontend, &data), data);

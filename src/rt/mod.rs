@@ -94,9 +94,9 @@ pub fn resolve(requested: IoBackend) -> Result<Backend, RtError> {
 
 /// Resolves the configured backend: `auto` takes the backend the real-client suite
 /// (`perf/realworld`) measures faster and says so in one log line; `uring` refuses to start where
-/// io_uring cannot be used. On 2026-12-02 epoll served 1.5× (16 keep-alive connections) to 2.4×
-/// (256) the requests of the tokio-uring backend through nginx, and the two were even on iperf3
-/// (README, Performance), so `auto` is epoll until an io_uring worker measures faster.
+/// io_uring cannot be used. On 2026-12-02 ringtun's own ring worker (`ring`) measured even with
+/// epoll through nginx and iperf3 (0.93–1.19× its request rates over four runs, 1.03–1.13× its
+/// CPU per keep-alive request; README, Performance), not faster, so `auto` stays epoll.
 pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend, RtError> {
     let uring = Backend::Uring {
         entries: uring_entries,
@@ -108,7 +108,7 @@ pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend,
             .map_err(RtError::UringUnavailable),
         IoBackend::Auto => {
             tracing::info!(
-                "io_backend auto: epoll (measured faster than io_uring on real-client loads, see README Performance; set io_backend \"uring\" to run io_uring)"
+                "io_backend auto: epoll (io_uring measured even with it, not faster, on real-client loads, see README Performance; set io_backend \"uring\" to run io_uring)"
             );
             Ok(Backend::Epoll)
         }

@@ -82,13 +82,12 @@ impl ReadyStream {
         }
     }
 
-    /// Waits until a read would find bytes, EOF or an error.
+    /// Waits until a read would find bytes, EOF or an error. On the ring this is edge-like
+    /// (`ring::PollSlot`): read until a short read before waiting again.
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             ReadyStream::Tokio(s) => s.readable().await,
-            ReadyStream::Ring(s, _) => super::ring::poll(s.as_raw_fd(), libc::POLLIN)
-                .await
-                .map(|_| ()),
+            ReadyStream::Ring(..) => std::future::poll_fn(|cx| self.poll_read_ready(cx)).await,
         }
     }
 
@@ -125,7 +124,19 @@ impl ReadyStream {
     ) -> io::Result<R> {
         match self {
             ReadyStream::Tokio(s) => super::io_clearing(s, interest, op, drained),
-            ReadyStream::Ring(..) => op(),
+            ReadyStream::Ring(_, slot) => {
+                let done = op();
+                if interest == Interest::READABLE {
+                    let empty = match &done {
+                        Ok(value) => drained(value),
+                        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                    };
+                    if empty {
+                        slot.drained();
+                    }
+                }
+                done
+            }
         }
     }
 

@@ -256,7 +256,14 @@ impl Drop for MultiAccept {
 /// its own (an idle connection's waiting future stays small). Dropped while armed, the poll is
 /// cancelled. (Atomic only so that its owner stays `Sync`; it is used by one ring thread.)
 #[derive(Debug)]
-pub struct PollSlot(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicU64);
+pub struct PollSlot(
+    std::sync::atomic::AtomicUsize,
+    std::sync::atomic::AtomicU64,
+    /// Readiness seen and not yet used up: set by an event, kept while reads fill their
+    /// buffer, cleared by a short read or `EAGAIN` (`PollSlot::drained`), as tokio keeps
+    /// readiness over epoll's edges.
+    std::sync::atomic::AtomicBool,
+);
 
 /// No poll armed.
 const NO_POLL: usize = usize::MAX;
@@ -266,6 +273,7 @@ impl Default for PollSlot {
         Self(
             std::sync::atomic::AtomicUsize::new(NO_POLL),
             std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicBool::new(false),
         )
     }
 }
@@ -279,19 +287,32 @@ impl PollSlot {
         self.0.store(index, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Ready once `fd` is ready for `events` (a poll is armed on the first call and each call
-    /// after a completion).
+    /// The last read emptied the socket (a short read, or `EAGAIN`): the next wait sleeps
+    /// until a new event.
+    pub fn drained(&self) {
+        self.2.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ready once `fd` is ready for `events`, or at once while readiness seen before is not
+    /// used up (see [`PollSlot::drained`]). The poll is multishot (armed on the first call,
+    /// again only when the kernel ends it), so a wait costs no new arming, as with epoll's edge
+    /// triggering. Events that came since the last call are taken together.
     pub fn poll_ready(
         &self,
         fd: RawFd,
         events: i16,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<u32>> {
+        if self.2.load(std::sync::atomic::Ordering::Relaxed) {
+            return Poll::Ready(Ok(events as u16 as u32));
+        }
         let index = match self.armed() {
             Some(index) => index,
             None => {
-                let sqe = opcode::PollAdd::new(types::Fd(fd), events as u16 as u32).build();
-                match super::with_driver(|d| (d.start(sqe), d.id())) {
+                let sqe = opcode::PollAdd::new(types::Fd(fd), events as u16 as u32)
+                    .multi(true)
+                    .build();
+                match super::with_driver(|d| (d.start_multi(sqe), d.id())) {
                     Some((index, driver)) => {
                         self.set(index);
                         self.1.store(driver, std::sync::atomic::Ordering::Relaxed);
@@ -302,10 +323,29 @@ impl PollSlot {
             }
         };
         let driver = self.1.load(std::sync::atomic::Ordering::Relaxed);
-        match super::with_driver_of(driver, |d| d.poll_op(index, cx.waker())).flatten() {
-            Some((res, _)) => {
+        let mut seen: Option<io::Result<u32>> = None;
+        while let Some((res, _, armed)) =
+            super::with_driver_of(driver, |d| d.poll_multi(index, cx.waker())).flatten()
+        {
+            let events = result(res).map(|e| e as u32);
+            seen = Some(match (seen, events) {
+                (Some(Ok(a)), Ok(b)) => Ok(a | b),
+                (_, Err(e)) | (Some(Err(e)), _) => Err(e),
+                (None, ok) => ok,
+            });
+            if !armed {
+                // Ended by the kernel (or an error): armed again at the next wait.
+                super::with_driver_of(driver, |d| d.end_multi(index, false));
                 self.set(NO_POLL);
-                Poll::Ready(result(res).map(|e| e as u32))
+                break;
+            }
+        }
+        match seen {
+            Some(ready) => {
+                if ready.is_ok() {
+                    self.2.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Poll::Ready(ready)
             }
             None => Poll::Pending,
         }
@@ -316,7 +356,7 @@ impl Drop for PollSlot {
     fn drop(&mut self) {
         if let Some(index) = self.armed() {
             let driver = self.1.load(std::sync::atomic::Ordering::Relaxed);
-            super::with_driver_of(driver, |d| d.orphan(index, None, false));
+            super::with_driver_of(driver, |d| d.end_multi(index, false));
         }
     }
 }
