@@ -66,23 +66,25 @@ pub(crate) fn io_clearing<R>(
 /// One non-blocking read into `buf`'s spare capacity (appended); returns the bytes read.
 pub(crate) fn read_spare(fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
-    // SAFETY: reads at most `spare.len()` bytes into the vector's spare capacity, which the
-    // vector owns; the fd is owned by `fd`, which outlives the call.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    // SAFETY: the vector owns its spare capacity, valid for writes of its length.
+    let n = unsafe { recv_dontwait(fd, spare.as_mut_ptr().cast(), spare.len()) }?;
     // SAFETY: the kernel initialised `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
+}
+
+/// `recv(2)` with `MSG_DONTWAIT` into `len` bytes at `to`.
+///
+/// # Safety
+/// `to` must be valid for writes of `len` bytes.
+unsafe fn recv_dontwait(fd: &impl AsRawFd, to: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller vouches for `to`; the fd is owned by `fd`, which outlives the call.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), to.cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// Reads once into `buf`'s spare capacity after readiness, clearing the readiness when the
@@ -162,20 +164,8 @@ pub(crate) fn shutdown_write(socket: &impl OwnedIo) -> io::Result<()> {
 
 /// One non-blocking read into `buf`; returns the bytes read.
 pub(crate) fn read_into_slice(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: reads at most `buf.len()` bytes into `buf`; the fd is owned by `fd`, which
-    // outlives the call.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    // SAFETY: `buf` is valid for writes of its length.
+    unsafe { recv_dontwait(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
 /// Shuts a socket down both ways (ending every operation and wait on it); errors are ignored

@@ -153,19 +153,16 @@ impl ReadyStream {
 
     /// Writes all of `data`, waiting for room as needed (the first send without waiting).
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
-        let sent = super::send_nonblocking(self, data)?;
+        let socket = match self {
+            ReadyStream::Tokio(s) => return super::write_all(s, data).await,
+            ReadyStream::Ring(s, _) => s,
+        };
+        let sent = super::send_nonblocking(socket, data)?;
         data = &data[sent..];
         while !data.is_empty() {
-            self.writable().await?;
-            match self.io(
-                Interest::WRITABLE,
-                || super::send_nonblocking(self, data),
-                |&n| n < data.len(),
-            ) {
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+            // A ring poll sees the socket as it is when armed: nothing stale to clear.
+            super::ring::poll(socket.as_raw_fd(), libc::POLLOUT).await?;
+            data = &data[super::send_nonblocking(socket, data)?..];
         }
         Ok(())
     }
