@@ -287,16 +287,62 @@ both_backends!(
         // The listener's protocol is left at "tcp".
         let agent = agent(backend, server.tunnel_addr(), target).run();
         wait_registered(&server, "c", 1, 4);
+        let before = handshakes(&server);
         let frontend = server.frontend_addr("c").unwrap();
         client().send_to(b"anyone?", frontend).unwrap();
         assert!(wait_until(Duration::from_secs(10), || agent
             .status()
             .udp_flows_refused_total
             == 1));
+        // Aborted, not closed (the server counts the agent's abort): the connection went back
+        // to the pool, no replacement dialled.
         assert!(wait_until(Duration::from_secs(10), || server
             .counters()
-            .udp_flow_errors_total
+            .session_aborts_received_backend_connect_total
             == 1));
+        assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
+            .idle_connections
+            == 4));
+        assert_eq!(
+            handshakes(&server),
+            before,
+            "the refused flow's connection was replaced"
+        );
+    }
+);
+
+both_backends!(
+    a_tcp_session_to_a_udp_listener_is_aborted_and_its_connection_kept,
+    |backend| {
+        let target = udp_backend(echo);
+        let server = server(backend).cluster("c").run();
+        let agent = udp_agent(backend, &server, target, 2);
+        wait_registered(&server, "c", 1, 2);
+        let before = handshakes(&server);
+        let frontend = server.frontend_addr("c").unwrap();
+        let mut c = std::net::TcpStream::connect(frontend).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = std::io::Write::write_all(&mut c, b"hello?");
+        // The session ends with nothing sent back.
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut got);
+        assert!(got.is_empty(), "{got:?}");
+        assert!(wait_until(Duration::from_secs(10), || agent
+            .status()
+            .udp_flows_refused_total
+            == 1));
+        assert!(wait_until(Duration::from_secs(10), || server
+            .counters()
+            .session_aborts_received_backend_connect_total
+            == 1));
+        assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
+            .idle_connections
+            == 2));
+        assert_eq!(
+            handshakes(&server),
+            before,
+            "the refused session's connection was replaced"
+        );
     }
 );
 

@@ -40,10 +40,7 @@ pub(super) async fn run_framed_session(
     let Some(listener) = shared.listener_of(tunnel) else {
         return Framed::Closed;
     };
-    // A TCP session start for a UDP listener: refused, the connection closed (logged, counted).
-    if !super::udp::accepts(local, listener, &start) {
-        return Framed::Closed;
-    }
+    let accepted = super::udp::accepts(local, listener, &start);
     let (stream, tls) = data.into_parts();
     let link = match DataLink::new(stream, tls) {
         Ok(link) => link,
@@ -52,6 +49,21 @@ pub(super) async fn run_framed_session(
             return Framed::Closed;
         }
     };
+    // A TCP session start for a UDP listener: refused (logged, counted) and aborted, so the
+    // connection carries the next session.
+    if !accepted {
+        let why = format!("listener {:?} carries udp, not tcp", listener.name);
+        return abort_and_keep(
+            link,
+            rest,
+            &why,
+            terminal_wait,
+            local,
+            stop,
+            start.session_id,
+        )
+        .await;
+    }
     let connect = tokio::select! {
         c = connect_backend(local, listener) => c,
         _ = stop.changed() => {
@@ -63,31 +75,18 @@ pub(super) async fn run_framed_session(
         Ok(b) => b,
         Err(why) => {
             stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
-            stats.count_abort_sent(AbortReason::BackendConnect);
             warn!(session = start.session_id, client = %start.client_addr, backend = %listener.backend,
                 "{why}; aborting the session");
-            let abort = abort_framed(
-                &link,
+            return abort_and_keep(
+                link,
                 rest,
-                AbortReason::BackendConnect,
                 &why,
                 terminal_wait,
-                &local.pool,
-            );
-            let aborted = tokio::select! {
-                a = abort => a,
-                _ = stop.changed() => {
-                    link.shutdown();
-                    return Framed::Stopped;
-                }
-            };
-            return match aborted {
-                Ok(left) => again(link, left),
-                Err(e) => {
-                    debug!(session = start.session_id, error = %e, "data connection closed");
-                    Framed::Closed
-                }
-            };
+                local,
+                stop,
+                start.session_id,
+            )
+            .await;
         }
     };
     let prefix = proxy_prefix(listener, &start, Vec::new());
@@ -154,6 +153,42 @@ pub(super) async fn run_framed_session(
             } else {
                 Framed::Closed
             }
+        }
+    }
+}
+
+/// Aborts the session as one whose backend cannot be reached (`why`), then keeps the connection
+/// for the next session once the server's terminal came; closed when it errs, stopped on stop.
+async fn abort_and_keep(
+    link: DataLink,
+    rest: Vec<u8>,
+    why: &str,
+    terminal_wait: Duration,
+    local: &Local,
+    stop: &mut watch::Receiver<bool>,
+    session: u64,
+) -> Framed {
+    local.stats.count_abort_sent(AbortReason::BackendConnect);
+    let abort = abort_framed(
+        &link,
+        rest,
+        AbortReason::BackendConnect,
+        why,
+        terminal_wait,
+        &local.pool,
+    );
+    let aborted = tokio::select! {
+        a = abort => a,
+        _ = stop.changed() => {
+            link.shutdown();
+            return Framed::Stopped;
+        }
+    };
+    match aborted {
+        Ok(left) => again(link, left),
+        Err(e) => {
+            debug!(session, error = %e, "data connection closed");
+            Framed::Closed
         }
     }
 }

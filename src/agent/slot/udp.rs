@@ -61,8 +61,8 @@ pub(super) fn accepts(
     crate::log_limited!(error!(
         session = start.session_id,
         listener = %listener.name,
-        "refused a {} session start: listener {:?} has protocol {:?}; closing the data connection \
-         (set the server cluster's and this listener's protocol alike)",
+        "refused a {} session start: listener {:?} has protocol {:?} (set the server cluster's \
+         and this listener's protocol alike)",
         start.protocol.name(),
         listener.name,
         listener.protocol.name()

@@ -25,6 +25,27 @@ use crate::protocol::datagram::{
 };
 use crate::protocol::session_frame::{encode_abort, encode_end, AbortReason, DATA_HEADER_LEN};
 
+/// Aborts the flow as one whose backend cannot be reached (`why`) and keeps the connection for
+/// the next session once the server's terminal came; closed when it errs.
+async fn abort_and_keep(
+    mut data: Channel,
+    inbound: Vec<u8>,
+    why: String,
+    terminal_wait: Duration,
+    local: &Local,
+    session: u64,
+) -> Framed {
+    let abort = Some((AbortReason::BackendConnect, why));
+    match end_flow(&mut data, inbound, abort, terminal_wait, local).await {
+        Ok(left) => Framed::Again(data, left),
+        Err(e) => {
+            debug!(session, error = %e, "data connection closed");
+            let _ = socket2::SockRef::from(&data.stream).shutdown(std::net::Shutdown::Both);
+            Framed::Closed
+        }
+    }
+}
+
 /// Runs one UDP flow on a framed connection; `inbound` holds record bytes already read.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_framed_flow(
@@ -45,8 +66,9 @@ pub(super) async fn run_framed_flow(
         return Framed::Closed;
     };
     if !accepts(local, listener, &start) {
-        shut(&data);
-        return Framed::Closed;
+        // Aborted, not closed: the connection carries the next session.
+        let why = format!("listener {:?} carries tcp, not udp", listener.name);
+        return abort_and_keep(data, inbound, why, terminal_wait, local, start.session_id).await;
     }
     let stats = &local.stats;
     let limit = Duration::from_millis(listener.connect_timeout_ms);
@@ -67,22 +89,8 @@ pub(super) async fn run_framed_flow(
             warn!(session = start.session_id, backend = %listener.backend,
                 "cannot open a UDP socket to the backend: {e}; aborting the flow");
             let why = format!("cannot open a UDP socket to the backend: {e}");
-            let ended = end_flow(
-                &mut data,
-                inbound,
-                Some((AbortReason::BackendConnect, why)),
-                terminal_wait,
-                local,
-            )
-            .await;
-            return match ended {
-                Ok(left) => Framed::Again(data, left),
-                Err(e) => {
-                    debug!(session = start.session_id, error = %e, "data connection closed");
-                    shut(&data);
-                    Framed::Closed
-                }
-            };
+            return abort_and_keep(data, inbound, why, terminal_wait, local, start.session_id)
+                .await;
         }
     };
     stats.udp_flows_total.fetch_add(1, Ordering::Relaxed);
