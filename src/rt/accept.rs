@@ -1,9 +1,10 @@
 //! A listener accepting on whichever backend the worker runs, and the rule for stopping it.
 //!
-//! An epoll accept can be cancelled by aborting its task; an io_uring accept in flight must
-//! complete, never be dropped (the accepted descriptor would leak), so it is ended by shutting
-//! the listener down. `AcceptStop` owns that rule, so callers never match on the backend. This
-//! module must not know about clusters or sessions.
+//! An epoll accept is cancelled by aborting its task; an io_uring loop is ended by shutting the
+//! listener down, which completes its multishot accept with an error (the loop then sees its stop
+//! flag and ends, dropping the listener, whose accept closes any connection it still held).
+//! `AcceptStop` owns that rule, so callers never match on the backend. This module must not know
+//! about clusters or sessions.
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ impl Listener {
         Ok((adopted, stop))
     }
 
-    /// Accepts one connection, with Nagle off and session keepalive on. Never race this future on io_uring.
+    /// Accepts one connection, with Nagle off and session keepalive on.
     pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         match self {
             Listener::Epoll(l) => {
@@ -77,7 +78,7 @@ impl AcceptStop {
         if self.uring {
             // Shutting the listener down completes the accept in flight with an error.
             // SAFETY: the fd belongs to a listener owned by `task`, which is still alive: it
-            // exits only after its accept completes.
+            // exits only after its accept completes and it sees its stop flag.
             unsafe {
                 libc::shutdown(self.fd, libc::SHUT_RDWR);
             }

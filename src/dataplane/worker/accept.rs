@@ -84,8 +84,8 @@ impl Worker {
         }
     }
 
-    /// Accepts until stopped. On io_uring it is never raced or dropped while an accept is in
-    /// flight: it ends when its listener is shut down.
+    /// Accepts until stopped (`AcceptStop`: aborted on epoll; on io_uring it ends when its
+    /// listener is shut down).
     async fn accept_loop(
         self: Rc<Self>,
         cluster: Arc<str>,
