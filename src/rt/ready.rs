@@ -1,11 +1,13 @@
 //! A socket waited on by readiness, on whichever backend the worker runs: tokio's reactor on an
-//! epoll worker, one-shot polls on the worker's own ring on an io_uring worker (so the worker
-//! still blocks only in `io_uring_enter`, and no other thread is woken for its bytes).
+//! epoll worker, polls on the worker's own ring on an io_uring worker (so the worker still blocks
+//! only in `io_uring_enter`, and no other thread is woken for its bytes).
 //!
 //! Readiness never holds a buffer or bytes, so every wait here may be dropped at any point and
 //! the socket stays usable: this is what a data connection between sessions, which goes back
-//! to its pool, is read with. A ring poll checks the socket's state when it is armed, so no
-//! readiness can go stale and nothing needs clearing. This module must not know about sessions.
+//! to its pool, is read with. On the ring, reads wait on a multishot poll armed once
+//! (`ring::PollSlot`) and readiness is kept until a read comes back short or `EAGAIN`, as tokio
+//! keeps it over epoll's edges; so every read goes through [`ReadyStream::io`], which sees how
+//! the read ended. This module must not know about sessions.
 
 use std::io;
 use std::net::SocketAddr;
