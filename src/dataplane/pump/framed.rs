@@ -10,8 +10,9 @@
 //! - local EOF → END; a local read error → ABORT (the peer resets its side);
 //! - END → write shutdown of the local socket (half-close), the other direction runs on;
 //! - ABORT → the local socket is shut down both ways; this side then sends END;
-//! - a local write error before this side's terminal → ABORT, later DATA dropped; after it →
-//!   the data connection is closed (nothing left to tell the peer);
+//! - a local write error before this side's terminal → ABORT, later DATA dropped; after this
+//!   side's END → the data connection is closed (nothing left to tell the peer); after an
+//!   ABORT (either side's) → dropped too, the connection kept;
 //! - a data connection error or broken framing → both sockets shut down, never reused.
 //!
 //! A 64-byte message costs one read and one write per hop (header and payload in one write;
@@ -390,12 +391,18 @@ fn local_write_failed<L: OwnedIo>(
     e: io::Error,
 ) -> io::Result<()> {
     let _ = local.shutdown_how(Shutdown::Both);
+    if shared.local_failed.get().is_some() || shared.peer_aborted.get() {
+        // The session is already known dead (this side aborted for its local socket, or the
+        // peer aborted): a write racing that on the same socket fails too, and its bytes are
+        // dropped like any later DATA. The connection stays good.
+        return Ok(());
+    }
     if shared.records.get().sent_terminal {
+        // After this side's END the peer's bytes were still owed to the local socket, and
+        // there is nothing left to tell the peer: the connection is closed.
         return Err(e);
     }
-    if shared.local_failed.get().is_none() {
-        shared.local_failed.set(Some(reason));
-    }
+    shared.local_failed.set(Some(reason));
     Ok(())
 }
 
