@@ -151,13 +151,32 @@ fn accept_and_poll_see_a_connection_and_its_bytes() {
 
 #[test]
 fn tasks_left_at_exit_are_dropped() {
-    let core_tasks = ring().block_on(async {
-        for _ in 0..10 {
-            spawn_local(std::future::pending::<()>());
+    struct Count(Rc<std::cell::Cell<u32>>);
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
         }
+    }
+    let dropped = Rc::new(std::cell::Cell::new(0));
+    let counter = dropped.clone();
+    let live = ring().block_on(async move {
+        for _ in 0..10 {
+            let mark = Count(counter.clone());
+            spawn_local(async move {
+                let _mark = mark;
+                std::future::pending::<()>().await;
+            });
+        }
+        // Let every task start (and park) before the worker's future ends.
+        Sleep::until(Instant::now() + Duration::from_millis(1)).await;
         core().map(|c| c.executor.live()).unwrap()
     });
-    assert_eq!(core_tasks, 10);
+    assert_eq!(live, 10);
+    assert_eq!(
+        dropped.get(),
+        10,
+        "tasks still alive at exit were not dropped"
+    );
 }
 
 #[test]
