@@ -35,7 +35,10 @@ pub async fn with_idle_timeout<F: Future + ?Sized>(
     // Boxed (one allocation per session, its timer reset in place): a timer is large, and
     // every session's future would carry it.
     let mut watch = Box::pin(async move {
+        // A session that just started has been idle no time: the first look at the sockets
+        // is one timeout from now, so a short session costs no system call here.
         let mut timer = std::pin::pin!(crate::rt::time::sleep(timeout));
+        timer.as_mut().await;
         loop {
             // A socket whose state cannot be read counts as active: the pump sees its error.
             let idle = match (data_idle_ms(a), data_idle_ms(b)) {

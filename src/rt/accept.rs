@@ -20,10 +20,15 @@ pub enum Listener {
 
 impl Listener {
     /// Adopts a bound listener on `backend`; `stop` is how to end the loop accepting on it.
+    /// Nagle off and session keepalive are set on the listener, where every accepted socket
+    /// inherits them (Linux copies a listener's options into each connection it accepts): no
+    /// system call per session for them.
     pub fn from_std(
         backend: Backend,
         listener: std::net::TcpListener,
     ) -> io::Result<(Self, AcceptStop)> {
+        let _ = socket2::SockRef::from(&listener).set_nodelay(true);
+        super::set_session_keepalive(&listener);
         let fd = listener.as_raw_fd();
         let adopted = match backend {
             Backend::Epoll => Listener::Epoll(tokio::net::TcpListener::from_std(listener)?),
@@ -36,19 +41,15 @@ impl Listener {
         Ok((adopted, stop))
     }
 
-    /// Accepts one connection, with Nagle off and session keepalive on.
+    /// Accepts one connection, with Nagle off and session keepalive on (from the listener).
     pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         match self {
             Listener::Epoll(l) => {
                 let (stream, peer) = l.accept().await?;
-                let _ = stream.set_nodelay(true);
-                super::set_session_keepalive(&stream);
                 Ok((Conn::Epoll(stream), peer))
             }
             Listener::Uring(l) => {
                 let (stream, peer) = l.accept().await?;
-                let _ = stream.set_nodelay(true);
-                super::set_session_keepalive(&stream);
                 Ok((Conn::Uring(stream), peer))
             }
         }

@@ -168,6 +168,13 @@ pub(crate) fn read_into_slice(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<u
     unsafe { recv_dontwait(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
+/// Whether the socket is in non-blocking mode (for debug assertions).
+pub(super) fn is_nonblocking(socket: &impl AsRawFd) -> bool {
+    // SAFETY: F_GETFL reads the file status flags of a descriptor `socket` owns.
+    let flags = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
+}
+
 /// Shuts a socket down both ways (ending every operation and wait on it); errors are ignored
 /// (a socket already shut down or reset).
 pub fn shutdown_both(socket: &impl AsRawFd) {

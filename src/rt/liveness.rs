@@ -100,7 +100,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accepted_frontends_get_session_keepalive() {
+    async fn accepted_frontends_inherit_session_keepalive_and_nodelay() {
         let std = crate::rt::bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = std.local_addr().unwrap();
         let (listener, _stop) =
@@ -111,5 +111,7 @@ mod tests {
         let r = socket2::SockRef::from(&fd);
         assert!(r.keepalive().unwrap());
         assert_eq!(r.keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(r.keepalive_retries().unwrap(), 6);
+        assert!(r.nodelay().unwrap());
     }
 }

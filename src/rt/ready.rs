@@ -30,9 +30,14 @@ impl ReadyStream {
         ReadyStream::Tokio(stream).localize()
     }
 
-    /// A std socket as this thread waits on sockets (put in non-blocking mode).
+    /// A std socket as this thread waits on sockets. It must already be non-blocking, as every
+    /// parked or handed connection is (`into_std` leaves it so): a lease costs no system call
+    /// for it.
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
-        stream.set_nonblocking(true)?;
+        debug_assert!(
+            super::io::is_nonblocking(&stream),
+            "ReadyStream::from_std needs a non-blocking socket"
+        );
         if super::ring::is_current() {
             Ok(ReadyStream::Ring(stream, Default::default()))
         } else {

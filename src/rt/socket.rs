@@ -40,11 +40,16 @@ pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// The tunnel listener: SO_REUSEADDR (a restarted server rebinds at once), no SO_REUSEPORT (two
-/// servers must not share agents' port by accident).
+/// servers must not share agents' port by accident). Nagle off and the tunnel liveness options
+/// are set here, on the listener: every accepted tunnel connection inherits them, so a joining
+/// agent costs the control thread no system call for them.
 pub fn bind_tunnel_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Best effort, as on any socket (see `rt::liveness`).
+    let _ = socket.set_nodelay(true);
+    super::set_tunnel_liveness(&socket);
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())

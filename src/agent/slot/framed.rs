@@ -143,7 +143,8 @@ pub(super) async fn run_framed_session(
             if stopped {
                 return Framed::Stopped;
             }
-            backend.shutdown();
+            // No shutdown before the backend socket is closed: the pump ended both its
+            // directions (its write side after the server's END, both on an abort either way).
             again(link, end.leftover)
         }
         Err(e) => {

@@ -10,7 +10,7 @@ impl Control {
         peer: SocketAddr,
         permit: super::admission::Admission,
     ) {
-        crate::rt::set_tunnel_liveness(&stream);
+        // Nagle off and the liveness options come from the listener (`bind_tunnel_listener`).
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -208,7 +208,6 @@ impl Control {
         }
         self.stats.handshake(HandshakeOutcome::Success);
         drop(permit.take());
-        let _ = stream.stream.set_nodelay(true);
         // Every session's data connection is replaced by a new one: logging each at `info`
         // would make the log grow with traffic. A host's first connection and aside
         // connections are rare and worth seeing.
@@ -348,12 +347,12 @@ mod keepalive_tests {
     use super::*;
 
     #[tokio::test]
-    async fn tunnel_connections_get_tcp_keepalive() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn tunnel_connections_inherit_keepalive_and_nodelay_from_the_listener() {
+        let std = crate::rt::bind_tunnel_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = tokio::net::TcpListener::from_std(std).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        crate::rt::set_tunnel_liveness(&accepted);
         let sock = socket2::SockRef::from(&accepted);
         assert_eq!(
             sock.tcp_user_timeout().unwrap(),
@@ -363,6 +362,7 @@ mod keepalive_tests {
         assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(30));
         assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(10));
         assert_eq!(sock.keepalive_retries().unwrap(), 3);
+        assert!(sock.nodelay().unwrap());
     }
 }
 

@@ -61,12 +61,16 @@ impl Worker {
                     continue;
                 }
             };
+            // Every connection accepted on a listener bound to one address has that address
+            // as its own: known here, it costs no `getsockname` per session.
+            let bound = listener.local_addr().ok();
+            let known_local = bound.filter(|a| !a.ip().is_unspecified());
             match Listener::from_std(self.backend, listener) {
                 Ok((listener, stop)) => {
                     let stopped = Rc::new(Cell::new(false));
                     let task = crate::rt::spawn_local(self.clone().accept_loop(
                         cluster.clone(),
-                        listener,
+                        (listener, known_local),
                         proxy,
                         stopped.clone(),
                     ));
@@ -86,10 +90,12 @@ impl Worker {
 
     /// Accepts until stopped (`AcceptStop`: aborted on epoll; on io_uring it ends when its
     /// listener is shut down).
+    /// `known_local`: the address of every connection it accepts, when the listener is bound
+    /// to one.
     async fn accept_loop(
         self: Rc<Self>,
         cluster: Arc<str>,
-        listener: Listener,
+        (listener, known_local): (Listener, Option<SocketAddr>),
         proxy: Option<Arc<ProxyAccept>>,
         stopped: Rc<Cell<bool>>,
     ) {
@@ -99,7 +105,7 @@ impl Worker {
             }
             match listener.accept().await {
                 Ok((frontend, client)) => match &proxy {
-                    None => self.accepted(&cluster, frontend, client),
+                    None => self.accepted(&cluster, frontend, Client::direct(client, known_local)),
                     Some(policy) => {
                         bump(&self.counters.frontends_accepted_total);
                         crate::rt::spawn_local(self.clone().serve_proxied(
@@ -121,12 +127,13 @@ impl Worker {
     }
 
     /// Serves an accepted frontend in its own task, inside a session span.
-    fn accepted(self: &Rc<Self>, cluster: &Arc<str>, frontend: Conn, client: SocketAddr) {
+    fn accepted(self: &Rc<Self>, cluster: &Arc<str>, frontend: Conn, client: Client) {
         bump(&self.counters.frontends_accepted_total);
-        let span = tracing::debug_span!("session", worker = self.index, %cluster, %client, id = tracing::field::Empty);
+        let span = tracing::debug_span!("session", worker = self.index, %cluster,
+            client = %client.addr, id = tracing::field::Empty);
         crate::rt::spawn_local(
             self.clone()
-                .serve_frontend(cluster.clone(), frontend, Client::direct(client))
+                .serve_frontend(cluster.clone(), frontend, client)
                 .instrument(span),
         );
     }

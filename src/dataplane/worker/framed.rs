@@ -81,8 +81,8 @@ impl Worker {
             debug!(conn = conn_id, reason = abort.reason.label(), text = %abort.text,
                 "agent aborted the session");
         }
-        // The frontend's socket is done with (both its directions ended or reset).
-        frontend.shutdown();
+        // The frontend's socket needs no shutdown before it is closed: the pump ended both its
+        // directions (its write side after the agent's END, both on an abort either way).
         let moved = end.moved;
         let (stream, tls) = link.into_parts();
         let lent = Lent {

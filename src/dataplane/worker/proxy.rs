@@ -29,6 +29,9 @@ pub(super) struct Client {
     /// What came with a PROXY header (boxed: a session task's future holds this struct, and
     /// most sessions have none).
     pub(super) via: Option<Box<Via>>,
+    /// The frontend socket's own address when known without asking the kernel (its listener
+    /// is bound to one address).
+    pub(super) local: Option<SocketAddr>,
 }
 
 /// What a PROXY header brought besides the client's address.
@@ -40,14 +43,20 @@ pub(super) struct Via {
 }
 
 impl Client {
-    /// A client that connected directly.
-    pub(super) fn direct(addr: SocketAddr) -> Self {
-        Client { addr, via: None }
+    /// A client that connected directly to a frontend socket whose own address is `local`
+    /// (when known).
+    pub(super) fn direct(addr: SocketAddr, local: Option<SocketAddr>) -> Self {
+        Client {
+            addr,
+            via: None,
+            local,
+        }
     }
 
-    /// Where the client connected to, if a PROXY header said.
+    /// Where the client connected to, if a PROXY header said, else the frontend socket's own
+    /// address when it is known without asking the kernel.
     pub(super) fn frontend(&self) -> Option<SocketAddr> {
-        self.via.as_ref().and_then(|v| v.frontend)
+        self.via.as_ref().and_then(|v| v.frontend).or(self.local)
     }
 
     /// The session bytes read with the header (once).
@@ -140,6 +149,7 @@ async fn read_client(
                 frontend: Some(destination),
                 early,
             })),
+            local: None,
         },
         // A health check or an unknown family: the proxy's own address stands.
         ProxyHeader::Local => Client {
@@ -148,6 +158,7 @@ async fn read_client(
                 frontend: None,
                 early,
             })),
+            local: None,
         },
     })
 }

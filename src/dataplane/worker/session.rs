@@ -293,7 +293,7 @@ impl Worker {
 }
 
 /// The session start frame: the client, and where it connected to (what its PROXY header
-/// named, else the frontend socket's own address).
+/// named, else the frontend socket's own address: known from its listener, or asked for).
 fn session_start(session_id: u64, client: &Client, frontend: &Conn) -> io::Result<Vec<u8>> {
     let to = client.frontend().or_else(|| frontend.local_addr().ok());
     let start = Frame::SessionStart(SessionStart {
