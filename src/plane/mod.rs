@@ -83,4 +83,7 @@ pub enum WorkerEvent {
     Donated { to: usize, conn: HandedConn },
     /// A `Donate` found no idle connection here any more (it was leased meanwhile).
     DonateFailed { to: usize, cluster: Arc<str> },
+    /// Leases and returns batched by a worker, in the order it made them: one message, so a
+    /// batch wakes the control thread once.
+    Batch(Vec<WorkerEvent>),
 }

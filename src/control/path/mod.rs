@@ -124,6 +124,9 @@ struct Control {
     parked: parked::ParkedTable,
 }
 
+/// Most worker events handled in one turn of the control loop.
+const EVENTS_PER_TURN: usize = 512;
+
 /// Runs until told to shut down.
 pub async fn run(setup: ControlSetup) {
     let ControlSetup {
@@ -185,7 +188,17 @@ pub async fn run(setup: ControlSetup) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(event) = events.recv() => ctl.on_worker_event(event),
+            Some(event) = events.recv() => {
+                ctl.on_worker_event(event);
+                // A worker's batch of leases and returns arrives together: handled in one turn
+                // of this loop (bounded, so accepts and commands still get their turns).
+                for _ in 1..EVENTS_PER_TURN {
+                    match events.try_recv() {
+                        Ok(event) => ctl.on_worker_event(event),
+                        Err(_) => break,
+                    }
+                }
+            }
             cmd = commands.recv() => match cmd {
                 Some(ControlCmd::Hosts { cluster, reply }) => {
                     let _ = reply.send(ctl.registry.borrow().hosts(&cluster));
@@ -259,6 +272,11 @@ impl Control {
 
     pub(super) fn on_worker_event(&self, event: WorkerEvent) {
         match event {
+            WorkerEvent::Batch(events) => {
+                for event in events {
+                    self.on_worker_event(event);
+                }
+            }
             WorkerEvent::Leased { conn_id } => self.registry.borrow_mut().conn_leased(conn_id),
             WorkerEvent::Returned { conn_id, worker } => {
                 if !self.registry.borrow_mut().conn_returned(conn_id, worker) {

@@ -2,10 +2,11 @@
 //!
 //! Leases and returns of data connections are batched: a framed session would otherwise wake the
 //! control thread twice (a lease, a return) for two counter updates, which at thousands of short
-//! sessions per second is most of that thread's work. They are sent together at most
-//! `BATCH_INTERVAL` after the first of them, or at once when the batch is full; every other event
-//! (a close, starvation, a donation) is sent at once, after whatever is batched, so the control
-//! path sees every event in the order the worker made them. The registry's idle counts and
+//! sessions per second is most of that thread's work. They are sent together, as one message
+//! (`WorkerEvent::Batch`, so a batch wakes the control thread once), at most `BATCH_INTERVAL`
+//! after the first of them, or at once when the batch is full; every other event (a close,
+//! starvation, a donation) is sent at once, in the same message as whatever is batched, so the
+//! control path sees every event in the order the worker made them. The registry's idle counts and
 //! session counts lag by at most the interval; leasing never waits for them (the worker owns its
 //! pools), and a lagging count only makes a donation fail, which the control path answers with a
 //! pool request. It must not hold events any longer than that, nor reorder them.
@@ -39,11 +40,10 @@ impl Reports {
         })
     }
 
-    /// Sends `event` now, after the batched ones.
+    /// Sends `event` now, after the batched ones (in the same message).
     pub(super) fn now(&self, event: WorkerEvent) {
+        self.batch.borrow_mut().push(event);
         self.flush();
-        // The control path gone means the process is stopping: nothing to tell.
-        let _ = self.tx.send(event);
     }
 
     /// Sends a lease or return within `BATCH_INTERVAL`, with the others made meanwhile.
@@ -66,9 +66,18 @@ impl Reports {
     }
 
     fn flush(&self) {
-        let batch = std::mem::take(&mut *self.batch.borrow_mut());
-        for event in batch {
-            let _ = self.tx.send(event);
-        }
+        let mut batch = std::mem::take(&mut *self.batch.borrow_mut());
+        // One message per batch: sent one by one, each event could wake the control thread
+        // again just after it went back to sleep.
+        let event = if batch.len() > 1 {
+            WorkerEvent::Batch(batch)
+        } else {
+            match batch.pop() {
+                Some(event) => event,
+                None => return,
+            }
+        };
+        // The control path gone means the process is stopping: nothing to tell.
+        let _ = self.tx.send(event);
     }
 }
