@@ -1,8 +1,8 @@
 //! UDP services through the tunnel (issue 18), on both I/O backends: flows keep their own
 //! datagrams in order, a real client (`dig`) reaches a DNS responder, idle flows end and new
 //! ones start, a silent backend delays no other flow, and limits drop and count while existing
-//! flows go on. Between version 2 peers a flow's data connection returns to the pool after it
-//! (idle timeout, backend failure), plaintext and TLS, with no handshake per flow.
+//! flows go on. What happens to a flow's data connection between version 2 peers (reuse, aborts,
+//! empty and late datagrams) is in `udp_reuse.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,67 +10,10 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use common::udp::*;
 use common::*;
-use ringtun::config::{IoBackend, ServerConfig};
-use ringtun::control::stats::HandshakeOutcome;
 use ringtun::protocol::TransportProtocol;
 use ringtun::server::ServerHandle;
-
-/// A UDP backend on port 0 answering each datagram with `answer(datagram)` (none: silence).
-fn udp_backend(answer: fn(&[u8]) -> Option<Vec<u8>>) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            if let Some(reply) = answer(&buf[..n]) {
-                let _ = socket.send_to(&reply, from);
-            }
-        }
-    });
-    addr
-}
-
-fn echo(d: &[u8]) -> Option<Vec<u8>> {
-    Some(d.to_vec())
-}
-
-/// A server with one UDP cluster `c` (its config adjusted by `tweak`).
-fn udp_server(
-    backend: IoBackend,
-    workers: usize,
-    tweak: impl FnOnce(&mut ServerConfig),
-) -> ServerHandle {
-    let mut config = server(backend).cluster("c").workers(workers).config();
-    config.clusters[0].protocol = TransportProtocol::Udp;
-    tweak(&mut config);
-    ServerHandle::start(config).unwrap()
-}
-
-fn udp_agent(
-    backend: IoBackend,
-    server: &ServerHandle,
-    target: SocketAddr,
-    conns: u32,
-) -> ringtun::agent::AgentHandle {
-    agent(backend, server.tunnel_addr(), target)
-        .connection_num(conns)
-        .listener_field("protocol", serde_json::json!("udp"))
-        .run()
-}
-
-fn client() -> UdpSocket {
-    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
-}
-
-fn ask(c: &UdpSocket, to: SocketAddr, what: &[u8]) -> Vec<u8> {
-    c.send_to(what, to).unwrap();
-    let mut buf = vec![0u8; 65_536];
-    let (n, _) = c.recv_from(&mut buf).expect("a reply");
-    buf[..n].to_vec()
-}
 
 /// `ask`, retransmitting each second as a real UDP client does (up to 10 times): a burst of
 /// datagrams from another client can overflow the frontend socket's kernel buffer, and a datagram
@@ -280,73 +223,6 @@ both_backends!(
 );
 
 both_backends!(
-    a_udp_flow_to_a_tcp_listener_is_refused_on_both_sides,
-    |backend| {
-        let target = udp_backend(echo);
-        let server = udp_server(backend, 1, |_| {});
-        // The listener's protocol is left at "tcp".
-        let agent = agent(backend, server.tunnel_addr(), target).run();
-        wait_registered(&server, "c", 1, 4);
-        let before = handshakes(&server);
-        let frontend = server.frontend_addr("c").unwrap();
-        client().send_to(b"anyone?", frontend).unwrap();
-        assert!(wait_until(Duration::from_secs(10), || agent
-            .status()
-            .udp_flows_refused_total
-            == 1));
-        // Aborted, not closed (the server counts the agent's abort): the connection went back
-        // to the pool, no replacement dialled.
-        assert!(wait_until(Duration::from_secs(10), || server
-            .counters()
-            .session_aborts_received_backend_connect_total
-            == 1));
-        assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
-            .idle_connections
-            == 4));
-        assert_eq!(
-            handshakes(&server),
-            before,
-            "the refused flow's connection was replaced"
-        );
-    }
-);
-
-both_backends!(
-    a_tcp_session_to_a_udp_listener_is_aborted_and_its_connection_kept,
-    |backend| {
-        let target = udp_backend(echo);
-        let server = server(backend).cluster("c").run();
-        let agent = udp_agent(backend, &server, target, 2);
-        wait_registered(&server, "c", 1, 2);
-        let before = handshakes(&server);
-        let frontend = server.frontend_addr("c").unwrap();
-        let mut c = std::net::TcpStream::connect(frontend).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = std::io::Write::write_all(&mut c, b"hello?");
-        // The session ends with nothing sent back.
-        let mut got = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut c, &mut got);
-        assert!(got.is_empty(), "{got:?}");
-        assert!(wait_until(Duration::from_secs(10), || agent
-            .status()
-            .udp_flows_refused_total
-            == 1));
-        assert!(wait_until(Duration::from_secs(10), || server
-            .counters()
-            .session_aborts_received_backend_connect_total
-            == 1));
-        assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
-            .idle_connections
-            == 2));
-        assert_eq!(
-            handshakes(&server),
-            before,
-            "the refused session's connection was replaced"
-        );
-    }
-);
-
-both_backends!(
     a_reload_that_changes_the_cluster_ends_its_flows_and_rebinds,
     |backend| {
         let target = udp_backend(echo);
@@ -374,32 +250,6 @@ both_backends!(
         assert_eq!(ask(&c, frontend, b"same client"), b"same client");
     }
 );
-
-/// A CA and a server certificate for `tunnel.test` in a fresh directory: (dir, ca, cert, key).
-fn tls_files() -> (std::path::PathBuf, String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ringtun-udp-tls-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["tunnel.test".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let ca_file = write("ca.pem", issuer.pem());
-    let cert_file = write("server.crt", cert.pem());
-    let key_file = write("server.key", key.serialize_pem());
-    (dir, ca_file, cert_file, key_file)
-}
 
 both_backends!(flows_over_tls_data_connections, |backend| {
     let (dir, ca, cert, key) = tls_files();
@@ -479,155 +329,3 @@ both_backends!(a_version_1_agent_is_never_given_a_flow, |backend| {
         Ok(protocol::Decoded::Frame(Frame::InitResponse(_), used)) if used == n
     ));
 });
-
-fn handshakes(server: &ServerHandle) -> u64 {
-    server.control_stats().handshakes(HandshakeOutcome::Success)
-}
-
-/// A server with one UDP cluster `c` (idle flows end after `flow_idle_ms`) and an agent with one
-/// data connection to `target`, through a TLS tunnel when `tls`; returns once it is idle. The
-/// directory of the TLS files is the last member.
-fn one_connection_tunnel(
-    backend: IoBackend,
-    tls: bool,
-    target: SocketAddr,
-    flow_idle_ms: u64,
-) -> (
-    ServerHandle,
-    ringtun::agent::AgentHandle,
-    Option<std::path::PathBuf>,
-) {
-    let files = tls.then(tls_files);
-    let mut builder = server(backend).cluster("c").workers(1);
-    if let Some((_, _, cert, key)) = &files {
-        builder =
-            builder.tls(serde_json::json!({"cert_chain_file": cert, "private_key_file": key}));
-    }
-    let mut config = builder.config();
-    config.clusters[0].protocol = TransportProtocol::Udp;
-    config.clusters[0].udp_flow_idle_timeout_ms = flow_idle_ms;
-    let server = ServerHandle::start(config).unwrap();
-    let mut agent = agent(backend, server.tunnel_addr(), target)
-        .connection_num(1)
-        .listener_field("protocol", serde_json::json!("udp"));
-    if let Some((_, ca, _, _)) = &files {
-        agent = agent.tls(serde_json::json!({"ca_file": ca, "server_name": "tunnel.test"}));
-    }
-    let agent = agent.run();
-    wait_registered(&server, "c", 1, 1);
-    (server, agent, files.map(|(dir, ..)| dir))
-}
-
-/// Flows that idle out, one after another from new clients, each on the same data connection.
-fn idle_flows_reuse_their_connection(backend: IoBackend, tls: bool) {
-    let target = udp_backend(echo);
-    let (server, _agent, dir) = one_connection_tunnel(backend, tls, target, 200);
-    let frontend = server.frontend_addr("c").unwrap();
-    let before = handshakes(&server);
-    const FLOWS: u64 = 12;
-    for i in 0..FLOWS {
-        let c = client();
-        let q = format!("flow {i}");
-        assert_eq!(ask(&c, frontend, q.as_bytes()), q.as_bytes());
-        assert_eq!(ask(&c, frontend, b"again"), b"again");
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                let t = server.counters();
-                t.udp_flows_idle_timeout_total == i + 1
-                    && t.active_udp_flows == 0
-                    && t.data_connection_reuses_total == i + 1
-            }),
-            "{:?}",
-            server.counters()
-        );
-    }
-    let t = server.counters();
-    assert_eq!(t.udp_flows_started_total, FLOWS);
-    assert_eq!(t.udp_flow_errors_total, 0);
-    assert_eq!(t.udp_datagrams_from_agent_total, 2 * FLOWS);
-    // No handshake per flow: the one connection carried them all.
-    assert_eq!(handshakes(&server), before, "handshakes during the flows");
-    if let Some(dir) = dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-both_backends!(an_idle_flow_returns_its_connection_to_the_pool, |backend| {
-    idle_flows_reuse_their_connection(backend, false);
-});
-
-both_backends!(
-    an_idle_flow_returns_its_tls_connection_to_the_pool,
-    |backend| {
-        idle_flows_reuse_their_connection(backend, true);
-    }
-);
-
-/// A backend the agent cannot open a socket to (a broadcast address without SO_BROADCAST):
-/// each flow is aborted (backend connect) and its connection carries the next one.
-fn backend_failures_abort_and_reuse(backend: IoBackend, tls: bool) {
-    let broadcast: SocketAddr = "255.255.255.255:9".parse().unwrap();
-    let (server, agent, dir) = one_connection_tunnel(backend, tls, broadcast, 60_000);
-    let frontend = server.frontend_addr("c").unwrap();
-    let before = handshakes(&server);
-    for i in 1..=3u64 {
-        client().send_to(b"anyone?", frontend).unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                let t = server.counters();
-                t.session_aborts_received_backend_connect_total == i
-                    && t.active_udp_flows == 0
-                    && t.data_connection_reuses_total == i
-            }),
-            "{:?}",
-            server.counters()
-        );
-    }
-    assert_eq!(server.counters().udp_flow_errors_total, 0);
-    assert_eq!(handshakes(&server), before);
-    assert!(agent.status().backend_failures_total >= 3);
-    if let Some(dir) = dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-both_backends!(
-    a_backend_failure_aborts_the_flow_and_keeps_the_connection,
-    |backend| {
-        backend_failures_abort_and_reuse(backend, false);
-        backend_failures_abort_and_reuse(backend, true);
-    }
-);
-
-both_backends!(
-    an_agent_side_idle_end_returns_the_connection_too,
-    |backend| {
-        let target = udp_backend(echo);
-        let server = udp_server(backend, 1, |_| {});
-        let agent = agent(backend, server.tunnel_addr(), target)
-            .connection_num(1)
-            .listener_field("protocol", serde_json::json!("udp"))
-            .listener_field("session_idle_timeout_ms", serde_json::json!(300))
-            .run();
-        wait_registered(&server, "c", 1, 1);
-        let frontend = server.frontend_addr("c").unwrap();
-        let before = handshakes(&server);
-        let c = client();
-        assert_eq!(ask(&c, frontend, b"one"), b"one");
-        // The agent ends the flow (END), the server answers END: the connection is pooled again.
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                let t = server.counters();
-                agent.status().udp_flows_idle_timeout_total == 1
-                    && t.active_udp_flows == 0
-                    && t.data_connection_reuses_total == 1
-            }),
-            "{:?}",
-            server.counters()
-        );
-        assert_eq!(server.counters().udp_flows_idle_timeout_total, 0);
-        assert_eq!(ask(&c, frontend, b"two"), b"two");
-        assert_eq!(server.counters().udp_flows_started_total, 2);
-        assert_eq!(handshakes(&server), before);
-    }
-);

@@ -294,5 +294,15 @@ fn render_udp(e: &mut Exposition, s: &AgentStatus) {
         "ringtun_agent_udp_datagrams_dropped_total",
         &[("reason", "send_failed")],
         s.udp_dropped_send_failed_total,
+    )
+    .sample_u64(
+        "ringtun_agent_udp_datagrams_dropped_total",
+        &[("reason", "empty")],
+        s.udp_dropped_empty_total,
+    )
+    .sample_u64(
+        "ringtun_agent_udp_datagrams_dropped_total",
+        &[("reason", "flow_ended")],
+        s.udp_dropped_flow_ended_total,
     );
 }

@@ -65,6 +65,10 @@ pub struct AgentStats {
     pub udp_dropped_oversized_total: AtomicU64,
     /// Datagrams the backend socket could not send or that were refused (ICMP unreachable).
     pub udp_dropped_send_failed_total: AtomicU64,
+    /// Empty backend replies of a flow on a framed connection (a DATA record cannot be empty).
+    pub udp_dropped_empty_total: AtomicU64,
+    /// Server datagrams that arrived after this agent ended their flow (its END or ABORT sent).
+    pub udp_dropped_flow_ended_total: AtomicU64,
     /// One per `config.tunnels` entry: this worker's connections of that tunnel that are up.
     pub tunnels: Vec<TunnelGauges>,
 }
@@ -126,6 +130,8 @@ pub struct AgentStatus {
     pub udp_bytes_from_backend_total: u64,
     pub udp_dropped_oversized_total: u64,
     pub udp_dropped_send_failed_total: u64,
+    pub udp_dropped_empty_total: u64,
+    pub udp_dropped_flow_ended_total: u64,
 }
 
 impl AgentStatus {
@@ -158,6 +164,8 @@ impl AgentStatus {
             t.udp_bytes_from_backend_total += load(&s.udp_bytes_from_backend_total);
             t.udp_dropped_oversized_total += load(&s.udp_dropped_oversized_total);
             t.udp_dropped_send_failed_total += load(&s.udp_dropped_send_failed_total);
+            t.udp_dropped_empty_total += load(&s.udp_dropped_empty_total);
+            t.udp_dropped_flow_ended_total += load(&s.udp_dropped_flow_ended_total);
         }
         t
     }

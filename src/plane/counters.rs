@@ -137,6 +137,11 @@ counters! {
     udp_dropped_no_connection_total,
     /// Datagrams from agents that could not be sent to their client (socket error).
     udp_dropped_send_failed_total,
+    /// Empty client datagrams of a flow on a framed connection (a DATA record cannot be
+    /// empty, so they cannot be carried).
+    udp_dropped_empty_total,
+    /// Datagrams from an agent after the flow ended with its frontend closed (nowhere to send).
+    udp_dropped_flow_ended_total,
 }
 
 impl WorkerCounters {

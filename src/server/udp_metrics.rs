@@ -86,6 +86,8 @@ pub(super) fn render(e: &mut Exposition, t: &CounterTotals) {
         ("over_limit", t.udp_dropped_over_limit_total),
         ("no_connection", t.udp_dropped_no_connection_total),
         ("send_failed", t.udp_dropped_send_failed_total),
+        ("empty", t.udp_dropped_empty_total),
+        ("flow_ended", t.udp_dropped_flow_ended_total),
     ] {
         e.sample_u64(
             "ringtun_udp_datagrams_dropped_total",

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 pub mod logs;
 pub mod process;
+pub mod raw_agent;
+pub mod udp;
+
+#[allow(unused_imports)]
+pub use raw_agent::RawAgent;
 
 use ringtun::agent::AgentHandle;
 use ringtun::config::{AgentConfig, IoBackend, ServerConfig};

@@ -288,6 +288,12 @@ pub(super) fn batch_replies(
         } else if encode(&reply[..n], out) {
             moved.from_backend += 1;
             moved.bytes_from_backend += n as u64;
+        } else {
+            // Within the size bound, so refused only as what a framed connection cannot
+            // carry: an empty datagram.
+            stats
+                .udp_dropped_empty_total
+                .fetch_add(1, Ordering::Relaxed);
         }
         if out.len() >= REPLY_BATCH_BYTES {
             return;

@@ -6,8 +6,8 @@
 //! The agent ends a flow with END after the listener's `session_idle_timeout_ms` without a
 //! datagram, and with ABORT when its backend fails (backend connect: no socket to the backend;
 //! backend error: a receive error other than an ICMP unreachable); the server's END or ABORT ends
-//! it too, answered with END at once. After its own terminal the agent drops the server's DATA
-//! until the server's terminal, which must come within `terminal_wait`, else the connection is
+//! it too, answered with END at once. After its own terminal the agent drops (and counts,
+//! `flow_ended`) the server's DATA until the server's terminal, which must come within `terminal_wait`, else the connection is
 //! closed. On the agent's stop the connection is shut down (nothing is in flight on a ring: all
 //! waits are readiness).
 
@@ -160,6 +160,11 @@ async fn end_flow(
             match decode_flow_record(&inbound, MAX_DATAGRAM_BYTES).map_err(broken)? {
                 FlowRecord::NeedMore(_) => break,
                 FlowRecord::Datagram { used } => {
+                    // For a flow this side ended: no backend socket takes it any more.
+                    local
+                        .stats
+                        .udp_dropped_flow_ended_total
+                        .fetch_add(1, Ordering::Relaxed);
                     inbound.drain(..used);
                 }
                 FlowRecord::End { used } => {
@@ -246,7 +251,7 @@ async fn carry(
             }
             got = socket.recv(&mut reply) => match got {
                 Ok(n) => {
-                    // An empty reply cannot be a record and is not carried.
+                    // An empty reply cannot be a record: dropped and counted.
                     batch_replies(socket, &mut reply, n, &mut out, local, moved, |d, out| {
                         encode_datagram_record(d, out).is_ok()
                     });

@@ -182,6 +182,10 @@ impl Worker {
             if encode(&d, out) {
                 bump(&self.counters.udp_datagrams_to_agent_total);
                 add(&self.counters.udp_bytes_to_agent_total, d.len() as u64);
+            } else {
+                // Within the size bound, so refused only as what a framed connection cannot
+                // carry: an empty datagram.
+                bump(&self.counters.udp_dropped_empty_total);
             }
         }
     }

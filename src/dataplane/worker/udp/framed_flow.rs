@@ -5,8 +5,10 @@
 //!
 //! The server ends a flow (sends END) after `udp_flow_idle_timeout_ms` without a datagram or
 //! when its frontend stops; the agent's END or ABORT ends it too, answered with END at once. After
-//! its own END the server drops the agent's DATA until the agent's terminal, which must come
-//! within `heartbeat_interval_ms` × `heartbeat_max_missed`, else the connection is closed. A
+//! its own END the server still sends the agent's DATA (late replies) to the client, unless the
+//! frontend closed (then they are dropped and counted, `flow_ended`), until the agent's terminal,
+//! which must come within `heartbeat_interval_ms` × `heartbeat_max_missed`, else the connection
+//! is closed. A
 //! connection that errs or breaks framing is closed, never reused.
 //!
 //! Must not: hold a `RefCell` borrow across an `.await`; it reads through `tls::Channel`
@@ -104,7 +106,7 @@ impl Worker {
         let mut ended: Option<(FlowEnd, Instant)> = None;
         loop {
             if ended.is_none() {
-                // An empty datagram cannot be a record and is not carried.
+                // An empty datagram cannot be a record: dropped and counted.
                 self.frame_queued(flow, &mut out, |d, out| {
                     encode_datagram_record(d, out).is_ok()
                 });
@@ -183,9 +185,11 @@ impl Worker {
         Ok((why, Instant::now() + terminal_wait))
     }
 
-    /// Sends every whole datagram record in `inbound` to the client (drops them once `ended`)
-    /// up to the agent's terminal, and keeps the rest; how many were sent, and the terminal
-    /// (`Some(None)` END, `Some(Some(abort))` ABORT) when it came.
+    /// Sends every whole datagram record in `inbound` to the client up to the agent's terminal,
+    /// and keeps the rest; how many were sent, and the terminal (`Some(None)` END,
+    /// `Some(Some(abort))` ABORT) when it came. Replies after this side's END (`ended`) still
+    /// reach the client while its frontend is open (they answer datagrams the flow carried);
+    /// with the frontend closed they are dropped and counted.
     #[allow(clippy::type_complexity)]
     async fn deliver_records(
         &self,
@@ -209,7 +213,8 @@ impl Worker {
                 FlowRecord::Datagram { used } => {
                     let payload = &inbound[at + DATA_HEADER_LEN..at + used];
                     at += used;
-                    if ended {
+                    if ended && frontend.closed.get() {
+                        bump(&self.counters.udp_dropped_flow_ended_total);
                         continue;
                     }
                     self.reply_to_client(frontend, client, payload).await;
