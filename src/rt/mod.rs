@@ -14,6 +14,7 @@ mod listen;
 mod liveness;
 mod pipe;
 mod ready;
+mod ready_udp;
 pub mod ring;
 mod socket;
 mod task;
@@ -36,6 +37,7 @@ pub use listen::{
 pub use liveness::{data_idle_ms, set_session_keepalive, set_tunnel_liveness};
 pub use pipe::{Pipe, PipePool};
 pub use ready::ReadyStream;
+pub use ready_udp::ReadyUdp;
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, bind_udp_reuseport, poll_readable_nonblocking,
     readable_bytes, send_nonblocking, splice_nonblocking, ReadPoll, UDP_SOCKET_BUFFER_BYTES,

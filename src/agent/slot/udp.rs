@@ -16,7 +16,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tokio::net::UdpSocket;
+use crate::rt::ReadyUdp;
 
 use super::*;
 use crate::config::HostingListenerConfig;
@@ -160,7 +160,7 @@ pub(super) fn count_flow_end(
 pub(super) async fn backend_socket(
     local: &Local,
     listener: &HostingListenerConfig,
-) -> io::Result<UdpSocket> {
+) -> io::Result<ReadyUdp> {
     let addrs = local.backends.resolve(&listener.backend).await?;
     let backend = *addrs
         .first()
@@ -170,17 +170,17 @@ pub(super) async fn backend_socket(
     } else {
         Ipv6Addr::UNSPECIFIED.into()
     };
-    let socket = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
+    let socket = ReadyUdp::bind(SocketAddr::new(any, 0))?;
     let _ =
         socket2::SockRef::from(&socket).set_recv_buffer_size(crate::rt::UDP_SOCKET_BUFFER_BYTES);
-    socket.connect(backend).await?;
+    socket.connect(backend)?;
     Ok(socket)
 }
 
 /// Carries datagrams both ways until the flow ends.
 async fn carry(
     data: &mut Channel,
-    socket: &UdpSocket,
+    socket: &ReadyUdp,
     mut inbound: Vec<u8>,
     idle: Option<Duration>,
     stop: &mut watch::Receiver<bool>,
@@ -245,7 +245,7 @@ async fn carry(
 
 /// Sends one datagram of the flow to its backend; a failed send is counted and dropped (UDP).
 pub(super) async fn send_to_backend(
-    socket: &UdpSocket,
+    socket: &ReadyUdp,
     payload: &[u8],
     local: &Local,
     moved: &mut Moved,
@@ -270,7 +270,7 @@ pub(super) async fn send_to_backend(
 /// one reply for the connection and says whether it did; oversized replies are dropped and
 /// counted.
 pub(super) fn batch_replies(
-    socket: &UdpSocket,
+    socket: &ReadyUdp,
     reply: &mut [u8],
     mut n: usize,
     out: &mut Vec<u8>,

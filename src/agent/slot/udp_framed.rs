@@ -13,7 +13,7 @@
 
 use std::io;
 
-use tokio::net::UdpSocket;
+use crate::rt::ReadyUdp;
 
 use super::framed::Framed;
 use super::udp::{
@@ -206,7 +206,7 @@ fn broken(e: crate::protocol::datagram::FlowRecordError) -> io::Error {
 /// bound or backend failure, or the agent's stop.
 async fn carry(
     data: &mut Channel,
-    socket: &UdpSocket,
+    socket: &ReadyUdp,
     mut inbound: Vec<u8>,
     idle: Option<Duration>,
     stop: &mut watch::Receiver<bool>,

@@ -11,9 +11,8 @@
 //! (`max_udp_datagram_bytes`), flows per client IP on this worker (`max_udp_flows_per_client_ip`)
 //! and per cluster (`max_sessions`, a flow is a session).
 //!
-//! Runtime: the socket is a tokio `UdpSocket` (readiness, non-blocking `recv_from`) on both
-//! backends (an io_uring worker's tokio sockets are served by the ring runtime's background
-//! reactor, `rt::ring`); readiness keeps no read in flight, so the
+//! Runtime: the socket is an `rt::ReadyUdp` (readiness, non-blocking `recv_from`: tokio on epoll,
+//! a multishot poll on the worker's ring on io_uring); readiness keeps no read in flight, so the
 //! loop can be stopped by aborting its task on either backend (the io_uring rule, never drop an
 //! operation in flight, does not arise), and one receive buffer serves every flow. Flows' data
 //! connections likewise go through `tls::Channel` (readiness, plaintext or TLS).
@@ -34,7 +33,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::net::UdpSocket;
+use crate::rt::ReadyUdp;
 use tokio::sync::Notify;
 use tracing::{trace, warn};
 
@@ -78,7 +77,7 @@ impl FlowTable {
 /// One UDP frontend on this worker.
 pub(super) struct UdpFrontend {
     pub(super) cluster: Arc<str>,
-    pub(super) socket: UdpSocket,
+    pub(super) socket: ReadyUdp,
     pub(super) limits: Arc<UdpFrontendLimits>,
     pub(super) local_addr: Option<SocketAddr>,
     pub(super) table: RefCell<FlowTable>,
@@ -107,7 +106,7 @@ impl Worker {
         socket: std::net::UdpSocket,
         limits: Arc<UdpFrontendLimits>,
     ) -> Option<crate::rt::JoinHandle<()>> {
-        let socket = match UdpSocket::from_std(socket) {
+        let socket = match ReadyUdp::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
                 warn!(worker = self.index, %cluster, error = %e, "cannot adopt UDP frontend socket");
