@@ -2,8 +2,9 @@
 //!
 //! Adoption (`from_std`, `from_tokio`) and the shutdown that must precede a drop where an
 //! io_uring operation may be in flight live here, so code above the seam never matches on the
-//! backend for them; so does `ready_view`, a readiness-driven view for reading what precedes a
-//! session without any io_uring operation (so that read may be dropped, e.g. by a timeout).
+//! backend for them; so do `readable` and `try_read`, readiness and non-blocking reads of what
+//! precedes a session without any io_uring operation in flight (so that read may be dropped,
+//! e.g. by a timeout).
 //! This module must not know about sessions.
 
 use std::io;
@@ -63,28 +64,26 @@ impl Conn {
         }
     }
 
-    /// A tokio view of this socket for non-blocking reads on readiness (`readable`,
-    /// `try_read`): no io_uring operation is involved, so its futures may be dropped at any
-    /// point. On io_uring it is a duplicate descriptor, in non-blocking mode while the view
-    /// lives; the socket is back in blocking mode when it is dropped. Use it only while no ring
-    /// operation is in flight on this socket.
-    pub fn ready_view(&self) -> io::Result<ReadyView<'_>> {
+    /// Waits until a read would find bytes, EOF or an error, with no read in flight: tokio's
+    /// readiness on epoll, a one-shot poll on the worker's ring on io_uring. Dropping the wait
+    /// leaves nothing behind (e.g. a timeout), so it suits what precedes a session; use it
+    /// only while no ring operation is in flight on this socket.
+    pub async fn readable(&self) -> io::Result<()> {
         match self {
-            Conn::Epoll(s) => Ok(ReadyView::Borrowed(s)),
-            Conn::Uring(s) => {
-                let fd = s.as_raw_fd();
-                // Built first, so that its drop restores blocking mode on every path below.
-                let mut view = ReadyView::Dup { stream: None, fd };
-                // SAFETY: the fd belongs to `s`, which outlives this borrow.
-                let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-                let std = std::net::TcpStream::from(dup);
-                // The file status flags are shared with `s`'s descriptor.
-                std.set_nonblocking(true)?;
-                if let ReadyView::Dup { stream, .. } = &mut view {
-                    *stream = Some(TcpStream::from_std(std)?);
-                }
-                Ok(view)
-            }
+            Conn::Epoll(s) => s.readable().await,
+            Conn::Uring(s) => super::ring::poll(s.as_raw_fd(), libc::POLLIN)
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// One read without waiting (`WouldBlock` when nothing is there), on either backend: a
+    /// plain non-blocking call, no ring operation (the io_uring socket stays in blocking mode;
+    /// the call alone does not wait).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Epoll(s) => s.try_read(buf),
+            Conn::Uring(s) => super::read_into_slice(s, buf),
         }
     }
 
@@ -102,40 +101,6 @@ impl AsRawFd for Conn {
         match self {
             Conn::Epoll(s) => s.as_raw_fd(),
             Conn::Uring(s) => s.as_raw_fd(),
-        }
-    }
-}
-
-/// See [`Conn::ready_view`].
-pub enum ReadyView<'a> {
-    Borrowed(&'a TcpStream),
-    Dup {
-        stream: Option<TcpStream>,
-        /// The io_uring socket's own descriptor, put back in blocking mode on drop.
-        fd: RawFd,
-    },
-}
-
-impl ReadyView<'_> {
-    /// The tokio socket to read from.
-    pub fn stream(&self) -> io::Result<&TcpStream> {
-        match self {
-            ReadyView::Borrowed(s) => Ok(s),
-            ReadyView::Dup { stream, .. } => stream
-                .as_ref()
-                .ok_or_else(|| io::Error::other("socket view not set up")),
-        }
-    }
-}
-
-impl Drop for ReadyView<'_> {
-    fn drop(&mut self) {
-        if let ReadyView::Dup { stream, fd } = self {
-            // Deregisters and closes the duplicate; the socket itself stays open.
-            drop(stream.take());
-            // SAFETY: `fd` belongs to the io_uring socket this view borrows, still open.
-            let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
-            let _ = socket2::SockRef::from(&fd).set_nonblocking(false);
         }
     }
 }

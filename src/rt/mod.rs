@@ -25,7 +25,7 @@ pub mod uring_gate;
 pub mod uring_splice;
 
 pub use accept::{AcceptStop, Listener};
-pub use conn::{Conn, ReadyView};
+pub use conn::Conn;
 pub use connect::connect;
 pub(crate) use io::OwnedIo;
 pub(crate) use io::{io_clearing, read_into_slice, shutdown_write};

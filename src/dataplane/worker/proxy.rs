@@ -3,9 +3,9 @@
 //! address it names becomes the session's client. Any failure closes that one connection, is
 //! counted by reason and logged rate-limited; nothing else is touched.
 //!
-//! The header is read through `Conn::ready_view` (readiness and non-blocking reads), never an
-//! io_uring read, so the timeout may drop the read safely. Bytes read past the header are the
-//! client's first session bytes; they go to the agent first.
+//! The header is read through `Conn::readable` and `Conn::try_read` (readiness and
+//! non-blocking reads), never an io_uring read, so the timeout may drop the read safely. Bytes
+//! read past the header are the client's first session bytes; they go to the agent first.
 
 use std::io;
 use std::net::SocketAddr;
@@ -166,8 +166,7 @@ async fn read_client(
 /// Reads until one whole header is buffered (at most the bound of bytes in all); returns it and
 /// the bytes after it.
 async fn read_header(frontend: &Conn) -> Result<(ProxyHeader, Vec<u8>), Refused> {
-    let view = frontend.ready_view().map_err(Refused::Io)?;
-    let stream = view.stream().map_err(Refused::Io)?;
+    let stream = frontend;
     let max = DEFAULT_MAX_PROXY_HEADER_BYTES;
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     loop {

@@ -5,7 +5,7 @@
 //! `io_uring_enter`, which submits the turn's operations and waits for a completion or the
 //! nearest timer. Wakes from other threads (the control path's channels) arrive through an
 //! eventfd whose read is always pending on the ring. What still uses tokio's reactor on a worker
-//! (dialling, DNS, the PROXY-header read) registers with one shared background
+//! (dialling, DNS) registers with one shared background
 //! tokio runtime that every ring thread enters. This module must not know about sessions, frames
 //! or clusters.
 
