@@ -32,7 +32,7 @@ enum OpState {
     /// A multishot operation: its completions queue up until taken; `armed` until one arrives
     /// without `IORING_CQE_F_MORE`.
     Multi {
-        queued: std::collections::VecDeque<(i32, u32)>,
+        queued: Completions,
         waker: Option<Waker>,
         armed: bool,
     },
@@ -42,6 +42,43 @@ enum OpState {
         _keep: Option<Box<dyn Any>>,
         close_result: bool,
     },
+}
+
+/// A multishot operation's completions not yet taken, oldest first. The oldest is kept inline
+/// and the rest boxed: a poll taken before its next event (an idle connection's) allocates
+/// nothing, and every operation slot stays small (the slab holds one per operation in flight).
+#[derive(Default)]
+struct Completions {
+    first: Option<(i32, u32)>,
+    // Boxed on purpose: the slot holds 8 bytes for a queue that is almost always absent.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<std::collections::VecDeque<(i32, u32)>>>,
+}
+
+impl Completions {
+    fn push_back(&mut self, completion: (i32, u32)) {
+        if self.first.is_none() {
+            self.first = Some(completion);
+        } else {
+            self.rest.get_or_insert_default().push_back(completion);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<(i32, u32)> {
+        let oldest = self.first.take()?;
+        self.first = self.rest.as_mut().and_then(|rest| rest.pop_front());
+        Some(oldest)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn drain(self) -> impl Iterator<Item = (i32, u32)> {
+        self.first
+            .into_iter()
+            .chain(self.rest.into_iter().flat_map(|rest| *rest))
+    }
 }
 
 /// How the ring was set up, for the worker's start log line.
@@ -215,7 +252,7 @@ impl Driver {
             return;
         };
         if close_results {
-            for (result, _) in queued {
+            for (result, _) in queued.drain() {
                 if result >= 0 {
                     // SAFETY: an accepted descriptor never handed to anyone.
                     unsafe { libc::close(result) };
