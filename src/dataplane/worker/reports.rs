@@ -81,3 +81,45 @@ impl Reports {
         let _ = self.tx.send(event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ids(event: &WorkerEvent) -> Vec<u64> {
+        match event {
+            WorkerEvent::Leased { conn_id } | WorkerEvent::Closed { conn_id } => vec![*conn_id],
+            WorkerEvent::Returned { conn_id, .. } => vec![*conn_id],
+            WorkerEvent::Batch(events) => events.iter().flat_map(ids).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_and_the_event_that_flushes_it_travel_as_one_message_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reports = Reports::new(tx);
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                reports.soon(WorkerEvent::Leased { conn_id: 1 });
+                reports.soon(WorkerEvent::Returned {
+                    conn_id: 1,
+                    worker: 0,
+                });
+                reports.now(WorkerEvent::Closed { conn_id: 2 });
+            })
+            .await;
+        let message = rx.try_recv().unwrap();
+        assert!(matches!(message, WorkerEvent::Batch(_)));
+        assert_eq!(ids(&message), vec![1, 1, 2]);
+        assert!(rx.try_recv().is_err(), "one message for the batch");
+        // A lone event is sent as itself, not wrapped.
+        reports.now(WorkerEvent::Closed { conn_id: 3 });
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            WorkerEvent::Closed { conn_id: 3 }
+        ));
+    }
+}
