@@ -16,6 +16,33 @@ use ringtun::config::IoBackend;
 use ringtun::protocol::TransportProtocol;
 use ringtun::server::ServerHandle;
 
+/// The agent refused one session or flow for its protocol and aborted it (not closed: the
+/// server counts the abort): its connection went back to the pool (`idle` idle in all), and no
+/// replacement was dialled (`before`: the server's handshakes before).
+fn refused_and_kept(
+    server: &ServerHandle,
+    agent: &ringtun::agent::AgentHandle,
+    idle: usize,
+    before: u64,
+) {
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .status()
+        .udp_flows_refused_total
+        == 1));
+    assert!(wait_until(Duration::from_secs(10), || server
+        .counters()
+        .session_aborts_received_backend_connect_total
+        == 1));
+    assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
+        .idle_connections
+        == idle));
+    assert_eq!(
+        handshakes(server),
+        before,
+        "the refused session's connection was replaced"
+    );
+}
+
 both_backends!(
     a_udp_flow_to_a_tcp_listener_is_refused_on_both_sides,
     |backend| {
@@ -27,24 +54,7 @@ both_backends!(
         let before = handshakes(&server);
         let frontend = server.frontend_addr("c").unwrap();
         client().send_to(b"anyone?", frontend).unwrap();
-        assert!(wait_until(Duration::from_secs(10), || agent
-            .status()
-            .udp_flows_refused_total
-            == 1));
-        // Aborted, not closed (the server counts the agent's abort): the connection went back
-        // to the pool, no replacement dialled.
-        assert!(wait_until(Duration::from_secs(10), || server
-            .counters()
-            .session_aborts_received_backend_connect_total
-            == 1));
-        assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
-            .idle_connections
-            == 4));
-        assert_eq!(
-            handshakes(&server),
-            before,
-            "the refused flow's connection was replaced"
-        );
+        refused_and_kept(&server, &agent, 4, before);
     }
 );
 
@@ -64,22 +74,7 @@ both_backends!(
         let mut got = Vec::new();
         let _ = std::io::Read::read_to_end(&mut c, &mut got);
         assert!(got.is_empty(), "{got:?}");
-        assert!(wait_until(Duration::from_secs(10), || agent
-            .status()
-            .udp_flows_refused_total
-            == 1));
-        assert!(wait_until(Duration::from_secs(10), || server
-            .counters()
-            .session_aborts_received_backend_connect_total
-            == 1));
-        assert!(wait_until(Duration::from_secs(10), || server.hosts("c")[0]
-            .idle_connections
-            == 2));
-        assert_eq!(
-            handshakes(&server),
-            before,
-            "the refused session's connection was replaced"
-        );
+        refused_and_kept(&server, &agent, 2, before);
     }
 );
 
@@ -288,6 +283,17 @@ both_backends!(
     }
 );
 
+/// A scripted version 2 agent in cluster `c` with one data connection (and no aside
+/// connection), once the server holds it idle.
+fn scripted_agent(server: &ServerHandle) -> RawAgent {
+    let agent = RawAgent::connect(server.tunnel_addr(), "c", "scripted", Some(2));
+    assert!(wait_until(Duration::from_secs(10), || server
+        .hosts("c")
+        .first()
+        .is_some_and(|h| h.idle_connections == 1)));
+    agent
+}
+
 /// `DATA` record of `payload` as the framed protocol writes it: kind, u32 length, bytes.
 fn data_record(payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x01];
@@ -300,12 +306,7 @@ both_backends!(
     an_agents_backend_error_abort_ends_the_flow_and_keeps_the_connection,
     |backend| {
         let server = udp_server(backend, 1, |_| {});
-        let mut agent = RawAgent::connect(server.tunnel_addr(), "c", "scripted", Some(2));
-        // A data connection alone (no aside connection).
-        assert!(wait_until(Duration::from_secs(10), || server
-            .hosts("c")
-            .first()
-            .is_some_and(|h| h.idle_connections == 1)));
+        let mut agent = scripted_agent(&server);
         let frontend = server.frontend_addr("c").unwrap();
         let before = handshakes(&server);
         let c = client();
@@ -352,11 +353,7 @@ both_backends!(
     a_late_reply_after_the_servers_end_still_reaches_the_client,
     |backend| {
         let server = udp_server(backend, 1, |c| c.clusters[0].udp_flow_idle_timeout_ms = 300);
-        let mut agent = RawAgent::connect(server.tunnel_addr(), "c", "scripted", Some(2));
-        assert!(wait_until(Duration::from_secs(10), || server
-            .hosts("c")
-            .first()
-            .is_some_and(|h| h.idle_connections == 1)));
+        let mut agent = scripted_agent(&server);
         let frontend = server.frontend_addr("c").unwrap();
         let c = client();
         c.send_to(b"q", frontend).unwrap();
