@@ -42,7 +42,7 @@ pub use socket::{
     bind_reuseport, bind_tunnel_listener, bind_udp_reuseport, poll_readable_nonblocking,
     readable_bytes, send_nonblocking, splice_nonblocking, ReadPoll, UDP_SOCKET_BUFFER_BYTES,
 };
-pub use task::{spawn_local, JoinHandle};
+pub use task::{spawn_local, yield_now, JoinHandle};
 
 use std::future::Future;
 

@@ -75,3 +75,19 @@ where
         JoinHandle::Tokio(tokio::task::spawn_local(future))
     }
 }
+
+/// Gives the other tasks of this thread their turn once (on either executor: the task wakes
+/// itself and is polled again after those already woken).
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}

@@ -187,7 +187,6 @@ async fn carry(
     local: &Local,
     moved: &mut Moved,
 ) -> io::Result<FlowEnd> {
-    let stats = &local.stats;
     let far = Duration::from_secs(86_400 * 365);
     let mut last_datagram = crate::rt::time::Instant::now();
     // One datagram over the maximum is enough to know a reply is too long.
@@ -220,23 +219,23 @@ async fn carry(
                     return Ok(FlowEnd::ServerClosed);
                 }
             }
-            got = socket.recv(&mut reply) => match got {
-                Ok(n) => {
-                    batch_replies(socket, &mut reply, n, &mut out, local, moved, |d, out| {
+            ready = socket.readable() => {
+                let (got, failed) = match ready {
+                    Ok(()) => take_replies(socket, &mut reply, &mut out, local, moved, |d, out| {
                         encode_datagram(d, out).is_ok()
-                    });
-                    if !out.is_empty() {
-                        data.write_all(&out).await?;
-                    }
+                    }),
+                    Err(e) => (0, Some(e)),
+                };
+                if !out.is_empty() {
+                    data.write_all(&out).await?;
+                }
+                if got > 0 {
                     last_datagram = crate::rt::time::Instant::now();
                 }
-                // An ICMP unreachable for an earlier datagram: the backend is not listening
-                // (yet); the flow goes on, as UDP would.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    stats.udp_dropped_send_failed_total.fetch_add(1, Ordering::Relaxed);
+                if let Some(e) = failed {
+                    return Err(e);
                 }
-                Err(e) => return Err(e),
-            },
+            }
             _ = crate::rt::time::sleep_until(idle_at) => return Ok(FlowEnd::Idle),
             _ = stop.changed() => return Ok(FlowEnd::Stopped),
         }
@@ -265,27 +264,29 @@ pub(super) async fn send_to_backend(
     }
 }
 
-/// Frames into `out` (cleared first) the reply of `n` bytes in `reply` and the replies already
-/// waiting on `socket`, up to `REPLY_BATCH_BYTES`, so a burst goes in one write. `encode` frames
-/// one reply for the connection and says whether it did; oversized replies are dropped and
-/// counted.
-pub(super) fn batch_replies(
+/// Frames into `out` (cleared first) the replies waiting on `socket`, up to
+/// `REPLY_BATCH_BYTES`, so a burst goes in one write (`reply` is one byte longer than the
+/// largest datagram, to tell an oversized one). `encode` frames one reply for the connection and
+/// says whether it did; oversized and unframeable (empty) replies are dropped and counted, and
+/// so is an ICMP unreachable (not an error: the flow goes on, as UDP would). Returns how many
+/// replies came, and the receive error that fails the flow, if any.
+pub(super) fn take_replies(
     socket: &ReadyUdp,
     reply: &mut [u8],
-    mut n: usize,
     out: &mut Vec<u8>,
     local: &Local,
     moved: &mut Moved,
     encode: impl Fn(&[u8], &mut Vec<u8>) -> bool,
-) {
+) -> (usize, Option<io::Error>) {
     let stats = &local.stats;
     out.clear();
-    loop {
+    let (got, failed) = socket.recv_now(reply, |datagram, _| {
+        let n = datagram.len();
         if n > MAX_DATAGRAM_BYTES {
             stats
                 .udp_dropped_oversized_total
                 .fetch_add(1, Ordering::Relaxed);
-        } else if encode(&reply[..n], out) {
+        } else if encode(datagram, out) {
             moved.from_backend += 1;
             moved.bytes_from_backend += n as u64;
         } else {
@@ -295,19 +296,16 @@ pub(super) fn batch_replies(
                 .udp_dropped_empty_total
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if out.len() >= REPLY_BATCH_BYTES {
-            return;
+        out.len() < REPLY_BATCH_BYTES
+    });
+    match failed {
+        // An ICMP unreachable for an earlier datagram: the backend is not listening (yet).
+        Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            stats
+                .udp_dropped_send_failed_total
+                .fetch_add(1, Ordering::Relaxed);
+            (got, None)
         }
-        match socket.try_recv(reply) {
-            Ok(got) => n = got,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::ConnectionRefused {
-                    stats
-                        .udp_dropped_send_failed_total
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
-        }
+        failed => (got, failed),
     }
 }

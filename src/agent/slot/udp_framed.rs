@@ -17,7 +17,7 @@ use crate::rt::ReadyUdp;
 
 use super::framed::Framed;
 use super::udp::{
-    accepts, backend_socket, batch_replies, count_flow_end, send_to_backend, FlowEnd, Moved,
+    accepts, backend_socket, count_flow_end, send_to_backend, take_replies, FlowEnd, Moved,
 };
 use super::*;
 use crate::protocol::datagram::{
@@ -249,28 +249,26 @@ async fn carry(
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "data connection closed mid-flow"));
                 }
             }
-            got = socket.recv(&mut reply) => match got {
-                Ok(n) => {
+            ready = socket.readable() => {
+                let (got, failed) = match ready {
                     // An empty reply cannot be a record: dropped and counted.
-                    batch_replies(socket, &mut reply, n, &mut out, local, moved, |d, out| {
+                    Ok(()) => take_replies(socket, &mut reply, &mut out, local, moved, |d, out| {
                         encode_datagram_record(d, out).is_ok()
-                    });
-                    if !out.is_empty() {
-                        data.write_all(&out).await?;
-                    }
+                    }),
+                    Err(e) => (0, Some(e)),
+                };
+                if !out.is_empty() {
+                    data.write_all(&out).await?;
+                }
+                if got > 0 {
                     last_datagram = crate::rt::time::Instant::now();
                 }
-                // An ICMP unreachable for an earlier datagram: the backend is not listening
-                // (yet); the flow goes on, as UDP would.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    stats.udp_dropped_send_failed_total.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
+                if let Some(e) = failed {
                     stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
                     let why = format!("UDP backend failed: {e}");
                     return Ok((FlowEnd::BackendFailed, Terminal::Mine(inbound, Some((AbortReason::BackendError, why)))));
                 }
-            },
+            }
             _ = crate::rt::time::sleep_until(idle_at) => return Ok((FlowEnd::Idle, Terminal::Mine(inbound, None))),
             _ = stop.changed() => return Ok((FlowEnd::Stopped, Terminal::Mine(inbound, None))),
         }

@@ -74,6 +74,9 @@ impl FlowTable {
     }
 }
 
+/// Most client datagrams a UDP frontend takes in one wake before other tasks run.
+const UDP_DATAGRAMS_PER_TURN: usize = 64;
+
 /// One UDP frontend on this worker.
 pub(super) struct UdpFrontend {
     pub(super) cluster: Arc<str>,
@@ -128,29 +131,42 @@ impl Worker {
     }
 
     /// Receives client datagrams until its task is aborted (a drain or a reload). A datagram one
-    /// byte over the limit is enough to know it is too long, so the buffer is limit + 1.
+    /// byte over the limit is enough to know it is too long, so the buffer is limit + 1. At
+    /// most `UDP_DATAGRAMS_PER_TURN` are taken per wake, so a flood cannot hold the worker.
     async fn udp_receive_loop(self: Rc<Self>, frontend: Rc<UdpFrontend>) {
         let _end_flows = EndFlowsOnDrop(frontend.clone());
-        let mut buf = vec![0u8; frontend.limits.max_datagram_bytes + 1];
+        let max = frontend.limits.max_datagram_bytes;
+        let mut buf = vec![0u8; max + 1];
         loop {
-            match frontend.socket.recv_from(&mut buf).await {
-                Ok((n, client)) => {
-                    if n > frontend.limits.max_datagram_bytes {
-                        bump(&self.counters.udp_dropped_oversized_total);
-                        trace!(%client, "oversized datagram dropped");
-                        continue;
+            let failed = match frontend.socket.readable().await {
+                Err(e) => Some(e),
+                Ok(()) => {
+                    let mut taken = 0;
+                    let (got, failed) = frontend.socket.recv_now(&mut buf, |datagram, client| {
+                        taken += 1;
+                        if datagram.len() > max {
+                            bump(&self.counters.udp_dropped_oversized_total);
+                            trace!(%client, "oversized datagram dropped");
+                        } else {
+                            self.udp_datagram(&frontend, client, datagram);
+                        }
+                        taken < UDP_DATAGRAMS_PER_TURN
+                    });
+                    if got >= UDP_DATAGRAMS_PER_TURN {
+                        // A flood is taken in slices: the worker's other tasks run between.
+                        crate::rt::yield_now().await;
                     }
-                    self.udp_datagram(&frontend, client, &buf[..n]);
+                    failed
                 }
-                Err(e) => {
-                    // ICMP errors of earlier sends (ECONNREFUSED) and the like: not fatal for a
-                    // datagram socket.
-                    crate::log_limited!(
-                        debug!(worker = self.index, cluster = %frontend.cluster, error = %e, "UDP frontend receive failed")
-                    );
-                    if !is_transient(&e) {
-                        crate::rt::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
+            };
+            if let Some(e) = failed {
+                // ICMP errors of earlier sends (ECONNREFUSED) and the like: not fatal for a
+                // datagram socket.
+                crate::log_limited!(
+                    debug!(worker = self.index, cluster = %frontend.cluster, error = %e, "UDP frontend receive failed")
+                );
+                if !is_transient(&e) {
+                    crate::rt::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
         }
