@@ -187,15 +187,15 @@ pub(crate) fn run(common: &CommonArgs, args: &SwarmArgs) -> Result<Outcome, Benc
 }
 
 fn slots_of(plan: &Plan, agent: usize) -> Vec<Slot> {
-    let data = (0..plan.data_per_agent as usize).map(move |j| Slot {
+    let data = (0..plan.data_per_agent as usize).map(move |_| Slot {
         agent,
         role: Role::Data,
-        source: plan.source(agent, j),
+        source: plan.source(agent),
     });
     let aside = plan.aside.then(|| Slot {
         agent,
         role: Role::Aside,
-        source: plan.source(agent, plan.data_per_agent as usize),
+        source: plan.source(agent),
     });
     data.chain(aside).collect()
 }

@@ -12,6 +12,9 @@ use super::super::{resolve, BenchError, CommonArgs};
 
 /// Connections one source address is given (of its ~28,000 ephemeral ports).
 const CONNS_PER_SOURCE: usize = 10_000;
+/// Agents one source address is given: under a server's default `max_hosts_per_ip` (1024), as
+/// a fleet of distinct addresses would be.
+const AGENTS_PER_SOURCE: usize = 1_000;
 /// Most data connections per agent (an agent's state is one byte).
 const MAX_CONNECTIONS_PER_AGENT: u32 = 64;
 
@@ -111,10 +114,10 @@ impl Plan {
         self.data_per_agent as usize + usize::from(self.aside)
     }
 
-    /// The source address of an agent's `j`th connection.
-    pub fn source(&self, agent: usize, j: usize) -> Option<IpAddr> {
+    /// The source address of an agent's connections: one per agent, as a real agent has.
+    pub fn source(&self, agent: usize) -> Option<IpAddr> {
         let n = self.sources.len();
-        (n > 0).then(|| self.sources[(agent * self.conns_per_agent() + j) % n])
+        (n > 0).then(|| self.sources[agent % n])
     }
 }
 
@@ -161,7 +164,9 @@ pub(super) fn check(
     let conns = (args.agents + 1) * (args.connections_per_agent as usize + usize::from(args.aside));
     let loopback_v4 = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
     let count = args.source_addrs.unwrap_or(if loopback_v4 {
-        conns.div_ceil(CONNS_PER_SOURCE)
+        conns
+            .div_ceil(CONNS_PER_SOURCE)
+            .max((args.agents + 1).div_ceil(AGENTS_PER_SOURCE))
     } else {
         0
     });
