@@ -68,7 +68,10 @@ impl Control {
                     drop(permit.take());
                     self.stats.handshake(HandshakeOutcome::LegacyAside);
                     debug!(%peer, "silent tunnel connection from a MOSN agent's address: parked as its aside connection");
-                    Box::pin(self.parked(stream, peer, slot)).await;
+                    // A task of its own: this handshake's state is freed now, not held while the
+                    // connection stays parked.
+                    let ctl = self.clone();
+                    tokio::task::spawn_local(async move { ctl.parked(stream, peer, slot).await });
                     return;
                 }
                 self.refuse_early(&stream, peer, &HandshakeError::Timeout(timeout_ms));
@@ -237,10 +240,16 @@ impl Control {
                     leftover,
                 );
             }
-            // Boxed: data connections' handshakes should not carry the aside loop's state.
+            // A task of its own, for as long as the agent is up: the handshake's state (this
+            // future, the init's strings) is freed now instead of staying with every agent, and
+            // data connections' handshakes never carry the aside loop's state.
             Role::Aside => {
-                let _held = aside_slots;
-                Box::pin(self.aside(stream, reg.conn_id, reg.host_id, leftover)).await;
+                let (conn_id, host_id) = (reg.conn_id, reg.host_id);
+                let ctl = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _held = aside_slots;
+                    ctl.aside(stream, conn_id, host_id, leftover).await;
+                });
             }
         }
     }
