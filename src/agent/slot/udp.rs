@@ -220,20 +220,15 @@ async fn carry(
                 }
             }
             ready = socket.readable() => {
-                let (got, failed) = match ready {
-                    Ok(()) => take_replies(socket, &mut reply, &mut out, local, moved, |d, out| {
-                        encode_datagram(d, out).is_ok()
-                    }),
-                    Err(e) => (0, Some(e)),
-                };
-                if !out.is_empty() {
-                    data.write_all(&out).await?;
-                }
-                if got > 0 {
-                    last_datagram = crate::rt::time::Instant::now();
-                }
-                if let Some(e) = failed {
+                let replies = Replies { socket, reply: &mut reply, out: &mut out };
+                let failed = replies.forward(ready, data, local, moved, |d, out| {
+                    encode_datagram(d, out).is_ok()
+                }).await?;
+                if let Some(e) = failed.error {
                     return Err(e);
+                }
+                if failed.got > 0 {
+                    last_datagram = crate::rt::time::Instant::now();
                 }
             }
             _ = crate::rt::time::sleep_until(idle_at) => return Ok(FlowEnd::Idle),
@@ -261,6 +256,42 @@ pub(super) async fn send_to_backend(
                 .fetch_add(1, Ordering::Relaxed);
             trace!(error = %e, "datagram to the backend failed");
         }
+    }
+}
+
+/// A flow's backend socket with its reply buffer and the bytes framed for the data connection.
+pub(super) struct Replies<'a> {
+    pub(super) socket: &'a ReadyUdp,
+    pub(super) reply: &'a mut [u8],
+    pub(super) out: &'a mut Vec<u8>,
+}
+
+/// What one readiness of the backend socket brought: how many replies, and the receive error
+/// that fails the flow, if any (the replies before it were written).
+pub(super) struct Forwarded {
+    pub(super) got: usize,
+    pub(super) error: Option<io::Error>,
+}
+
+impl Replies<'_> {
+    /// After the socket's readiness `ready`: takes the waiting replies (`take_replies`) and
+    /// writes them to `data` in one write.
+    pub(super) async fn forward(
+        self,
+        ready: io::Result<()>,
+        data: &mut Channel,
+        local: &Local,
+        moved: &mut Moved,
+        encode: impl Fn(&[u8], &mut Vec<u8>) -> bool,
+    ) -> io::Result<Forwarded> {
+        let (got, error) = match ready {
+            Ok(()) => take_replies(self.socket, self.reply, self.out, local, moved, encode),
+            Err(e) => (0, Some(e)),
+        };
+        if !self.out.is_empty() {
+            data.write_all(self.out).await?;
+        }
+        Ok(Forwarded { got, error })
     }
 }
 

@@ -17,7 +17,7 @@ use crate::rt::ReadyUdp;
 
 use super::framed::Framed;
 use super::udp::{
-    accepts, backend_socket, count_flow_end, send_to_backend, take_replies, FlowEnd, Moved,
+    accepts, backend_socket, count_flow_end, send_to_backend, FlowEnd, Moved, Replies,
 };
 use super::*;
 use crate::protocol::datagram::{
@@ -250,20 +250,15 @@ async fn carry(
                 }
             }
             ready = socket.readable() => {
-                let (got, failed) = match ready {
-                    // An empty reply cannot be a record: dropped and counted.
-                    Ok(()) => take_replies(socket, &mut reply, &mut out, local, moved, |d, out| {
-                        encode_datagram_record(d, out).is_ok()
-                    }),
-                    Err(e) => (0, Some(e)),
-                };
-                if !out.is_empty() {
-                    data.write_all(&out).await?;
-                }
-                if got > 0 {
+                let replies = Replies { socket, reply: &mut reply, out: &mut out };
+                // An empty reply cannot be a record: dropped and counted.
+                let failed = replies.forward(ready, data, local, moved, |d, out| {
+                    encode_datagram_record(d, out).is_ok()
+                }).await?;
+                if failed.got > 0 {
                     last_datagram = crate::rt::time::Instant::now();
                 }
-                if let Some(e) = failed {
+                if let Some(e) = failed.error {
                     stats.backend_failures_total.fetch_add(1, Ordering::Relaxed);
                     let why = format!("UDP backend failed: {e}");
                     return Ok((FlowEnd::BackendFailed, Terminal::Mine(inbound, Some((AbortReason::BackendError, why)))));

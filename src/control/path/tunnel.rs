@@ -380,7 +380,8 @@ mod future_sizes {
     use super::*;
 
     /// Every connection an agent opens runs one handshake task here; a storm of pool requests
-    /// runs thousands at once, so its future must stay small (TLS and aside state are boxed).
+    /// runs thousands at once, so its future must stay small (TLS state is boxed; an aside
+    /// connection's loop is a task of its own).
     #[test]
     fn a_handshake_task_stays_small() {
         fn future_bytes<A, F>(_: impl Fn(A) -> F) -> usize {
