@@ -103,14 +103,37 @@ both_backends!(client_ip_hash_balances_on_the_header_address, |io| {
         .collect();
     wait_registered(&server, "c", 2, 2);
     let frontend = server.frontend_addr("c").unwrap();
+    let done = std::cell::Cell::new(0u64);
+    // The registry's idle counts come from the worker's reports, so they can still show a
+    // session's connection as idle before its lease is reported. Settled: every earlier
+    // session's lease (counted per connection) and return have been reported.
+    let settled = || {
+        let ok = wait_until(Duration::from_secs(10), || {
+            let h = server.hosts("c");
+            h.len() == 2
+                && h.iter()
+                    .all(|h| h.idle_connections >= 2 && h.active_per_worker.iter().all(|&n| n == 0))
+                && h.iter()
+                    .flat_map(|h| h.sessions_per_data_connection.iter())
+                    .sum::<u64>()
+                    == done.get()
+        });
+        assert!(
+            ok,
+            "after {} sessions the hosts never settled: {:?}",
+            done.get(),
+            server.hosts("c")
+        );
+    };
     let session = |source: &str| {
-        wait_registered(&server, "c", 2, 2);
+        settled();
         let header = format!("PROXY TCP4 {source} 127.0.0.1 5000 80\r\nping");
         let mut s = connect_from(addr("127.0.0.1:0"), frontend);
         s.write_all(header.as_bytes()).unwrap();
         let mut back = [0u8; 4];
         s.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"ping");
+        done.set(done.get() + 1);
     };
     let counts = || {
         backends
