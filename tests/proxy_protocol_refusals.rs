@@ -120,7 +120,9 @@ both_backends!(client_ip_hash_balances_on_the_header_address, |io| {
         });
         assert!(
             ok,
-            "after {} sessions the hosts never settled: {:?}",
+            "after {} sessions the hosts never settled (2 idle connections each, none active, \
+             the sessions counted on live connections adding up: a connection closed instead of \
+             reused drops its count): {:?}",
             done.get(),
             server.hosts("c")
         );
