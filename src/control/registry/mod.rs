@@ -227,7 +227,9 @@ impl Registry {
         }
         let before = host.effective_weight();
         host.weight = weight;
-        if host.effective_weight() != before {
+        let after = host.effective_weight();
+        let eligibility_changed = (before > 0) != (after > 0);
+        if after != before {
             snapshot_changed = true;
         }
         let conn_id = self.next_conn_id;
@@ -236,7 +238,7 @@ impl Registry {
         let slot = host.slot;
         if snapshot_changed {
             state.dirty.insert(slot);
-            if !new_host {
+            if !new_host && eligibility_changed {
                 mark_urgent(&mut self.urgent, &host.idle_per_worker);
             }
         }
@@ -336,10 +338,13 @@ impl Registry {
         };
         let before = h.effective_weight();
         f(h);
-        let changed = before != h.effective_weight();
+        let after = h.effective_weight();
+        let changed = before != after;
         if changed {
             state.dirty.insert(h.slot);
-            mark_urgent(&mut self.urgent, &h.idle_per_worker);
+            if (before > 0) != (after > 0) {
+                mark_urgent(&mut self.urgent, &h.idle_per_worker);
+            }
         }
         changed
     }
@@ -376,7 +381,10 @@ impl Registry {
     }
 }
 
-/// The workers holding idle connections of a host must be woken for its change.
+/// The workers holding idle connections of a host must be woken when it becomes pickable or
+/// stops being so (weight to or from 0, a drain): frontends waiting for a host look again, and
+/// none is leased there meanwhile. A change between two positive weights wakes nobody: every
+/// worker applies pending changes before it leases, so no lease sees the old weight.
 fn mark_urgent(urgent: &mut [bool], idle_per_worker: &[u32]) {
     for (u, n) in urgent.iter_mut().zip(idle_per_worker) {
         *u |= *n > 0;

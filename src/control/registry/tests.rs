@@ -305,11 +305,18 @@ fn only_workers_holding_a_changed_hosts_idle_connections_are_woken() {
     // A join wakes nobody (its connection's worker catches up when it adopts it).
     assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
     assert_eq!(r.assign_worker(a.conn_id), Some(0));
+    // Between positive weights: published, but the worker applies it before its next lease.
+    assert!(r.set_weight(a.host_id, 2));
+    assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
+    // To 0 and back: the host stops and starts being pickable, its idle connection's worker
+    // is woken each time.
+    assert!(r.set_weight(a.host_id, 0));
+    assert_eq!(r.take_changes().unwrap().wake, vec![0]);
     assert!(r.set_weight(a.host_id, 2));
     assert_eq!(r.take_changes().unwrap().wake, vec![0]);
     // Leased: no idle connection anywhere, nobody to wake.
     r.conn_leased(a.conn_id);
-    assert!(r.set_weight(a.host_id, 3));
+    assert!(r.set_weight(a.host_id, 0));
     assert_eq!(r.take_changes().unwrap().wake, Vec::<usize>::new());
     let b = r.register("c", id("a"), 3, Role::Data, PEER).unwrap();
     r.assign_worker_preferring(b.conn_id, Some(1));
