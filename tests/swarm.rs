@@ -195,8 +195,9 @@ both_backends!(every_host_of_a_registration_burst_is_leasable, |backend| {
     for s in sessions {
         s.join().unwrap();
     }
-    // Joins wake no worker; a weight change wakes the worker holding the host's idle
-    // connection (the agent dialled a replacement after its session), which applies it.
+    // Joins wake no worker; a weight to 0 (the host stops being pickable) wakes the worker
+    // holding the host's idle connection (the agent dialled a replacement after its session),
+    // which applies it without a lease.
     let admin = server.admin_addr().unwrap();
     let idle = || {
         server
@@ -205,14 +206,15 @@ both_backends!(every_host_of_a_registration_burst_is_leasable, |backend| {
             .any(|h| h.host_name == "swarm-00000" && h.idle_connections == 1)
     };
     assert!(wait_until(Duration::from_secs(10), idle));
-    assert_eq!(server.set_host_weight("c", "swarm-00000", Some(5)), 1);
     let applied = || {
         let (_, _, metrics) = http(admin, "GET", "/metrics");
         metric(&metrics, "ringtun_snapshots_applied_total").unwrap_or(0.0)
     };
+    let before = applied();
+    assert_eq!(server.set_host_weight("c", "swarm-00000", Some(0)), 1);
     assert!(
-        wait_until(Duration::from_secs(10), || applied() >= 1.0),
-        "{}",
+        wait_until(Duration::from_secs(10), || applied() > before),
+        "applied {} (before the weight change: {before})",
         applied()
     );
     let mut child = child;
