@@ -329,3 +329,50 @@ both_backends!(a_version_1_agent_is_never_given_a_flow, |backend| {
         Ok(protocol::Decoded::Frame(Frame::InitResponse(_), used)) if used == n
     ));
 });
+
+// A backend port with nothing bound yet: the kernel's port unreachable for a datagram the agent
+// sent is UDP's loss, not the flow's end (a backend restarting loses datagrams, not clients).
+// The agent drops and counts it, the flow stays up, and once the backend is there the same flow
+// gets its replies.
+both_backends!(
+    a_backend_not_listening_yet_loses_datagrams_not_the_flow,
+    |backend| {
+        let nobody = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let server = udp_server(backend, 1, |_| {});
+        let agent = udp_agent(backend, &server, nobody, 1);
+        wait_registered(&server, "c", 1, 1);
+        let frontend = server.frontend_addr("c").unwrap();
+        let c = client();
+        // Each comes back as an unreachable, the agent's socket's error on its next receive.
+        for i in 0..3 {
+            c.send_to(format!("anyone there? {i}").as_bytes(), frontend)
+                .unwrap();
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || agent
+                .status()
+                .udp_dropped_send_failed_total
+                >= 1),
+            "{:?}",
+            agent.status()
+        );
+        let t = server.counters();
+        assert_eq!(
+            (t.active_udp_flows, t.udp_flows_started_total),
+            (1, 1),
+            "{t:?}"
+        );
+        assert_eq!(t.session_aborts_received_backend_error_total, 0, "{t:?}");
+        udp_backend_on(UdpSocket::bind(nobody).unwrap(), echo);
+        assert_eq!(ask_retrying(&c, frontend, b"now?"), b"now?");
+        let t = server.counters();
+        assert_eq!(
+            (t.udp_flows_started_total, t.udp_flow_errors_total),
+            (1, 0),
+            "{t:?}"
+        );
+    }
+);

@@ -13,7 +13,11 @@ use super::{agent, server};
 
 /// A UDP backend on port 0 answering each datagram with `answer(datagram)` (none: silence).
 pub fn udp_backend(answer: fn(&[u8]) -> Option<Vec<u8>>) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_backend_on(UdpSocket::bind("127.0.0.1:0").unwrap(), answer)
+}
+
+/// `udp_backend` on a socket the caller bound.
+pub fn udp_backend_on(socket: UdpSocket, answer: fn(&[u8]) -> Option<Vec<u8>>) -> SocketAddr {
     let addr = socket.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_536];
