@@ -115,6 +115,12 @@ pub(crate) trait OwnedIo {
     fn read_now(&self, _buf: &mut Vec<u8>) -> io::Result<usize> {
         Err(io::ErrorKind::WouldBlock.into())
     }
+    /// Where reads are ring operations and the ring has provided buffers: waits for bytes
+    /// holding no buffer (the kernel picks one of the ring's when they arrive). `None` where
+    /// that cannot be done now (epoll, no buffer rings, all buffers out): read another way.
+    async fn read_provided(&self) -> Option<io::Result<super::ring::Provided>> {
+        None
+    }
     fn shutdown_how(&self, how: Shutdown) -> io::Result<()>;
 }
 

@@ -168,6 +168,7 @@ where
                     tracing::debug!(
                         entries = setup.entries,
                         deferred_taskrun = setup.deferred_taskrun,
+                        provided_buffer_bytes = setup.provided_buffer_bytes,
                         "io_uring worker ring ready"
                     );
                     let _ = ready_tx.send(Ok(()));

@@ -193,6 +193,10 @@ impl super::OwnedIo for Stream {
         super::io::read_spare(&self.0, buf)
     }
 
+    async fn read_provided(&self) -> Option<io::Result<ring::Provided>> {
+        ring::recv_provided(self.0.as_raw_fd()).await
+    }
+
     fn shutdown_how(&self, how: Shutdown) -> io::Result<()> {
         self.0.shutdown(how)
     }

@@ -4,12 +4,14 @@
 //! A direction is *quiet* until a read fills its buffer. A busy direction reads into a large
 //! buffer or, with splice on, moves what is queued with splice(2); it turns quiet again when a
 //! read or a splice burst comes back short. Pure: no I/O, no clock. The pumps map `Next::Wait` to
-//! what their backend can do: epoll waits for readiness holding no buffer, io_uring parks a
-//! small read (it learns of new bytes only through a read, so a splice burst is always followed by
-//! a wait).
+//! what their backend can do: epoll waits for readiness holding no buffer, io_uring receives into
+//! a provided buffer the kernel picks when bytes arrive (or, without buffer rings, parks a small
+//! read); it learns of new bytes only through a read, so a splice burst is always followed by a
+//! wait.
 
-/// A quiet io_uring direction parks a read of this size; a read that fills it turns the direction
-/// busy. Most request/response messages fit.
+/// A small pooled buffer: a quiet message this short is kept in one; a quiet io_uring direction
+/// without provided buffers parks a read of this size, and a read that fills it turns the
+/// direction busy. Most request/response messages fit.
 pub const SMALL_BUFFER_BYTES: usize = 512;
 
 /// What a direction does next.

@@ -3,8 +3,9 @@
 //!
 //! Written once over `rt::OwnedIo`. Buffers come from the worker's pool (`uring::Buffers`, used
 //! by both backends here) only while bytes flow and go back after each read is handled: a quiet
-//! direction on epoll waits for readiness holding no buffer; on io_uring it parks a small read (a
-//! read that fills it moves the direction to large buffers until a read comes back short), as the
+//! direction on epoll waits for readiness holding no buffer; on io_uring it receives into a
+//! provided buffer the kernel picks when bytes arrive (`uring::read_quiet`; a read that fills
+//! its buffer moves the direction to large buffers until a read comes back short), as the
 //! plaintext pumps do. Every write to the data socket (records, close_notify, TLS's own answers)
 //! is made in order by one writer at a time, with the records produced by that writer: a
 //! `Cell<bool>` turn and a `Notify` for the rare wait (both directions writing at once), not an
@@ -107,24 +108,14 @@ pub(super) async fn read_next<S: OwnedIo>(
         Ok(waited) => waited,
         Err(e) => return (Err(e), Vec::new()),
     };
+    if !waited && quiet {
+        // No readiness (io_uring): a provided buffer, or a parked small read.
+        return super::uring::read_quiet(from, buffers).await;
+    }
     // After a readiness wait (epoll) the buffer is held for this one read only: a large one
     // takes a whole message at once (a 660-byte HTTP response in a 512-byte buffer cost two
-    // reads and two records). Without readiness (io_uring) a quiet direction parks a small read.
-    let (read, buf) = from.read_owned(buffers.take(waited || !quiet)).await;
-    match read {
-        Ok(n) if !waited && n > 0 && n == buf.capacity() && n < buffers.large_bytes() => {
-            // The parked small read filled: the rest of the message is most likely queued
-            // already. One non-blocking read takes it now, so the message travels whole (one
-            // record, one write each hop) instead of as a 512-byte piece and its tail. An error
-            // or EOF stays in the socket for the next read.
-            let mut large = buffers.take(true);
-            large.extend_from_slice(&buf);
-            buffers.give(buf);
-            let more = from.read_now(&mut large).unwrap_or(0);
-            (Ok(n + more), large)
-        }
-        other => (other, buf),
-    }
+    // reads and two records).
+    from.read_owned(buffers.take(true)).await
 }
 
 /// Encrypts `bytes` (or, when None, closes; `Some(&[])` sends what TLS owes) and writes the

@@ -1,8 +1,9 @@
 //! The io_uring pump: session bytes both ways between two io_uring sockets, with owned buffers.
 //!
-//! A quiet direction parks a small ring read (io_uring learns of bytes only through a read); the
-//! direction policy moves it to a large buffer while bytes flow and, with splice on, splices what
-//! is queued after a full large read. An in-flight read is never dropped to cancel it (a dropped
+//! A quiet direction waits holding no buffer: its receive names the ring's provided buffers and
+//! the kernel picks one when bytes arrive (`read_quiet`; where the kernel has no buffer rings,
+//! or all are out, it parks a small read instead). The direction policy moves it to a large
+//! buffer while bytes flow and, with splice on, splices what is queued after a full large read. An in-flight read is never dropped to cancel it (a dropped
 //! ring read may take bytes with it); on an error both sockets are shut down, which completes
 //! the other direction's read. It must not be used on epoll sockets.
 
@@ -15,7 +16,7 @@ use std::rc::Rc;
 use super::policy::{DirectionPolicy, Next, SMALL_BUFFER_BYTES};
 use crate::rt::uring::Stream;
 use crate::rt::uring_splice;
-use crate::rt::{readable_bytes, shutdown_write, splice_nonblocking, PipePool, POOL_KEEP};
+use crate::rt::{readable_bytes, shutdown_write, splice_nonblocking, OwnedIo, PipePool, POOL_KEEP};
 
 /// A worker's recycled owned buffers (small and large), and its pipes when busy directions
 /// splice.
@@ -76,6 +77,10 @@ impl Buffers {
 
     /// Returns a buffer to its pool (by its capacity).
     pub(super) fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < SMALL_BUFFER_BYTES {
+            // Not one of the pool's (an empty placeholder): a read into it would see EOF.
+            return;
+        }
         buf.clear();
         let pool = if buf.capacity() >= self.policy.large_bytes() {
             &self.large
@@ -88,12 +93,59 @@ impl Buffers {
         }
     }
 
-    /// Swaps `buf` for a buffer of the size `next` needs (if it is not that size already).
+    /// Swaps `buf` for what `next` needs: a large buffer to read on, or none (a quiet read
+    /// brings its own).
     fn resize_for(&self, buf: &mut Vec<u8>, next: Next) {
         let large = buf.capacity() >= self.policy.large_bytes();
-        let want_large = next == Next::ReadLarge;
-        if large != want_large {
-            self.give(std::mem::replace(buf, self.take(want_large)));
+        if next != Next::ReadLarge {
+            self.give(std::mem::take(buf));
+        } else if !large {
+            self.give(std::mem::replace(buf, self.take(true)));
+        }
+    }
+}
+
+/// A quiet direction's wait for bytes: with the ring's provided buffers it holds none (the
+/// kernel picks one when bytes arrive, and they are copied to a pooled buffer sized for them);
+/// without, it parks a small read. A message that filled the provided buffer is completed with
+/// one non-blocking read, so it travels whole.
+pub(super) async fn read_quiet<S: OwnedIo>(
+    from: &S,
+    buffers: &Buffers,
+) -> (io::Result<usize>, Vec<u8>) {
+    match from.read_provided().await {
+        Some(Ok(chunk)) => {
+            let bytes = chunk.bytes();
+            let n = bytes.len();
+            let mut buf = buffers.take(n >= SMALL_BUFFER_BYTES);
+            buf.extend_from_slice(bytes);
+            let filled = chunk.filled();
+            // Back to the ring before anything waits.
+            drop(chunk);
+            let more = if filled {
+                from.read_now(&mut buf).unwrap_or(0)
+            } else {
+                0
+            };
+            (Ok(n + more), buf)
+        }
+        Some(Err(e)) => (Err(e), Vec::new()),
+        None => {
+            let (read, buf) = from.read_owned(buffers.take(false)).await;
+            match read {
+                Ok(n) if n > 0 && n == buf.capacity() => {
+                    // The parked small read filled: the rest of the message is most likely
+                    // queued already. One non-blocking read takes it now, so the message
+                    // travels whole (one record, one write each hop) instead of as a 512-byte
+                    // piece and its tail. An error or EOF stays in the socket for the next read.
+                    let mut large = buffers.take(true);
+                    large.extend_from_slice(&buf);
+                    buffers.give(buf);
+                    let more = from.read_now(&mut large).unwrap_or(0);
+                    (Ok(n + more), large)
+                }
+                other => (other, buf),
+            }
         }
     }
 }
@@ -132,9 +184,14 @@ async fn one_way(
         written.map_err(fail)?;
         total += len;
     }
-    let mut buf = buffers.take(false);
+    // Empty while quiet: the quiet read brings a buffer of its own.
+    let mut buf = Vec::new();
     loop {
-        let (read, b) = from.read(buf).await;
+        let (read, b) = if buf.capacity() > 0 {
+            from.read(buf).await
+        } else {
+            read_quiet(from, buffers).await
+        };
         buf = b;
         let n = match read {
             Ok(n) => n,

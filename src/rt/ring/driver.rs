@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::provided::{register_provided, ProvidedBuffers};
+
 /// `user_data` of the eventfd read that wakes a parked thread.
 const WAKE_TOKEN: u64 = u64::MAX;
 /// `user_data` of cancellations (their completions carry nothing to deliver).
@@ -87,13 +89,16 @@ pub struct RingSetup {
     pub entries: u32,
     /// SINGLE_ISSUER, DEFER_TASKRUN and COOP_TASKRUN were accepted by the kernel.
     pub deferred_taskrun: bool,
+    /// Bytes of provided buffers registered (0: the kernel has no buffer rings, quiet sockets
+    /// park a small read instead).
+    pub provided_buffer_bytes: usize,
 }
 
 pub(super) struct Driver {
-    ring: RefCell<IoUring>,
+    pub(super) ring: RefCell<IoUring>,
     ops: RefCell<Vec<Option<OpState>>>,
     free: RefCell<Vec<usize>>,
-    in_flight: std::cell::Cell<usize>,
+    pub(super) in_flight: std::cell::Cell<usize>,
     /// The eventfd read's target (the kernel writes 8 bytes here). Leaked: a read in flight
     /// at exit may complete after the ring is gone.
     wake_buf: *mut u64,
@@ -102,6 +107,8 @@ pub(super) struct Driver {
     /// Reused each turn: the wakers of the operations that completed.
     wakers: RefCell<Vec<Waker>>,
     setup: RingSetup,
+    /// The buffers quiet receives take from, where the kernel has buffer rings.
+    pub(super) provided: Option<ProvidedBuffers>,
     /// Unique per driver: an operation made on one ring is never completed or cancelled on
     /// another's slots.
     id: u64,
@@ -126,6 +133,7 @@ impl Driver {
                 "this kernel's io_uring has no IORING_FEAT_EXT_ARG (Linux 5.11 or later is needed)",
             ));
         }
+        let provided = register_provided(&ring);
         let driver = Self {
             ring: RefCell::new(ring),
             ops: RefCell::default(),
@@ -138,7 +146,11 @@ impl Driver {
             setup: RingSetup {
                 entries,
                 deferred_taskrun,
+                provided_buffer_bytes: provided
+                    .as_ref()
+                    .map_or(0, |g| usize::from(g.count()) * g.size() as usize),
             },
+            provided,
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -317,8 +329,9 @@ impl Driver {
                         .user_data(CANCEL_TOKEN),
                 );
             }
-            Some(OpState::Done { result, .. }) => {
+            Some(OpState::Done { result, flags }) => {
                 // Completed but never taken.
+                self.recycle_of(*flags);
                 if close_result && *result >= 0 {
                     // SAFETY: the accepted descriptor was never handed to anyone.
                     unsafe { libc::close(*result) };
@@ -451,6 +464,7 @@ impl Driver {
                 _keep,
                 close_result,
             }) => {
+                self.recycle_of(flags);
                 if close_result && result >= 0 {
                     // SAFETY: the accepted descriptor was never handed to anyone.
                     unsafe { libc::close(result) };

@@ -12,6 +12,7 @@
 mod driver;
 mod executor;
 mod ops;
+mod provided;
 mod timer;
 
 use std::cell::RefCell;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use driver::RingSetup;
 pub use executor::{JoinError, JoinHandle};
-pub use ops::{accept, poll, recv, send, send_all, MultiAccept, PollSlot};
+pub use ops::{accept, poll, recv, recv_provided, send, send_all, MultiAccept, PollSlot, Provided};
 pub use timer::Sleep;
 
 use driver::Driver;

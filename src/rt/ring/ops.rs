@@ -1,5 +1,5 @@
 //! Socket operations on the ring thread's ring: receive into and send from owned buffers,
-//! accept, and readiness polls.
+//! receive into the ring's provided buffers, accept, and readiness polls.
 //!
 //! Each operation's future owns what the kernel reads or writes; dropped before it completes,
 //! it hands them to the driver (cancelled, freed at completion), so every future here may be
@@ -104,6 +104,88 @@ pub async fn recv(fd: RawFd, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
             (Ok(n), buf)
         }
         Err(e) => (Err(e), buf),
+    }
+}
+
+/// Bytes a receive took into one of the ring's provided buffers; dropped, the buffer goes back
+/// to the ring. Lives on its ring's thread (not `Send`).
+pub struct Provided {
+    bid: u16,
+    len: usize,
+    driver: u64,
+    /// The buffer's size: a receive that filled it may have left more in the socket.
+    capacity: usize,
+    _not_send: std::marker::PhantomData<*const u8>,
+}
+
+impl Provided {
+    /// The bytes received (none at EOF).
+    pub fn bytes(&self) -> &[u8] {
+        let (bid, len) = (self.bid, self.len);
+        // SAFETY: `bid` came with this receive's completion and is recycled only on drop.
+        // The slice borrows the driver's memory, which outlives every operation of its thread.
+        super::with_driver_of(self.driver, |d| unsafe {
+            let bytes = d.provided_bytes(bid, len);
+            std::slice::from_raw_parts(bytes.as_ptr(), bytes.len())
+        })
+        .unwrap_or(&[])
+    }
+
+    /// The receive filled the buffer: more may be queued.
+    pub fn filled(&self) -> bool {
+        self.len >= self.capacity
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        let bid = self.bid;
+        // Elsewhere than its ring's thread the buffer stays out of the ring (the ring has one
+        // fewer), never handed back from the wrong thread.
+        let _ = super::with_driver_of(self.driver, |d| d.recycle(bid));
+    }
+}
+
+/// Receives into a buffer the kernel picks from the ring's provided buffers when bytes arrive,
+/// so the wait holds none. `None` where the ring has no provided buffers, or all are out
+/// (`ENOBUFS`): wait another way. `Ok` with no bytes is EOF.
+pub async fn recv_provided(fd: RawFd) -> Option<io::Result<Provided>> {
+    let (group, size) = super::with_driver(|d| d.provided_group()).flatten()?;
+    let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size)
+        .buf_group(group)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+    let op = match Op::start(sqe, (), false) {
+        Ok(op) => op,
+        Err(e) => return Some(Err(e)),
+    };
+    let driver = op.driver;
+    let (res, flags, ()) = op.await;
+    // Whatever the result, a buffer the completion names is this receive's to give back.
+    let taken = io_uring::cqueue::buffer_select(flags).map(|bid| Provided {
+        bid,
+        len: usize::try_from(res).unwrap_or(0),
+        driver,
+        capacity: size as usize,
+        _not_send: std::marker::PhantomData,
+    });
+    match result(res) {
+        Ok(0) => Some(Ok(taken.unwrap_or(Provided {
+            // EOF without a buffer: an empty one that recycles nothing.
+            bid: u16::MAX,
+            len: 0,
+            driver,
+            capacity: size as usize,
+            _not_send: std::marker::PhantomData,
+        }))),
+        Ok(_) => match taken {
+            Some(p) => Some(Ok(p)),
+            None => Some(Err(io::Error::other(
+                "io_uring receive completed with bytes but no provided buffer",
+            ))),
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => None,
+        Err(e) => Some(Err(e)),
     }
 }
 

@@ -248,3 +248,87 @@ fn futures_waker() -> std::task::Waker {
     }
     std::task::Waker::from(std::sync::Arc::new(Nop))
 }
+
+/// A connected pair: (ring side, the other end).
+fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    (ours, other)
+}
+
+#[test]
+fn provided_receives_recycle_their_buffers_past_the_rings_size() {
+    let (ours, mut other) = tcp_pair();
+    let fd = ours.as_raw_fd();
+    ring().block_on(async move {
+        assert!(
+            with_driver(|d| d.provided_group()).flatten().is_some(),
+            "this kernel (6.x) has buffer rings"
+        );
+        // More receives than the ring has buffers: each one's buffer went back.
+        for i in 0..(u32::from(super::provided::PROVIDED_COUNT) * 2 + 3) {
+            let msg = format!("message {i}");
+            other.write_all(msg.as_bytes()).unwrap();
+            let got = recv_provided(fd).await.expect("a buffer").unwrap();
+            assert_eq!(got.bytes(), msg.as_bytes());
+            assert!(!got.filled());
+        }
+        // A message longer than a buffer: the first receive fills one.
+        let long = vec![7u8; super::provided::PROVIDED_BUFFER_BYTES as usize + 100];
+        other.write_all(&long).unwrap();
+        let first = recv_provided(fd).await.expect("a buffer").unwrap();
+        assert!(first.filled());
+        assert_eq!(first.bytes().len(), long.len() - 100);
+        drop(first);
+        let rest = recv_provided(fd).await.expect("a buffer").unwrap();
+        assert_eq!(rest.bytes(), &long[..100]);
+        drop(rest);
+        drop(other);
+        let eof = recv_provided(fd).await.expect("a buffer or none").unwrap();
+        assert!(eof.bytes().is_empty());
+    });
+    drop(ours);
+}
+
+/// Waits (ring turns) until no operation is in flight.
+async fn settle() {
+    for _ in 0..1000 {
+        if with_driver(|d| d.in_flight()).unwrap() == 0 {
+            return;
+        }
+        Sleep::until(Instant::now() + Duration::from_millis(1)).await;
+    }
+    panic!("operations still in flight");
+}
+
+#[test]
+fn a_dropped_provided_receive_gives_its_buffer_back() {
+    let (ours, mut other) = tcp_pair();
+    let fd = ours.as_raw_fd();
+    ring().block_on(async move {
+        let rounds = u32::from(super::provided::PROVIDED_COUNT) + 5;
+        for _ in 0..rounds {
+            // Dropped before bytes come: cancelled, no buffer taken.
+            let mut waiting = Box::pin(recv_provided(fd));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            drop(waiting);
+            settle().await;
+        }
+        for _ in 0..rounds {
+            // Completed (a buffer taken) but never polled again: the buffer goes back when the
+            // future is dropped (its bytes are lost with it, as with any dropped receive).
+            let mut waiting = Box::pin(recv_provided(fd));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            other.write_all(b"lost").unwrap();
+            settle().await;
+            drop(waiting);
+        }
+        other.write_all(b"after").unwrap();
+        let got = recv_provided(fd).await.expect("a buffer").unwrap();
+        assert_eq!(got.bytes(), b"after");
+    });
+    drop(ours);
+}
