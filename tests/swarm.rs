@@ -196,16 +196,19 @@ both_backends!(every_host_of_a_registration_burst_is_leasable, |backend| {
         s.join().unwrap();
     }
     // Joins wake no worker; a weight to 0 (the host stops being pickable) wakes the worker
-    // holding the host's idle connection (the agent dialled a replacement after its session),
-    // which applies it without a lease.
+    // holding the host's idle connection, which applies it without a lease. Every host's
+    // connection is idle again first, so no adoption or lease applies anything meanwhile and
+    // only that wake can count an application.
     let admin = server.admin_addr().unwrap();
     let idle = || {
-        server
-            .hosts("c")
-            .iter()
-            .any(|h| h.host_name == "swarm-00000" && h.idle_connections == 1)
+        let hosts = server.hosts("c");
+        hosts.len() == AGENTS && hosts.iter().all(|h| h.idle_connections == 1)
     };
-    assert!(wait_until(Duration::from_secs(10), idle));
+    assert!(
+        wait_until(Duration::from_secs(10), idle),
+        "{:?}",
+        server.hosts("c")
+    );
     let applied = || {
         let (_, _, metrics) = http(admin, "GET", "/metrics");
         metric(&metrics, "ringtun_snapshots_applied_total").unwrap_or(0.0)

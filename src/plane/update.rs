@@ -5,9 +5,10 @@
 //!
 //! When to take: a change *urgent* for a worker — a host with idle connections on that worker
 //! becoming pickable or ceasing to be (a weight to or from 0, a drain), or a whole snapshot —
-//! wakes it with one `WorkerMsg::Update` (at most one outstanding per worker). Anything else waits: no worker can pick a host before one
-//! of its connections is idle there, so workers take pending changes before they adopt a
-//! connection or lease one ([`UpdateSlot::has_pending`], one atomic load). A join wakes only the
+//! wakes it with one `WorkerMsg::Update` (at most one outstanding per worker). Anything else
+//! waits: no worker can pick a host before one of its connections is idle there, so workers take
+//! pending changes before they adopt a connection or lease one ([`UpdateSlot::has_pending`], one
+//! atomic load). A join wakes only the
 //! worker its connection goes to; a weight to or from 0 only the workers holding that host's idle
 //! connections; a weight between two positive values none (it is applied before the next lease).
 //!
@@ -31,7 +32,8 @@ pub struct ClusterChanges {
 pub struct Changes {
     pub version: u64,
     /// Workers that must apply these changes soon, not only before their next adoption or
-    /// lease: they hold idle connections of a host whose weight went to or from 0 or that was drained.
+    /// lease: they hold idle connections of a host whose weight went to or from 0 or that was
+    /// drained.
     pub wake: Vec<usize>,
     pub clusters: Vec<(Arc<str>, ClusterChanges)>,
 }

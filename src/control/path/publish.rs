@@ -3,9 +3,9 @@
 //! meanwhile when that interval ends. So under a storm each worker gets at most one publication
 //! per interval, and no change waits longer than `COALESCE_MS`. A publication carries only the
 //! changed host slots, merged into each worker's latest-wins `UpdateSlot`; a worker is woken by
-//! one `WorkerMsg::Update` for a change urgent for it (a host with idle connections there
-//! that became pickable or stopped being so: a weight to or from 0, a drain; a reload) and otherwise takes the changes before it next adopts or
-//! leases a connection.
+//! one `WorkerMsg::Update` for a change urgent for it (a host with idle connections there that
+//! became pickable or stopped being so: a weight to or from 0, a drain; a reload) and otherwise
+//! takes the changes before it next adopts or leases a connection.
 
 use std::time::Instant;
 
