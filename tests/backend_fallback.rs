@@ -1,6 +1,7 @@
 //! io_uring made unavailable to the process (a seccomp filter answering EPERM to io_uring_setup,
 //! as Docker's default profile does): `auto` serves on epoll, `uring` refuses to start, and a
 //! test's io_uring run skips with its marker line, or fails under `RINGTUN_REQUIRE_URING=1`.
+//! Where io_uring can be used, `auto` runs it (the backend measured faster).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -126,8 +127,8 @@ fn auto_falls_back_to_epoll_and_uring_refuses_without_io_uring() {
         "{stderr}"
     );
 
-    // `auto` must start on epoll (the measured-faster backend, which also needs no io_uring),
-    // say so once, and carry traffic.
+    // `auto` must fall back to epoll (which needs no io_uring), say so once with the reason,
+    // and carry traffic.
     let mut child = server_without_io_uring(&write_config(&dir, "auto"))
         .spawn()
         .unwrap();
@@ -136,7 +137,7 @@ fn auto_falls_back_to_epoll_and_uring_refuses_without_io_uring() {
         (None, None, 0, String::new());
     while tunnel.is_none() || frontend.is_none() {
         let line = lines.next().expect("server exited early").unwrap();
-        if line.contains("io_backend auto: epoll") {
+        if line.contains("io_backend auto: epoll (io_uring cannot be used here: ") {
             fallback_lines += 1;
         }
         if line.contains("server started") {
@@ -168,6 +169,39 @@ fn auto_falls_back_to_epoll_and_uring_refuses_without_io_uring() {
     let _ = child.wait();
     let _ = drain.join();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn auto_runs_io_uring_where_it_can() {
+    if !ringtun::rt::uring_gate::available_for_test() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ringtun-auto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringtun"))
+        .args(["server", "--config"])
+        .arg(write_config(&dir, "auto"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut said, mut started) = (0, String::new());
+    while started.is_empty() {
+        let line = lines.next().expect("server exited early").unwrap();
+        if line.contains("io_backend auto: io_uring") {
+            said += 1;
+        }
+        if line.contains("server started") {
+            started = line;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(said, 1);
+    assert!(started.contains("backend=\"io_uring\""), "{started}");
 }
 
 // Does nothing: the io_uring run the next test starts without io_uring.

@@ -95,25 +95,32 @@ pub fn resolve(requested: IoBackend) -> Result<Backend, RtError> {
 }
 
 /// Resolves the configured backend: `auto` takes the backend the real-client suite
-/// (`perf/realworld`) measures faster and says so in one log line; `uring` refuses to start where
-/// io_uring cannot be used. On 2026-12-02 ringtun's own ring worker (`ring`) measured even with
-/// epoll through nginx and iperf3 (0.93–1.19× its request rates over four runs, 1.03–1.13× its
-/// CPU per keep-alive request; README, Performance), not faster, so `auto` stays epoll.
+/// (`perf/realworld`) measures faster, io_uring where it can be used, and says which in one log
+/// line; `uring` refuses to start where io_uring cannot be used. Over four runs (2026-12-02 and
+/// 03) ringtun's own ring worker served 1.05–1.19× epoll's keep-alive requests through nginx
+/// (16 connections) and was even or ahead on short connections (1.00–1.13×), even on bulk
+/// (README, Performance).
 pub fn resolve_with(requested: IoBackend, uring_entries: u32) -> Result<Backend, RtError> {
     let uring = Backend::Uring {
         entries: uring_entries,
     };
     match requested {
         IoBackend::Epoll => Ok(Backend::Epoll),
-        IoBackend::Uring => uring::probe()
+        IoBackend::Uring => uring::probe_with(uring_entries)
             .map(|()| uring)
             .map_err(RtError::UringUnavailable),
-        IoBackend::Auto => {
-            tracing::info!(
-                "io_backend auto: epoll (io_uring measured even with it, not faster, on real-client loads, see README Performance; set io_backend \"uring\" to run io_uring)"
-            );
-            Ok(Backend::Epoll)
-        }
+        IoBackend::Auto => match uring::probe_with(uring_entries) {
+            Ok(()) => {
+                tracing::info!(
+                    "io_backend auto: io_uring (measured faster than epoll on real-client loads, see README Performance; set io_backend \"epoll\" to run epoll)"
+                );
+                Ok(uring)
+            }
+            Err(reason) => {
+                tracing::info!("io_backend auto: epoll (io_uring cannot be used here: {reason})");
+                Ok(Backend::Epoll)
+            }
+        },
     }
 }
 

@@ -27,26 +27,33 @@ const OPCODES_USED: [(&str, u8); 6] = [
 
 /// Checks that io_uring can be used here: the sysctl, ring creation, and every opcode used.
 /// The error says why not.
+pub fn probe() -> Result<(), String> {
+    probe_with(8)
+}
+
+/// [`probe`] with a ring of `entries` submission entries, the size a worker's ring will have
+/// (where the kernel charges rings to `RLIMIT_MEMLOCK`, before 5.12, a worker-sized ring may
+/// fail where a small one does not).
 ///
 /// The probe ring is created and torn down on a short-lived thread: the kernel finishes a ring's
 /// teardown with task work on the creating thread, which would interrupt (EINTR) that thread's
 /// next blocking system call.
-pub fn probe() -> Result<(), String> {
+pub fn probe_with(entries: u32) -> Result<(), String> {
     std::thread::Builder::new()
         .name("ringtun-uring-probe".into())
-        .spawn(probe_here)
+        .spawn(move || probe_here(entries))
         .map_err(|e| format!("cannot start the io_uring probe thread: {e}"))?
         .join()
         .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
 }
 
-fn probe_here() -> Result<(), String> {
+fn probe_here(entries: u32) -> Result<(), String> {
     if let Ok(value) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         if value.trim() == "2" {
             return Err("io_uring is disabled by sysctl kernel.io_uring_disabled=2".into());
         }
     }
-    let ring = io_uring::IoUring::new(8).map_err(|e| match e.raw_os_error() {
+    let ring = io_uring::IoUring::new(entries).map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) => format!(
             "io_uring_setup is not permitted ({e}); a seccomp profile (Docker's default) or kernel.io_uring_disabled blocks it"
         ),

@@ -17,6 +17,7 @@
 //! session without `--serve-echo` is closed. Agents run on `--threads` current-thread runtimes
 //! (default 1, leaving the other cores to the server); the phases run on the calling thread.
 
+mod baseline;
 mod conn;
 mod phases;
 mod plan;

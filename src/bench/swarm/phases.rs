@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::baseline;
 use super::conn::{self, Cmd};
 use super::plan::Plan;
 use super::report::{JoinReport, Phases, ReconnectReport, RegisterReport};
@@ -179,12 +180,20 @@ async fn one_more(sw: &Arc<Swarm>, plan: &Plan, procs: &Procs) -> Result<JoinRep
         if joined { "joined" } else { "did not join" },
         join.cpu_ns as f64 / 1e3
     );
+    // Measured after the join, so it takes no CPU from it.
+    let baseline_us = tokio::task::spawn_blocking(baseline::lone_connection_cpu_us)
+        .await
+        .map_err(|e| BenchError::Failed(format!("the baseline measurement failed: {e}")))??;
+    eprintln!(
+        "swarm: a lone accept, read, answer and close costs a thread {baseline_us:.0} µs here"
+    );
     Ok(JoinReport {
         joined,
         joined_ms,
         idle_ns_per_sec,
         join,
         weight,
+        baseline_us,
     })
 }
 

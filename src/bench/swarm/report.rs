@@ -39,6 +39,8 @@ pub struct JoinReport {
     pub idle_ns_per_sec: f64,
     pub join: Settled,
     pub weight: Option<Settled>,
+    /// The same run's floor for a lone connection (`baseline`), µs of one thread's CPU.
+    pub baseline_us: f64,
 }
 
 /// What `--reconnect` saw.
@@ -218,6 +220,8 @@ pub fn outcome(
             "idle_cpu_us_per_sec": j.idle_ns_per_sec / 1e3,
             "join": SettledJson::from(&j.join),
             "weight_change": j.weight.as_ref().map(SettledJson::from),
+            "baseline_lone_connection_us": j.baseline_us,
+            "join_vs_baseline": j.join.cpu_ns as f64 / 1e3 / j.baseline_us.max(1e-9),
         })),
         "hold_secs": if reconnect.is_some() { 0.0 } else { plan.hold.as_secs_f64() },
         "hold": CountsJson::from(&hold),
@@ -315,6 +319,12 @@ fn table(
             m["joined_ms"].as_f64().unwrap_or(0.0),
             m["join"]["cpu_us"].as_f64().unwrap_or(0.0),
             m["idle_cpu_us_per_sec"].as_f64().unwrap_or(0.0)
+        );
+        let _ = writeln!(
+            s,
+            "  baseline: a lone accept, read, answer and close costs one thread {:.0} µs here (the join {:.1}×)",
+            m["baseline_lone_connection_us"].as_f64().unwrap_or(0.0),
+            m["join_vs_baseline"].as_f64().unwrap_or(0.0)
         );
         if let Some(w) = m["weight_change"].as_object() {
             let _ = writeln!(
