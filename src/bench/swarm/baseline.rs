@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use super::server_cpu::clock_ns;
 use super::BenchError;
 
 /// Lone connections measured; the median is reported.
@@ -20,6 +21,8 @@ const GAP: Duration = Duration::from_millis(200);
 const MESSAGE_BYTES: usize = 300;
 /// What the serving thread answers.
 const ANSWER_BYTES: usize = 64;
+/// Longest wait for one connection's answer: a stuck measurement fails, it does not hang.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The median CPU (µs) a thread spends serving one lone connection, over `CONNECTIONS` of them.
 /// Blocking: about three seconds.
@@ -39,7 +42,11 @@ fn measure(connections: usize, gap: Duration) -> Result<f64, BenchError> {
     let mut answer = [0u8; ANSWER_BYTES];
     for _ in 0..connections {
         std::thread::sleep(gap);
-        let mut client = TcpStream::connect(addr).map_err(io("baseline connect"))?;
+        let mut client =
+            TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT).map_err(io("baseline connect"))?;
+        client
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .map_err(io("baseline connect"))?;
         client.write_all(&message).map_err(io("baseline send"))?;
         client
             .read_exact(&mut answer)
@@ -58,8 +65,15 @@ fn measure(connections: usize, gap: Duration) -> Result<f64, BenchError> {
 fn serve(listener: &TcpListener, connections: usize) -> std::io::Result<Vec<f64>> {
     let mut buf = [0u8; 4096];
     let mut costs = Vec::with_capacity(connections);
+    let cpu_ns = || {
+        clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).ok_or_else(|| {
+            std::io::Error::other(
+                "this thread's CPU clock (CLOCK_THREAD_CPUTIME_ID) cannot be read",
+            )
+        })
+    };
     for _ in 0..connections {
-        let before = thread_cpu_ns();
+        let before = cpu_ns()?;
         let (mut conn, _) = listener.accept()?;
         let mut got = 0;
         while got < MESSAGE_BYTES {
@@ -70,20 +84,9 @@ fn serve(listener: &TcpListener, connections: usize) -> std::io::Result<Vec<f64>
         }
         conn.write_all(&buf[..ANSWER_BYTES])?;
         drop(conn);
-        costs.push(thread_cpu_ns().saturating_sub(before) as f64 / 1e3);
+        costs.push(cpu_ns()?.saturating_sub(before) as f64 / 1e3);
     }
     Ok(costs)
-}
-
-/// This thread's CPU time in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel knows.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -68,16 +68,7 @@ impl Proc {
     }
 
     fn clock_ns(&self) -> Option<u64> {
-        let clock = self.clock?;
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec into the variable we pass.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-            return None;
-        }
-        Some(u64::try_from(ts.tv_sec).ok()? * 1_000_000_000 + u64::try_from(ts.tv_nsec).ok()?)
+        clock_ns(self.clock?)
     }
 
     /// CPU time used so far, in nanoseconds.
@@ -146,6 +137,19 @@ impl Procs {
     pub fn rss_kib(&self) -> Result<Vec<u64>, BenchError> {
         self.0.iter().map(Proc::rss_kib).collect()
     }
+}
+
+/// `clock`'s time in nanoseconds (a CPU clock: a process's, or `CLOCK_THREAD_CPUTIME_ID`).
+pub fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the variable we pass.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(u64::try_from(ts.tv_sec).ok()? * 1_000_000_000 + u64::try_from(ts.tv_nsec).ok()?)
 }
 
 /// The CPU an action cost, measured until the processes were quiet again.

@@ -5,7 +5,8 @@
 //! or all are out, it parks a small read instead). The direction policy moves it to a large
 //! buffer while bytes flow and, with splice on, splices what is queued after a full large read.
 //! An in-flight read is never dropped to cancel it (a dropped ring read may take bytes with it);
-//! on an error both sockets are shut down, which completes the other direction's read. It must not be used on epoll sockets.
+//! on an error both sockets are shut down, which completes the other direction's read. It must
+//! not be used on epoll sockets.
 
 use std::cell::RefCell;
 use std::io;
