@@ -8,9 +8,13 @@
 //! wakes it with one `WorkerMsg::Update` (at most one outstanding per worker). Anything else
 //! waits: no worker can pick a host before one of its connections is idle there, so workers take
 //! pending changes before they adopt a connection or lease one ([`UpdateSlot::has_pending`], one
-//! atomic load). A join wakes only the
-//! worker its connection goes to; a weight to or from 0 only the workers holding that host's idle
-//! connections; a weight between two positive values none (it is applied before the next lease).
+//! atomic load). A join wakes no worker: its data connection waits in the slot too (`push_conn`)
+//! and is adopted with the changes, unless frontends wait on that worker (it says so,
+//! `set_frontends_waiting`) or the control path owes the worker a connection (then it is sent
+//! as a `WorkerMsg::DataConn`). A weight to or from 0 wakes only the workers holding that host's
+//! idle connections; a weight between two positive values none (it is applied before the next
+//! lease). Workers also take the slot before every message and every heartbeat sweep, so a
+//! connection waits at most one heartbeat interval for its first ping.
 //!
 //! Must not run anything or name a runtime; the slot's lock is held only to merge or swap.
 
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::snapshot::{HostSlot, Snapshot, SnapshotHost};
+use super::HandedConn;
 
 /// One cluster's changed host slots (a vacant host: the slot's host left).
 #[derive(Debug, Default)]
@@ -52,18 +57,28 @@ pub struct Pending {
     pub since: Option<Instant>,
     /// A `WorkerMsg::Update` is on its way to the worker.
     pub woken: bool,
+    /// Handshaken data connections for the worker to adopt, oldest first (after the changes:
+    /// their hosts may be among them).
+    pub conns: Vec<HandedConn>,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.full.is_none() && self.hosts.is_empty()
+        self.full.is_none() && self.hosts.is_empty() && self.conns.is_empty()
     }
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    pending: Pending,
+    /// The worker has frontends waiting for a connection: a handed connection wakes it.
+    frontends_waiting: bool,
 }
 
 /// One worker's latest-wins cell.
 #[derive(Debug, Default)]
 pub struct UpdateSlot {
-    pending: Mutex<Pending>,
+    cell: Mutex<SlotState>,
     /// `pending` is not empty (read without the lock before every lease).
     has_pending: AtomicBool,
 }
@@ -73,13 +88,34 @@ impl UpdateSlot {
         Arc::new(UpdateSlot::default())
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
-        let mut guard = match self.pending.lock() {
+    fn with_cell<R>(&self, f: impl FnOnce(&mut SlotState) -> R) -> R {
+        let mut guard = match self.cell.lock() {
             Ok(g) => g,
             // A panic while merging leaves a map, not a broken invariant: go on.
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut guard)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        self.with_cell(|c| f(&mut c.pending))
+    }
+
+    /// A handshaken data connection for the worker; true when the worker must be woken for it
+    /// (frontends wait there, and no wake-up is on its way already).
+    pub fn push_conn(&self, conn: HandedConn) -> bool {
+        self.with_cell(|c| {
+            c.pending.conns.push(conn);
+            self.has_pending.store(true, Ordering::Release);
+            c.frontends_waiting && !std::mem::replace(&mut c.pending.woken, true)
+        })
+    }
+
+    /// The worker says whether frontends wait on it. Under the slot's lock, like `push_conn`:
+    /// a connection pushed before `true` is set is seen by the worker's next look
+    /// (`has_pending`), and one pushed after wakes it.
+    pub fn set_frontends_waiting(&self, waiting: bool) {
+        self.with_cell(|c| c.frontends_waiting = waiting);
     }
 
     /// Merges `changes`; true when the worker must be woken (`urgent` for it, and no wake-up is
@@ -195,6 +231,48 @@ mod tests {
         // Non-urgent alone: no propagation sample.
         assert!(!slot.push(&join, false, t));
         assert_eq!(slot.take().since, None);
+    }
+
+    fn handed(conn_id: u64) -> (HandedConn, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let conn = HandedConn {
+            conn_id,
+            host_id: 1,
+            cluster: Arc::from("c"),
+            stream,
+            legacy: false,
+            peer_extension_version: 0,
+            pending: Vec::new(),
+            outstanding_pings: 0,
+            tls: None,
+        };
+        (conn, listener)
+    }
+
+    #[test]
+    fn a_handed_connection_wakes_the_worker_only_while_frontends_wait_there() {
+        let slot = UpdateSlot::new();
+        let (a, _la) = handed(1);
+        assert!(!slot.push_conn(a));
+        assert!(slot.has_pending());
+        slot.set_frontends_waiting(true);
+        let (b, _lb) = handed(2);
+        assert!(slot.push_conn(b));
+        // One wake-up on its way covers the next.
+        let (c, _lc) = handed(3);
+        assert!(!slot.push_conn(c));
+        let p = slot.take();
+        let ids: Vec<u64> = p.conns.iter().map(|c| c.conn_id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert!(!slot.has_pending());
+        // The waiting flag outlives a take; cleared, connections wait quietly again.
+        let (d, _ld) = handed(4);
+        assert!(slot.push_conn(d));
+        slot.take();
+        slot.set_frontends_waiting(false);
+        let (e, _le) = handed(5);
+        assert!(!slot.push_conn(e));
     }
 
     #[test]

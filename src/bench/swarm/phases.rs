@@ -151,6 +151,7 @@ async fn one_more(sw: &Arc<Swarm>, plan: &Plan, procs: &Procs) -> Result<JoinRep
     let agent = plan.agents;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut rx = Some(rx);
+    let threads_before = server_cpu::threads(procs);
     let cpu_before = procs.total_cpu_ns()?;
     let t_before = tokio::time::Instant::now();
     for slot in slots_of(plan, agent) {
@@ -165,6 +166,18 @@ async fn one_more(sw: &Arc<Swarm>, plan: &Plan, procs: &Procs) -> Result<JoinRep
     let joined = wait_for(limit, || sw.tally.agent_complete(agent)).await;
     let joined_ms = t_before.elapsed().as_secs_f64() * 1e3;
     let join = server_cpu::settle(procs, idle_ns_per_sec, cpu_before, t_before, SETTLE_MAX).await?;
+    // Which threads the join woke, and how often: read after the quiet windows, so idle work
+    // (heartbeats, timers) in them counts too.
+    for t in server_cpu::thread_deltas(&threads_before, &server_cpu::threads(procs)) {
+        eprintln!(
+            "swarm: one more join: pid {} thread {} ({}) {:.0} µs in {} runs",
+            t.pid,
+            t.tid,
+            t.name,
+            t.cpu_ns as f64 / 1e3,
+            t.runs
+        );
+    }
     let weight = if joined && plan.aside {
         let cpu_before = procs.total_cpu_ns()?;
         let t_before = tokio::time::Instant::now();

@@ -139,6 +139,73 @@ impl Procs {
     }
 }
 
+/// One thread's CPU time and how often it was scheduled, from /proc/PID/task/TID/schedstat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCpu {
+    pub pid: u32,
+    pub tid: u32,
+    pub name: String,
+    pub cpu_ns: u64,
+    /// Times the thread was put on a CPU (each wake-up counts one).
+    pub runs: u64,
+}
+
+/// Every thread of the watched processes (threads that cannot be read, having just exited, are
+/// left out). Empty where the kernel has no schedstat.
+pub fn threads(procs: &Procs) -> Vec<ThreadCpu> {
+    let mut out = Vec::new();
+    for p in &procs.0 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", p.pid)) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let base = entry.path();
+            let (Ok(stat), Ok(name)) = (
+                std::fs::read_to_string(base.join("schedstat")),
+                std::fs::read_to_string(base.join("comm")),
+            ) else {
+                continue;
+            };
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+            let (Some(Some(cpu_ns)), _, Some(Some(runs))) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            out.push(ThreadCpu {
+                pid: p.pid,
+                tid,
+                name: name.trim().to_string(),
+                cpu_ns,
+                runs,
+            });
+        }
+    }
+    out
+}
+
+/// What each thread used between two `threads` readings (threads new since `before` count from
+/// zero), busiest first, leaving out those that did not run.
+pub fn thread_deltas(before: &[ThreadCpu], after: &[ThreadCpu]) -> Vec<ThreadCpu> {
+    let mut out: Vec<ThreadCpu> = after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.pid == a.pid && b.tid == a.tid);
+            ThreadCpu {
+                cpu_ns: a.cpu_ns - b.map_or(0, |b| b.cpu_ns.min(a.cpu_ns)),
+                runs: a.runs - b.map_or(0, |b| b.runs.min(a.runs)),
+                ..a.clone()
+            }
+        })
+        .filter(|d| d.runs > 0)
+        .collect();
+    out.sort_by_key(|d| std::cmp::Reverse(d.cpu_ns));
+    out
+}
+
 /// `clock`'s time in nanoseconds (a CPU clock: a process's, or `CLOCK_THREAD_CPUTIME_ID`).
 pub fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec {
@@ -236,5 +303,20 @@ mod tests {
         let stat = proc_stat_cpu_ns(std::process::id()).unwrap();
         assert!(clock > 0 && stat <= clock + 50_000_000, "{clock} vs {stat}");
         assert!(Proc::new(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn reads_its_own_threads() {
+        let procs = Procs::new(&[std::process::id()]).unwrap();
+        let before = threads(&procs);
+        assert!(!before.is_empty());
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        std::thread::yield_now();
+        let deltas = thread_deltas(&before, &threads(&procs));
+        assert!(deltas.iter().any(|d| d.cpu_ns > 0), "{deltas:?}");
     }
 }

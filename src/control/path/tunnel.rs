@@ -322,20 +322,29 @@ impl Control {
             .registry
             .borrow_mut()
             .assign_worker_preferring(conn_id, wanted);
-        let sent = worker.and_then(|w| self.workers.get(w)).map(|tx| {
-            tx.send(WorkerMsg::DataConn(HandedConn {
-                conn_id,
-                host_id,
-                cluster: Arc::from(cluster),
-                stream: std_stream,
-                legacy,
-                pending,
-                outstanding_pings: 0,
-                tls,
-                peer_extension_version,
-            }))
-        });
-        if !matches!(sent, Some(Ok(()))) {
+        let handed = HandedConn {
+            conn_id,
+            host_id,
+            cluster: Arc::from(cluster),
+            stream: std_stream,
+            legacy,
+            pending,
+            outstanding_pings: 0,
+            tls,
+            peer_extension_version,
+        };
+        let sent = match worker.and_then(|w| Some((w, self.workers.get(w)?))) {
+            // Owed to that worker's waiting frontends: sent, which wakes it.
+            Some((_, tx)) if wanted.is_some() => tx.send(WorkerMsg::DataConn(handed)).is_ok(),
+            // Otherwise it waits in the worker's slot, taken before the worker's next lease,
+            // message or heartbeat sweep: a join wakes no worker whose frontends do not wait.
+            Some((w, tx)) => match self.updates.get(w) {
+                Some(slot) => !slot.push_conn(handed) || tx.send(WorkerMsg::Update).is_ok(),
+                None => tx.send(WorkerMsg::DataConn(handed)).is_ok(),
+            },
+            None => false,
+        };
+        if !sent {
             self.conn_closed(conn_id);
         }
     }

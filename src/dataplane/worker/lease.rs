@@ -87,11 +87,7 @@ impl Worker {
         }
         bump(&self.counters.pool_waits_total);
         bump(&self.cluster_stats(cluster).pool_waits_total);
-        *self
-            .waiting
-            .borrow_mut()
-            .entry(cluster.clone())
-            .or_insert(0) += 1;
+        let waiting = Waiting::begin(self, cluster);
         self.ask_for_connections(cluster);
         let deadline = Instant::now() + self.pool_wait(cluster);
         let notify = self.waiter(cluster);
@@ -112,9 +108,7 @@ impl Worker {
                 self.ask_for_connections(cluster);
             }
         };
-        if let Some(n) = self.waiting.borrow_mut().get_mut(cluster) {
-            *n = n.saturating_sub(1);
-        }
+        drop(waiting);
         // Others still wait: ask again for them (the flag was cleared when a connection came).
         self.ask_for_connections(cluster);
         leased
@@ -140,6 +134,47 @@ impl Worker {
                 cluster: cluster.clone(),
                 waiting,
             });
+        }
+    }
+}
+
+/// One frontend counted as waiting for a connection of its cluster, until dropped (also when
+/// its session is dropped mid-wait). The worker's total tells the control path, through the
+/// update slot, when the first starts and the last ends: while any wait, a connection handed to
+/// this worker wakes it.
+struct Waiting<'a> {
+    worker: &'a Worker,
+    cluster: &'a Arc<str>,
+}
+
+impl<'a> Waiting<'a> {
+    fn begin(worker: &'a Worker, cluster: &'a Arc<str>) -> Self {
+        *worker
+            .waiting
+            .borrow_mut()
+            .entry(cluster.clone())
+            .or_insert(0) += 1;
+        worker.count_waiting(1);
+        Waiting { worker, cluster }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.worker.waiting.borrow_mut().get_mut(self.cluster) {
+            *n = n.saturating_sub(1);
+        }
+        self.worker.count_waiting(-1);
+    }
+}
+
+impl Worker {
+    fn count_waiting(&self, delta: i32) {
+        let before = self.waiting_total.get();
+        let after = before.saturating_add_signed(delta);
+        self.waiting_total.set(after);
+        if (before == 0) != (after == 0) {
+            self.updates.set_frontends_waiting(after > 0);
         }
     }
 }

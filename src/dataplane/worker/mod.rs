@@ -82,6 +82,8 @@ struct Worker {
     waiters: RefCell<HashMap<Arc<str>, Rc<Notify>>>,
     /// Frontends waiting for a connection, per cluster.
     waiting: RefCell<HashMap<Arc<str>, u32>>,
+    /// Their sum (the update slot is told when it leaves or reaches 0).
+    waiting_total: Cell<u32>,
     /// False once draining: accept loops end.
     accepting: Cell<bool>,
     /// Clusters for which a donation was asked and has not arrived yet.
@@ -125,6 +127,7 @@ pub async fn run(setup: WorkerSetup) {
         waiters: RefCell::new(HashMap::new()),
         accepting: Cell::new(true),
         waiting: RefCell::new(HashMap::new()),
+        waiting_total: Cell::new(0),
         starving: RefCell::new(Default::default()),
         leased: RefCell::new(HashMap::new()),
         next_session: Cell::new(1),
@@ -135,6 +138,8 @@ pub async fn run(setup: WorkerSetup) {
     worker.start_accepting(frontends, &mut accepting);
     crate::rt::spawn_local(worker.clone().heartbeat_loop());
     while let Some(msg) = rx.recv().await {
+        // Connections handed without a wake-up come first: a message may name them.
+        worker.catch_up();
         match msg {
             WorkerMsg::Update => worker.apply_update(),
             WorkerMsg::DataConn(conn) => worker.adopt(conn),
@@ -162,6 +167,7 @@ pub async fn run(setup: WorkerSetup) {
             WorkerMsg::Shutdown => break,
         }
     }
+    worker.catch_up();
     worker.close_all_idle();
 }
 
@@ -169,6 +175,11 @@ impl Worker {
     fn adopt(&self, handed: HandedConn) {
         // Its host may have joined since the worker last looked.
         self.catch_up();
+        self.adopt_known(handed);
+    }
+
+    /// Adopts a connection whose host's changes the worker has taken.
+    fn adopt_known(&self, handed: HandedConn) {
         // Usually empty after the handshake; its read buffer's capacity must not stay with
         // every idle connection.
         let mut pending = handed.pending;

@@ -238,6 +238,8 @@ impl Worker {
         tick.tick().await;
         loop {
             tick.tick().await;
+            // Connections handed without a wake-up get their first ping in this sweep.
+            self.catch_up();
             let mut dead = Vec::new();
             {
                 let mut state = self.state.borrow_mut();

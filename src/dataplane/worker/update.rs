@@ -1,9 +1,11 @@
 //! Applying what the control path publishes: a whole snapshot (at start, after a reload) builds
 //! every cluster and its balancer; otherwise the worker takes its `UpdateSlot` — the host slots
 //! changed since it last looked, merged latest-wins — and updates only those slots and, through
-//! `Balancer::update`, each changed cluster's balancer once. It does so when woken for an urgent
-//! change (weights, drains) and before it adopts or leases a connection (`catch_up`), which is
-//! when joins and leaves matter. Frontends waiting on a changed cluster look again.
+//! `Balancer::update`, each changed cluster's balancer once, then adopts the data connections
+//! handed to it meanwhile. It does so when woken (an urgent change: weights, drains; a connection
+//! while frontends wait), and before it leases a connection, handles a message or sweeps its idle
+//! connections (`catch_up`), which is when joins and leaves matter. Frontends waiting on a changed
+//! cluster look again.
 //!
 //! Must not hold the state borrow past this module's functions (they never await).
 
@@ -26,7 +28,8 @@ fn spec(h: &SnapshotHost) -> HostSpec {
 }
 
 impl Worker {
-    /// Applies pending changes, if any, before the worker adopts or leases a connection.
+    /// Applies pending changes and adopts handed connections, if any, before the worker adopts or
+    /// leases a connection, handles a message or sweeps its idle connections.
     #[inline]
     pub(super) fn catch_up(&self) {
         if self.updates.has_pending() {
@@ -48,6 +51,10 @@ impl Worker {
         for (cluster, hosts) in pending.hosts {
             self.apply_hosts(&cluster, hosts);
             changed.push(cluster);
+        }
+        // After the changes: a connection's host may have joined with them.
+        for conn in pending.conns {
+            self.adopt_known(conn);
         }
         if let Some(at) = pending.since {
             let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
