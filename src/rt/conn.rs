@@ -87,6 +87,21 @@ impl Conn {
         }
     }
 
+    /// `try_read`, and after a short read (the socket is drained) tokio's cached readiness is
+    /// cleared too, as its own `poll_read` does: otherwise the next readiness wait would return
+    /// at once and a pump would hold a read buffer on an idle socket.
+    pub fn try_read_drained(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.try_read(buf)?;
+        if let (Conn::Epoll(s), true) = (self, n > 0 && n < buf.len()) {
+            // Safe on the worker's current-thread runtime: the reactor cannot record newer
+            // readiness before this line, and bytes arriving later raise a new edge.
+            let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+        Ok(n)
+    }
+
     /// Shuts both directions down (before a drop that might leave an operation in flight).
     pub fn shutdown(&self) {
         let _ = match self {

@@ -30,12 +30,12 @@ pub async fn connect(addrs: &[SocketAddr]) -> io::Result<ReadyStream> {
 }
 
 async fn connect_on_ring(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    // Non-blocking from its creation: no fcntl calls per backend connection.
     let socket = Socket::new(
         Domain::for_address(addr),
-        Type::STREAM.cloexec(),
+        Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    socket.set_nonblocking(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {

@@ -404,8 +404,12 @@ pub fn wait_registered(server: &ServerHandle, cluster: &str, hosts: usize, idle:
     let ok = wait_until(Duration::from_secs(10), || {
         let h = server.hosts(cluster);
         h.len() == hosts
-            && h.iter()
-                .all(|h| h.idle_connections >= idle && (h.legacy || h.aside_connections == 1))
+            && h.iter().all(|h| {
+                h.idle_connections >= idle
+                    && (h.legacy || h.aside_connections == 1)
+                    // Workers know the host: its join's publication is out.
+                    && h.published
+            })
     });
     assert!(
         ok,

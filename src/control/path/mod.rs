@@ -103,6 +103,9 @@ struct Control {
     flush_at: Cell<Option<std::time::Instant>>,
     /// The first change waiting for the due publication.
     first_change: Cell<Option<std::time::Instant>>,
+    /// Data connections handed while a publication was due, for their workers once it is out
+    /// (worker, connection, owed to its waiting frontends); at most one interval's handshakes.
+    deferred: RefCell<Vec<(usize, HandedConn, bool)>>,
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Handshakes in progress per source IP (`max_handshakes_per_ip`).
     handshakes_per_ip: admission::IpCounts,
@@ -159,6 +162,7 @@ pub async fn run(setup: ControlSetup) {
         last_flush: Cell::new(None),
         flush_at: Cell::new(None),
         first_change: Cell::new(None),
+        deferred: RefCell::new(Vec::new()),
         handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_slots)),
         handshakes_per_ip: Rc::default(),
         peer_tables: Default::default(),

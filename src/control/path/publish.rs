@@ -5,9 +5,13 @@
 //! changed host slots, merged into each worker's latest-wins `UpdateSlot`; a worker is woken by
 //! one `WorkerMsg::Update` for a change urgent for it (a host with idle connections there that
 //! became pickable or stopped being so: a weight to or from 0, a drain; a reload) and otherwise
-//! takes the changes before it next adopts or leases a connection.
+//! takes the changes before it next adopts or leases a connection. A data connection handed
+//! while a publication is due waits for it (`Control::deferred`), so it reaches its worker after
+//! its host's join: no worker holds a connection of a host its balancers do not know.
 
 use std::time::Instant;
+
+use tracing::trace;
 
 use super::*;
 
@@ -41,18 +45,28 @@ impl Control {
         }
     }
 
-    /// Sends every pending change to every worker.
+    /// Sends every pending change to every worker, then the data connections handed meanwhile
+    /// (`Control::deliver`), so each reaches its worker after its host's join.
     fn flush(&self) {
         let now = Instant::now();
         self.last_flush.set(Some(now));
         let since = self.first_change.take().unwrap_or(now);
-        let Some(changes) = self.registry.borrow_mut().take_changes() else {
-            return;
-        };
-        for (w, (slot, tx)) in self.updates.iter().zip(&self.workers).enumerate() {
-            if slot.push(&changes, changes.wake.contains(&w), since) {
-                let _ = tx.send(WorkerMsg::Update);
+        let changes = self.registry.borrow_mut().take_changes();
+        trace!(
+            version = changes.as_ref().map(|c| c.version),
+            deferred = self.deferred.borrow().len(),
+            "changes published"
+        );
+        if let Some(changes) = changes {
+            for (w, (slot, tx)) in self.updates.iter().zip(&self.workers).enumerate() {
+                if slot.push(&changes, changes.wake.contains(&w), since) {
+                    let _ = tx.send(WorkerMsg::Update);
+                }
             }
+        }
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        for (worker, conn, owed) in deferred {
+            self.deliver(worker, conn, owed);
         }
     }
 

@@ -333,16 +333,32 @@ impl Control {
             tls,
             peer_extension_version,
         };
-        let sent = match worker.and_then(|w| Some((w, self.workers.get(w)?))) {
-            // Owed to that worker's waiting frontends: sent, which wakes it.
-            Some((_, tx)) if wanted.is_some() => tx.send(WorkerMsg::DataConn(handed)).is_ok(),
-            // Otherwise it waits in the worker's slot, taken before the worker's next lease,
-            // message or heartbeat sweep: a join wakes no worker whose frontends do not wait.
-            Some((w, tx)) => match self.updates.get(w) {
-                Some(slot) => !slot.push_conn(handed) || tx.send(WorkerMsg::Update).is_ok(),
-                None => tx.send(WorkerMsg::DataConn(handed)).is_ok(),
-            },
-            None => false,
+        let Some(worker) = worker else {
+            self.conn_closed(conn_id);
+            return;
+        };
+        if self.flush_at.get().is_some() {
+            // Its host's join may be in the publication that is due: the connection goes with
+            // it, after the changes, so no worker holds a connection of a host it does not know.
+            self.deferred
+                .borrow_mut()
+                .push((worker, handed, wanted.is_some()));
+            return;
+        }
+        self.deliver(worker, handed, wanted.is_some());
+    }
+
+    /// Gives a handed connection to `worker`: sent (which wakes it) when it is owed to that
+    /// worker's waiting frontends, else left in its update slot, taken before the worker's next
+    /// lease, message or heartbeat sweep, so a join wakes no worker whose frontends do not wait.
+    pub(super) fn deliver(&self, worker: usize, handed: HandedConn, owed: bool) {
+        let conn_id = handed.conn_id;
+        let sent = match (self.workers.get(worker), self.updates.get(worker)) {
+            (Some(tx), Some(slot)) if !owed => {
+                !slot.push_conn(handed) || tx.send(WorkerMsg::Update).is_ok()
+            }
+            (Some(tx), _) => tx.send(WorkerMsg::DataConn(handed)).is_ok(),
+            (None, _) => false,
         };
         if !sent {
             self.conn_closed(conn_id);

@@ -20,6 +20,10 @@ pub struct HostStatus {
     /// Sessions each live data connection has carried (oldest connection first; more than one
     /// only with framed sessions).
     pub sessions_per_data_connection: Vec<u64>,
+    /// Its latest change (its join, a weight, a drain) is published to the workers, which take
+    /// it before their next lease; false for at most one publication interval (4 ms) under a
+    /// storm of changes.
+    pub published: bool,
 }
 
 /// A cluster as the admin sees it: its settings (never its credentials) and its hosts.
@@ -53,6 +57,7 @@ impl Registry {
                         .count()
                 };
                 HostStatus {
+                    published: !state.dirty.contains(&h.slot),
                     id: *id,
                     host_name: h.identity.host_name.clone(),
                     agent_id: h.identity.agent_id.clone(),

@@ -188,7 +188,11 @@ async fn framed<L: OwnedIo>(
                     }
                     Step::End(used) => {
                         pos += used;
-                        if shared.local_failed.get().is_none() {
+                        // After this side's own END (its local socket gave EOF) the session
+                        // ends with this record and the caller's close sends the FIN: no call.
+                        if shared.local_failed.get().is_none()
+                            && !shared.records.get().sent_terminal
+                        {
                             let _ = shutdown_write(local);
                         }
                         terminal = Some(None);

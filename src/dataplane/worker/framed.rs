@@ -17,7 +17,7 @@ use crate::dataplane::pump::{pump_framed, DataLink, Moved};
 use crate::dataplane::session_timeout::with_idle_timeout;
 use crate::plane::counters::{bump, SessionSetup};
 use crate::plane::WorkerEvent;
-use crate::protocol::session_frame::AbortReason;
+use crate::protocol::session_frame::{encode_data, AbortReason, DATA_HEADER_LEN};
 use crate::rt::{Conn, ReadyStream};
 
 impl Worker {
@@ -45,6 +45,13 @@ impl Worker {
             tls,
             ..
         } = conn;
+        let mut start_frame = start_frame;
+        let early = client.take_early();
+        let first_bytes = if early.is_empty() {
+            append_first_bytes(frontend, &mut start_frame) as u64
+        } else {
+            0
+        };
         let link = match self
             .start_framed(stream, tls, &start_frame, pending, outstanding_pings)
             .await
@@ -52,6 +59,8 @@ impl Worker {
             Ok(started) => started,
             Err(e) => return (Err(e), false),
         };
+        // Not held for the session's life.
+        drop(start_frame);
         let (link, rest) = link;
         setup.started();
         let ended = {
@@ -59,7 +68,7 @@ impl Worker {
                 &link,
                 frontend,
                 rest,
-                client.take_early(),
+                early,
                 Vec::new(),
                 AbortReason::FrontendReset,
                 self.heartbeat_interval * self.heartbeat_max_missed.max(1),
@@ -82,8 +91,10 @@ impl Worker {
                 "agent aborted the session");
         }
         // The frontend's socket needs no shutdown before it is closed: the pump ended both its
-        // directions (its write side after the agent's END, both on an abort either way).
-        let moved = end.moved;
+        // directions (its write side after the agent's END, unless its read side had ended
+        // first and the close sends the FIN; both on an abort either way).
+        let mut moved = end.moved;
+        moved.a_to_b += first_bytes;
         let (stream, tls) = link.into_parts();
         let lent = Lent {
             conn_id,
@@ -200,4 +211,23 @@ pub(super) struct Lent {
     pub host_id: crate::plane::snapshot::HostId,
     pub peer_extension_version: u32,
     pub sessions_carried: u32,
+}
+
+/// Most of the frontend's first bytes sent with the session start.
+const FIRST_BYTES_MAX: usize = 2048;
+
+/// Appends the frontend's first bytes, when they are already there, to the start frame as one
+/// DATA record, so that one write carries both: a client that speaks first (HTTP, TLS, most
+/// request/response protocols) costs the data connection one record and the agent one read less
+/// per session. One non-blocking read; nothing waits. Returns the bytes appended (0: nothing was
+/// there, or the read failed or saw EOF, which the pump then sees for itself).
+fn append_first_bytes(frontend: &Conn, frame: &mut Vec<u8>) -> usize {
+    // On the stack of a plain function: no session future carries it.
+    let mut first = [0u8; FIRST_BYTES_MAX];
+    let n = frontend.try_read_drained(&mut first).unwrap_or_default();
+    if n > 0 {
+        frame.reserve_exact(DATA_HEADER_LEN + n);
+        encode_data(&first[..n], frame);
+    }
+    n
 }
