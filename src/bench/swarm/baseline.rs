@@ -72,6 +72,11 @@ fn serve(listener: &TcpListener, connections: usize) -> std::io::Result<Vec<f64>
             )
         })
     };
+    // A client that failed mid-run sends nothing more: accept (SO_RCVTIMEO bounds it on Linux)
+    // and the reads (accepted sockets inherit it: no call per connection, which the floor
+    // would count) give up instead of keeping this thread forever.
+    let wait = Some(GAP + ANSWER_TIMEOUT);
+    socket2::SockRef::from(listener).set_read_timeout(wait)?;
     for _ in 0..connections {
         let before = cpu_ns()?;
         let (mut conn, _) = listener.accept()?;
