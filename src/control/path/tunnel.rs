@@ -353,6 +353,13 @@ impl Control {
     /// lease, message or heartbeat sweep, so a join wakes no worker whose frontends do not wait.
     pub(super) fn deliver(&self, worker: usize, handed: HandedConn, owed: bool) {
         let conn_id = handed.conn_id;
+        if !self.registry.borrow().is_live(conn_id) {
+            // Named for closing (its agent is stopping) or gone while its publication was due:
+            // no worker may pool it.
+            let _ = handed.stream.shutdown(std::net::Shutdown::Both);
+            self.conn_closed(conn_id);
+            return;
+        }
         let sent = match (self.workers.get(worker), self.updates.get(worker)) {
             (Some(tx), Some(slot)) if !owed => {
                 !slot.push_conn(handed) || tx.send(WorkerMsg::Update).is_ok()

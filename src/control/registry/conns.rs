@@ -79,6 +79,11 @@ impl Registry {
         self.conns.get(&conn_id).is_some_and(|c| c.closing)
     }
 
+    /// Registered and not named for closing: a connection a worker may still be given.
+    pub fn is_live(&self, conn_id: ConnId) -> bool {
+        self.conns.get(&conn_id).is_some_and(|c| !c.closing)
+    }
+
     /// An idle data connection was taken by a session.
     pub fn conn_leased(&mut self, conn_id: ConnId) {
         let worker = self.conns.get(&conn_id).and_then(|c| c.idle_on);
