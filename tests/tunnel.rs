@@ -215,6 +215,39 @@ both_backends!(
     }
 );
 
+both_backends!(
+    a_frontend_waiting_before_any_agent_is_served_when_one_joins,
+    |backend| {
+        // The join's connections reach the workers without waking them unless frontends wait
+        // there: these wait, on whichever worker accepted them, so they must be woken.
+        let echo = echo_backend();
+        let server = server(backend)
+            .cluster("c")
+            .workers(2)
+            .pool_wait_ms(10_000)
+            .run();
+        let frontend = server.frontend_addr("c").unwrap();
+        let clients: Vec<_> = (0..4u8)
+            .map(|i| std::thread::spawn(move || echo_roundtrip(frontend, &pattern(1000, i))))
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(10), || server
+                .counters()
+                .pool_waits_total
+                >= 4),
+            "the frontends never waited: {:?}",
+            server.counters()
+        );
+        let _agent = agent(backend, server.tunnel_addr(), echo.addr)
+            .connection_num(1)
+            .run();
+        for (i, c) in clients.into_iter().enumerate() {
+            assert!(c.join().unwrap() == pattern(1000, i as u8));
+        }
+        assert_eq!(server.counters().pool_exhausted_total, 0);
+    }
+);
+
 both_backends!(sessions_beyond_the_pool_wait_for_replacements, |backend| {
     // 2 idle connections over 2 workers, 20 concurrent sessions: the rest wait for the agent's
     // re-dials, or for a connection donated by the other worker.
