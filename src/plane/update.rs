@@ -280,10 +280,14 @@ mod tests {
         let slot = UpdateSlot::new();
         let t = Instant::now();
         assert!(slot.push(&changes(1, 0, host(1, 10)), true, t));
+        let (conn, _listener) = handed(7);
+        assert!(!slot.push_conn(conn));
         assert!(!slot.push_full(Arc::new(Snapshot::default()), t));
         assert!(!slot.push(&changes(3, 2, host(3, 1)), true, t));
         let p = slot.take();
         assert!(p.full.is_some());
+        // A handed connection is never superseded: it is adopted after the snapshot.
+        assert_eq!(p.conns.len(), 1);
         assert_eq!(p.hosts[&Arc::<str>::from("c")].len(), 1);
     }
 }

@@ -144,7 +144,8 @@ pub(super) async fn run_framed_session(
                 return Framed::Stopped;
             }
             // No shutdown before the backend socket is closed: the pump ended both its
-            // directions (its write side after the server's END, both on an abort either way).
+            // directions (its write side after the server's END, unless the backend's own EOF
+            // came first and this close sends the FIN; both on an abort either way).
             again(link, end.leftover)
         }
         Err(e) => {

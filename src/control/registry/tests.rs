@@ -95,6 +95,31 @@ fn leased_connections_count_as_active_on_their_worker() {
 }
 
 #[test]
+fn a_join_is_unpublished_until_its_changes_are_taken() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert!(!r.hosts("c")[0].published);
+    assert!(r.take_changes().is_some());
+    assert!(r.hosts("c")[0].published);
+    // Another connection of the same host changes nothing workers see.
+    r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    assert!(r.hosts("c")[0].published);
+    assert!(r.is_live(a.conn_id));
+}
+
+#[test]
+fn a_connection_named_for_closing_or_gone_is_not_live() {
+    let mut r = registry();
+    let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    let b = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
+    r.graceful_close(a.host_id, &[a.conn_id]);
+    assert!(!r.is_live(a.conn_id));
+    assert!(r.is_live(b.conn_id));
+    r.conn_closed(b.conn_id);
+    assert!(!r.is_live(b.conn_id));
+}
+
+#[test]
 fn graceful_close_names_only_the_hosts_own_data_connections_idle_or_leased() {
     let mut r = registry();
     let a = r.register("c", id("a"), 1, Role::Data, PEER).unwrap();
