@@ -11,6 +11,8 @@
 mod admission;
 mod aside;
 mod commands;
+#[cfg(test)]
+mod deferral_tests;
 mod parked;
 mod peer_limits;
 mod pool_requests;
