@@ -665,6 +665,56 @@ class Rathole(System):
         self.ready(backends)
 
 
+class HaproxyChain(System):
+    """A reference, not a tunnel: two HAProxy TCP relays in series (cloud relay -> edge relay ->
+    backend), the same three loopback TCP hops a tunnel's session crosses, with no tunnel
+    protocol, no reverse dial and no pool. Each relay runs `nbthread` threads (2: one per core,
+    as ringtun's `workers: 0`) and opens its next hop per client connection, so a short
+    connection pays a handshake on the middle hop that a tunnel's pooled data connections do not;
+    on keep-alive and bulk it shows what a mature event-driven relay pays for the topology."""
+
+    name = "haproxy-chain"
+    label = "2 × HAProxy (reference)"
+
+    def __init__(self, binary, threads=2):
+        super().__init__()
+        self.binary = binary
+        self.threads = threads
+
+    def _config(self, routes):
+        lines = [
+            "global",
+            f"    nbthread {self.threads}",
+            "    maxconn 4000",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 5s",
+            "    timeout client 120s",
+            "    timeout server 120s",
+            "    option splice-auto",
+        ]
+        for i, (port, target) in enumerate(routes):
+            lines += [f"listen r{i}", f"    bind 127.0.0.1:{port}", f"    server s{i} {target}"]
+        return "\n".join(lines) + "\n"
+
+    def start(self, backends, workdir):
+        middle = {svc: free_port() for svc in backends.services}
+        fronts = {svc: free_port() for svc in backends.services}
+        edge = [(middle[svc], backend) for svc, backend in backends.services.items()]
+        cloud = [(fronts[svc], f"127.0.0.1:{middle[svc]}") for svc in backends.services]
+        procs = []
+        for role, routes in (("edge", edge), ("cloud", cloud)):
+            path = os.path.join(workdir, f"{self.name}-{role}.cfg")
+            with open(path, "w") as f:
+                f.write(self._config(routes))
+            procs.append(PROCS.start(f"{self.name}-{role}", [self.binary, "-db", "-f", path],
+                                     os.path.join(workdir, f"{self.name}-{role}.log")))
+        self.procs = procs
+        self.pids = [p.pid for p in procs]
+        self.set_fronts({svc: f"127.0.0.1:{port}" for svc, port in fronts.items()})
+        self.ready(backends)
+
+
 BORE_CONTROL_PORT = 7835  # fixed in bore (bore_cli::shared::CONTROL_PORT); cannot be changed
 
 
