@@ -136,6 +136,19 @@ impl IdleConn {
         Ok(())
     }
 
+    /// Checks only the bytes already read (those after a session's terminal), without reading
+    /// the socket: a connection going back to its pool is read at its next lease or heartbeat,
+    /// so a session's end costs no read that finds the socket empty.
+    pub fn check_pending(&mut self, max_frame_payload_bytes: usize) -> Result<(), IdleError> {
+        if self.legacy {
+            if self.pending.len() > LEGACY_PENDING_LIMIT_BYTES {
+                return Err(IdleError::LegacyOverflow);
+            }
+            return Ok(());
+        }
+        self.consume_frames(max_frame_payload_bytes)
+    }
+
     fn consume_frames(&mut self, max_frame_payload_bytes: usize) -> Result<(), IdleError> {
         loop {
             match protocol::decode(&self.pending, max_frame_payload_bytes)? {

@@ -39,9 +39,16 @@ async fn connect_on_ring(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            super::ring::poll(socket.as_raw_fd(), libc::POLLOUT).await?;
-            if let Some(e) = socket.take_error()? {
-                return Err(e);
+            let seen = super::ring::poll(socket.as_raw_fd(), libc::POLLOUT).await?;
+            // A failed connect (refused, timed out, reset) raises POLLERR with its error set;
+            // writable without it is connected, and needs no SO_ERROR read.
+            if seen & (libc::POLLERR | libc::POLLHUP) as u32 != 0 {
+                return Err(socket.take_error()?.unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the connection closed while it was being made",
+                    )
+                }));
             }
         }
         Err(e) => return Err(e),

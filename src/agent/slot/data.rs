@@ -368,13 +368,19 @@ pub(super) async fn connect_backend(
         Duration::from_millis(listener.connect_timeout_ms),
         async {
             let addrs = local.backends.resolve(&listener.backend).await?;
-            crate::rt::connect(&addrs[..]).await
+            let loopback = addrs.iter().all(|a| a.ip().is_loopback());
+            crate::rt::connect(&addrs[..]).await.map(|s| (s, loopback))
         },
     ));
     match connect.await {
-        Ok(Ok(backend)) => {
+        Ok(Ok((backend, loopback))) => {
             let _ = backend.set_nodelay(true);
-            crate::rt::set_session_keepalive(&backend);
+            // Keepalive finds a peer that vanished without FIN or RST; over loopback the peer's
+            // kernel is this one, which answers for any process alive or dead, so it is skipped
+            // there (four setsockopt calls per session).
+            if !loopback {
+                crate::rt::set_session_keepalive(&backend);
+            }
             Ok(backend)
         }
         Ok(Err(e)) => Err(format!("cannot connect to backend: {e}")),

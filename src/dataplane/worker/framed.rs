@@ -170,7 +170,9 @@ impl Worker {
             conn.shutdown();
             return false;
         }
-        if let Err(e) = conn.poll(self.max_frame_payload_bytes) {
+        // What the socket holds is read at the next lease (or heartbeat), which also finds a
+        // connection the agent closed meanwhile.
+        if let Err(e) = conn.check_pending(self.max_frame_payload_bytes) {
             debug!(conn = conn.conn_id, reason = %e, "data connection closed after its session");
             conn.shutdown();
             return false;
