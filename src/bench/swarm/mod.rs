@@ -106,7 +106,7 @@ pub(crate) fn run(common: &CommonArgs, args: &SwarmArgs) -> Result<Outcome, Benc
     let (plan, target) = plan::check(common, args)?;
     let tls = plan::tls_dial(args, common.target.as_deref().unwrap_or_default())?;
     let procs = Procs::new(&args.pids)?;
-    let need = ((plan.agents + 1) * plan.conns_per_agent() + 256) as u64;
+    let need = ((plan.agents + phases::JOIN_SAMPLES) * plan.conns_per_agent() + 256) as u64;
     let (limit, hard) = raise_fd_limit(need);
     if limit < need {
         return Err(BenchError::InvalidArgument(format!(
@@ -136,8 +136,12 @@ pub(crate) fn run(common: &CommonArgs, args: &SwarmArgs) -> Result<Outcome, Benc
             max_ms: args.reconnect_max_ms,
         },
         handshakes: Semaphore::new(args.concurrency),
-        // The last slot is the agent `--one-more` joins.
-        tally: Tally::new(plan.agents + 1, plan.conns_per_agent() as u8, plan.threads),
+        // The last slots are the agents `--one-more` joins.
+        tally: Tally::new(
+            plan.agents + phases::JOIN_SAMPLES,
+            plan.conns_per_agent() as u8,
+            plan.threads,
+        ),
     });
     let coordinator = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -118,9 +118,7 @@ pub(super) async fn phases(
     let mut expected = n;
     let join = if plan.one_more && all {
         let j = one_more(sw, plan, procs).await?;
-        if j.joined {
-            expected += 1;
-        }
+        expected += j.joins;
         Some(j)
     } else {
         None
@@ -144,40 +142,54 @@ pub(super) async fn phases(
     })
 }
 
-/// Joins agent N (one more than the swarm), then changes its weight on its aside connection;
-/// the server's CPU is measured for each until it is quiet.
+/// Lone joins `--one-more` measures, one agent after another; the median is reported (one
+/// join's cost on this VM spreads about 2× from one to the next).
+pub(super) const JOIN_SAMPLES: usize = 7;
+
+/// Joins agents N, N+1, … one at a time (`JOIN_SAMPLES` of them, each measured until the server
+/// is quiet), then changes the first one's weight on its aside connection.
 async fn one_more(sw: &Arc<Swarm>, plan: &Plan, procs: &Procs) -> Result<JoinReport, BenchError> {
     let idle_ns_per_sec = server_cpu::idle_rate(procs, Duration::from_secs(1)).await?;
-    let agent = plan.agents;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut rx = Some(rx);
-    let threads_before = server_cpu::threads(procs);
-    let cpu_before = procs.total_cpu_ns()?;
-    let t_before = tokio::time::Instant::now();
-    for slot in slots_of(plan, agent) {
-        let cmds = if slot.role == Role::Aside {
-            rx.take()
-        } else {
-            None
-        };
-        tokio::spawn(conn::run(sw.clone(), slot, cmds));
-    }
-    let limit = Instant::now() + sw.connect_timeout * 2 + Duration::from_secs(1);
-    let joined = wait_for(limit, || sw.tally.agent_complete(agent)).await;
-    let joined_ms = t_before.elapsed().as_secs_f64() * 1e3;
-    let join = server_cpu::settle(procs, idle_ns_per_sec, cpu_before, t_before, SETTLE_MAX).await?;
-    // Which threads the join woke, and how often: read after the quiet windows, so idle work
-    // (heartbeats, timers) in them counts too.
-    for t in server_cpu::thread_deltas(&threads_before, &server_cpu::threads(procs)) {
+    let mut samples = Vec::with_capacity(JOIN_SAMPLES);
+    let mut joined_ms = Vec::with_capacity(JOIN_SAMPLES);
+    for agent in plan.agents..plan.agents + JOIN_SAMPLES {
+        let threads_before = server_cpu::threads(procs);
+        let cpu_before = procs.total_cpu_ns()?;
+        let t_before = tokio::time::Instant::now();
+        for slot in slots_of(plan, agent) {
+            let cmds = if slot.role == Role::Aside {
+                rx.take()
+            } else {
+                None
+            };
+            tokio::spawn(conn::run(sw.clone(), slot, cmds));
+        }
+        let limit = Instant::now() + sw.connect_timeout * 2 + Duration::from_secs(1);
+        if !wait_for(limit, || sw.tally.agent_complete(agent)).await {
+            eprintln!("swarm: one more agent ({agent}) did not join");
+            break;
+        }
+        joined_ms.push(t_before.elapsed().as_secs_f64() * 1e3);
+        let join =
+            server_cpu::settle(procs, idle_ns_per_sec, cpu_before, t_before, SETTLE_MAX).await?;
+        // Which threads the join woke, and how often: read after the quiet windows, so idle work
+        // (heartbeats, timers) in them counts too.
+        let threads: Vec<String> =
+            server_cpu::thread_deltas(&threads_before, &server_cpu::threads(procs))
+                .iter()
+                .map(|t| format!("{} {:.0} µs/{} runs", t.name, t.cpu_ns as f64 / 1e3, t.runs))
+                .collect();
         eprintln!(
-            "swarm: one more join: pid {} thread {} ({}) {:.0} µs in {} runs",
-            t.pid,
-            t.tid,
-            t.name,
-            t.cpu_ns as f64 / 1e3,
-            t.runs
+            "swarm: one more join {}/{JOIN_SAMPLES}: server CPU {:.0} µs ({})",
+            samples.len() + 1,
+            join.cpu_ns as f64 / 1e3,
+            threads.join(", ")
         );
+        samples.push(join);
     }
+    let joined = samples.len() == JOIN_SAMPLES;
     let weight = if joined && plan.aside {
         let cpu_before = procs.total_cpu_ns()?;
         let t_before = tokio::time::Instant::now();
@@ -188,26 +200,45 @@ async fn one_more(sw: &Arc<Swarm>, plan: &Plan, procs: &Procs) -> Result<JoinRep
     };
     // The aside connection keeps serving after its commands end.
     drop(tx);
+    let joins = samples.len();
+    let samples_us: Vec<f64> = samples.iter().map(|s| s.cpu_ns as f64 / 1e3).collect();
+    let join = median_settled(samples);
     eprintln!(
-        "swarm: one more agent {} in {joined_ms:.1} ms, server CPU {:.0} µs",
-        if joined { "joined" } else { "did not join" },
+        "swarm: {joins} more agent(s) joined one at a time, median server CPU {:.0} µs",
         join.cpu_ns as f64 / 1e3
     );
-    // Measured after the join, so it takes no CPU from it.
+    // Measured after the joins, so it takes no CPU from them.
     let baseline_us = tokio::task::spawn_blocking(baseline::lone_connection_cpu_us)
         .await
         .map_err(|e| BenchError::Failed(format!("the baseline measurement failed: {e}")))??;
     eprintln!(
         "swarm: a lone accept, read, answer and close costs a thread {baseline_us:.0} µs here"
     );
+    joined_ms.sort_by(f64::total_cmp);
     Ok(JoinReport {
         joined,
-        joined_ms,
+        joins,
+        joined_ms: joined_ms.get(joined_ms.len() / 2).copied().unwrap_or(0.0),
         idle_ns_per_sec,
         join,
+        samples_us,
         weight,
         baseline_us,
     })
+}
+
+/// The sample of median CPU (the upper one of an even count); an empty one when none.
+fn median_settled(mut samples: Vec<server_cpu::Settled>) -> server_cpu::Settled {
+    samples.sort_by_key(|s| s.cpu_ns);
+    let mid = samples.len() / 2;
+    if samples.is_empty() {
+        return server_cpu::Settled {
+            cpu_ns: 0,
+            secs: 0.0,
+            quiet: false,
+        };
+    }
+    samples.swap_remove(mid)
 }
 
 /// Waits for the server to go away and every agent to be back, within the hold time.

@@ -70,8 +70,9 @@ pub struct SwarmArgs {
     /// spends until then is reported as its CPU after the last joined (needs --pids).
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub tail_secs: f64,
-    /// Then join one more agent and (with --aside) change its weight, measuring the server's CPU
-    /// for each until it is quiet (needs --pids; meaningful when heartbeats are rare).
+    /// Then join one more agent, 7 times one at a time, and (with --aside) change the first's
+    /// weight, measuring the server's CPU for each until it is quiet; the median join is
+    /// reported (needs --pids; meaningful when heartbeats are rare).
     #[arg(long)]
     pub one_more: bool,
     /// Then keep running, re-dial lost connections with the agent's backoff, and report the
@@ -161,12 +162,14 @@ pub(super) fn check(
             "--reconnect-base-ms must be at least 1 and at most --reconnect-max-ms",
         ));
     }
-    let conns = (args.agents + 1) * (args.connections_per_agent as usize + usize::from(args.aside));
+    let extra = super::phases::JOIN_SAMPLES;
+    let conns =
+        (args.agents + extra) * (args.connections_per_agent as usize + usize::from(args.aside));
     let loopback_v4 = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
     let count = args.source_addrs.unwrap_or(if loopback_v4 {
         conns
             .div_ceil(CONNS_PER_SOURCE)
-            .max((args.agents + 1).div_ceil(AGENTS_PER_SOURCE))
+            .max((args.agents + extra).div_ceil(AGENTS_PER_SOURCE))
     } else {
         0
     });

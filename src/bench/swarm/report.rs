@@ -34,10 +34,17 @@ pub struct RegisterReport {
 
 /// What `--one-more` measured.
 pub struct JoinReport {
+    /// Every one of the `JOIN_SAMPLES` agents joined.
     pub joined: bool,
+    /// How many did.
+    pub joins: usize,
+    /// Median time from dialling to the init answer.
     pub joined_ms: f64,
     pub idle_ns_per_sec: f64,
+    /// The median join (by CPU).
     pub join: Settled,
+    /// Each join's CPU, µs, in order.
+    pub samples_us: Vec<f64>,
     pub weight: Option<Settled>,
     /// The same run's floor for a lone connection (`baseline`), µs of one thread's CPU.
     pub baseline_us: f64,
@@ -219,6 +226,8 @@ pub fn outcome(
             "joined_ms": j.joined_ms,
             "idle_cpu_us_per_sec": j.idle_ns_per_sec / 1e3,
             "join": SettledJson::from(&j.join),
+            "joins": j.joins,
+            "join_samples_cpu_us": j.samples_us,
             "weight_change": j.weight.as_ref().map(SettledJson::from),
             "baseline_lone_connection_us": j.baseline_us,
             "join_vs_baseline": j.join.cpu_ns as f64 / 1e3 / j.baseline_us.max(1e-9),
@@ -315,9 +324,18 @@ fn table(
     if let Some(m) = j["one_more"].as_object() {
         let _ = writeln!(
             s,
-            "  one more agent: joined in {:.2} ms, server CPU {:.0} µs (idle rate {:.0} µs/s)",
+            "  one more agent, {} times one at a time: joined in {:.2} ms, server CPU {:.0} µs (medians; each {}; idle rate {:.0} µs/s)",
+            m["joins"].as_u64().unwrap_or(0),
             m["joined_ms"].as_f64().unwrap_or(0.0),
             m["join"]["cpu_us"].as_f64().unwrap_or(0.0),
+            m["join_samples_cpu_us"]
+                .as_array()
+                .map(|v| v
+                    .iter()
+                    .map(|x| format!("{:.0}", x.as_f64().unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
             m["idle_cpu_us_per_sec"].as_f64().unwrap_or(0.0)
         );
         let _ = writeln!(
