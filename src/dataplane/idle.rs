@@ -221,3 +221,47 @@ fn write_whole(stream: &TcpStream, data: &[u8]) -> Result<(), IdleError> {
         Err(e) => Err(IdleError::Io(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Pong;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    const MAX: usize = protocol::DEFAULT_MAX_FRAME_PAYLOAD_BYTES;
+
+    #[test]
+    fn check_pending_reads_no_socket_and_takes_a_pong_already_read() {
+        let (server, mut agent) = pair();
+        let pong = protocol::encode_to_vec(&Frame::Pong(Pong { seq: 1 })).unwrap();
+        let mut conn = IdleConn::new(1, 1, server, false, pong, 1, None);
+        // Bytes in the socket are for the next lease's read, not for this check.
+        agent.write_all(b"junk").unwrap();
+        assert!(conn.check_pending(MAX).is_ok());
+        assert!(conn.pending.is_empty());
+        assert_eq!(conn.outstanding_pings, 0);
+        // The lease's read finds them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match conn.poll(MAX) {
+                Err(IdleError::Protocol(_)) => break,
+                Ok(()) => assert!(std::time::Instant::now() < deadline, "junk never read"),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn check_pending_refuses_bytes_after_a_terminal_that_are_not_a_pong() {
+        let (server, _agent) = pair();
+        let mut conn = IdleConn::new(1, 1, server, false, b"garbage".to_vec(), 0, None);
+        assert!(conn.check_pending(MAX).is_err());
+    }
+}
