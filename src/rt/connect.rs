@@ -55,3 +55,35 @@ async fn connect_on_ring(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
     }
     Ok(socket.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_ring<T>(f: impl std::future::Future<Output = T>) -> T {
+        super::super::ring::Runtime::new(64)
+            .expect("io_uring is needed for the ring connect tests")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_ring_connect_reports_a_refusal_and_connects_a_listener() {
+        // A port nothing listens on any more: bound, then closed.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = gone.local_addr().unwrap();
+        drop(gone);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let (refusal, connected) = on_ring(async {
+            (
+                connect_on_ring(refused).await.err(),
+                connect_on_ring(open).await.map(|s| s.peer_addr().unwrap()),
+            )
+        });
+        assert_eq!(
+            refusal.map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
+        assert_eq!(connected.unwrap(), open);
+    }
+}
