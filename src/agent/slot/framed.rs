@@ -6,7 +6,8 @@
 //! breaks framing is closed. On the agent's stop a session in flight is ended by shutting its
 //! sockets down and letting its pump finish, never by dropping the pump.
 
-use super::data::{connect_backend, count_moved, count_session_end, proxy_prefix};
+use super::backend::{connect_backend, proxy_prefix};
+use super::data::{count_moved, count_session_end};
 use super::*;
 use crate::dataplane::pump::{abort_framed, pump_framed, DataLink};
 use crate::dataplane::session_timeout::with_idle_timeout;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
 mod aside;
+mod backend;
 mod data;
 mod framed;
 mod mosn;
