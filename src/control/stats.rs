@@ -103,6 +103,9 @@ pub struct ControlStats {
     handshakes: [AtomicU64; HandshakeOutcome::ALL.len()],
     /// Aside connections closed after unanswered heartbeats.
     pub aside_heartbeat_closes_total: AtomicU64,
+    /// Successful handshakes joined on the control loop without a task: plaintext ringtun data
+    /// connections whose init was already waiting when they were accepted.
+    pub handshakes_inline_total: AtomicU64,
 }
 
 impl ControlStats {

@@ -14,6 +14,7 @@ mod listen;
 mod liveness;
 mod pipe;
 mod ready;
+mod ready_accept;
 mod ready_udp;
 pub mod ring;
 mod socket;
@@ -28,7 +29,7 @@ pub use accept::{AcceptStop, Listener};
 pub use conn::Conn;
 pub use connect::connect;
 pub(crate) use io::OwnedIo;
-pub(crate) use io::{io_clearing, read_into_slice, shutdown_write};
+pub(crate) use io::{io_clearing, read_into_slice, read_spare, shutdown_write};
 pub use io::{shutdown_both, write_all};
 pub use listen::{
     bind_frontends, parse_addr, BindError, FrontendListener, FrontendSocket, FrontendSockets,
@@ -37,6 +38,7 @@ pub use listen::{
 pub use liveness::{data_idle_ms, set_session_keepalive, set_tunnel_liveness};
 pub use pipe::{Pipe, PipePool};
 pub use ready::ReadyStream;
+pub use ready_accept::ReadyListener;
 pub use ready_udp::ReadyUdp;
 pub use socket::{
     bind_reuseport, bind_tunnel_listener, bind_udp_reuseport, poll_readable_nonblocking,

@@ -111,6 +111,17 @@ impl ServerAdmin {
             );
         }
 
+        e.family(
+            "ringtun_handshakes_inline_total",
+            Kind::Counter,
+            "Successful handshakes joined without a task (plaintext data connections whose init was waiting at accept).",
+        );
+        e.sample_u64(
+            "ringtun_handshakes_inline_total",
+            &[],
+            self.control.handshakes_inline_total.load(Ordering::Relaxed),
+        );
+
         type Field = fn(&ClusterSummary) -> u64;
         let per_cluster_counters: [(&str, Kind, &str, Field); 6] = [
             (

@@ -180,7 +180,9 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let addr = listener.local_addr().expect("addr");
             let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
             let (_never_read, _) = accepted.expect("accept");

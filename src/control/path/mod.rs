@@ -13,10 +13,16 @@ mod aside;
 mod commands;
 #[cfg(test)]
 mod deferral_tests;
+mod join;
+mod join_now;
+#[cfg(test)]
+mod join_now_tests;
 mod parked;
 mod peer_limits;
 mod pool_requests;
 mod publish;
+#[cfg(test)]
+mod test_control;
 mod tunnel;
 
 use std::cell::{Cell, RefCell};
@@ -26,7 +32,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -146,7 +152,7 @@ pub async fn run(setup: ControlSetup) {
         counters,
         tls,
     } = setup;
-    let mut listener = match TcpListener::from_std(listener) {
+    let mut listener = match crate::rt::ReadyListener::from_std(listener) {
         Ok(l) => Some(l),
         Err(e) => {
             warn!(error = %e, "cannot adopt tunnel listener");
@@ -186,7 +192,7 @@ pub async fn run(setup: ControlSetup) {
             accepted = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } } => match accepted {
                 Ok((stream, peer)) => {
                     if let Some(admission) = ctl.admit(peer) {
-                        tokio::task::spawn_local(ctl.clone().tunnel_conn(stream, peer, admission));
+                        ctl.accepted(stream, peer, admission);
                     }
                 }
                 Err(e) => {

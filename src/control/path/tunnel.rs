@@ -1,5 +1,6 @@
-//! One tunnel connection: optional TLS, the init frame, credentials, registration, the response,
-//! and then the hand-off of a data connection to a worker (or the aside task).
+//! One tunnel connection's handshake task: optional TLS, the init frame (read on from the bytes
+//! `join_now` found), the join (`join`), the response, and then the hand-off of a data
+//! connection to a worker (or the aside task).
 
 use super::*;
 
@@ -9,13 +10,15 @@ impl Control {
         stream: TcpStream,
         peer: SocketAddr,
         permit: super::admission::Admission,
+        // Bytes already read from a plaintext connection (`join_now`).
+        first: Vec<u8>,
     ) {
         // Nagle off and the liveness options come from the listener (`bind_tunnel_listener`).
         let timeout_ms = self.config.tunnel_listener.handshake_timeout_ms;
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let (mut stream, first) = match &self.tls {
-            None => (Channel::plain(stream), Vec::new()),
+            None => (Channel::plain(stream), first),
             Some(config) => {
                 // Boxed: the handshake's state is large, and plaintext agents should not carry it.
                 let accepted = Box::pin(crate::tls::accept(
@@ -96,158 +99,47 @@ impl Control {
                 return;
             }
         };
-        let decision = auth::decide(
-            self.registry.borrow().cluster(&init.cluster_name),
-            &init,
-            crate::credential::unix_now_secs(),
-            &mut self.replay.borrow_mut(),
-        );
-        let status = decision.status;
-        let ext = init.ringtun().cloned();
-        if status != Status::SUCCESS {
-            self.stats
-                .handshake(if decision.reason == auth::reason::HMAC_REPLAY_CACHE_FULL {
-                    HandshakeOutcome::ReplayCacheFull
-                } else {
-                    HandshakeOutcome::of_status(status)
-                });
-            crate::log_limited!(warn!(
-                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-                status = status.0, reason = decision.reason, "agent refused: {}", status.meaning()
-            ));
-            let _ = send_frame(
-                &mut stream,
-                &Frame::InitResponse(ConnectionInitResponse::status(status)),
-            )
-            .await;
-            let _ = stream.stream.shutdown_std();
-            return;
+        let joined = match self.join(&init, peer) {
+            Ok(joined) => joined,
+            Err(refused) => return super::join::refuse(stream, refused).await,
+        };
+        if let Err(e) = send_frame(&mut stream, &Frame::InitResponse(joined.response.clone())).await
+        {
+            return self.response_failed(peer, joined.conn_id, &e);
         }
-        let legacy = ext.is_none();
-        // 0 for a MOSN agent; framed sessions need 2 on both sides.
-        let peer_extension_version = ext.as_ref().map_or(0, |e| e.version);
-        let role = ext.as_ref().map_or(Role::Data, |e| e.role);
-        let identity = HostIdentity {
-            host_name: init.host_name.clone(),
-            agent_id: ext
-                .as_ref()
-                .map_or_else(|| format!("mosn@{}", peer.ip()), |e| e.agent_id.clone()),
-            legacy,
-        };
-        let weight = match init.weight {
-            w if w <= 0 && legacy => 10,
-            w => w.clamp(0, MAX_WEIGHT) as u32,
-        };
-        let registered =
-            self.registry
-                .borrow_mut()
-                .register(&init.cluster_name, identity, weight, role, peer);
-        let reg = match registered {
-            Ok(reg) => reg,
-            Err(RegisterError::NoCluster) => {
-                // The cluster vanished between the check and now (reload).
-                self.stats.handshake(HandshakeOutcome::ClusterNotExist);
-                let response = ConnectionInitResponse::status(Status::CLUSTER_NOT_EXIST);
-                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
-                return;
-            }
-            Err(limit) => {
-                self.stats.handshake(HandshakeOutcome::OverLimit);
-                crate::log_limited!(warn!(
-                    %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-                    "data connection refused (status 0): {limit}"
-                ));
-                let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
-                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
-                return;
-            }
-        };
-        let aside_slots = match self.within_peer_limits(&reg, role, &init.cluster_name, peer.ip()) {
-            Ok(slots) => slots,
-            Err(limit) => {
-                // Rolled back before anything was published: a refused new host was never seen.
-                self.registry.borrow_mut().conn_closed(reg.conn_id);
-                if reg.snapshot_changed && !reg.new_host {
-                    // Its init changed a known host's weight; that change stands.
-                    self.publish();
-                }
-                self.stats.handshake(HandshakeOutcome::OverLimit);
-                crate::log_limited!(warn!(
-                    %peer, cluster = %init.cluster_name, host_name = %init.host_name, role = ?role,
-                    "tunnel connection refused (status 0): {limit}"
-                ));
-                let response = ConnectionInitResponse::status(Status::UNKNOWN_FAILURE);
-                let _ = send_frame(&mut stream, &Frame::InitResponse(response)).await;
-                let _ = stream.stream.shutdown_std();
-                return;
-            }
-        };
-        if reg.snapshot_changed {
-            if !reg.new_host {
-                // Every init carries the agent's weight; one that changed it is the first to
-                // tell (the aside connection's update may arrive after it).
-                info!(conn = reg.conn_id, host = reg.host_id, weight, role = ?role,
-                    "agent changed its weight");
-            }
-            self.publish();
-        }
-        let response = if legacy {
-            ConnectionInitResponse::status(Status::SUCCESS)
-        } else {
-            ConnectionInitResponse {
-                status: Status::SUCCESS,
-                connection_id: Some(reg.conn_id),
-                heartbeat_interval_ms: Some(self.config.heartbeat_interval_ms),
-                extension_version: Some(
-                    peer_extension_version.min(crate::protocol::EXTENSION_VERSION),
-                ),
-            }
-        };
-        if let Err(e) = send_frame(&mut stream, &Frame::InitResponse(response)).await {
-            self.stats.handshake(HandshakeOutcome::ProtocolError);
-            debug!(%peer, error = %e, "agent went away during handshake");
-            self.conn_closed(reg.conn_id);
-            return;
-        }
-        self.stats.handshake(HandshakeOutcome::Success);
+        self.registered(&init, peer, &joined);
         drop(permit.take());
-        // Every session's data connection is replaced by a new one: logging each at `info`
-        // would make the log grow with traffic. A host's first connection and aside
-        // connections are rare and worth seeing.
-        if reg.new_host || role == Role::Aside {
-            info!(
-                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-                conn = reg.conn_id, role = ?role, legacy, new_host = reg.new_host,
-                "tunnel connection registered"
-            );
-        } else {
-            debug!(
-                %peer, cluster = %init.cluster_name, host_name = %init.host_name,
-                conn = reg.conn_id, role = ?role, legacy, "tunnel connection registered"
-            );
-        }
-        match role {
+        match joined.role {
             Role::Data => {
-                if legacy && !self.settled(&stream, reg.conn_id).await {
+                if joined.legacy() && !self.settled(&stream, joined.conn_id).await {
                     return;
                 }
-                self.hand_to_worker(
-                    stream,
-                    reg.conn_id,
-                    reg.host_id,
-                    &init.cluster_name,
-                    ext.as_ref().map(|e| e.version),
-                    leftover,
-                );
+                let (ready, tls) = stream.into_parts();
+                match ready.into_std() {
+                    Ok(std_stream) => self.hand_to_worker(
+                        std_stream,
+                        tls,
+                        joined.conn_id,
+                        joined.host_id,
+                        &init.cluster_name,
+                        joined.extension,
+                        leftover,
+                    ),
+                    Err(e) => {
+                        warn!(conn = joined.conn_id, error = %e, "cannot hand data connection to a worker");
+                        self.conn_closed(joined.conn_id);
+                    }
+                }
             }
             // A task of its own, for as long as the agent is up: the handshake's state (this
             // future, the init's strings) is freed now instead of staying with every agent, and
             // data connections' handshakes never carry the aside loop's state.
             Role::Aside => {
-                let (conn_id, host_id) = (reg.conn_id, reg.host_id);
+                let (conn_id, host_id) = (joined.conn_id, joined.host_id);
+                let held = joined.aside_slots;
                 let ctl = self.clone();
                 tokio::task::spawn_local(async move {
-                    let _held = aside_slots;
+                    let _held = held;
                     ctl.aside(stream, conn_id, host_id, leftover).await;
                 });
             }
@@ -289,10 +181,12 @@ impl Control {
         true
     }
 
+    /// Gives a registered data connection (its response sent) to a worker.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn hand_to_worker(
         &self,
-        stream: Channel,
+        std_stream: std::net::TcpStream,
+        tls: Option<Box<crate::tls::TlsSession>>,
         conn_id: ConnId,
         host_id: HostId,
         cluster: &str,
@@ -302,15 +196,6 @@ impl Control {
     ) {
         let legacy = extension.is_none();
         let peer_extension_version = extension.unwrap_or(0);
-        let (stream, tls) = stream.into_parts();
-        let std_stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(conn = conn_id, error = %e, "cannot hand data connection to a worker");
-                self.conn_closed(conn_id);
-                return;
-            }
-        };
         // A worker whose frontends asked for a connection of this cluster gets it first.
         let wanted = self
             .wanted
@@ -420,12 +305,13 @@ mod future_sizes {
             std::mem::size_of::<F>()
         }
         let handshake = future_bytes(
-            |(c, s, p, q): (
+            |(c, s, p, q, f): (
                 Rc<Control>,
                 TcpStream,
                 SocketAddr,
                 super::admission::Admission,
-            )| { c.tunnel_conn(s, p, q) },
+                Vec<u8>,
+            )| { c.tunnel_conn(s, p, q, f) },
         );
         assert!(handshake <= 2048, "tunnel_conn future is {handshake} bytes");
     }
