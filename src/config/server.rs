@@ -60,8 +60,9 @@ pub struct ServerConfig {
 pub struct TunnelListenerConfig {
     /// `ip:port` to listen on, e.g. `0.0.0.0:7070`; port 0 picks a free port. Required; no default.
     pub address: String,
-    /// Time an agent has to complete its init after connecting, in milliseconds. Default 5000;
-    /// 100 to 600000.
+    /// Time an agent has to complete its init after connecting, in milliseconds, counted from
+    /// accept (the listener defers accept until the first bytes, at most about 1 s). Default
+    /// 5000; 100 to 600000.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
     /// Largest frame payload accepted from an agent, in bytes. Default 16384; 256 to 65535.

@@ -50,9 +50,40 @@ pub fn bind_tunnel_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     // Best effort, as on any socket (see `rt::liveness`).
     let _ = socket.set_nodelay(true);
     super::set_tunnel_liveness(&socket);
+    // Best effort: without it a connection is accepted before its first bytes, and the join
+    // takes the task path (`control::path::join_now`) instead of one read at accept.
+    let _ = set_defer_accept(&socket, TUNNEL_DEFER_ACCEPT_SECS);
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// How long the kernel holds a tunnel connection that has sent nothing before queueing it for
+/// accept anyway (TCP_DEFER_ACCEPT, whole seconds). Agents and MOSN agents speak first (TLS
+/// ClientHello or the init), so a connection is queued when its first bytes arrive and the
+/// control thread wakes once per join; a silent one (a port scan, MOSN's aside before it writes)
+/// reaches accept about this much later and then gets `handshake_timeout_ms` as before, and
+/// holds no handshake slot while it waits in the kernel.
+pub const TUNNEL_DEFER_ACCEPT_SECS: i32 = 1;
+
+fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `secs` is a valid c_int for the duration of the call, and the fd is owned by
+    // `socket`, which outlives it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// What a non-blocking read of an idle connection found.
