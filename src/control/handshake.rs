@@ -101,8 +101,11 @@ pub async fn read_first_from(
     loop {
         match next_init(buf, max_frame_payload_bytes)? {
             InitProgress::Init(init, used) => {
-                buf.drain(..used);
-                return Ok(First::Init(init, std::mem::take(buf)));
+                // Only the bytes after the init, sized to them (none allocates nothing): they
+                // travel with the connection for its whole life, the read buffer does not.
+                let rest = buf[used..].to_vec();
+                buf.clear();
+                return Ok(First::Init(init, rest));
             }
             InitProgress::GracefulClose(g, used) => {
                 buf.drain(..used);

@@ -33,16 +33,18 @@ impl Control {
             return self.to_task(stream, peer, admission, first);
         }
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
-        let init = match super::super::handshake::next_init(&first, max_payload) {
+        let (init, leftover) = match super::super::handshake::next_init(&first, max_payload) {
             Ok(super::super::handshake::InitProgress::Init(init, used))
                 if init.ringtun().is_some_and(|e| e.role == Role::Data) =>
             {
-                first.drain(..used);
-                init
+                // Sized to the bytes after the init (usually none, no allocation): they stay
+                // with the connection, the 2 KiB read buffer is freed here for the next join.
+                let leftover = first[used..].to_vec();
+                (init, leftover)
             }
             _ => return self.to_task(stream, peer, admission, first),
         };
-        let leftover = first;
+        drop(first);
         let joined = match self.join(&init, peer) {
             Ok(joined) => joined,
             Err(refused) => {
