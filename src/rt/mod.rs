@@ -7,6 +7,7 @@
 //! This module must not know about clusters, frames or sessions.
 
 mod accept;
+pub mod arena;
 mod conn;
 mod connect;
 mod io;
