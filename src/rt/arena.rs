@@ -7,7 +7,9 @@
 //! tenth of its CPU). Memory freed back to the heap's top is returned with `madvise` and keeps
 //! the mark; so allocating and freeing this much once, at the thread's start, leaves the pages
 //! unbacked (no resident memory) but writable, and later growth below the mark costs only page
-//! faults. Elsewhere (another allocator) this is a short-lived allocation and nothing else.
+//! faults. Elsewhere this is a short-lived allocation and nothing else: under another allocator,
+//! on the main arena (`MALLOC_ARENA_MAX=1`, or arenas shared once threads outnumber them), and
+//! with `vm.overcommit_memory=2` (glibc then unmaps what it trims, mark included).
 //!
 //! Must not: keep the memory, or be called on a hot path.
 

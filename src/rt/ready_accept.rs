@@ -117,8 +117,13 @@ mod tests {
     #[tokio::test]
     async fn accepts_every_connection_of_a_burst_then_waits_for_the_next() {
         let (listener, addr) = listener();
+        // Each sends a byte: the tunnel listener defers accept until a connection's first bytes.
         let clients: Vec<_> = (0..5)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(b"x").unwrap();
+                c
+            })
             .collect();
         let mut peers = Vec::new();
         for _ in 0..5 {

@@ -180,9 +180,30 @@ impl Control {
 }
 
 /// Sends a refusal's response (best effort: the agent may be gone) and closes the connection.
-pub(super) async fn refuse(mut stream: Channel, refused: Refused) {
-    let _ = send_frame(&mut stream, &Frame::InitResponse(refused.response)).await;
+pub(super) async fn refuse(mut stream: Channel, refused: Refused, deadline: tokio::time::Instant) {
+    let _ = send_by(
+        deadline,
+        &mut stream,
+        &Frame::InitResponse(refused.response),
+    )
+    .await;
     if refused.shutdown {
         let _ = stream.stream.shutdown_std();
+    }
+}
+
+/// Sends `frame`, giving up at the handshake's `deadline` (an agent that does not read its
+/// answer must not hold a handshake slot for longer than one that does not send its init).
+pub(super) async fn send_by(
+    deadline: tokio::time::Instant,
+    stream: &mut Channel,
+    frame: &Frame,
+) -> std::io::Result<()> {
+    match tokio::time::timeout_at(deadline, send_frame(stream, frame)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the answer was not read within handshake_timeout_ms",
+        )),
     }
 }

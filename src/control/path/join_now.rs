@@ -1,9 +1,11 @@
 //! A freshly accepted tunnel connection's first look, on the control loop itself: a plaintext
-//! ringtun data connection whose init is already in the socket (most are: the agent writes it
-//! right after connecting) is read, joined, answered and handed to a worker here and now, with
-//! no task, no timer and no reactor registration. Everything else (TLS, a MOSN agent, an aside
-//! connection, an init still on its way, bad bytes) goes to the handshake task (`tunnel`) with
-//! the bytes read so far.
+//! ringtun data connection whose init is already in the socket (nearly all: the agent writes it
+//! right after connecting, and the listener defers accept until bytes arrive) is read, joined,
+//! answered and handed to a worker here and now, with no task, no timer and no reactor
+//! registration. Everything else (TLS, a MOSN agent, an aside connection, an init still on its
+//! way, bad bytes) goes to the handshake task (`tunnel`) with the bytes read so far; a refused
+//! init and an answer that did not fit the socket buffer are finished by a small task of their
+//! own, within the handshake timeout and holding the handshake slot.
 //!
 //! Must not: wait. Every read and write here is non-blocking, and one that cannot complete at
 //! once hands the connection to a task.
@@ -29,8 +31,9 @@ impl Control {
         }
         let mut first = Vec::with_capacity(FIRST_READ_BYTES);
         if crate::rt::read_spare(&stream, &mut first).is_err() {
-            // Nothing yet (or an error the task's read reports again, or EOF it sees).
-            return self.to_task(stream, peer, admission, first);
+            // Nothing yet (or an error the task's read reports again, or EOF it sees). The
+            // task reads into a buffer of its own: this one is not kept for a silent peer.
+            return self.to_task(stream, peer, admission, Vec::new());
         }
         let max_payload = self.config.tunnel_listener.max_frame_payload_bytes;
         let (init, leftover) = match super::super::handshake::next_init(&first, max_payload) {
@@ -48,10 +51,17 @@ impl Control {
         let joined = match self.join(&init, peer) {
             Ok(joined) => joined,
             Err(refused) => {
-                drop(admission);
+                // The refusal is sent as the task path sends it: holding the handshake slot,
+                // for at most the handshake timeout.
+                let timeout =
+                    Duration::from_millis(self.config.tunnel_listener.handshake_timeout_ms);
+                let deadline = tokio::time::Instant::now() + timeout;
                 match TcpStream::from_std(stream) {
                     Ok(s) => {
-                        tokio::task::spawn_local(refuse(Channel::plain(s), refused));
+                        tokio::task::spawn_local(async move {
+                            refuse(Channel::plain(s), refused, deadline).await;
+                            drop(admission);
+                        });
                     }
                     Err(e) => debug!(%peer, error = %e, "cannot send the refusal"),
                 }

@@ -145,3 +145,28 @@ fn a_refused_init_waiting_at_accept_is_answered_and_closed() {
     );
     assert_eq!(inline_of_successes(&control, 1), 1);
 }
+
+#[test]
+fn a_refused_inline_join_gives_its_handshake_slot_back_once_answered() {
+    let control = TestControl::bind()
+        .configure(|c| c.tunnel_listener.max_handshakes_per_ip = 1)
+        .run();
+    for agent in 0..3 {
+        // Each refusal holds the address's only slot while it is sent, then frees it: the
+        // next connection from the same address is admitted and answered, not closed at accept.
+        let mut refused = StdStream::connect(control.addr).unwrap();
+        refused
+            .write_all(&ringtun_init("nope", agent, Role::Data))
+            .unwrap();
+        assert_eq!(answer(&mut refused).status, Status::CLUSTER_NOT_EXIST);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut refused, &mut rest);
+    }
+    let mut good = StdStream::connect(control.addr).unwrap();
+    good.write_all(&ringtun_init("c", 9, Role::Data)).unwrap();
+    assert_eq!(answer(&mut good).status, Status::SUCCESS);
+    assert_eq!(
+        control.stats.handshakes(HandshakeOutcome::OverloadedPerIp),
+        0
+    );
+}

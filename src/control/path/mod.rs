@@ -1,12 +1,15 @@
 //! The control path's event loop: accept agents, keep the registry, publish snapshots, answer
-//! workers' events and the server handle's commands. The parts: `tunnel` (one tunnel
-//! connection's handshake and its hand-off to a worker), `aside` (an aside connection's frames),
+//! workers' events and the server handle's commands. The parts: `join_now` (a plaintext data
+//! connection whose init is waiting at accept, joined without a task), `tunnel` (every other
+//! tunnel connection's handshake task and the hand-off to a worker), `join` (an init's
+//! authentication, registration and answer, for both), `admission` and `peer_limits` (the
+//! bounds), `aside` (an aside connection's frames), `parked` (MOSN's silent aside),
 //! `pool_requests` (who is owed connections), `commands` (admin and reload requests), `publish`
 //! (registry changes to the workers, coalesced).
 //!
 //! Single-threaded: the registry is owned here and changed only on this thread. Never hold a
-//! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (each connection
-//! has its own task).
+//! `RefCell` borrow across an `.await`; never wait on a peer in the loop itself (the inline join
+//! only reads and writes without waiting; whatever would wait is a task).
 
 mod admission;
 mod aside;

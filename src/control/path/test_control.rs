@@ -69,6 +69,14 @@ impl TestControl {
         }
     }
 
+    /// Changes the server config before [`TestControl::run`].
+    pub fn configure(mut self, change: impl FnOnce(&mut ServerConfig)) -> Self {
+        if let Some(setup) = self.setup.as_mut() {
+            change(&mut setup.config);
+        }
+        self
+    }
+
     /// Starts the control path on its own thread.
     pub fn run(mut self) -> Self {
         let setup = self.setup.take().expect("started once");

@@ -101,10 +101,11 @@ impl Control {
         };
         let joined = match self.join(&init, peer) {
             Ok(joined) => joined,
-            Err(refused) => return super::join::refuse(stream, refused).await,
+            // Boxed, as the hold above: their timers would otherwise enlarge every handshake.
+            Err(refused) => return Box::pin(super::join::refuse(stream, refused, deadline)).await,
         };
-        if let Err(e) = send_frame(&mut stream, &Frame::InitResponse(joined.response.clone())).await
-        {
+        let response = Frame::InitResponse(joined.response.clone());
+        if let Err(e) = Box::pin(super::join::send_by(deadline, &mut stream, &response)).await {
             return self.response_failed(peer, joined.conn_id, &e);
         }
         self.registered(&init, peer, &joined);
@@ -277,7 +278,11 @@ mod keepalive_tests {
         let std = crate::rt::bind_tunnel_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let listener = tokio::net::TcpListener::from_std(std).unwrap();
         let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // A byte, so the listener's deferred accept does not wait for its timer.
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"x")
+            .await
+            .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         let sock = socket2::SockRef::from(&accepted);
         assert_eq!(
