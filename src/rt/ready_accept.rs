@@ -146,6 +146,10 @@ mod tests {
         tokio::task::yield_now().await;
         let mut late = std::net::TcpStream::connect(addr).unwrap();
         late.write_all(b"hello").unwrap();
-        assert_eq!(&accept.await.unwrap(), b"hello");
+        // A stranded connection fails here instead of hanging the test.
+        let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), accept)
+            .await
+            .expect("the later connection woke the accept");
+        assert_eq!(&accepted.unwrap(), b"hello");
     }
 }

@@ -64,7 +64,7 @@ pub fn bind_tunnel_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// control thread wakes once per join; a silent one (a port scan, MOSN's aside before it writes)
 /// reaches accept about this much later and then gets `handshake_timeout_ms` as before, and
 /// holds no handshake slot while it waits in the kernel.
-pub const TUNNEL_DEFER_ACCEPT_SECS: i32 = 1;
+const TUNNEL_DEFER_ACCEPT_SECS: i32 = 1;
 
 fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
