@@ -7,7 +7,6 @@
 //! This module must not know about clusters, frames or sessions.
 
 mod accept;
-pub mod arena;
 mod conn;
 mod connect;
 mod io;

@@ -24,11 +24,6 @@ use crate::dataplane::worker::{self, WorkerSetup};
 use crate::plane::counters::{CounterTotals, WorkerCounters};
 use crate::rt::{self, bind_frontends, parse_addr, Backend, BindError, RtError};
 
-/// The control thread's malloc heap is made writable this far at its start
-/// (`rt::arena::raise_heap_mark`; no resident memory): about what a registry of 10,000 agents
-/// grows to, so joins below that pay no `mprotect` for it.
-const CONTROL_HEAP_MARK_BYTES: usize = 32 << 20;
-
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -180,7 +175,6 @@ impl ServerHandle {
         let control_thread = std::thread::Builder::new()
             .name("ringtun-control".into())
             .spawn(move || {
-                rt::arena::raise_heap_mark(CONTROL_HEAP_MARK_BYTES);
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
